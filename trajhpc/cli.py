@@ -1,0 +1,121 @@
+"""The `trajhpc` command line: thin wrappers that parse arguments and call the modules.
+
+Heavy imports (torch, transformers, polars) happen inside the commands so that
+``trajhpc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from trajhpc.errors import TrajhpcError
+
+app = typer.Typer(
+    name="trajhpc",
+    help="Continual fine-tuning studies of API-call trajectories (API-Bank) on HPC clusters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Inspect the API-Bank data: blocks, splits, counts.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@data_app.command("inspect")
+def data_inspect(
+    source: Optional[Path] = typer.Option(
+        None, "--source", help="API-Bank folder (default: the bundled copy)."
+    ),
+    file: list[str] = typer.Option(
+        None, "--file", help="Record file(s) relative to the source (default: lv3-api-train)."
+    ),
+    blocks: str = typer.Option("lv3-rules", "--blocks", help="Partition: lv3-rules or scenario."),
+    heldout_fraction: float = typer.Option(0.2, "--heldout-fraction"),
+) -> None:
+    """Per block: dialogues, train/held-out records, distinct API names, ToolSearcher share."""
+    from trajhpc.data.inspect import inspect_command
+
+    inspect_command(console, source=source, files=file, blocks=blocks, heldout_fraction=heldout_fraction)
+
+
+@app.command("run-job")
+def run_job(
+    spec: Path = typer.Argument(..., help="Job spec JSON file."),
+    job_dir: Optional[Path] = typer.Option(None, "--job-dir", help="Job directory (default: jobs/<job id>)."),
+) -> None:
+    """Train one adapter through the blocks in order, evaluating after every block (resumable)."""
+    from trajhpc.job import run_job_command
+
+    run_job_command(console, spec, job_dir)
+
+
+@app.command("submit")
+def submit(
+    manifest: Path = typer.Argument(..., help="Manifest YAML file."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and sbatch script; submit nothing."),
+    run_root: Optional[Path] = typer.Option(None, "--run-root", help="Run root (default: the manifest's, else jobs/)."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="Override the manifest: slurm, local or auto."),
+    wait: bool = typer.Option(False, "--wait", help="Block until every submitted job has ended."),
+) -> None:
+    """Expand a manifest into jobs and submit the pending ones (Slurm job array or local)."""
+    from trajhpc.launch import submit_command
+
+    submit_command(console, manifest, dry_run=dry_run, run_root=run_root, executor=executor, wait=wait)
+
+
+@app.command("status")
+def status(
+    target: Optional[Path] = typer.Argument(None, help="Manifest YAML or run directory (default: jobs/)."),
+    run_root: Optional[Path] = typer.Option(None, "--run-root"),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until interrupted."),
+    interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
+) -> None:
+    """Per job: Slurm state and job-directory state (stage k of n, done, failed); counts per state."""
+    from trajhpc.status import status_command
+
+    status_command(console, target, run_root=run_root, watch=watch, interval=interval)
+
+
+@app.command("aggregate")
+def aggregate(
+    targets: list[Path] = typer.Argument(None, help="Run roots or manifests (default: jobs/)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on any incomplete or corrupt job."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
+) -> None:
+    """Join metrics with token counts and compare conditions at matched compute."""
+    from trajhpc.aggregate import aggregate_command
+
+    aggregate_command(console, targets or [Path("jobs")], strict=strict, plots=plots)
+
+
+def main() -> None:
+    """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except TrajhpcError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as err:  # click usage errors
+        import click
+
+        if isinstance(err, click.exceptions.ClickException):
+            err.show()
+            sys.exit(2)
+        if isinstance(err, click.exceptions.Exit):
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

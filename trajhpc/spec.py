@@ -1,0 +1,173 @@
+"""The job spec: the one plain, JSON-able object shared by the launcher and the job.
+
+Its canonical JSON (sorted keys, no whitespace) is hashed into the job id, so two
+specs that train the same thing get the same id and the same run directory.
+Fields that do not change what is computed (study name, container, resources)
+are kept out of the spec; they live in the manifest and the provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trajhpc.errors import InputError
+
+SPEC_SCHEMA = "trajhpc.spec/1"
+CONDITIONS = ("A", "B", "calls-only", "last-k")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BlockRule(_Strict):
+    """One rule of a rule-based partition: the first rule whose regex matches wins."""
+
+    block: str
+    regex: str
+
+
+class BlocksSpec(_Strict):
+    """How dialogues are split into named domain blocks.
+
+    ``kind="lv3-rules"``: ordered regexes over the lower-cased first user utterance
+    (``rules`` overrides the built-in ones; ``default`` catches the rest).
+    ``kind="scenario"``: scenario of the dialogue's lead API from all_apis.csv
+    (``scenarios`` maps block name -> list of scenario names, overriding the built-in map).
+    """
+
+    kind: Literal["lv3-rules", "scenario"] = "lv3-rules"
+    rules: tuple[BlockRule, ...] | None = None
+    default: str | None = None
+    scenarios: dict[str, tuple[str, ...]] | None = None
+
+
+class DataSpec(_Strict):
+    """Where the records come from and how they are blocked and split."""
+
+    root: str | None = None  # None = the copy bundled in the package
+    files: tuple[str, ...] = ("training-data/lv3-api-train.json",)
+    blocks: BlocksSpec = BlocksSpec()
+    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # Caps keep CPU smoke runs short; None = use everything.
+    max_train_per_block: int | None = Field(None, ge=1)
+    max_heldout_per_block: int | None = Field(None, ge=1)
+
+
+class LoraSpec(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+class TrainSpec(_Strict):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # per block; overrides epochs when set
+    lr: float = Field(2e-4, gt=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_seq_len: int = Field(1024, ge=16)
+    gradient_checkpointing: bool = False
+    max_grad_norm: float = Field(1.0, gt=0)
+
+
+class EvalSpec(_Strict):
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class TokenBudget(_Strict):
+    """Train until the cumulative token count equals what condition ``match`` consumes."""
+
+    match: str
+    count: Literal["supervised", "total"] = "supervised"
+
+
+class JobSpec(_Strict):
+    """Everything that determines what one job computes."""
+
+    schema_: Literal["trajhpc.spec/1"] = Field(SPEC_SCHEMA, alias="schema")
+    condition: Literal["A", "B", "calls-only", "last-k"]
+    condition_k: int | None = Field(None, ge=1)  # only for last-k
+    seed: int = 0
+    order: tuple[str, ...]
+    model: str = "tiny"
+    quantization: Literal["nf4", "none"] = "nf4"
+    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    data: DataSpec = DataSpec()
+    lora: LoraSpec = LoraSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    token_budget: TokenBudget | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _check(self) -> "JobSpec":
+        if self.condition == "last-k" and self.condition_k is None:
+            raise ValueError("condition 'last-k' needs condition_k")
+        if self.condition != "last-k" and self.condition_k is not None:
+            raise ValueError("condition_k is only used by condition 'last-k'")
+        if len(set(self.order)) != len(self.order) or not self.order:
+            raise ValueError(f"order must list distinct blocks, got {list(self.order)}")
+        if self.token_budget is not None and self.token_budget.match not in CONDITIONS:
+            raise ValueError(f"token_budget.match must be one of {list(CONDITIONS)}")
+        return self
+
+    @property
+    def arm(self) -> str:
+        """The study arm: the condition, or e.g. ``A@B`` for A token-matched to B."""
+        name = self.condition if self.condition != "last-k" else f"last-{self.condition_k}"
+        if self.token_budget is not None:
+            name += f"@{self.token_budget.match}"
+        return name
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (the form written to spec.json)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def job_id(self) -> str:
+        """Short hash of the canonical spec: equal specs, equal ids."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """First pydantic error as 'field.path: message'."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    return f"{loc}: {first['msg']}"
+
+
+def spec_from_dict(obj: Any, source: str | Path | None = None) -> JobSpec:
+    """Validate a plain dict into a JobSpec; errors name the source file and field."""
+    try:
+        return JobSpec.model_validate(obj)
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or None
+        raise InputError(source, loc, first["msg"]) from None
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Read and validate a spec JSON file."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, None, "spec file not found") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, None, f"not valid JSON ({err.msg})", line=err.lineno) from None
+    return spec_from_dict(obj, path)

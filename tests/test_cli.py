@@ -1,0 +1,34 @@
+"""The CLI frame: lists its commands; user mistakes are one line on stderr and exit code 2."""
+
+import subprocess
+import sys
+
+
+def _trajhpc(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "trajhpc.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+def test_help_lists_every_command():
+    out = _trajhpc("--help")
+    assert out.returncode == 0
+    for command in ("data", "run-job", "submit", "status", "aggregate"):
+        assert command in out.stdout
+
+
+def test_user_error_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"condition": "Z", "order": ["a"]}')
+    out = _trajhpc("run-job", str(bad))
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, out.stderr
+    assert "bad.json" in lines[0] and "condition" in lines[0]
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_command_exits_2():
+    out = _trajhpc("frobnicate")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr

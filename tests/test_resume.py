@@ -1,0 +1,121 @@
+"""A job killed anywhere and started again ends EQUAL to an uninterrupted run.
+
+Kills are simulated with the job's test-only fault injection point
+(``TRAJHPC_FAULT_INJECT``, see trajhpc/job.py), which raises a BaseException like
+a SIGKILL would end the process: nothing after it runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trajhpc.job import FAULT_ENV, InjectedFault, run_job
+from trajhpc.spec import JobSpec
+
+SPEC = JobSpec.model_validate(
+    {
+        "condition": "B",
+        "order": ["medication-treatment", "care-appointments"],
+        "seed": 3,
+        "data": {"max_train_per_block": 16, "max_heldout_per_block": 3},
+        # 2 micro-batches per step and dropout on: RNG and optimizer state both matter.
+        "train": {"max_steps": 3, "batch_size": 4, "grad_accum": 2, "max_seq_len": 384, "lr": 1e-3},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "eval": {"batch_size": 8, "max_new_tokens": 8},
+    }
+)
+
+TIMING_KEYS = ("train_seconds", "eval_seconds")
+
+
+def comparable(job_dir: Path) -> dict:
+    """Everything a job computes, minus timings, resources and provenance."""
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    for key in ("resources", "provenance"):
+        metrics.pop(key)
+    for stage in metrics["stages"]:
+        for key in TIMING_KEYS:
+            stage.pop(key)
+    predictions = {p.name: p.read_bytes() for p in sorted((job_dir / "predictions").glob("*.jsonl"))}
+    ckpt = job_dir / "checkpoint"
+    return {
+        "metrics": metrics,
+        "tokens": (job_dir / "tokens.json").read_bytes(),
+        "predictions": predictions,
+        "adapter": (ckpt / "adapter" / "adapter_model.safetensors").read_bytes(),
+        "trainer_state": json.loads((ckpt / "trainer_state.json").read_text()) | {"train_seconds": None},
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    job_dir = tmp_path_factory.mktemp("reference")
+    run_job(SPEC, job_dir, study="resume-test")
+    return comparable(job_dir)
+
+
+def test_reference_run_is_complete_and_trains(reference):
+    metrics = reference["metrics"]
+    assert metrics["complete"] is True
+    assert [s["stage"] for s in metrics["stages"]] == [0, 1, 2]
+    assert all(isinstance(s["train_loss"], float) for s in metrics["stages"][1:])
+    assert set(reference["predictions"]) == {"stage-0.jsonl", "stage-1.jsonl", "stage-2.jsonl"}
+
+
+def test_same_seed_same_results(tmp_path, reference):
+    run_job(SPEC, tmp_path / "again", study="resume-test")
+    assert comparable(tmp_path / "again") == reference
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "after-stage:0",  # killed right after the untrained evaluation
+        "after-stage:1",  # killed between stages
+        "stage:2:step:2",  # killed mid-stage: stage 2 is retrained from checkpoint 1
+        "after-checkpoint:2",  # killed after the last checkpoint, before its evaluation
+    ],
+)
+def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, reference, fault):
+    job_dir = tmp_path / "job"
+    monkeypatch.setenv(FAULT_ENV, fault)
+    with pytest.raises(InjectedFault):
+        run_job(SPEC, job_dir, study="resume-test")
+    state = json.loads((job_dir / "state.json").read_text())
+    assert state["state"] == "running"  # a kill leaves no "failed" mark
+    assert not json.loads((job_dir / "metrics.json").read_text())["complete"]
+
+    monkeypatch.delenv(FAULT_ENV)
+    metrics = run_job(SPEC, job_dir, study="resume-test")
+    assert metrics["complete"] is True
+    assert metrics["provenance"]["resumed_after_stage"] is not None
+    assert comparable(job_dir) == reference
+    assert json.loads((job_dir / "state.json").read_text())["state"] == "done"
+
+
+def test_interrupted_checkpoint_swap_is_repaired(tmp_path, monkeypatch, reference):
+    """Killed between the two renames of the checkpoint swap: the complete new folder is used."""
+    job_dir = tmp_path / "job"
+    monkeypatch.setenv(FAULT_ENV, "after-checkpoint:1")
+    with pytest.raises(InjectedFault):
+        run_job(SPEC, job_dir, study="resume-test")
+    (job_dir / "checkpoint").rename(job_dir / ".checkpoint.tmp")  # as if killed before the 2nd rename
+    monkeypatch.delenv(FAULT_ENV)
+    run_job(SPEC, job_dir, study="resume-test")
+    assert comparable(job_dir) == reference
+    assert not (job_dir / ".checkpoint.tmp").exists()
+
+
+def test_complete_job_returns_at_once_without_loading_the_model(tmp_path, monkeypatch):
+    job_dir = tmp_path / "job"
+    first = run_job(SPEC, job_dir)
+    import trajhpc.train
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a complete job must not load the model")
+
+    monkeypatch.setattr(trajhpc.train, "load_base_model", boom)
+    assert run_job(SPEC, job_dir) == first

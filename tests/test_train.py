@@ -1,0 +1,262 @@
+"""The training recipe: plans, batches, labels, the loop, the 4-bit path, checkpoints, generation."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from trajhpc import train
+from trajhpc.data.conditions import IGNORE_INDEX, tokenize_examples
+from trajhpc.data.study import load_study_data
+from trajhpc.evaluate import generate_greedy
+from trajhpc.models import resolve_model
+from trajhpc.progress import StageProgress
+from trajhpc.spec import DataSpec, LoraSpec, TrainSpec
+
+CPU = torch.device("cpu")
+BLOCK = "care-appointments"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoTokenizer
+
+    path = resolve_model("tiny")
+    return path, AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="module")
+def examples(tiny):
+    """Real bundled records of one block, tokenized under condition B."""
+    _, tokenizer = tiny
+    data = load_study_data(DataSpec(max_train_per_block=48))
+    return tokenize_examples(tokenizer, data.train[BLOCK], "B", max_seq_len=512)
+
+
+def lora_model(path, quantization="nf4", seed=0, lora=LoraSpec(r=8, alpha=16, dropout=0.0)):
+    torch.manual_seed(seed)
+    base = train.load_base_model(
+        path, quantization=quantization, compute_dtype=torch.float32, device=CPU, gradient_checkpointing=False
+    )
+    return train.attach_lora(base, lora)
+
+
+def lora_weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+# ---------------------------------------------------------------- pure: batches and plans
+
+
+def test_length_grouped_batches_cover_every_example_once_and_are_seeded():
+    lengths = [int(x) for x in np.random.default_rng(0).integers(10, 500, size=101)]
+    a = train.length_grouped_batches(lengths, 8, np.random.default_rng(1))
+    b = train.length_grouped_batches(lengths, 8, np.random.default_rng(1))
+    c = train.length_grouped_batches(lengths, 8, np.random.default_rng(2))
+    assert sorted(i for batch in a for i in batch) == list(range(101))
+    assert a == b and a != c
+    assert max(lengths[i] for i in a[0]) == max(lengths)  # longest batch first
+
+
+def test_padding_is_under_5_percent_on_a_real_block(tiny):
+    """A whole bundled block at the default batch size (8), condition B (the widest spread of lengths)."""
+    _, tokenizer = tiny
+    records = load_study_data(DataSpec()).train[BLOCK]
+    lengths = [len(e.input_ids) for e in tokenize_examples(tokenizer, records, "B", max_seq_len=1024)]
+    assert len(lengths) > 100
+    plan = train.plan_stage(lengths, batch_size=8, grad_accum=1, seed=0, stage=1)
+    real = sum(lengths[i] for i in plan.consumed())
+    padded = train.padded_tokens(plan, lengths)
+    assert padded >= real
+    assert (padded - real) / padded < 0.05
+
+
+def test_plan_epochs_and_passes():
+    lengths = list(range(20, 40))  # 20 examples, 5 batches of 4
+    one = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=1)
+    assert sorted(one.consumed()) == list(range(20)) and one.passes == 1
+    assert one.steps == (2, 2, 1)
+    two = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=2)
+    assert Counter(two.consumed()) == Counter({i: 2 for i in range(20)}) and two.passes == 2
+    assert two.batches[:5] == one.batches and two.batches[5:] != one.batches  # fresh shuffle per pass
+    other_stage = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=2, epochs=1)
+    assert other_stage.batches != one.batches
+    steps = train.plan_stage(lengths, batch_size=4, grad_accum=3, seed=0, stage=1, max_steps=4)
+    assert len(steps.batches) == 12 and steps.steps == (3, 3, 3, 3) and steps.passes == 3
+
+
+def test_plan_with_budget_lands_within_one_batch():
+    lengths = [int(x) for x in np.random.default_rng(3).integers(20, 200, size=30)]
+    counts = [n // 3 for n in lengths]
+    for budget in (1, 500, sum(counts), 3 * sum(counts) + 7):
+        plan = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=budget, counts=counts)
+        consumed = [sum(counts[i] for i in b) for b in plan.batches]
+        assert sum(consumed) >= budget > sum(consumed) - consumed[-1]
+    empty = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=0, counts=counts)
+    assert empty.batches == () and empty.steps == () and empty.passes == 0
+
+
+def test_compute_dtype_auto_is_fp32_on_cpu_and_bf16_on_cuda():
+    assert train.resolve_compute_dtype("auto", CPU) == torch.float32
+    assert train.resolve_compute_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert train.resolve_compute_dtype("fp16", CPU) == torch.float16
+
+
+# ---------------------------------------------------------------- labels and attention
+
+
+def test_only_target_tokens_carry_labels(tiny, examples):
+    _, tokenizer = tiny
+    batch_examples = examples[:4]
+    batch = train.collate(batch_examples, tokenizer.pad_token_id)
+    width = max(len(e.input_ids) for e in batch_examples)
+    assert batch["input_ids"].shape == (4, width)
+    for row, ex in enumerate(batch_examples):
+        labels, mask = batch["labels"][row], batch["attention_mask"][row]
+        n = len(ex.input_ids)
+        assert mask[:n].all() and not mask[n:].any()
+        assert (labels[n:] == IGNORE_INDEX).all()  # padding
+        assert (labels[: len(ex.prompt_ids)] == IGNORE_INDEX).all()  # prompt
+        supervised = labels[labels != IGNORE_INDEX].tolist()
+        assert supervised == list(ex.input_ids[len(ex.prompt_ids) :])
+        assert tokenizer.decode(supervised) == ex.target + tokenizer.eos_token
+
+
+def test_no_attention_across_examples_in_a_batch(tiny, examples):
+    """Each example's logits in a padded batch equal its logits alone."""
+    path, tokenizer = tiny
+    model = lora_model(path, quantization="none").eval()
+    batch_examples = sorted(examples[:3], key=lambda e: len(e.input_ids))
+    batch = train.collate(batch_examples, tokenizer.pad_token_id)
+    with torch.no_grad():
+        together = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        for row, ex in enumerate(batch_examples):
+            alone = model(input_ids=torch.tensor([ex.input_ids])).logits[0]
+            torch.testing.assert_close(together[row, : len(ex.input_ids)], alone, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- the loop and the 4-bit path
+
+
+def test_4bit_path_runs_on_cpu_and_loss_falls(tiny, examples):
+    import bitsandbytes as bnb
+
+    path, tokenizer = tiny
+    model = lora_model(path)
+    projections = [m for n, m in model.named_modules() if n.endswith("q_proj.base_layer")]
+    assert len(projections) == 2 and all(isinstance(m, bnb.nn.Linear4bit) for m in projections)
+    assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+
+    cfg = TrainSpec(lr=1e-2, batch_size=4, schedule="constant", warmup_ratio=0.0)
+    subset = examples[:8]
+    plan = train.plan_stage([len(e.input_ids) for e in subset], batch_size=4, grad_accum=1, seed=0, stage=1, max_steps=12)
+    losses: list[float] = []
+    result = train.train_stage(
+        model, train.build_optimizer(model, cfg), subset, plan, cfg,
+        pad_id=tokenizer.pad_token_id, on_step=lambda step, n, loss, tokens: losses.append(loss),
+    )
+    assert result.steps == len(losses) == 12
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
+    assert result.tokens == sum(len(subset[i].input_ids) for i in plan.consumed())
+
+
+def test_adapter_carries_over_blocks_and_reloads_bit_identically(tmp_path, tiny, examples):
+    path, tokenizer = tiny
+    cfg = TrainSpec(lr=5e-3, batch_size=4)
+    lora = LoraSpec(r=4, alpha=8, dropout=0.1)
+    model = lora_model(path, lora=lora)
+    optimizer = train.build_optimizer(model, cfg)
+    initial = lora_weights(model)
+    lengths = [len(e.input_ids) for e in examples]
+
+    def stage(k):
+        plan = train.plan_stage(lengths, batch_size=4, grad_accum=1, seed=0, stage=k, max_steps=2)
+        return train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
+
+    stage(1)
+    after_1 = lora_weights(model)
+    ckpt = train.save_checkpoint(tmp_path, model, optimizer, {"stage": 1})
+    assert any(not torch.equal(initial[k], after_1[k]) for k in initial)
+    stage(2)
+    after_2 = lora_weights(model)
+    assert any(not torch.equal(after_1[k], after_2[k]) for k in after_1)  # stage 2 trains the same adapter
+
+    torch.manual_seed(123)  # the fresh adapter's random init must not matter
+    base = train.load_base_model(
+        path, quantization="nf4", compute_dtype=torch.float32, device=CPU, gradient_checkpointing=False
+    )
+    reloaded = train.attach_lora(base, lora, ckpt / "adapter")
+    again = lora_weights(reloaded)
+    assert again.keys() == after_1.keys()
+    assert all(torch.equal(again[k], after_1[k]) and again[k].dtype == after_1[k].dtype for k in again)
+    assert all(p.requires_grad for n, p in reloaded.named_parameters() if "lora_" in n)
+
+    # Restoring in place (what the job does at every stage boundary) gives the same bytes.
+    train.restore_checkpoint(ckpt, model, optimizer)
+    assert all(torch.equal(v, after_1[k]) for k, v in lora_weights(model).items())
+    assert (tmp_path / "checkpoint" / "trainer_state.json").exists()
+    assert not (tmp_path / ".checkpoint.tmp").exists() and not (tmp_path / ".checkpoint.old").exists()
+
+
+# ---------------------------------------------------------------- generation
+
+
+class EchoModel(torch.nn.Module):
+    """Fake model: 'generates' last prompt token + 1, then EOS(3), then junk; records its inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.calls = []
+
+    def generate(self, input_ids, attention_mask, generation_config):
+        self.calls.append((input_ids.clone(), attention_mask.clone()))
+        last = input_ids[:, -1:]
+        new = torch.cat([last + 1, torch.full_like(last, 3), torch.full_like(last, 9)], dim=1)
+        return torch.cat([input_ids, new], dim=1)
+
+
+def test_generate_greedy_left_pads_restores_order_and_cuts_at_eos():
+    model = EchoModel()
+    prompts = [[5, 6], [7, 8, 9, 10], [11]]
+    out = generate_greedy(model, prompts, pad_id=0, eos_ids=[3], batch_size=2, max_new_tokens=3)
+    assert out == [[7], [11], [12]]  # input order, new tokens only, cut before EOS
+    first_ids, first_mask = model.calls[0]  # longest prompts first, left-padded
+    assert first_ids.tolist() == [[7, 8, 9, 10], [0, 0, 5, 6]]
+    assert first_mask.tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert model.training  # restored
+
+
+def test_batched_generation_equals_one_at_a_time(tiny, examples):
+    path, tokenizer = tiny
+    model = lora_model(path, quantization="none")
+    prompts = [e.prompt_ids for e in examples[:6]]
+    kwargs = dict(pad_id=tokenizer.pad_token_id, eos_ids=[tokenizer.eos_token_id], max_new_tokens=6)
+    batched = generate_greedy(model, prompts, batch_size=6, **kwargs)
+    assert batched == generate_greedy(model, prompts, batch_size=1, **kwargs)
+    assert all(0 < len(ids) <= 6 for ids in batched)
+
+
+# ---------------------------------------------------------------- progress
+
+
+def test_progress_prints_plain_periodic_lines_when_not_a_terminal():
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=200)
+    now = [0.0]
+    with StageProgress("stage 1/2 L1", 5, console, interval_s=10, clock=lambda: now[0]) as progress:
+        for step in range(1, 6):
+            now[0] += 4.0
+            progress.update(step, 5, 2.0 / step, 100)
+    lines = buf.getvalue().splitlines()
+    # 4 s per step: a line at t=12 (step 3) and at the last step, not at every step.
+    assert lines == [
+        "stage 1/2 L1: step 3/5 loss 0.6667 25 tok/s ETA 0:00:08",
+        "stage 1/2 L1: step 5/5 loss 0.4000 25 tok/s ETA 0:00:00",
+    ]
+    assert "\x1b" not in buf.getvalue()

@@ -1,0 +1,155 @@
+"""Evaluation: batched greedy generation on held-out prompts, scored per block.
+
+Prompts are left-padded (generation appends on the right), sorted by length so
+each batch wastes little padding, and decoded from the new tokens only.
+Generation stops at the end-of-turn token. Scores come from
+:func:`trajhpc.scoring.score` and are summarized per block by
+:func:`trajhpc.scoring.summarize`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from trajhpc.scoring import gold_name, score, summarize
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One held-out example, ready for generation."""
+
+    block: str
+    dialogue_key: str
+    step: int
+    prompt_ids: tuple[int, ...]
+    gold: str
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    per_block: dict[str, dict[str, Any]]  # block -> trajhpc.scoring.summarize(...)
+    rows: list[dict[str, Any]]  # one prediction row per held-out example, input order
+    seconds: float
+
+
+def prompt_hash(prompt_ids: Sequence[int]) -> str:
+    """Short stable hash of the exact prompt the model saw."""
+    return hashlib.sha256(",".join(map(str, prompt_ids)).encode()).hexdigest()[:12]
+
+
+def end_of_turn_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
+    """Token ids that end the assistant's turn: the tokenizer's eos plus the model's generation eos."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
+
+
+def generate_greedy(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    batch_size: int,
+    max_new_tokens: int,
+    autocast_dtype: torch.dtype | None = None,
+) -> list[list[int]]:
+    """Greedy continuations (new tokens only, up to the first end-of-turn) for each prompt, input order.
+
+    ``autocast_dtype`` (bf16/fp16 on CUDA) runs generation under the same autocast as training.
+    """
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=list(eos_ids),
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    device = next(model.parameters()).device
+    # Longest first: similar lengths share a batch, and the memory peak comes first.
+    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    outputs: list[list[int]] = [[] for _ in prompts]
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None and autocast_dtype != torch.float32
+        else contextlib.nullcontext()
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                ids = [torch.tensor(list(prompts[i]), dtype=torch.long) for i in idx]
+                masks = [torch.ones(len(x), dtype=torch.long) for x in ids]
+                input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id, padding_side="left")
+                attention_mask = pad_sequence(masks, batch_first=True, padding_value=0, padding_side="left")
+                out = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    generation_config=config,
+                )
+                for row, i in zip(out[:, input_ids.shape[1] :].tolist(), idx):
+                    cut = next((j for j, t in enumerate(row) if t in eos_ids), len(row))
+                    outputs[i] = row[:cut]
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    items: Sequence[HeldOut],
+    blocks: Sequence[str],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    autocast_dtype: torch.dtype | None = None,
+) -> EvalResult:
+    """Generate for every held-out item (all blocks batched together) and score per block."""
+    started = time.perf_counter()
+    new_ids = generate_greedy(
+        model,
+        [it.prompt_ids for it in items],
+        pad_id=tokenizer.pad_token_id,
+        eos_ids=end_of_turn_ids(tokenizer, model),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        autocast_dtype=autocast_dtype,
+    )
+    predictions = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
+    rows, scores_by_block = [], {b: [] for b in blocks}
+    for it, pred in zip(items, predictions):
+        s = score(pred, it.gold)
+        scores_by_block[it.block].append((s, gold_name(it.gold)))
+        rows.append(
+            {
+                "block": it.block,
+                "dialogue_key": it.dialogue_key,
+                "step": it.step,
+                "prompt_hash": prompt_hash(it.prompt_ids),
+                "prediction": pred,
+                "gold": it.gold,
+                **s.to_dict(),
+            }
+        )
+    per_block = {
+        b: summarize([s for s, _ in pairs], [g for _, g in pairs]) for b, pairs in scores_by_block.items()
+    }
+    return EvalResult(per_block, rows, time.perf_counter() - started)

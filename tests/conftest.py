@@ -30,3 +30,37 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+def _slurm_unavailable() -> str | None:
+    """Why the local Slurm cluster can't be used, or None when it answers."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None:
+        return "sinfo not on PATH (start the test cluster: bash scripts/slurm-ci-up.sh, as root)"
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%a"], capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        return "sinfo timed out"
+    if out.returncode != 0 or "up" not in out.stdout:
+        return f"the Slurm cluster does not answer: {out.stderr.strip() or out.stdout.strip()}"
+    return None
+
+
+_SLURM_REASON: list[str | None] = []
+
+
+def pytest_runtest_setup(item):
+    """Slurm tests skip on a developer machine without the cluster, but fail in CI:
+    a CI run that silently skipped them would prove nothing."""
+    if "slurm" not in item.keywords:
+        return
+    if not _SLURM_REASON:
+        _SLURM_REASON.append(_slurm_unavailable())
+    reason = _SLURM_REASON[0]
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the Slurm integration tests: {reason}")
+    pytest.skip(reason)

@@ -1,0 +1,368 @@
+"""`trajhpc aggregate`: reading job directories, exclusions, the long table, statistics and outputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from rich.console import Console
+
+from trajhpc import aggregate as agg
+from trajhpc.errors import TrajhpcError
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import synthetic_jobs as sj  # noqa: E402
+
+ORDERS = [("a", "b", "c"), ("c", "b", "a")]
+
+
+def _result(root: Path, **kwargs) -> agg.StudyResult:
+    (result,) = agg.aggregate([root], resamples=500, **kwargs)
+    return result
+
+
+@pytest.fixture()
+def study(tmp_path: Path) -> Path:
+    """18 complete jobs: arms A, B, A@B x seeds 0-2 x two orders."""
+    sj.write_study(tmp_path, "s1")
+    return tmp_path
+
+
+def _job(root: Path, arm: str = "A", seed: int = 0, order=ORDERS[0]) -> Path:
+    condition, _, match = arm.partition("@")
+    return root / "s1" / sj.spec_for(condition, seed=seed, order=order, match=match or None).job_id
+
+
+# ---------------------------------------------------------------- the long table
+
+
+def test_long_table_has_one_row_per_job_stage_block(study):
+    r = _result(study)
+    assert r.long.height == 18 * 4 * 3
+    assert r.long.select("job_id", "stage", "block").is_duplicated().sum() == 0
+    expected = {
+        "study", "job_id", "condition", "arm", "seed", "order", "stage", "trained_block", "block", "block_pos",
+        "supervised_tokens", "total_tokens", "padded_tokens", "cum_supervised_tokens", "cum_total_tokens",
+        "cum_padded_tokens", "n", "exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1",
+        "errors_no_call", "errors_wrong_name",
+    }
+    assert expected <= set(r.long.columns)
+    assert set(r.long["order"]) == {"a>b>c", "c>b>a"}
+    assert set(r.long["study"]) == {"s1"}
+
+
+def test_long_table_joins_scores_with_token_counts(study):
+    r = _result(study)
+    spec = sj.spec_for("B", seed=1, order=ORDERS[1])
+    rows = r.long.filter(pl.col("job_id") == spec.job_id).sort("stage", "block")
+    per_stage = sj.ARM_TOKENS["B"] + 10  # seed 1
+    # stage t trains block order[t-1] with per_stage * t supervised tokens (fixture)
+    stage2 = rows.filter((pl.col("stage") == 2) & (pl.col("block") == "a"))
+    assert stage2["trained_block"].item() == "b" and stage2["block_pos"].item() == 3
+    assert stage2["supervised_tokens"].item() == per_stage * 2
+    assert stage2["cum_supervised_tokens"].item() == per_stage * (1 + 2)
+    assert stage2["cum_total_tokens"].item() == 4 * per_stage * 3
+    matrix = sj.synthetic_matrix("B", 1, ORDERS[1], ["a", "b", "c"])
+    assert rows.filter(pl.col("stage") == 2).sort("block")["exact"].to_list() == matrix[2]
+
+
+def test_units_final_scores_and_continual_metrics_match_the_matrices(study):
+    r = _result(study)
+    for arm, seed, order in [("A", 0, ORDERS[0]), ("B", 2, ORDERS[1])]:
+        m = np.array(sj.synthetic_matrix(arm, seed, order, ["a", "b", "c"]))
+        pos = {b: i for i, b in enumerate(order, start=1)}
+        col = {b: j for j, b in enumerate(["a", "b", "c"])}
+        unit = r.units.filter(pl.col("job_id") == _job(study, arm, seed, order).name).row(0, named=True)
+        assert unit["exact"] == pytest.approx(m[3].mean())
+        bwt = np.mean([m[3, col[b]] - m[pos[b], col[b]] for b in order[:2]])
+        forgetting = np.mean([m[pos[b]:3, col[b]].max() - m[3, col[b]] for b in order[:2]])
+        fwt = np.mean([m[pos[b] - 1, col[b]] - m[0, col[b]] for b in order[1:]])
+        assert (unit["bwt_exact"], unit["forgetting_exact"], unit["fwt_exact"]) == pytest.approx((bwt, forgetting, fwt))
+
+
+def test_summary_and_paired_differences_by_hand(study):
+    r = _result(study)
+    units = {(u["arm"], u["seed"], u["order"]): u for u in r.units.to_dicts()}
+    keys = [(s, ">".join(o)) for s in (0, 1, 2) for o in ORDERS]
+    a = np.array([units[("A", *k)]["exact"] for k in keys])
+    b = np.array([units[("B", *k)]["exact"] for k in keys])
+    row = r.summary.filter((pl.col("arm") == "B") & (pl.col("metric") == "exact")).row(0, named=True)
+    assert (row["mean"], row["sd"], row["n"]) == (pytest.approx(b.mean()), pytest.approx(b.std(ddof=1)), 6)
+    assert row["ci_lo"] <= row["mean"] <= row["ci_hi"]
+    b_vs_a = (pl.col("arm") == "B") & (pl.col("baseline") == "A") & (pl.col("metric") == "exact")
+    pair = r.paired.filter(b_vs_a).row(0, named=True)
+    d = b - a
+    assert pair["pairs"] == 6 and pair["mean_diff"] == pytest.approx(d.mean())
+    from itertools import product
+
+    hits = sum(abs(np.mean(np.array(s) * d)) >= abs(d.mean()) - 1e-12 for s in product([-1, 1], repeat=6))
+    assert pair["p_value"] == pytest.approx(hits / 64) and pair["p_exact"]
+    # Every pair of arms is compared, B first and the stripped A last.
+    pairs = r.paired.select("arm", "baseline").unique(maintain_order=True).rows()
+    assert pairs == [("B", "A@B"), ("B", "A"), ("A@B", "A")]
+
+
+def test_compute_matching_ratio_and_budget(study):
+    r = _result(study)
+    sup = r.summary.filter(pl.col("metric") == "supervised_tokens")
+    ratio = dict(zip(sup["arm"], sup["ratio_vs_A"]))
+    a_mean = np.mean([(sj.ARM_TOKENS["A"] + 10 * s) * 6 for s in (0, 1, 2)])
+    b_mean = np.mean([(sj.ARM_TOKENS["B"] + 10 * s) * 6 for s in (0, 1, 2)])
+    assert ratio["A"] == pytest.approx(1.0) and ratio["B"] == pytest.approx(b_mean / a_mean)
+    assert r.summary.filter(pl.col("metric") == "exact")["ratio_vs_A"].is_null().all()
+    # Budget: the smallest final count of any unit (A, seed 0: 100 + 200 + 300).
+    assert r.budgets["supervised"] == 600
+    # B seed 0 reaches 125, 375, 750 supervised tokens: 600 lies 60% into its last stage.
+    m = np.array(sj.synthetic_matrix("B", 0, ORDERS[0], ["a", "b", "c"])).mean(axis=1)
+    unit = r.units.filter(pl.col("job_id") == _job(study, "B").name).row(0, named=True)
+    assert unit["exact_at_budget_supervised"] == pytest.approx(m[2] + (m[3] - m[2]) * (600 - 375) / 375)
+    a_unit = r.units.filter(pl.col("job_id") == _job(study, "A").name).row(0, named=True)
+    assert a_unit["exact_at_budget_supervised"] == pytest.approx(a_unit["exact"])  # exactly at its end
+    assert unit["exact_per_m_supervised"] == pytest.approx(unit["exact"] / 750e-6)
+
+
+def test_flops_from_recorded_parameter_counts_else_null(tmp_path):
+    spec = sj.spec_for("A")
+    sj.write_job(tmp_path / "s", spec, [[0.1] * 3] * 4, resources={"params_base": 1000, "params_trainable": 10})
+    spec_b = sj.spec_for("B")
+    sj.write_job(tmp_path / "s", spec_b, [[0.1] * 3] * 4)
+    r = _result(tmp_path)
+    flops = dict(zip(r.units["arm"], r.units["flops"]))
+    padded = 5 * (100 + 200 + 300)  # fixture: padded = 5 x supervised
+    assert flops["A"] == (4 * 1000 + 6 * 10) * padded
+    assert flops["B"] is None  # tiny model, nothing recorded: unknown, not guessed
+
+
+def test_smollm2_flops_from_the_model_table(tmp_path):
+    spec = sj.spec_for("A", model="smollm2-135m-instruct")
+    sj.write_job(tmp_path / "s", spec, [[0.1] * 3] * 4)
+    unit = _result(tmp_path).units.row(0, named=True)
+    assert unit["params_source"] == "model table"
+    assert unit["flops"] == pytest.approx((4 * 134_515_008 + 6 * 16 * 30 * 10176) * 5 * 600)
+
+
+# ---------------------------------------------------------------- bad jobs
+
+
+def _edit(path: Path, change) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _set(name: str, **values):
+    """Damage: overwrite top-level keys of one document."""
+    return lambda job: _edit(job / name, lambda doc: doc.update(values))
+
+
+def _change(name: str, change):
+    return lambda job: _edit(job / name, change)
+
+
+def _truncate(name: str, keep: int = 50):
+    return lambda job: (job / name).write_text((job / name).read_text()[:keep])
+
+
+def _remove(name: str):
+    return lambda job: (job / name).unlink()
+
+
+def _stages(n: int, **values):
+    return _change("metrics.json", lambda m: m.update(stages=m["stages"][:n], **values))
+
+
+BAD_JOBS = [
+    pytest.param(_truncate("metrics.json", 30), "corrupt", "metrics.json", "not valid JSON", id="bad-json"),
+    pytest.param(_truncate("tokens.json"), "corrupt", "tokens.json", "not valid JSON", id="truncated"),
+    pytest.param(_remove("metrics.json"), "incomplete", "metrics.json", "missing", id="no-metrics"),
+    pytest.param(_remove("tokens.json"), "incomplete", "tokens.json", "missing", id="no-tokens"),
+    pytest.param(_set("metrics.json", schema="other/2"), "foreign", "metrics.json", "other/2", id="foreign-metrics"),
+    pytest.param(_set("spec.json", schema="elsewhere/1"), "foreign", "spec.json", "elsewhere/1", id="foreign-spec"),
+    pytest.param(
+        _change("metrics.json", lambda m: m["stages"][1]["per_block"]["a"].pop("exact")),
+        "corrupt", "metrics.json", "stages.1.per_block.a.exact", id="missing-field",
+    ),
+    pytest.param(
+        _change("metrics.json", lambda m: m["stages"][2]["per_block"]["b"].update(exact=1.5)),
+        "corrupt", "metrics.json", "stages.2.per_block.b.exact", id="out-of-range",
+    ),
+    pytest.param(_set("spec.json", condition="Z"), "corrupt", "spec.json", "condition", id="bad-spec"),
+    pytest.param(_stages(2, complete=False), "incomplete", "metrics.json", "stage 1 of 3", id="not-complete"),
+    pytest.param(_stages(3), "incomplete", "metrics.json", "stage 2 of 3", id="too-few-stages"),
+    pytest.param(_stages(0, complete=False), "incomplete", "metrics.json", "no stage evaluated yet", id="no-stages"),
+    pytest.param(
+        _change("tokens.json", lambda m: m.update(stages=m["stages"][:2])), "incomplete", "tokens.json", "2 stages",
+        id="tokens-short",
+    ),
+    pytest.param(_set("spec.json", seed=99), "mismatch", "spec.json", "hashes to", id="spec-hash"),
+    pytest.param(_set("metrics.json", job_id="000000000000"), "mismatch", "metrics.json", "job_id", id="metrics-id"),
+    pytest.param(_set("metrics.json", order=["c", "b", "a"]), "mismatch", "metrics.json", "order", id="metrics-order"),
+    pytest.param(_set("tokens.json", job_id="000000000000"), "mismatch", "tokens.json", "job_id", id="tokens-id"),
+    pytest.param(_set("metrics.json", study="other"), "mismatch", "metrics.json", "study", id="study"),
+    pytest.param(
+        _change("metrics.json", lambda m: m["stages"][2].update(trained_block="c")),
+        "corrupt", "metrics.json", "stages.2", id="stage-block",
+    ),
+]
+
+
+@pytest.mark.parametrize("damage, status, file, words", BAD_JOBS)
+def test_bad_jobs_are_listed_with_a_reason_and_excluded(study, damage, status, file, words):
+    job = _job(study, "B", 1)
+    damage(job)
+    r = _result(study)
+    row = r.jobs.filter(pl.col("job_id") == job.name).row(0, named=True)
+    assert row["status"] == status and Path(row["file"]).name == file
+    assert words in row["reason"], row["reason"]
+    assert r.jobs.filter(pl.col("status") == "ok").height == 17
+    assert job.name not in r.units["job_id"].to_list() and job.name not in r.long["job_id"].to_list()
+    assert r.summary.filter((pl.col("arm") == "B") & (pl.col("metric") == "exact"))["n"].item() == 5
+    assert r.paired.filter((pl.col("arm") == "B") & (pl.col("baseline") == "A"))["pairs"].to_list()[0] == 5
+    with pytest.raises(TrajhpcError, match=rf"{job.name}/{file}: {status}:"):
+        agg.aggregate([study], strict=True, resamples=100)
+
+
+def test_failed_job_reason_quotes_its_state(study):
+    job = _job(study)
+    _edit(job / "metrics.json", lambda m: m.update(complete=False, stages=m["stages"][:2]))
+    error = "Traceback (most recent call last):\n  File x\nRuntimeError: CUDA out of memory"
+    (job / "state.json").write_text(json.dumps({"state": "failed", "error": error}))
+    row = _result(study).jobs.filter(pl.col("job_id") == job.name).row(0, named=True)
+    assert row["status"] == "incomplete"
+    assert row["reason"].endswith("(state.json: failed: RuntimeError: CUDA out of memory)")
+
+
+def test_a_renamed_job_folder_is_a_mismatch(study):
+    job = _job(study)
+    job.rename(job.parent / "renamed-job")
+    row = _result(study).jobs.filter(pl.col("job_id") == "renamed-job").row(0, named=True)
+    assert row["status"] == "mismatch" and job.name in row["reason"]
+
+
+def test_a_study_of_only_bad_jobs_still_reports(tmp_path):
+    d = sj.write_job(tmp_path / "s", sj.spec_for("A"), [[0.1] * 3] * 2)  # stage 1 of 3
+    r = _result(tmp_path)
+    assert r.units.height == 0 and r.jobs["status"].to_list() == ["incomplete"]
+    out = agg.write_outputs(r, plots=True)
+    assert "No complete job" in (out / "report.md").read_text()
+    assert d.name in (out / "jobs.csv").read_text()
+
+
+# ---------------------------------------------------------------- studies, targets, variants
+
+
+def test_two_studies_in_one_root_are_kept_apart(tmp_path):
+    sj.write_study(tmp_path, "s1", arms=("A", "B"), seeds=(0, 1))
+    sj.write_study(tmp_path, "s2", arms=("A",), seeds=(0,), orders=[("a", "b", "c")])
+    results = {r.study: r for r in agg.aggregate([tmp_path], resamples=100)}
+    assert set(results) == {"s1", "s2"}
+    assert results["s1"].units.height == 8 and results["s2"].units.height == 1
+    assert set(results["s2"].long["study"]) == {"s2"}
+    assert results["s2"].paired.height == 0
+    for name, r in results.items():
+        out = agg.write_outputs(r, plots=False)
+        assert out == tmp_path / name / "aggregate"
+        assert pl.read_parquet(out / "long.parquet")["study"].unique().to_list() == [name]
+
+
+def test_a_manifest_target_means_its_run_root_and_study(tmp_path, monkeypatch):
+    sj.write_study(tmp_path / "runs", "s1", arms=("A",), seeds=(0,))
+    sj.write_study(tmp_path / "runs", "s2", arms=("B",), seeds=(0,))
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("study: s2\nrun_root: runs\nconditions: [B]\norders: [[a, b, c]]\n")
+    monkeypatch.chdir(tmp_path)
+    (r,) = agg.aggregate([manifest], resamples=100)
+    assert r.study == "s2" and r.units["arm"].unique().to_list() == ["B"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("run_root: runs\nconditions: [A]\n", r"m.yaml.*study"),
+        ("study: [1, 2\n", r"m.yaml:2: not valid YAML"),
+        ("study: nope\nconditions: [A]\n", "no jobs yet"),
+    ],
+)
+def test_bad_manifest_targets(tmp_path, monkeypatch, text, message):
+    (tmp_path / "m.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TrajhpcError, match=message):
+        agg.aggregate([Path("m.yaml")])
+
+
+def test_missing_or_empty_targets(tmp_path):
+    with pytest.raises(TrajhpcError, match="no such run root or manifest"):
+        agg.aggregate([tmp_path / "nope"])
+    with pytest.raises(TrajhpcError, match="no job directories"):
+        agg.aggregate([tmp_path])
+
+
+def test_a_job_directory_found_twice_counts_once(study):
+    (r,) = agg.aggregate([study, study / "s1", _job(study)], resamples=100)
+    assert r.jobs.height == 18
+
+
+def test_mixed_settings_split_arms_by_variant(tmp_path):
+    for lr in (1e-4, 2e-4):
+        for seed in (0, 1):
+            spec = sj.spec_for("A", seed=seed, train={"lr": lr})
+            sj.write_job(tmp_path / "s", spec, [[0.1] * 3] * 4)
+    r = _result(tmp_path)
+    arms = sorted(r.units["arm"].unique().to_list())
+    assert len(arms) == 2 and all(a.startswith("A (") for a in arms)
+    assert r.paired.height == len(agg.PAIRED_METRICS)  # the two variants of A are compared
+
+
+# ---------------------------------------------------------------- outputs and the command
+
+
+def test_outputs_are_written_and_consistent(study):
+    r = _result(study)
+    out = agg.write_outputs(r, plots=False)
+    names = {p.name for p in out.iterdir()}
+    tables = {"long.parquet", "long.csv", "units.csv", "summary.csv", "stages.csv", "paired.csv", "jobs.csv"}
+    assert tables | {"report.md"} <= names
+    assert not any(n.endswith(".png") for n in names)
+    assert not any(n.startswith(".") for n in names)  # no temp files left behind
+    assert pl.read_parquet(out / "long.parquet").equals(r.long)
+    summary = pl.read_csv(out / "summary.csv")
+    assert summary.columns == ["arm", "metric", "mean", "sd", "ci_lo", "ci_hi", "n", "ratio_vs_A"]
+    assert summary.height == 3 * len(agg.SUMMARY_METRICS)
+    # A second run over the same root ignores the aggregate folder it wrote.
+    assert _result(study).jobs.height == 18
+
+
+def test_aggregate_command_prints_a_summary_and_writes_plots(study):
+    console = Console(record=True, width=200)
+    agg.aggregate_command(console, [study], strict=False, plots=True)
+    text = console.export_text()
+    assert "study s1" in text and "18 complete jobs, 0 excluded" in text and "B − A" in text
+    out = study / "s1" / "aggregate"
+    for png in ("accuracy_by_stage.png", "accuracy_vs_tokens.png", "rmatrix.png", "paired_forest.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in (out / "report.md").read_text()
+
+
+def test_cli_strict_reports_the_bad_file_on_one_line(study):
+    job = _job(study)
+    (job / "metrics.json").write_text("{")
+    run = subprocess.run(
+        [sys.executable, "-m", "trajhpc.cli", "aggregate", str(study), "--strict", "--no-plots"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 2
+    lines = [line for line in run.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "metrics.json" in lines[0] and "corrupt" in lines[0], run.stderr
+    assert not (study / "s1" / "aggregate").exists()
+
+
+def test_arms_without_common_seed_and_order_have_zero_pairs(tmp_path):
+    sj.write_job(tmp_path / "s", sj.spec_for("A", seed=0), [[0.1] * 3] * 4)
+    sj.write_job(tmp_path / "s", sj.spec_for("B", seed=1), [[0.2] * 3] * 4)
+    r = _result(tmp_path)
+    assert r.paired["pairs"].to_list() == [0] * len(agg.PAIRED_METRICS)
+    assert r.paired["mean_diff"].is_null().all() and r.paired["p_value"].is_null().all()
+    assert "| B − A | exact | 0 | – | – |" in agg.write_outputs(r, plots=True).joinpath("report.md").read_text()

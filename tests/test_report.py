@@ -1,0 +1,79 @@
+"""report.md against a golden file, the methods text, the terminal summary."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from trajhpc import aggregate as agg
+from trajhpc import report
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import synthetic_jobs as sj  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden" / "report.md"
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory) -> agg.StudyResult:
+    """The fixed synthetic study: 18 complete jobs, one stopped early, one with damaged metrics."""
+    root = tmp_path_factory.mktemp("runs")
+    sj.write_study(root, "golden")
+    sj.write_job(root / "golden", sj.spec_for("B", seed=7), [[0.1] * 3] * 2, study="golden")  # stage 1 of 3
+    broken = sj.write_job(root / "golden", sj.spec_for("A", seed=7), [[0.1] * 3] * 4, study="golden")
+    (broken / "metrics.json").write_text(json.dumps({"schema": "trajhpc.metrics/1"})[:-1])
+    (r,) = agg.aggregate([root])
+    return r
+
+
+def test_report_matches_the_golden_file(result):
+    text = report.render_markdown(result)
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text(), "report.md changed: review the diff, then rerun with UPDATE_GOLDEN=1"
+
+
+def test_methods_paragraph_is_built_from_the_data(result):
+    text = report.methods_paragraph(result)
+    assert "20 job directories were found; 18 complete jobs" in text
+    assert "2 were excluded (1 corrupt, 1 incomplete)" in text
+    assert "3 seeds (0, 1, 2), 2 block orders" in text
+    assert "B vs A: 6" in text and "10,000 resamples" in text and "default_rng(0)" in text
+    assert "not API-Bank's execution-based metric" in text
+
+
+def test_report_links_only_the_plots_it_is_given(result):
+    assert "## Plots" not in report.render_markdown(result)
+    assert "![rmatrix](rmatrix.png)" in report.render_markdown(result, ["rmatrix.png"])
+
+
+def test_numbers_never_show_a_negative_zero():
+    assert report._num(-0.0001) == "0.000" and report._num(-0.002) == "-0.002" and report._num(None) == "–"
+
+
+def test_terminal_summary_lists_arms_pairs_and_exclusions(result):
+    console = Console(record=True, width=200)
+    report.print_summary(console, result)
+    text = console.export_text()
+    assert "18 complete jobs, 2 excluded" in text and "1 corrupt" in text and "1 incomplete" in text
+    for line in ("B − A@B", "A@B − A", "exact @ supervised-token budget"):
+        assert line in text
+
+
+def test_excluded_table_escapes_cells_and_is_capped(result, monkeypatch):
+    import polars as pl
+
+    jobs = pl.DataFrame(
+        {
+            "study": ["s"] * 3, "job_id": ["j1", "j2", "j3"], "status": ["corrupt"] * 3,
+            "reason": ["a | b\nc", "x", "y"], "file": [None] * 3, "path": [""] * 3,
+        }
+    )
+    monkeypatch.setattr(report, "MAX_EXCLUDED_ROWS", 2)
+    text = "\n".join(report._excluded_section(jobs))
+    assert "| j1 | corrupt | a \\| b c |" in text
+    assert "j3" not in text and "… and 1 more: see jobs.csv." in text

@@ -1,0 +1,374 @@
+"""Rendering of aggregate results: report.md, PNG plots (matplotlib Agg) and a rich terminal summary.
+
+Only presentation lives here; every number comes from :class:`trajhpc.aggregate.StudyResult`.
+The markdown holds no paths or timestamps, so a fixed study renders byte-identically.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import polars as pl
+
+from trajhpc.atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from trajhpc.aggregate import StudyResult
+
+METRIC_LABELS = {
+    "exact": "exact",
+    "name": "API name",
+    "name_excl_toolsearcher": "API name excl. ToolSearcher",
+    "exact_at_budget_supervised": "exact @ supervised-token budget",
+    "exact_at_budget_total": "exact @ total-token budget",
+}
+STATIC_CAVEAT = (
+    "Scores are static string matches of the generated call against the gold call, not API-Bank's "
+    "execution-based metric: exact needs the same API name, the same argument keys and equal values, "
+    "which is stricter than upstream for free-text, date and ToolSearcher arguments."
+)
+PLOT_FILES = ("accuracy_by_stage.png", "accuracy_vs_tokens.png", "rmatrix.png", "paired_forest.png")
+MAX_EXCLUDED_ROWS = 50
+
+
+# ---------------------------------------------------------------- formatting helpers
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    text = f"{x:.{digits}f}"
+    # -0.000 reads as a sign that is not there.
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _int(x: float | None) -> str:
+    return "–" if x is None else f"{round(x):,}"
+
+
+def _sci(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _ci(row: dict[str, Any], digits: int = 3) -> str:
+    """'mean [lo, hi]', or just the mean when there is no CI (fewer than 2 units)."""
+    if row.get("mean") is None:
+        return "–"
+    ci = f" [{_num(row['ci_lo'], digits)}, {_num(row['ci_hi'], digits)}]" if row.get("ci_lo") is not None else ""
+    return f"{_num(row['mean'], digits)}{ci}"
+
+
+def _diff(row: dict[str, Any]) -> str:
+    return _ci({"mean": row["mean_diff"], "ci_lo": row["ci_lo"], "ci_hi": row["ci_hi"]})
+
+
+def _p(p: float | None, exact: bool) -> str:
+    if p is None:
+        return "–"
+    return f"{p:.4f}" + ("" if exact else " (MC)")
+
+
+def _cell(text: str) -> str:
+    # A '|' or a line break inside a cell would break the markdown table.
+    return " ".join(text.split("\n")).replace("|", "\\|")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _curve(stages: pl.DataFrame, arm: str, metric: str) -> pl.DataFrame:
+    return stages.filter((pl.col("arm") == arm) & (pl.col("metric") == metric)).sort("stage")
+
+
+def _lookup(summary: pl.DataFrame, arm: str, metric: str) -> dict[str, Any]:
+    rows = summary.filter((pl.col("arm") == arm) & (pl.col("metric") == metric)).to_dicts()
+    return rows[0] if rows else {}
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def methods_paragraph(result: StudyResult) -> str:
+    """A short methods text built from the data: units, seeds, orders, exclusions, bootstrap settings."""
+    u, jobs, budget = result.units, result.jobs, result.budgets
+    seeds = sorted(u["seed"].unique().to_list())
+    orders = u["order"].n_unique()
+    n_stages = ", ".join(map(str, sorted(u["n_stages"].unique().to_list())))
+    blocks = result.long["block"].n_unique()
+    excluded = jobs.filter(pl.col("status") != "ok")
+    counts = excluded.group_by("status").len().sort("status").rows()
+    excl = ", ".join(f"{n} {s}" for s, n in counts) or "none"
+    pairs = result.paired.filter(pl.col("metric") == "exact").select("arm", "baseline", "pairs").rows()
+    pair_text = "; ".join(f"{a} vs {b}: {n}" for a, b, n in pairs) or "none"
+    arms = ", ".join(f"{a} ({u.filter(pl.col('arm') == a).height})" for a in result.arms)
+    return " ".join(
+        [
+            f"{jobs.height} job directories were found; {u.height} complete jobs entered the statistics and "
+            f"{excluded.height} were excluded ({excl}).",
+            f"A unit is one job, i.e. one (seed, order) pair of an arm: {_count(len(seeds), 'seed')} "
+            f"({', '.join(map(str, seeds))}), {_count(orders, 'block order')}, {n_stages} training stage(s) over "
+            f"{_count(blocks, 'evaluated block')}; units per arm: {arms}.",
+            "A unit's final score is the mean over evaluated blocks after its last stage; arms are summarised by "
+            "the mean, the standard deviation and a 95% percentile bootstrap CI over units "
+            f"({result.resamples:,} resamples, numpy default_rng({result.seed})).",
+            f"Paired differences match units on (seed, order) (pairs: {pair_text}); p-values are two-sided "
+            "sign-flip permutation tests, exact when 2^pairs ≤ 100,000, otherwise Monte Carlo (MC) with "
+            f"{result.resamples:,} draws (seed {result.seed}).",
+            "Continual-learning metrics use each unit's exact-accuracy matrix R[stage][block]: BWT = mean over "
+            "i<T of R[T][b_i] − R[i][b_i]; forgetting = mean over i<T of max_{i≤l<T} R[l][b_i] − R[T][b_i]; "
+            "FWT = mean over i≥2 of R[i−1][b_i] − R[0][b_i] (stage 0 = zero-shot).",
+            "At equal compute, each unit's mean exact accuracy is interpolated linearly between stages along its "
+            "cumulative tokens (stage 0 at 0) at the smallest final count of any unit: "
+            f"{_int(budget.get('supervised'))} supervised or {_int(budget.get('total'))} total tokens.",
+            STATIC_CAVEAT,
+        ]
+    )
+
+
+def _excluded_section(jobs: pl.DataFrame) -> list[str]:
+    bad = jobs.filter(pl.col("status") != "ok").sort("status", "job_id")
+    if bad.height == 0:
+        return []
+    rows = [[r["job_id"], r["status"], r["reason"] or ""] for r in bad.head(MAX_EXCLUDED_ROWS).to_dicts()]
+    out = ["## Excluded jobs", "", _table(["job", "status", "reason"], rows), ""]
+    if bad.height > MAX_EXCLUDED_ROWS:
+        out += [f"… and {bad.height - MAX_EXCLUDED_ROWS} more: see jobs.csv.", ""]
+    return out
+
+
+def _accuracy_section(result: StudyResult) -> list[str]:
+    s = result.summary
+    metrics = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
+    rows = [
+        [arm, str(_lookup(s, arm, "exact").get("n", 0)), *(_ci(_lookup(s, arm, m)) for m in metrics)]
+        for arm in result.arms
+    ]
+    header = ["arm", "units", "exact", "API name", "API name excl. ToolSearcher", "parse failures", "argument F1"]
+    note = "Mean [95% bootstrap CI] over units; sd in summary.csv."
+    return ["## Final accuracy", "", note, "", _table(header, rows), ""]
+
+
+def _continual_section(result: StudyResult) -> list[str]:
+    s = result.summary
+    metrics = [f"{m}_{score}" for score in ("exact", "name") for m in ("bwt", "forgetting", "fwt")]
+    rows = [[arm, *(_ci(_lookup(s, arm, m)) for m in metrics)] for arm in result.arms]
+    header = ["arm", "BWT exact", "forgetting exact", "FWT exact", "BWT name", "forgetting name", "FWT name"]
+    out = ["## Continual learning", "", _table(header, rows), ""]
+    stages = result.stages
+    numbers = sorted(stages["stage"].unique().to_list())
+    for metric, title in (("acc_exact", "all blocks"), ("acc_seen_exact", "blocks trained so far")):
+        rows = []
+        for arm in result.arms:
+            curve = {r["stage"]: r for r in _curve(stages, arm, metric).to_dicts()}
+            rows.append([arm, *(_ci(curve.get(t, {})) for t in numbers)])
+        header = ["arm", *(f"stage {t}" for t in numbers)]
+        out += [f"### Exact accuracy after each stage ({title})", "", _table(header, rows), ""]
+    return out
+
+
+def _compute_section(result: StudyResult) -> list[str]:
+    s = result.summary
+    rows = []
+    for arm in result.arms:
+        sup, tot, flops = (_lookup(s, arm, m) for m in ("supervised_tokens", "total_tokens", "flops"))
+        rows.append([
+            arm, _int(sup.get("mean")), _num(sup.get("ratio_vs_A")), _int(tot.get("mean")),
+            _num(tot.get("ratio_vs_A")), _sci(flops.get("mean")), _ci(_lookup(s, arm, "exact_per_m_supervised"), 2),
+        ])
+    header = ["arm", "supervised tokens", "ratio vs A", "total tokens", "ratio vs A", "training FLOPs",
+              "exact per M supervised tokens"]
+    sources = result.units["params_source"].drop_nulls().unique().sort().to_list()
+    flops_note = (
+        f"FLOPs ≈ (4·N_base + 6·N_LoRA) × padded tokens, parameter counts from: {', '.join(sources)}."
+        if sources
+        else "FLOPs are unknown: the jobs did not record parameter counts and the model is not in the table."
+    )
+    budget = result.budgets
+    at_budget = [
+        [arm, *(_ci(_lookup(s, arm, f"exact_at_budget_{c}")) for c in ("supervised", "total"))] for arm in result.arms
+    ]
+    return [
+        "## Compute", "", "Mean cumulative tokens per unit after the last stage; ratio = arm mean / A mean.", "",
+        _table(header, rows), "", flops_note, "",
+        "### At equal compute", "",
+        f"Exact accuracy interpolated at {_int(budget.get('supervised'))} supervised / "
+        f"{_int(budget.get('total'))} total tokens.", "",
+        _table(["arm", "exact @ supervised budget", "exact @ total budget"], at_budget), "",
+    ]
+
+
+def _paired_section(result: StudyResult) -> list[str]:
+    rows = [
+        [f"{r['arm']} − {r['baseline']}", METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r),
+         _p(r["p_value"], r["p_exact"])]
+        for r in result.paired.to_dicts()
+    ]
+    header = ["comparison", "metric", "pairs", "mean difference [95% CI]", "p"]
+    body = _table(header, rows) if rows else "Only one arm: nothing to compare."
+    note = "arm − baseline on units matched by (seed, order); two-sided sign-flip p-value."
+    return ["## Paired differences", "", note, "", body, ""]
+
+
+def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
+    """report.md for one study: methods, exclusions, accuracy, continual metrics, compute, paired tests."""
+    out = [f"# Study `{result.study}`", ""]
+    if result.units.height == 0:
+        out += ["No complete job: nothing to compare yet.", "", *_excluded_section(result.jobs)]
+        return "\n".join(out).rstrip() + "\n"
+    out += ["## Methods", "", methods_paragraph(result), ""]
+    out += _excluded_section(result.jobs)
+    out += _accuracy_section(result)
+    out += _continual_section(result)
+    out += _compute_section(result)
+    out += _paired_section(result)
+    if figures:
+        out += ["## Plots", "", *(f"![{Path(f).stem.replace('_', ' ')}]({f})" for f in figures), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _figure(ncols: int = 1, width: float = 6.0, height: float = 4.0):
+    # Figure + Agg canvas directly: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _band(ax, x: np.ndarray, curve: pl.DataFrame, label: str) -> None:
+    """Mean line with markers and a shaded CI band (gaps where there is no CI)."""
+    lo, hi = (curve[c].fill_null(float("nan")).to_numpy() for c in ("ci_lo", "ci_hi"))
+    ax.plot(x, curve["mean"].to_numpy(), marker="o", label=label)
+    ax.fill_between(x, lo, hi, alpha=0.2)
+
+
+def _plot_stages(result: StudyResult, path: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = _figure(2)
+    for ax, metric, title in zip(axes, ("acc_exact", "acc_name"), ("exact", "API name")):
+        for arm in result.arms:
+            curve = _curve(result.stages, arm, metric)
+            _band(ax, curve["stage"].to_numpy(), curve, arm)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="stage (blocks trained)", ylabel=f"{title} accuracy (mean over blocks)",
+               title=f"{title} accuracy after each stage")
+        ax.legend()
+    _save(fig, path)
+
+
+def _plot_tokens(result: StudyResult, path: Path) -> None:
+    fig, axes = _figure(2)
+    for ax, count in zip(axes, ("supervised", "total")):
+        for arm in result.arms:
+            x = _curve(result.stages, arm, f"cum_{count}_tokens")["mean"].to_numpy()
+            _band(ax, x, _curve(result.stages, arm, "acc_exact"), arm)
+        if result.budgets.get(count) is not None:
+            ax.axvline(result.budgets[count], color="grey", linestyle="--", label="budget")
+        ax.set(xlabel=f"cumulative {count} tokens (mean over units)", ylabel="exact accuracy",
+               title=f"accuracy vs {count} tokens")
+        ax.legend()
+    _save(fig, path)
+
+
+def _plot_rmatrix(result: StudyResult, path: Path) -> None:
+    arms = result.arms
+    fig, axes = _figure(len(arms), width=4.0, height=3.6)
+    image = None
+    for ax, arm in zip(axes, arms):
+        r = result.rmatrix.filter(pl.col("arm") == arm)
+        grid = r.pivot(on="block_pos", index="stage", values="exact", sort_columns=True).sort("stage")
+        cols = [c for c in grid.columns if c != "stage"]
+        data = grid.select(cols).to_numpy().astype(float)
+        image = ax.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(cols)), ["untrained" if c == "0" else f"block {c}" for c in cols], rotation=30)
+        ax.set_yticks(range(grid.height), [str(t) for t in grid["stage"]])
+        for (i, j), v in np.ndenumerate(data):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.5 else "black", fontsize=8)
+        ax.set(xlabel="block (position in order)", ylabel="stage", title=f"{arm}: mean exact R[stage][block]")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8)
+    _save(fig, path)
+
+
+def _plot_forest(result: StudyResult, path: Path) -> None:
+    p = result.paired
+    fig, (ax,) = _figure(1, width=7.0, height=0.35 * p.height + 1.2)
+    labels = [f"{a} − {b}: {METRIC_LABELS[m]}" for a, b, m in p.select("arm", "baseline", "metric").rows()]
+    y = np.arange(p.height)[::-1]
+    mean, lo, hi = (p[c].fill_null(float("nan")).to_numpy() for c in ("mean_diff", "ci_lo", "ci_hi"))
+    # Clip float noise: a CI of identical differences can sit 1e-17 off its mean.
+    ax.errorbar(mean, y, xerr=[np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)], fmt="o", capsize=3)
+    ax.axvline(0, color="grey", linestyle="--")
+    ax.set_yticks(y, labels)
+    ax.set(xlabel="paired mean difference [95% CI]", title="paired differences (matched on seed, order)")
+    _save(fig, path)
+
+
+def write_plots(result: StudyResult, out: Path) -> list[str]:
+    """Write the PNG plots into ``out``; returns their file names (the forest plot only with 2+ arms)."""
+    plots = [_plot_stages, _plot_tokens, _plot_rmatrix] + ([_plot_forest] if result.paired.height else [])
+    for plot, name in zip(plots, PLOT_FILES):
+        plot(result, out / name)
+    return list(PLOT_FILES[: len(plots)])
+
+
+# ---------------------------------------------------------------- terminal
+
+
+def print_summary(console: Any, result: StudyResult, out: Path | None = None) -> None:
+    """A rich table per study: final accuracy, BWT, tokens per arm; paired differences; exclusions."""
+    from rich.table import Table
+
+    jobs = result.jobs
+    bad = jobs.filter(pl.col("status") != "ok")
+    console.print(f"[bold]study {result.study}[/]: {jobs.height - bad.height} complete jobs, {bad.height} excluded")
+    for status, n in bad.group_by("status").len().sort("status").rows():
+        console.print(f"  {n} {status}")
+    if result.units.height:
+        s = result.summary
+        table = Table(title=f"{result.study}: final accuracy, mean [95% CI]")
+        columns = ("arm", "units", "exact", "API name", "BWT exact", "exact @ sup. budget", "sup. tokens", "vs A",
+                   "total tokens", "vs A")
+        for col in columns:
+            table.add_column(col, justify="left" if col == "arm" else "right")
+        for arm in result.arms:
+            sup, tot = _lookup(s, arm, "supervised_tokens"), _lookup(s, arm, "total_tokens")
+            table.add_row(
+                arm, str(_lookup(s, arm, "exact").get("n", 0)),
+                *(_ci(_lookup(s, arm, m)) for m in ("exact", "name", "bwt_exact", "exact_at_budget_supervised")),
+                _int(sup.get("mean")), _num(sup.get("ratio_vs_A")), _int(tot.get("mean")), _num(tot.get("ratio_vs_A")),
+            )
+        console.print(table)
+        shown = ["exact", "exact_at_budget_supervised", "exact_at_budget_total"]
+        paired = result.paired.filter(pl.col("metric").is_in(shown))
+        if paired.height:
+            table = Table(title="paired differences (matched on seed, order)")
+            for col in ("comparison", "metric", "pairs", "mean [95% CI]", "p"):
+                table.add_column(col)
+            for r in paired.to_dicts():
+                table.add_row(f"{r['arm']} − {r['baseline']}", METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r),
+                              _p(r["p_value"], r["p_exact"]))
+            console.print(table)
+    if out is not None:
+        console.print(f"wrote {out}")

@@ -1,0 +1,310 @@
+"""Statistics for study comparisons: pure numpy/polars, deterministic.
+
+* Uncertainty is a percentile bootstrap over independent units (one unit = one job,
+  i.e. one seed x order), with a fixed generator seed so a rerun gives the same CI.
+* Paired arm differences use a two-sided sign-flip permutation test, exact (all 2^n
+  sign patterns) up to n = 16 pairs, Monte Carlo with a fixed seed beyond.
+* Continual-learning metrics are computed from each job's accuracy matrix
+  ``R[stage][block]`` given as a long frame (one row per stage x evaluated block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import polars as pl
+
+RESAMPLES = 10_000
+SEED = 0
+LEVEL = 0.95
+MAX_EXACT = 100_000  # enumerate all 2^n sign patterns up to this many
+_CHUNK_CELLS = 1_000_000  # resample-matrix cells per chunk (~8 MB per buffer)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean, sample standard deviation (ddof=1) and bootstrap CI of one sample.
+
+    ``sd`` is None below 2 values and the CI is None below 2 values too: a CI from
+    one unit would look precise while saying nothing.
+    """
+
+    mean: float | None
+    sd: float | None
+    lo: float | None
+    hi: float | None
+    n: int
+
+
+def _resample_means(x: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Means of ``resamples`` bootstrap resamples of the rows of ``x`` (n, m) -> (resamples, m).
+
+    Resample b draws row indices ``floor(U * n)`` from ``default_rng(seed).random``, one
+    row of U per resample in order, so the stream does not depend on chunking and the
+    result equals the plain loop ``x[(rng.random(n) * n).astype(int)].mean(0)``.
+    Each chunk turns indices into counts (bincount) and multiplies by ``x``: one
+    matrix product serves every column.
+    """
+    n, m = x.shape
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, m))
+    chunk = max(1, min(resamples, _CHUNK_CELLS // max(n, 1)))
+    # Buffers reused across chunks: fresh allocations (page faults) cost more than the maths.
+    u = np.empty((chunk, n))
+    idx = np.empty((chunk, n), dtype=np.int64)
+    offsets = (np.arange(chunk, dtype=np.int64) * n)[:, None]
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        ub, ib = u[:rows], idx[:rows]
+        rng.random(out=ub)
+        np.multiply(ub, n, out=ub)
+        ib[...] = ub  # truncation = floor for non-negative values
+        ib += offsets[:rows]
+        counts = np.bincount(ib.ravel(), minlength=rows * n).reshape(rows, n)
+        out[start : start + rows] = counts.astype(np.float64) @ x / n
+    return out
+
+
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
+) -> np.ndarray:
+    """Percentile bootstrap CI of the mean: (lo, hi) for a 1-D sample, (m, 2) for columns.
+
+    Values must be finite; use :func:`describe_columns` for samples with gaps.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    flat = x.ndim == 1
+    x2 = x[:, None] if flat else x
+    if x2.shape[0] == 0:
+        raise ValueError("bootstrap of an empty sample")
+    means = _resample_means(x2, resamples, seed)
+    tail = (1.0 - level) / 2.0 * 100.0
+    ci = np.percentile(means, [tail, 100.0 - tail], axis=0).T  # (m, 2)
+    return ci[0] if flat else ci
+
+
+def describe_columns(
+    matrix: np.ndarray, *, resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
+) -> list[Estimate]:
+    """One :class:`Estimate` per column of ``matrix`` (units x metrics), NaN = missing.
+
+    Columns with the same missing pattern share one bootstrap (same seed, same rows),
+    so each column's CI equals what :func:`bootstrap_ci` gives on its own values.
+    """
+    x = np.asarray(matrix, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError("describe_columns needs a 2-D array")
+    result: list[Estimate | None] = [None] * x.shape[1]
+    valid = ~np.isnan(x)
+    patterns: dict[bytes, list[int]] = {}
+    for j in range(x.shape[1]):
+        patterns.setdefault(valid[:, j].tobytes(), []).append(j)
+    for cols in patterns.values():
+        rows = valid[:, cols[0]]
+        sub = x[rows][:, cols]
+        n = sub.shape[0]
+        if n == 0:
+            for j in cols:
+                result[j] = Estimate(None, None, None, None, 0)
+            continue
+        means = sub.mean(axis=0)
+        sds = sub.std(axis=0, ddof=1) if n > 1 else [None] * len(cols)
+        ci = bootstrap_ci(sub, resamples=resamples, seed=seed, level=level) if n > 1 else None
+        for k, j in enumerate(cols):
+            result[j] = Estimate(
+                float(means[k]),
+                None if sds[k] is None else float(sds[k]),
+                None if ci is None else float(ci[k, 0]),
+                None if ci is None else float(ci[k, 1]),
+                n,
+            )
+    return result  # type: ignore[return-value]
+
+
+def _stack(matrices: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """Side by side, shorter ones padded with NaN rows at the bottom; returns (stack, column offsets)."""
+    mats = [np.asarray(m, dtype=np.float64) for m in matrices]
+    mats = [m[:, None] if m.ndim == 1 else m for m in mats]
+    rows = max((m.shape[0] for m in mats), default=0)
+    padded = [np.vstack([m, np.full((rows - m.shape[0], m.shape[1]), np.nan)]) for m in mats]
+    offsets = np.cumsum([0] + [m.shape[1] for m in mats]).tolist()
+    return (np.hstack(padded) if padded else np.empty((0, 0))), offsets
+
+
+def describe_many(matrices: Sequence[np.ndarray], **kwargs) -> list[list[Estimate]]:
+    """:func:`describe_columns` of several samples at once (e.g. one per arm).
+
+    A column's CI depends only on its own values and the seed, so samples of equal
+    size can share one pass of resampling: stacking them changes no number and
+    turns k bootstraps into one.
+    """
+    stacked, offsets = _stack(matrices)
+    est = describe_columns(stacked, **kwargs) if stacked.shape[1] else []
+    return [est[a:b] for a, b in zip(offsets, offsets[1:])]
+
+
+def describe(values: Sequence[float | None], **kwargs) -> Estimate:
+    """:class:`Estimate` of one sample; None/NaN values are left out."""
+    x = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return describe_columns(x[:, None], **kwargs)[0]
+
+
+def sign_flip_pvalue(
+    diffs: Sequence[float] | np.ndarray, *, max_exact: int = MAX_EXACT, resamples: int = RESAMPLES, seed: int = SEED
+) -> tuple[np.ndarray | float, bool]:
+    """Two-sided paired sign-flip permutation p-value for a mean difference of zero.
+
+    Under H0 each paired difference is symmetric about 0, so flipping its sign is as
+    likely as not. p = share of sign patterns whose |mean| is at least the observed
+    |mean|. All 2^n patterns are enumerated when 2^n <= ``max_exact`` (exact=True);
+    otherwise ``resamples`` random patterns from ``default_rng(seed)`` give
+    p = (1 + hits) / (1 + resamples). Works on a 1-D sample or on columns (n, m).
+    Returns (p, exact); p is NaN for zero pairs.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    flat = d.ndim == 1
+    d2 = d[:, None] if flat else d
+    n, m = d2.shape
+    if n == 0:
+        p = np.full(m, np.nan)
+        return (float(p[0]) if flat else p), True
+    observed = np.abs(d2.mean(axis=0))
+    # Sums that are equal in exact arithmetic may differ in the last bits.
+    tol = 1e-12 * np.maximum(1.0, observed)
+    exact = n < 63 and 2**n <= max_exact
+    if exact:
+        total = 2**n
+        hits = np.zeros(m)
+        chunk = max(1, _CHUNK_CELLS // n)
+        for start in range(0, total, chunk):
+            codes = np.arange(start, min(total, start + chunk), dtype=np.int64)
+            signs = ((codes[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
+            hits += (np.abs(signs @ d2 / n) >= observed - tol).sum(axis=0)
+        p = hits / total
+    else:
+        rng = np.random.default_rng(seed)
+        hits = np.zeros(m)
+        chunk = max(1, min(resamples, _CHUNK_CELLS // n))
+        u = np.empty((chunk, n))
+        for start in range(0, resamples, chunk):
+            rows = min(chunk, resamples - start)
+            ub = u[:rows]
+            rng.random(out=ub)
+            # sign = +1 when U >= 0.5 else -1, computed in place: 2*(U >= 0.5) - 1
+            signs = np.greater_equal(ub, 0.5).astype(np.float64) * 2.0 - 1.0
+            hits += (np.abs(signs @ d2 / n) >= observed - tol).sum(axis=0)
+        p = (1.0 + hits) / (1.0 + resamples)
+    return (float(p[0]) if flat else p), exact
+
+
+def sign_flip_many(matrices: Sequence[np.ndarray], **kwargs) -> list[tuple[list[float | None], list[bool]]]:
+    """:func:`sign_flip_columns` of several paired samples, sharing sign patterns like :func:`describe_many`."""
+    stacked, offsets = _stack(matrices)
+    p, exact = sign_flip_columns(stacked, **kwargs) if stacked.shape[1] else ([], [])
+    return [(p[a:b], exact[a:b]) for a, b in zip(offsets, offsets[1:])]
+
+
+def sign_flip_columns(diffs: np.ndarray, **kwargs) -> tuple[list[float | None], list[bool]]:
+    """:func:`sign_flip_pvalue` per column of (pairs x metrics), NaN = missing pair for that metric.
+
+    Columns with the same missing pattern share one set of sign patterns. Returns
+    (p-values, exact flags); p is None for a column without pairs.
+    """
+    d = np.asarray(diffs, dtype=np.float64)
+    valid = ~np.isnan(d)
+    pvals: list[float | None] = [None] * d.shape[1]
+    exact: list[bool] = [True] * d.shape[1]
+    groups: dict[bytes, list[int]] = {}
+    for j in range(d.shape[1]):
+        groups.setdefault(valid[:, j].tobytes(), []).append(j)
+    for cols in groups.values():
+        rows = valid[:, cols[0]]
+        if not rows.any():
+            continue
+        p, ex = sign_flip_pvalue(d[rows][:, cols], **kwargs)
+        for k, j in enumerate(cols):
+            pvals[j], exact[j] = float(p[k]), ex
+    return pvals, exact
+
+
+def continual_metrics(long: pl.DataFrame, score: str, *, unit: str = "job_id") -> pl.DataFrame:
+    """Continual-learning metrics per unit from its accuracy matrix R.
+
+    ``long`` has one row per unit x stage x evaluated block with columns ``unit``,
+    ``stage`` (0 = zero-shot, t = after training the t-th block of the order),
+    ``n_stages`` (T = length of the order), ``block_pos`` (i = 1-based position of
+    the block in the order, null if it is never trained) and ``score``. With b_i the
+    i-th trained block and R[t][b] the score on b after stage t:
+
+    * ``acc``   = mean over all evaluated blocks of R[T][b] (final average accuracy).
+    * ``bwt``   = 1/(T-1) * sum_{i<T} (R[T][b_i] - R[i][b_i]): backward transfer,
+      negative when later blocks erase what was learned (Lopez-Paz & Ranzato 2017).
+    * ``forgetting`` = 1/(T-1) * sum_{i<T} (max_{l in i..T-1} R[l][b_i] - R[T][b_i]):
+      the drop from each block's best score after it was learned (Chaudhry et al. 2018).
+    * ``fwt``   = 1/(T-1) * sum_{i>=2} (R[i-1][b_i] - R[0][b_i]): forward transfer,
+      gain on a block from training the earlier ones, against the zero-shot score
+      (Lopez-Paz & Ranzato use a random-init baseline; here stage 0 stands in).
+
+    Null scores are skipped in the means; T = 1 gives null bwt/forgetting/fwt.
+    """
+    base = long.select(unit, "stage", "n_stages", "block_pos", pl.col(score).cast(pl.Float64).alias("r"))
+    keys = [unit, "block_pos"]
+    final = base.filter(pl.col("stage") == pl.col("n_stages"))
+    acc = final.group_by(unit).agg(pl.col("r").mean().alias("acc"))
+    trained = final.filter(pl.col("block_pos").is_not_null()).select(*keys, "n_stages", r_final="r")
+    learned = base.filter(pl.col("stage") == pl.col("block_pos")).select(*keys, r_learned="r")
+    zero = base.filter(pl.col("stage") == 0).select(*keys, r_zero="r")
+    before = base.filter(pl.col("stage") == pl.col("block_pos") - 1).select(*keys, r_before="r")
+    peak = (
+        base.filter((pl.col("stage") >= pl.col("block_pos")) & (pl.col("stage") < pl.col("n_stages")))
+        .group_by(keys)
+        .agg(pl.col("r").max().alias("r_peak"))
+    )
+    per_block = (
+        trained.join(learned, on=keys, how="left")
+        .join(peak, on=keys, how="left")
+        .join(zero, on=keys, how="left")
+        .join(before, on=keys, how="left")
+    )
+    not_last = pl.col("block_pos") < pl.col("n_stages")
+    metrics = per_block.group_by(unit).agg(
+        (pl.col("r_final") - pl.col("r_learned")).filter(not_last).mean().alias("bwt"),
+        (pl.col("r_peak") - pl.col("r_final")).filter(not_last).mean().alias("forgetting"),
+        (pl.col("r_before") - pl.col("r_zero")).filter(pl.col("block_pos") >= 2).mean().alias("fwt"),
+    )
+    return acc.join(metrics, on=unit, how="left").sort(unit)
+
+
+def value_at_budget(
+    curve: pl.DataFrame, *, x: str, y: str, budget: str, unit: str = "job_id", order: str = "stage"
+) -> pl.DataFrame:
+    """Linear interpolation of ``y`` at ``x == budget`` along each unit's curve.
+
+    ``curve`` has one row per unit x point, sorted within a unit by ``order`` with
+    ``x`` non-decreasing (cumulative tokens; stage 0 at 0 tokens), and a ``budget``
+    column. The value is taken at the first point with x == budget, else between
+    the two points that straddle it. A budget beyond the unit's last point gives
+    null: we never extrapolate. Returns ``unit, value``.
+    """
+    c = curve.sort(unit, order).with_columns(
+        pl.col(x).shift(1).over(unit).alias("_x0"), pl.col(y).shift(1).over(unit).alias("_y0")
+    )
+    at_point = pl.col(x) == pl.col(budget)
+    inside = (pl.col("_x0") < pl.col(budget)) & (pl.col(budget) < pl.col(x))
+    slope = (pl.col(y) - pl.col("_y0")) / (pl.col(x) - pl.col("_x0"))
+    hits = (
+        c.filter(at_point | inside)
+        .with_columns(
+            pl.when(at_point)
+            .then(pl.col(y))
+            .otherwise(pl.col("_y0") + slope * (pl.col(budget) - pl.col("_x0")))
+            .cast(pl.Float64)
+            .alias("value")
+        )
+        .group_by(unit)
+        .agg(pl.col("value").sort_by(order).first())
+    )
+    units = c.select(unit).unique()
+    return units.join(hits, on=unit, how="left").sort(unit)

@@ -1,0 +1,391 @@
+"""Submission: the sbatch script (golden), executors, containers, resubmission, and a local end-to-end run.
+
+Slurm itself is faked here (``sbatch``/``srun``/``sacct`` scripts on PATH) so the real
+submitit code path runs without a cluster; tests/test_slurm_integration.py uses a real one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shlex
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from trajhpc import container as ctr
+from trajhpc.errors import InputError, TrajhpcError
+from trajhpc.grid import expand
+from trajhpc.launch import (
+    Launch,
+    default_binds,
+    local_slots,
+    make_slurm_executor,
+    render_sbatch,
+    resolve_executor,
+    slurm_parameters,
+    submit_command,
+)
+from trajhpc.manifest import Resources, load_manifest, parse_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+FOLDER = Path("/runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef")
+APPTAINER = ctr.python_command("apptainer", "/images/trajhpc.sif", ["/runs", "/data:/data:ro"], gpus=True)
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("TRAJHPC_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} changed; rerun with TRAJHPC_UPDATE_GOLDEN=1 if intended"
+
+
+# ---------------------------------------------------------------- sbatch script
+
+
+def test_sbatch_array_golden():
+    manifest = load_manifest(REPO / "manifests" / "grid.yaml")
+    _golden("sbatch_grid_array.sh", render_sbatch(manifest, folder=FOLDER, python=APPTAINER, n_jobs=60))
+
+
+def test_sbatch_single_job_golden():
+    manifest = parse_manifest(
+        "study: one\nconditions: [A]\nresources:\n  partition: gpu\n  account: proj-1\n  qos: high\n"
+        "  constraint: a100|h100\n  mem_gb: 1.5\n  extra_sbatch: {mail-type: FAIL, exclusive: true}\n"
+    )
+    _golden("sbatch_single.sh", render_sbatch(manifest, folder=Path("/r/.submitit/x"), python="/usr/bin/python3", n_jobs=1))
+
+
+def test_sbatch_is_what_the_executor_submits(monkeypatch):
+    """render_sbatch == the script submitit's SlurmExecutor builds for the same array (no cluster needed)."""
+    import submitit
+
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
+    manifest = load_manifest(REPO / "manifests" / "grid.yaml")
+    launch = Launch(manifest, REPO / "manifests" / "grid.yaml", Path("/runs"), "slurm")
+    executor = make_slurm_executor(launch)
+    assert executor.max_num_timeout == manifest.resources.max_requeues
+    array = submitit.SlurmExecutor(executor.folder, executor.max_num_timeout)  # as submitit does for arrays
+    array.update_parameters(**executor.parameters)
+    array.parameters["map_count"] = 7
+    expected = array._make_submission_file_text(executor._submitit_command_str, "uid")
+    assert launch.sbatch(7) == expected
+
+
+def test_slurm_parameters_from_resources():
+    manifest = parse_manifest(
+        "study: s\nconditions: [A]\nresources: {gpus_per_node: 2, cpus_per_task: 4, mem_gb: 12, timeout_min: 30,"
+        " array_parallelism: 5, signal_delay_s: 60, partition: p, extra_sbatch: {nice: 10}}\n"
+    )
+    assert slurm_parameters(manifest) == {
+        "job_name": "trajhpc-s", "time": 30, "mem": "12GB", "cpus_per_task": 4, "gpus_per_node": 2,
+        "array_parallelism": 5, "signal_delay_s": 60, "partition": "p", "additional_parameters": {"nice": 10},
+        "setup": ["export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}"],
+    }
+
+
+@pytest.mark.parametrize(
+    "choice, sbatch, expected", [("auto", True, "slurm"), ("auto", False, "local"), ("slurm", False, "slurm"), ("local", True, "local")]
+)
+def test_resolve_executor(choice, sbatch, expected):
+    assert resolve_executor(choice, sbatch) == expected
+
+
+def test_resolve_executor_rejects_unknown():
+    with pytest.raises(TrajhpcError, match="--executor must be one of slurm, local, auto, got 'pbs'"):
+        resolve_executor("pbs", True)
+
+
+# ---------------------------------------------------------------- containers
+
+
+def test_apptainer_command():
+    assert APPTAINER == "apptainer exec --nv --bind /runs --bind /data:/data:ro /images/trajhpc.sif python3"
+    assert ctr.python_command("apptainer", "x.sif", [], gpus=False) == "apptainer exec x.sif python3"
+    assert ctr.python_command("none", None, ["/x"], gpus=True) is None
+
+
+def test_docker_command_passes_submitit_environment():
+    cmd = ctr.python_command("docker", "ghcr.io/o/trajhpc:1.0", ["/runs"], gpus=True, uid_gid=(1000, 100))
+    argv = shlex.split(cmd)
+    assert argv[:7] == ["docker", "run", "--rm", "--init", "--gpus", "all", "--user"]
+    assert argv[-2:] == ["ghcr.io/o/trajhpc:1.0", "python3"]
+    assert "--volume" in argv and "/runs" in argv
+    envs = {argv[i + 1] for i, a in enumerate(argv) if a == "--env"}
+    # what submitit's job side reads to find its folder, id and rank
+    assert {"SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID", "SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "TRAJHPC_CACHE"} <= envs
+
+
+def test_paths_with_spaces_and_quotes_are_quoted():
+    cmd = ctr.python_command("apptainer", "/img/t.sif", ["/data/my files", "/x/it's"], gpus=False)
+    assert shlex.split(cmd) == ["apptainer", "exec", "--bind", "/data/my files", "--bind", "/x/it's", "/img/t.sif", "python3"]
+
+
+@pytest.mark.parametrize(
+    "bind, message",
+    [
+        ("/a\n--bind /etc", "must not contain newlines"),
+        ("/a:/b:ro:x", "more than src:dst:opts"),
+        ("/a:rel", "destination must be an absolute path"),
+        ("/a:/b:rx", "options must be a comma list"),
+        ("--privileged", "does not start with '-'"),
+        (":/b", "needs a source path"),
+        ("", "must not be empty"),
+    ],
+)
+def test_bind_validation(bind, message):
+    with pytest.raises(ValueError, match=message):
+        ctr.check_bind(bind)
+
+
+@pytest.mark.parametrize("bind", ["/data", "data", "./d:/d", "/a:/b:ro", "/a:/b:rw,z", "~/.cache"])
+def test_valid_binds(bind):
+    assert ctr.check_bind(bind) == bind
+
+
+@pytest.mark.parametrize("image", ["-it", "img;rm -rf /", "a b", "img\n", "$(id)", ""])
+def test_image_validation(image):
+    with pytest.raises(ValueError):
+        ctr.check_image(image)
+
+
+@pytest.mark.parametrize("image", ["trajhpc.sif", "/p/t.sif", "docker://ghcr.io/o/t:1", "o/t@sha256:" + "a" * 64])
+def test_valid_images(image):
+    assert ctr.check_image(image) == image
+
+
+def test_unique_binds_absolute_and_deduplicated(tmp_path):
+    binds = ctr.unique_binds(["data", str(tmp_path / "data"), "/x:/y:ro", "/z:/y"], tmp_path)
+    assert binds == [str(tmp_path / "data"), "/x:/y:ro"]
+
+
+def test_default_binds_only_existing(tmp_path):
+    (tmp_path / "hf").mkdir()
+    m = parse_manifest(f"study: s\nconditions: [A]\nmodel: {tmp_path}\n")
+    env = {"HF_HOME": str(tmp_path / "hf"), "TRAJHPC_CACHE": str(tmp_path / "missing")}
+    assert default_binds(m, tmp_path / "runs", env, tmp_path / "home") == [
+        str(tmp_path / "runs"), str(tmp_path / "hf"), str(tmp_path)
+    ]
+
+
+def test_manifest_bind_env_expansion(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SCRATCH", "/scratch/me")
+    monkeypatch.delenv("NOPE", raising=False)
+    text = "study: s\nconditions: [A]\ncontainer:\n  runtime: apptainer\n  image: t.sif\n  binds:\n    - $SCRATCH/hf:/hf:ro\n"
+    launch = Launch(parse_manifest(text, "m.yaml"), tmp_path / "m.yaml", Path("runs"), "slurm")
+    assert "--bind /scratch/me/hf:/hf:ro" in launch.python
+    assert launch.python.endswith(f"{tmp_path}/t.sif python3")  # the image path is made absolute
+    with pytest.raises(InputError, match=r"m\.yaml:7: container\.binds\.0: '\$NOPE/x': environment variable not set"):
+        Launch(parse_manifest(text.replace("$SCRATCH/hf:/hf:ro", "$NOPE/x"), "m.yaml"), tmp_path / "m.yaml", Path("runs"), "slurm")
+
+
+def test_image_digest(tmp_path):
+    image = tmp_path / "t.sif"
+    image.write_bytes(b"image bytes")
+    assert ctr.image_digest("apptainer", "t.sif", None, tmp_path) == "sha256:" + hashlib.sha256(b"image bytes").hexdigest()
+    declared = "sha256:" + "0" * 64
+    assert ctr.image_digest("apptainer", "t.sif", declared, tmp_path) == declared
+    assert ctr.image_digest("apptainer", "missing.sif", None, tmp_path) is None
+    assert ctr.image_digest("none", None, None, tmp_path) is None
+
+
+# ---------------------------------------------------------------- local slots
+
+
+@pytest.mark.parametrize(
+    "resources, cpus, gpus, expected",
+    [
+        ({}, 2, [], [(), ()]),
+        ({"cpus_per_task": 4}, 2, [], [()]),
+        ({"array_parallelism": 3}, 16, [], [(), (), ()]),
+        ({"gpus_per_node": 1}, 8, [0, 1, 2], [(0,), (1,), (2,)]),
+        ({"gpus_per_node": 2}, 8, [4, 5, 6], [(4, 5)]),
+        ({"gpus_per_node": 1, "array_parallelism": 1}, 8, [0, 1], [(0,)]),
+    ],
+)
+def test_local_slots(resources, cpus, gpus, expected):
+    assert local_slots(Resources(**resources), cpus, gpus) == expected
+
+
+def test_local_slots_fit_in_memory():
+    assert local_slots(Resources(mem_gb=8), 16, [], memory_gb=30) == [(), (), ()]
+    assert local_slots(Resources(mem_gb=64), 16, [], memory_gb=30) == [()]  # at least one
+    assert local_slots(Resources(mem_gb=8, gpus_per_node=1), 16, [0, 1, 2], memory_gb=20) == [(0,), (1,)]
+
+
+def test_local_slots_without_enough_gpus():
+    with pytest.raises(TrajhpcError, match="asks for 2 GPU"):
+        local_slots(Resources(gpus_per_node=2), 8, [0])
+
+
+# ---------------------------------------------------------------- submission through a fake Slurm
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """sbatch/srun/sacct/squeue scripts: sbatch keeps each script and answers with job ids 100, 101, ..."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "states").write_text("JobID|State|NodeList\n")
+    scripts = {
+        "sbatch": f'n=$(ls {bin_dir}/sbatch-*.sh 2>/dev/null | wc -l); cp "$1" {bin_dir}/sbatch-$n.sh; '
+        'echo "Submitted batch job $((100 + n))"',
+        "srun": "exit 0",
+        "sacct": f"cat {bin_dir}/states",
+        "squeue": "exit 0",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    return bin_dir
+
+
+MANIFEST = "study: st\nconditions: [A, B]\nseeds: [0, 1]\norders: [[care-appointments]]\nexecutor: auto\n"
+
+
+def _submit(path: Path, **kw) -> str:
+    out = io.StringIO()
+    args = {"dry_run": False, "run_root": None, "executor": None, "wait": False} | kw
+    submit_command(Console(file=out, width=200, color_system=None), path, **args)
+    return out.getvalue()
+
+
+def _records(root: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("jobs/st/*/submission.json"))}
+
+
+def test_dry_run_prints_grid_and_script_and_submits_nothing(fake_slurm, tmp_path):
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    text = _submit(Path("m.yaml"), dry_run=True)
+    jobs = expand(load_manifest(tmp_path / "m.yaml"))
+    assert all(job.job_id in text for job in jobs)
+    assert "4 jobs: 4 to submit, 0 done (skipped), 0 queued or running (left alone)" in text
+    folder = text.split("sbatch script for 4 jobs (")[1].split("):")[0]
+    assert folder.startswith(str(tmp_path / "jobs" / "st" / ".submitit") + "/")
+    script = text.split("):\n", 1)[1]
+    manifest = load_manifest(tmp_path / "m.yaml")
+    python = shlex.quote(os.sys.executable)
+    assert script.rstrip("\n") == render_sbatch(manifest, folder=Path(folder), python=python, n_jobs=4).rstrip("\n")
+    assert not (tmp_path / "jobs").exists() and not list(fake_slurm.glob("sbatch-*"))
+
+
+def test_submit_then_resubmit_only_what_needs_it(fake_slurm, tmp_path):
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    text = _submit(Path("m.yaml"))
+    assert "submitted 4 jobs as Slurm array 100" in text
+    records = _records(tmp_path)
+    ids = {job_id: r["slurm_job_id"] for job_id, r in records.items()}
+    assert sorted(ids.values()) == ["100_0", "100_1", "100_2", "100_3"]
+    # the script sbatch received is the rendered one
+    script = (fake_slurm / "sbatch-0.sh").read_text()
+    assert "#SBATCH --array=0-3%4" in script and "trajhpc-st" in script
+    for job_id, record in records.items():
+        assert record["executor"] == "slurm" and record["previous"] == []
+        assert json.loads((tmp_path / "jobs" / "st" / job_id / "spec.json").read_text())["schema"] == "trajhpc.spec/1"
+
+    # Slurm now says: one completed (metrics complete), one running, one failed, one cancelled.
+    by_state = dict(zip(["COMPLETED", "RUNNING", "FAILED", "CANCELLED by 0"], sorted(ids, key=ids.get)))
+    (fake_slurm / "states").write_text(
+        "JobID|State|NodeList\n" + "".join(f"{ids[j]}|{s}|vm\n" for s, j in by_state.items())
+    )
+    (tmp_path / "jobs" / "st" / by_state["COMPLETED"] / "metrics.json").write_text('{"complete": true}')
+    text = _submit(Path("m.yaml"))
+    assert "4 jobs: 2 to submit, 1 done (skipped), 1 queued or running (left alone)" in text
+    assert "submitted 2 jobs as Slurm array 101" in text
+    assert "#SBATCH --array=0-1%2" in (fake_slurm / "sbatch-1.sh").read_text()
+    records = _records(tmp_path)
+    assert records[by_state["RUNNING"]]["slurm_job_id"] == ids[by_state["RUNNING"]]  # left alone
+    for state in ("FAILED", "CANCELLED by 0"):
+        record = records[by_state[state]]
+        assert record["slurm_job_id"].startswith("101_")
+        assert record["previous"][0]["slurm_job_id"] == ids[by_state[state]]
+
+    # A changed manifest (one more seed) only adds its new jobs.
+    (fake_slurm / "states").write_text(
+        "JobID|State|NodeList\n" + "".join(f"{r['slurm_job_id']}|RUNNING|vm\n" for r in records.values())
+    )
+    (tmp_path / "m.yaml").write_text(MANIFEST.replace("[0, 1]", "[0, 1, 2]"))
+    text = _submit(Path("m.yaml"))
+    assert "6 jobs: 2 to submit, 1 done (skipped), 3 queued or running (left alone)" in text
+    assert "submitted 2 jobs as Slurm array 102" in text
+
+
+def test_sbatch_failure_is_one_clear_error(fake_slurm, tmp_path):
+    (fake_slurm / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    with pytest.raises(TrajhpcError, match="sbatch failed: .*invalid partition specified: gpu"):
+        _submit(Path("m.yaml"))
+
+
+# ---------------------------------------------------------------- local executor, end to end (real jobs)
+
+LOCAL = """study: st
+model: tiny
+data: {max_train_per_block: 6, max_heldout_per_block: 2}
+conditions: [A, B]
+orders: [[care-appointments]]
+train: {max_steps: 1, batch_size: 2, max_seq_len: 512}
+eval: {batch_size: 4, max_new_tokens: 8}
+executor: local
+resources: {timeout_min: 10}
+"""
+
+
+def test_local_end_to_end_one_failure_does_not_stop_the_other(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text(LOCAL)
+    good, bad = expand(load_manifest(tmp_path / "m.yaml"))
+    bad.run_dir.mkdir(parents=True)
+    (bad.run_dir / "metrics.json").write_text("{corrupt")  # this job fails when it reads it
+
+    text = _submit(Path("m.yaml"), executor="local")
+    assert "running 2 jobs locally" in text
+    assert f"{good.job_id} A seed 0: done" in text
+    assert f"{bad.job_id} B seed 0: failed (trajhpc.errors.InputError: " in text and "not valid JSON" in text
+    metrics = json.loads((good.run_dir / "metrics.json").read_text())
+    assert metrics["complete"] is True and metrics["job_id"] == good.job_id
+    record = json.loads((good.run_dir / "submission.json").read_text())
+    assert record["executor"] == "local" and record["local_pid"] > 0 and record["slurm_job_id"] is None
+    assert Path(record["stdout"]).parent == Path(record["submitit_folder"])
+
+    # Again: the done job is skipped, the failed one (fixed now) resubmitted and completed.
+    (bad.run_dir / "metrics.json").unlink()
+    text = _submit(Path("m.yaml"), executor="local")
+    assert "2 jobs: 1 to submit, 1 done (skipped), 0 queued or running (left alone)" in text
+    assert f"{bad.job_id} B seed 0: done" in text
+    record = json.loads((bad.run_dir / "submission.json").read_text())
+    assert len(record["previous"]) == 1
+
+
+def test_missing_image_or_bind_source_fails_at_submit_time(fake_slurm, tmp_path):
+    text = MANIFEST + "container:\n  runtime: apptainer\n  image: t.sif\n  binds:\n    - /data\n    - ~/nowhere-xyz\n"
+    (tmp_path / "m.yaml").write_text(text)
+    assert "sbatch script for 4 jobs" in _submit(Path("m.yaml"), dry_run=True)  # a dry run does not check
+    with pytest.raises(InputError, match=r"m\.yaml:8: container\.image: image file .*t\.sif not found"):
+        _submit(Path("m.yaml"))
+    (tmp_path / "t.sif").write_bytes(b"x")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "m.yaml").write_text(text.replace("- /data", f"- {tmp_path}/data"))
+    with pytest.raises(InputError, match=r"m\.yaml:11: container\.binds\.1: .*nowhere-xyz does not exist"):
+        _submit(Path("m.yaml"))
+    assert not list(fake_slurm.glob("sbatch-*"))
+    # With both in place it goes out, and each job's context carries the image and its digest.
+    from submitit.core.utils import DelayedSubmission
+
+    (tmp_path / "m.yaml").write_text(text.replace("- /data", f"- {tmp_path}/data").replace("    - ~/nowhere-xyz\n", ""))
+    assert "submitted 4 jobs" in _submit(Path("m.yaml"))
+    record = next(iter(_records(tmp_path).values()))
+    delayed = DelayedSubmission.load(Path(record["submitit_folder"]) / f"{record['slurm_job_id']}_submitted.pkl")
+    spec, job_dir, study, context = delayed.args
+    assert type(delayed.function).__name__ == "JobTask" and study == "st" and Path(job_dir).is_absolute()
+    assert context["container_image"] == str(tmp_path / "t.sif")
+    assert context["container_digest"] == "sha256:" + hashlib.sha256(b"x").hexdigest()
+    assert context["executor"] == "slurm" and context["manifest"] == str(tmp_path / "m.yaml")
+    assert "apptainer exec --bind" in (fake_slurm / "sbatch-0.sh").read_text()

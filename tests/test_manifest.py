@@ -1,0 +1,185 @@
+"""Manifest loading: the shipped manifests, and every error naming file, line and field path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trajhpc.errors import InputError
+from trajhpc.grid import expand
+from trajhpc.manifest import ConditionEntry, RandomOrders, SeedRange, load_manifest, parse_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+HEAD = "study: s\nconditions: [A]\n"  # the two required keys, lines 1-2
+
+
+# ---------------------------------------------------------------- shipped manifests
+
+
+def test_grid_manifest_is_the_60_job_study():
+    m = load_manifest(REPO / "manifests" / "grid.yaml")
+    assert m.model == "meta-llama/Llama-3.1-8B-Instruct" and m.quantization == "nf4"
+    assert m.executor == "slurm" and m.container.runtime == "apptainer" and m.container.image == "trajhpc.sif"
+    assert (m.resources.gpus_per_node, m.resources.cpus_per_task, m.resources.mem_gb) == (1, 8, 64)
+    assert (m.resources.timeout_min, m.resources.array_parallelism) == (480, 20)
+    assert (m.lora.r, m.lora.alpha, m.train.lr, m.train.epochs) == (16, 32, 2e-4, 2)
+    assert (m.train.batch_size, m.train.grad_accum, m.train.max_seq_len) == (8, 2, 2048)
+    assert m.train.gradient_checkpointing and (m.eval.batch_size, m.eval.max_new_tokens) == (32, 96)
+    jobs = expand(m)
+    assert len(jobs) == 60
+    assert sorted({j.spec.arm for j in jobs}) == ["A", "A@B", "B"]
+    assert {j.spec.seed for j in jobs} == {0, 1, 2, 3, 4}
+    assert len({j.spec.order for j in jobs}) == 4
+    budget = next(j.spec.token_budget for j in jobs if j.spec.arm == "A@B")
+    assert (budget.match, budget.count) == ("B", "supervised")
+
+
+def test_smoke_manifest_is_small_and_local():
+    m = load_manifest(REPO / "manifests" / "smoke.yaml")
+    assert m.model == "tiny" and m.executor == "local"
+    assert m.data.max_train_per_block == 24 and m.data.max_heldout_per_block == 6
+    assert m.train.max_seq_len == 512 and m.eval.max_new_tokens == 48 and m.train.max_steps <= 5
+    jobs = expand(m)
+    assert len(jobs) == 8
+    assert {(j.spec.condition, j.spec.seed) for j in jobs} == {(c, s) for c in "AB" for s in (0, 1)}
+
+
+def test_smollm2_manifest_is_cpu_fp32():
+    m = load_manifest(REPO / "manifests" / "smollm2-cpu.yaml")
+    assert (m.model, m.quantization, m.compute_dtype, m.executor) == ("smollm2-135m-instruct", "nf4", "fp32", "local")
+    assert m.resources.gpus_per_node == 0
+    assert len(expand(m)) == 2
+
+
+# ---------------------------------------------------------------- accepted forms
+
+
+def test_condition_seed_and_order_forms():
+    m = parse_manifest(
+        "study: s\n"
+        "conditions:\n"
+        "  - A\n"
+        "  - {condition: last-k, k: 2}\n"
+        "  - {condition: A, token_budget: {match: B, count: total}}\n"
+        "seeds: {count: 3, start: 10}\n"
+        "orders: {random: 2, seed: 7}\n"
+    )
+    assert m.conditions[0] == "A"
+    assert m.conditions[1] == ConditionEntry(condition="last-k", k=2)
+    assert m.conditions[2].token_budget.count == "total"
+    assert m.seeds == SeedRange(count=3, start=10)
+    assert m.orders == RandomOrders(random=2, seed=7)
+    assert m.executor == "auto" and m.run_root == "jobs" and m.container.runtime == "none"
+
+
+def test_extra_sbatch_false_is_left_out():
+    m = parse_manifest(HEAD + "resources: {extra_sbatch: {exclusive: true, requeue: false, mail-type: FAIL}}\n")
+    assert m.resources.extra_sbatch == {"exclusive": True, "mail-type": "FAIL"}
+
+
+# ---------------------------------------------------------------- errors: file, line, field, message
+
+ERRORS = [
+    # unknown keys, with the closest valid key suggested
+    (HEAD + "train:\n  lrr: 0.1\n", "m.yaml:4: train.lrr: unknown key 'lrr' (did you mean 'lr'?)"),
+    (HEAD + "executr: local\n", "m.yaml:3: executr: unknown key 'executr' (did you mean 'executor'?)"),
+    (HEAD + "seeds: {cont: 3}\n", "m.yaml:3: seeds.cont: unknown key 'cont' (did you mean 'count'?)"),
+    (HEAD + "data:\n  blocks:\n    rulez: []\n", "m.yaml:5: data.blocks.rulez: unknown key 'rulez' (did you mean 'rules'?)"),
+    (HEAD + "resources:\n  gpus: 1\n", "m.yaml:4: resources.gpus: unknown key 'gpus' (did you mean 'gpus_per_node'?)"),
+    (HEAD + "zzz: 1\n", "m.yaml:3: zzz: unknown key 'zzz'; valid keys: compute_dtype, conditions, container, data, "
+     "eval, executor, lora, model, orders, quantization, resources, run_root, seeds, study, train"),
+    # bad values
+    (HEAD + "train:\n  batch_size: 8\n  lr: 0\n", "m.yaml:5: train.lr: Input should be greater than 0"),
+    (HEAD + "executor: slurmm\n", "m.yaml:3: executor: Input should be 'slurm', 'local' or 'auto'"),
+    ("study: s\nconditions:\n  - A\n  - C\n", "m.yaml:4: conditions.1: unknown condition 'C'; use one of A, B, "
+     "calls-only, or {condition: last-k, k: N}"),
+    ("study: s\nconditions:\n  - last-k\n", "m.yaml:3: conditions.0: 'last-k' needs k: write {condition: last-k, k: 2}"),
+    ("study: s\nconditions:\n  - {condition: B, k: 2}\n", "m.yaml:3: conditions.0: k is only used by condition last-k"),
+    ("study: s\nconditions:\n  - condition: A\n    token_budget: {match: B, count: all}\n",
+     "m.yaml:4: conditions.0.token_budget.count: Input should be 'supervised' or 'total'"),
+    (HEAD + "seeds: 3\n", "m.yaml:3: seeds: expected a list of seeds like [0, 1, 2] or a mapping like {count: 5, start: 0}"),
+    (HEAD + "seeds: {count: 0}\n", "m.yaml:3: seeds.count: Input should be greater than or equal to 1"),
+    (HEAD + "orders: latn\n", "m.yaml:3: orders: Input should be 'all' or 'latin'"),
+    (HEAD + "orders: {random: 0}\n", "m.yaml:3: orders.random: Input should be greater than or equal to 1"),
+    ("study: a b\nconditions: [A]\n", "m.yaml:1: study: must be a simple name: letters, digits, '.', '_' or '-' (it names a folder)"),
+    ("conditions: [A]\n", "m.yaml:1: study: required key is missing"),
+    ("study: s\nconditions: []\n", "m.yaml:2: conditions: List should have at least 1 item after validation, not 0"),
+    # resources: sbatch directives that could break the script
+    (HEAD + "resources:\n  extra_sbatch:\n    --mail-user: x\n",
+     "m.yaml:5: resources.extra_sbatch.--mail-user: sbatch option '--mail-user' must match [a-z][a-z0-9-]* (no leading '--')"),
+    (HEAD + "resources:\n  extra_sbatch:\n    mail-user: \"a\\n#SBATCH --x\"\n",
+     "m.yaml:5: resources.extra_sbatch.mail-user: must be one line without control characters"),
+    (HEAD + "resources:\n  extra_sbatch:\n    time: 10\n",
+     "m.yaml:5: resources.extra_sbatch.time: sbatch option 'time' cannot be set here (use resources.timeout_min)"),
+    (HEAD + "resources:\n  extra_sbatch:\n    array: 0-3\n",
+     "m.yaml:5: resources.extra_sbatch.array: sbatch option 'array' cannot be set here (trajhpc sets it)"),
+    (HEAD + "resources:\n  extra_sbatch:\n    mail-type: [A]\n",
+     "m.yaml:5: resources.extra_sbatch.mail-type: expected a string, number or true/false"),
+    (HEAD + "resources:\n  partition: \"gpu\\nx\"\n", "m.yaml:4: resources.partition: must be one line without control characters"),
+    # container
+    (HEAD + "container:\n  runtime: apptainer\n", "m.yaml:3: container: runtime apptainer needs an image"),
+    (HEAD + "container:\n  runtime: docker\n  image: --privileged\n",
+     "m.yaml:5: container.image: image '--privileged' is not a file path or image reference "
+     "(letters, digits and . _ / ~ + : @ = -, not starting with '-')"),
+    (HEAD + "container:\n  runtime: apptainer\n  image: x.sif\n  binds:\n    - /data\n    - /a:/b:c:d\n",
+     "m.yaml:8: container.binds.1: bind '/a:/b:c:d' has more than src:dst:opts (':' is not allowed inside a path)"),
+    (HEAD + "container:\n  runtime: apptainer\n  image: x.sif\n  digest: md5:abc\n",
+     "m.yaml:6: container.digest: digest 'md5:abc' must look like sha256:<64 hex digits>"),
+    # YAML itself
+    (HEAD + "study: t\n", "m.yaml:3: study: duplicate key"),
+    ("study: s\nconditions: [A\n", "m.yaml:3: not valid YAML (expected ',' or ']', but got '<stream end>')"),
+    ("- a\n- b\n", "m.yaml:1: a manifest must be a YAML mapping (study: ..., conditions: ...)"),
+    ("", "m.yaml:1: a manifest must be a YAML mapping (study: ..., conditions: ...)"),
+]
+
+
+@pytest.mark.parametrize("text, message", ERRORS, ids=[m.split(": ")[1] for _, m in ERRORS])
+def test_error_names_file_line_and_field(text, message):
+    with pytest.raises(InputError) as err:
+        parse_manifest(text, "m.yaml")
+    assert str(err.value) == message
+
+
+def test_error_attributes():
+    with pytest.raises(InputError) as err:
+        parse_manifest(HEAD + "train:\n  lr: -1\n", "x.yaml")
+    assert (err.value.file, err.value.line, err.value.field) == ("x.yaml", 4, "train.lr")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.yaml: manifest file not found"):
+        load_manifest(tmp_path / "nope.yaml")
+
+
+def test_unknown_block_in_explicit_order_names_the_line():
+    m = parse_manifest(HEAD + "orders:\n  - [care-appointments, dentist]\n", "m.yaml")
+    with pytest.raises(InputError) as err:
+        expand(m)
+    assert str(err.value).startswith("m.yaml:4: orders.0.1: unknown block 'dentist'; blocks: care-appointments, ")
+
+
+def test_repeated_block_in_order():
+    m = parse_manifest(HEAD + "orders:\n  - [care-appointments, care-appointments]\n", "m.yaml")
+    with pytest.raises(InputError, match=r"m\.yaml:4: orders\.0\.1: block 'care-appointments' appears twice"):
+        expand(m)
+
+
+def test_too_many_random_orders():
+    m = parse_manifest(HEAD + "orders: {random: 25}\n", "m.yaml")
+    with pytest.raises(InputError, match=r"m\.yaml:3: orders\.random: asks for 25 distinct orders but 4 blocks have only 24"):
+        expand(m)
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(HEAD + "train:\n  lrr: 1\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "trajhpc.cli", "submit", str(bad), "--dry-run"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert lines == [f"error: {bad}:4: train.lrr: unknown key 'lrr' (did you mean 'lr'?)"], out.stderr

@@ -1,0 +1,136 @@
+"""Manifest -> jobs: every (arm, seed, order) of a study as a JobSpec with its run directory.
+
+Pure and deterministic: the same manifest always gives the same jobs in the same
+order, and equal specs collapse to one job (one id, one directory).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from trajhpc.data.blocks import block_names
+from trajhpc.manifest import ConditionEntry, Manifest, RandomOrders, SeedRange
+from trajhpc.spec import JobSpec
+
+Order = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GridJob:
+    """One job of a study: its spec, id and run directory ``<run_root>/<study>/<job_id>/``."""
+
+    spec: JobSpec
+    job_id: str
+    study: str
+    run_dir: Path
+
+
+# ---------------------------------------------------------------- orders
+
+
+def latin_orders(blocks: Sequence[str]) -> list[Order]:
+    """n cyclic shifts of the partition order: each block once in each position (a Latin square)."""
+    n = len(blocks)
+    return [tuple(blocks[(start + i) % n] for i in range(n)) for start in range(n)]
+
+
+def all_orders(blocks: Sequence[str]) -> list[Order]:
+    """Every permutation (n! orders), the partition order first."""
+    return [tuple(p) for p in itertools.permutations(blocks)]
+
+
+def _nth_permutation(blocks: Sequence[str], index: int) -> Order:
+    """The ``index``-th permutation in lexicographic order of positions (Lehmer code)."""
+    pool, out = list(blocks), []
+    for size in range(len(pool), 0, -1):
+        position, index = divmod(index, math.factorial(size - 1))
+        out.append(pool.pop(position))
+    return tuple(out)
+
+
+def random_orders(blocks: Sequence[str], k: int, seed: int) -> list[Order]:
+    """``k`` distinct random permutations, the same for the same (blocks, k, seed).
+
+    Raises ValueError when k exceeds n!.
+    """
+    total = math.factorial(len(blocks))
+    if k > total:
+        raise ValueError(f"asks for {k} distinct orders but {len(blocks)} blocks have only {total}")
+    # Sampling permutation indexes without replacement keeps them distinct without retries.
+    return [_nth_permutation(blocks, i) for i in random.Random(seed).sample(range(total), k)]
+
+
+def resolve_orders(manifest: Manifest, blocks: Sequence[str]) -> list[Order]:
+    """The manifest's ``orders`` as explicit block tuples; bad block names -> InputError with the line."""
+    spec = manifest.orders
+    if spec == "latin":
+        return latin_orders(blocks)
+    if spec == "all":
+        return all_orders(blocks)
+    if isinstance(spec, RandomOrders):
+        try:
+            return random_orders(blocks, spec.random, spec.seed)
+        except ValueError as err:
+            raise manifest.error("orders.random", str(err)) from None
+    known = set(blocks)
+    for i, order in enumerate(spec):
+        for j, block in enumerate(order):
+            if block not in known:
+                raise manifest.error(f"orders.{i}.{j}", f"unknown block {block!r}; blocks: {', '.join(blocks)}")
+            if block in order[:j]:
+                raise manifest.error(f"orders.{i}.{j}", f"block {block!r} appears twice in this order")
+    return [tuple(order) for order in spec]
+
+
+# ---------------------------------------------------------------- seeds and arms
+
+
+def resolve_seeds(manifest: Manifest) -> list[int]:
+    """Seeds in manifest order, duplicates dropped."""
+    seeds = manifest.seeds
+    if isinstance(seeds, SeedRange):
+        return list(range(seeds.start, seeds.start + seeds.count))
+    return list(dict.fromkeys(seeds))
+
+
+def arm_fields(item: str | ConditionEntry) -> dict[str, Any]:
+    """JobSpec fields of one ``conditions`` entry."""
+    if isinstance(item, str):
+        return {"condition": item}
+    return {"condition": item.condition, "condition_k": item.k, "token_budget": item.token_budget}
+
+
+# ---------------------------------------------------------------- the grid
+
+
+def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJob]:
+    """All jobs of the manifest: arms x seeds x orders, in that nesting, duplicates collapsed.
+
+    ``run_root`` overrides the manifest's ``run_root``.
+    """
+    orders = resolve_orders(manifest, block_names(manifest.data.blocks))
+    study_dir = Path(run_root if run_root is not None else manifest.run_root) / manifest.study
+    shared = {
+        "model": manifest.model,
+        "quantization": manifest.quantization,
+        "compute_dtype": manifest.compute_dtype,
+        "data": manifest.data,
+        "lora": manifest.lora,
+        "train": manifest.train,
+        "eval": manifest.eval,
+    }
+    jobs: dict[str, GridJob] = {}
+    for item in manifest.conditions:
+        arm = arm_fields(item)
+        for seed in resolve_seeds(manifest):
+            for order in orders:
+                spec = JobSpec(seed=seed, order=order, **arm, **shared)
+                job_id = spec.job_id
+                if job_id not in jobs:
+                    jobs[job_id] = GridJob(spec, job_id, manifest.study, study_dir / job_id)
+    return list(jobs.values())

@@ -1,0 +1,373 @@
+"""The study manifest: one YAML file that names a whole grid of jobs and where they run.
+
+``load_manifest(path)`` parses the YAML keeping every node's line, validates it with
+pydantic (unknown keys rejected, with the closest valid key suggested) and turns the
+first problem into one ``InputError`` naming the file, line and field path::
+
+    manifests/x.yaml:12: train.lr: Input should be greater than 0
+
+The schema is documented for users in docs/MANIFEST.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from trajhpc.container import check_bind, check_digest, check_image
+from trajhpc.errors import InputError
+from trajhpc.spec import CONDITIONS, DataSpec, EvalSpec, JobSpec, LoraSpec, TokenBudget, TrainSpec
+
+# Same choices as the JobSpec, so the two can never drift apart.
+Quantization = JobSpec.model_fields["quantization"].annotation
+ComputeDtype = JobSpec.model_fields["compute_dtype"].annotation
+
+_STUDY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]*")
+# Options trajhpc or submitit set themselves: overriding them would break the array,
+# the log paths or the requeue signal; the dedicated ones have a resources field.
+_SBATCH_RESERVED = {
+    "array": None, "output": None, "error": None, "open-mode": None, "signal": None, "job-name": None,
+    "partition": "partition", "account": "account", "qos": "qos", "gpus-per-node": "gpus_per_node",
+    "cpus-per-task": "cpus_per_task", "mem": "mem_gb", "time": "timeout_min", "constraint": "constraint",
+}
+# Tags of the discriminated unions below; they appear in pydantic's error locations
+# and are dropped from the field path shown to the user.
+_TAG = "~"
+
+
+def _one_line(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must be one line without control characters")
+    return value
+
+
+OneLine = Annotated[str, AfterValidator(_one_line)]
+
+
+def _sbatch_option(name: str) -> str:
+    if not _SBATCH_OPTION.fullmatch(name):
+        raise ValueError(f"sbatch option {name!r} must match [a-z][a-z0-9-]* (no leading '--')")
+    if name in _SBATCH_RESERVED:
+        field = _SBATCH_RESERVED[name]
+        hint = f"use resources.{field}" if field else "trajhpc sets it"
+        raise ValueError(f"sbatch option {name!r} cannot be set here ({hint})")
+    return name
+
+
+SbatchOption = Annotated[str, AfterValidator(_sbatch_option)]
+SbatchValue = Annotated[
+    Union[
+        Annotated[bool, Tag(_TAG + "bool")],
+        Annotated[int, Tag(_TAG + "int")],
+        Annotated[float, Tag(_TAG + "float")],
+        Annotated[OneLine, Tag(_TAG + "str")],
+    ],
+    Discriminator(
+        lambda v: _TAG + type(v).__name__ if type(v) in (bool, int, float, str) else None,
+        custom_error_type="sbatch_value",
+        custom_error_message="expected a string, number or true/false",
+    ),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- conditions
+
+
+def _condition_name(value: str) -> str:
+    if value == "last-k":
+        raise ValueError("'last-k' needs k: write {condition: last-k, k: 2}")
+    if value not in CONDITIONS:
+        raise ValueError(f"unknown condition {value!r}; use one of A, B, calls-only, or {{condition: last-k, k: N}}")
+    return value
+
+
+class ConditionEntry(_Strict):
+    """One study arm: a condition, its k (last-k only) and an optional token budget."""
+
+    condition: Literal["A", "B", "calls-only", "last-k"]
+    k: int | None = Field(None, ge=1)
+    token_budget: TokenBudget | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ConditionEntry":
+        if self.condition == "last-k" and self.k is None:
+            raise ValueError("condition last-k needs k (how many earlier calls to keep)")
+        if self.condition != "last-k" and self.k is not None:
+            raise ValueError("k is only used by condition last-k")
+        if self.token_budget is not None and self.token_budget.match not in CONDITIONS:
+            raise ValueError(f"token_budget.match must be one of {', '.join(CONDITIONS)}")
+        return self
+
+
+def _kind(mapping: str, **others: type) -> Any:
+    """Discriminator choosing a union member by the Python type of the raw value."""
+
+    def pick(value: Any) -> str | None:
+        if isinstance(value, dict):
+            return _TAG + mapping
+        for tag, kind in others.items():
+            if isinstance(value, kind) and not isinstance(value, bool):
+                return _TAG + tag
+        return None
+
+    return pick
+
+
+ConditionItem = Annotated[
+    Union[
+        Annotated[Annotated[str, AfterValidator(_condition_name)], Tag(_TAG + "name")],
+        Annotated[ConditionEntry, Tag(_TAG + "entry")],
+    ],
+    Discriminator(
+        _kind("entry", name=str),
+        custom_error_type="condition",
+        custom_error_message="expected a condition name (A, B, calls-only) or a mapping like {condition: A, ...}",
+    ),
+]
+
+
+# ---------------------------------------------------------------- seeds and orders
+
+
+class SeedRange(_Strict):
+    """``count`` consecutive seeds from ``start``."""
+
+    count: int = Field(ge=1)
+    start: int = 0
+
+
+Seeds = Annotated[
+    Union[
+        Annotated[list[int], Field(min_length=1), Tag(_TAG + "list")],
+        Annotated[SeedRange, Tag(_TAG + "range")],
+    ],
+    Discriminator(
+        _kind("range", list=list),
+        custom_error_type="seeds",
+        custom_error_message="expected a list of seeds like [0, 1, 2] or a mapping like {count: 5, start: 0}",
+    ),
+]
+
+
+class RandomOrders(_Strict):
+    """``random`` distinct random permutations of the blocks, drawn with ``seed``."""
+
+    random: int = Field(ge=1)
+    seed: int = 0
+
+
+Orders = Annotated[
+    Union[
+        Annotated[list[Annotated[list[str], Field(min_length=1)]], Field(min_length=1), Tag(_TAG + "list")],
+        Annotated[Literal["all", "latin"], Tag(_TAG + "name")],
+        Annotated[RandomOrders, Tag(_TAG + "random")],
+    ],
+    Discriminator(
+        _kind("random", list=list, name=str),
+        custom_error_type="orders",
+        custom_error_message="expected a list of block lists, 'all', 'latin' or a mapping like {random: 4, seed: 0}",
+    ),
+]
+
+
+# ---------------------------------------------------------------- where jobs run
+
+
+class Resources(_Strict):
+    """Per-job scheduler resources (Slurm); the local executor uses the CPU/GPU counts and time limit."""
+
+    partition: OneLine | None = None
+    account: OneLine | None = None
+    qos: OneLine | None = None
+    constraint: OneLine | None = None
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int = Field(1, ge=1)
+    mem_gb: float = Field(8.0, gt=0)
+    timeout_min: int = Field(60, ge=1)
+    array_parallelism: int = Field(256, ge=1)
+    signal_delay_s: int = Field(90, ge=0)
+    extra_sbatch: dict[SbatchOption, SbatchValue] = {}
+    max_requeues: int = Field(3, ge=0)
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _drop_false(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # `false` means "leave the flag out"; sbatch flags without a value are `true`.
+        return {k: v for k, v in value.items() if v is not False}
+
+
+class ContainerSpec(_Strict):
+    """The image every task runs in; ``runtime: none`` runs on the host's Python."""
+
+    runtime: Literal["apptainer", "docker", "none"] = "none"
+    image: Annotated[str, AfterValidator(check_image)] | None = None
+    binds: tuple[Annotated[str, AfterValidator(check_bind)], ...] = ()
+    digest: Annotated[str, AfterValidator(check_digest)] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ContainerSpec":
+        if self.runtime != "none" and self.image is None:
+            raise ValueError(f"runtime {self.runtime} needs an image")
+        return self
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+class Manifest(_Strict):
+    """A study: the grid (conditions x seeds x orders) over shared model/data/training settings."""
+
+    study: str
+    model: OneLine = "tiny"
+    quantization: Quantization = "nf4"  # type: ignore[valid-type]
+    compute_dtype: ComputeDtype = "auto"  # type: ignore[valid-type]
+    data: DataSpec = DataSpec()
+    conditions: Annotated[list[ConditionItem], Field(min_length=1)]
+    seeds: Seeds = [0]
+    orders: Orders = "latin"
+    lora: LoraSpec = LoraSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    executor: Literal["slurm", "local", "auto"] = "auto"
+    run_root: OneLine = "jobs"
+    resources: Resources = Resources()
+    container: ContainerSpec = ContainerSpec()
+
+    # Where the manifest came from, so later checks (grid expansion) can name file and line.
+    _source: str | None = PrivateAttr(None)
+    _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+
+    @field_validator("study")
+    @classmethod
+    def _check_study(cls, value: str) -> str:
+        if not _STUDY.fullmatch(value):
+            raise ValueError("must be a simple name: letters, digits, '.', '_' or '-' (it names a folder)")
+        return value
+
+    def error(self, field: str, message: str) -> InputError:
+        """An InputError at ``field`` (dotted path) of this manifest, with its file and line."""
+        path = tuple(int(p) if p.isdigit() else p for p in field.split("."))
+        return InputError(self._source, field, message, _line_of(path, self._lines))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _line_map(node: yaml.Node, source: str, path: tuple[str | int, ...] = ()) -> dict[tuple[str | int, ...], int]:
+    """Field path -> 1-based line of its key (mappings) or item (sequences)."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            sub = path + (key,)
+            if key in seen:
+                raise InputError(source, ".".join(map(str, sub)), "duplicate key", key_node.start_mark.line + 1)
+            seen.add(key)
+            lines.update(_line_map(value_node, source, sub))
+            lines[sub] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_map(item, source, path + (i,)))
+    return lines
+
+
+def _line_of(path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
+    """Line of the longest prefix of ``path`` present in the YAML (a missing key -> its parent)."""
+    for end in range(len(path), -1, -1):
+        if path[:end] in lines:
+            return lines[path[:end]]
+    return None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, Union, list, dict, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _valid_keys(loc: tuple[str | int, ...]) -> list[str]:
+    """Field names allowed in the mapping at ``loc`` (walked from the Manifest model)."""
+    models: list[type[BaseModel]] = [Manifest]
+    for part in loc:
+        for model in models:
+            if isinstance(part, str) and part in model.model_fields:
+                models = _models_in(model.model_fields[part].annotation)
+                break
+        # list indexes and dict keys don't change the candidate models
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _to_input_error(err: ValidationError, source: str, lines: dict[tuple[str | int, ...], int]) -> InputError:
+    """The most useful pydantic error as one InputError (unknown keys first: they explain the rest)."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    # Drop union tags and pydantic's "[key]" marker (a dict key's own error) from the path.
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and (p.startswith(_TAG) or p == "[key]")))
+    field = ".".join(str(p) for p in loc) or None
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "required key is missing"
+    elif first["type"] == "extra_forbidden":
+        key = str(loc[-1])
+        valid = _valid_keys(loc[:-1])
+        close = difflib.get_close_matches(key, valid, n=1) or [v for v in valid if key in v or v in key][:1]
+        message = f"unknown key {key!r}" + (
+            f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(valid)}"
+        )
+    return InputError(source, field, message, _line_of(loc, lines))
+
+
+def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
+    """Validate manifest YAML text; errors name ``source``, the line and the field."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise InputError(source, None, f"not valid YAML ({problem})", mark.line + 1 if mark else None) from None
+    if not isinstance(data, dict):
+        raise InputError(source, None, "a manifest must be a YAML mapping (study: ..., conditions: ...)", 1)
+    lines = _line_map(node, source)
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as err:
+        raise _to_input_error(err, source, lines) from None
+    manifest._source = source
+    manifest._lines = lines
+    return manifest
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(path, None, "manifest file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, None, f"cannot read manifest ({err})") from None
+    return parse_manifest(text, str(path))

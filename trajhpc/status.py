@@ -1,0 +1,433 @@
+"""Where every job of a study stands: the scheduler's view plus what its directory says.
+
+Pure core: ``display_state`` (state.json, metrics complete?, scheduler state -> label
+and detail) and ``decide`` (the resubmission rule). I/O at the edges: reading job
+directories, one ``sacct`` call for all recorded Slurm ids (``squeue`` for what it
+lacks), rendering with rich.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, NamedTuple, Sequence
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+from submitit.slurm.slurm import SlurmInfoWatcher
+
+from trajhpc.errors import TrajhpcError
+
+RECORD = "submission.json"
+RECORD_SCHEMA = "trajhpc.submission/1"
+
+# Slurm job states (squeue/sacct names) grouped by what they mean for a job.
+PENDING_STATES = frozenset(
+    {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "CONFIGURING", "SUSPENDED", "STOPPED"}
+)
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"})
+ACTIVE_STATES = PENDING_STATES | RUNNING_STATES
+# A recorded job its scheduler no longer knows (purged from Slurm, local process gone).
+GONE = "GONE"
+# Slurm could not be asked (status only: submit refuses to guess).
+UNKNOWN = "UNKNOWN"
+
+LABELS = ("done", "running", "pending", "failed", "cancelled", "not submitted")
+_STYLE = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "red", "cancelled": "magenta"}
+
+Action = Literal["skip", "leave", "submit"]
+
+
+# ---------------------------------------------------------------- pure rules
+
+
+def normalize_slurm_state(raw: str) -> str:
+    """``CANCELLED by 0`` -> ``CANCELLED``; ``RUNNING+`` -> ``RUNNING``."""
+    return raw.strip().split(" ")[0].rstrip("+").upper() if raw.strip() else GONE
+
+
+def decide(complete: bool, scheduler_state: str | None) -> Action:
+    """What ``trajhpc submit`` does with a job: skip it (done), leave it (queued or running), or submit it.
+
+    ``scheduler_state``: None when never submitted, a Slurm state, ``GONE`` or ``UNKNOWN``.
+    Everything not done and not active (failed, cancelled, timed out, lost, new) is submitted;
+    a job whose state is unknown is left alone rather than risk running it twice.
+    """
+    if complete:
+        return "skip"
+    if scheduler_state in ACTIVE_STATES or scheduler_state == UNKNOWN:
+        return "leave"
+    return "submit"
+
+
+def last_line(text: str | None, width: int = 120) -> str:
+    """Last non-empty line of an error message, shortened to ``width``."""
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def display_state(state: Mapping[str, Any] | None, complete: bool, scheduler_state: str | None) -> tuple[str, str]:
+    """(label, detail) shown for a job.
+
+    ``state`` is its state.json (None if absent), ``complete`` whether metrics.json says
+    complete, ``scheduler_state`` as in ``decide``. Labels: done, running, pending,
+    failed, cancelled, not submitted.
+    """
+    if complete:
+        return "done", ""
+    k, n = (state.get("stage", 0), state.get("n_stages")) if state else (0, None)
+    progress = f"{k}/{n} stages" if n else ""
+    job_state = state.get("state") if state else None
+    if scheduler_state in PENDING_STATES:
+        return "pending", f"resumes after {progress}" if k else ""
+    if scheduler_state in RUNNING_STATES:
+        return "running", progress or "starting"
+    if scheduler_state in (None, UNKNOWN):  # not submitted by trajhpc (maybe run by hand), or Slurm unreachable
+        if job_state is None:
+            return ("not submitted", "") if scheduler_state is None else ("pending", "Slurm not reachable")
+        if job_state == "running":
+            return "running", progress
+        if job_state == "failed":
+            return "failed", last_line(state.get("error")) if state else ""
+        return "failed", "state.json says done but metrics.json is not complete"
+    # Submitted, and the scheduler says it ended (or no longer knows it) without complete metrics.
+    if scheduler_state == "CANCELLED":
+        return "cancelled", progress
+    if job_state == "failed" and state and state.get("error"):
+        return "failed", last_line(state["error"])
+    reason = {GONE: "ended without finishing", "COMPLETED": "exited without finishing"}.get(
+        scheduler_state, scheduler_state
+    )
+    return "failed", f"{reason} after {progress}" if progress else reason
+
+
+def _parse_time(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def elapsed_seconds(state: Mapping[str, Any] | None, running: bool, now: dt.datetime) -> float | None:
+    """Seconds from ``started`` to ``ended`` (or to now while running, else to the last update)."""
+    if not state:
+        return None
+    start = _parse_time(state.get("started"))
+    end = _parse_time(state.get("ended")) or (now if running else _parse_time(state.get("updated")))
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def format_duration(seconds: float | None) -> str:
+    """``42s``, ``5m03s``, ``2h07m``; empty for None."""
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+# ---------------------------------------------------------------- job directories (I/O)
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """What one job directory holds (None where a file is absent or unreadable)."""
+
+    job_id: str
+    run_dir: Path
+    spec: dict[str, Any] | None
+    state: dict[str, Any] | None
+    complete: bool
+    record: dict[str, Any] | None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_job_dir(run_dir: Path, spec: Mapping[str, Any] | None = None) -> JobFiles:
+    """Read spec.json (``spec`` if absent), state.json, metrics.json (complete flag only) and submission.json."""
+    metrics = _read_json(run_dir / "metrics.json")
+    spec = _read_json(run_dir / "spec.json") or (dict(spec) if spec else None)
+    state = _read_json(run_dir / "state.json")
+    record = _read_json(run_dir / RECORD)
+    return JobFiles(
+        job_id=run_dir.name,
+        run_dir=run_dir,
+        spec=spec if isinstance(spec, dict) else None,
+        state=state if isinstance(state, dict) else None,
+        complete=isinstance(metrics, dict) and metrics.get("complete") is True,
+        record=record if isinstance(record, dict) else None,
+    )
+
+
+def find_job_dirs(target: Path) -> list[Path]:
+    """Job directories (holding spec.json) at ``target``: a job dir, a study dir or a run root."""
+    if (target / "spec.json").is_file():
+        return [target]
+    found = {p.parent for p in target.glob("*/spec.json")} | {p.parent for p in target.glob("*/*/spec.json")}
+    return sorted(d for d in found if not any(part.startswith(".") for part in d.relative_to(target).parts))
+
+
+# ---------------------------------------------------------------- schedulers (I/O)
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str] | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class SlurmInfo(NamedTuple):
+    """What Slurm says about one job id: its state and its job name."""
+
+    state: str
+    name: str
+
+
+_SLURM_COLUMNS = "JobID|State|NodeList|JobName"
+
+
+def _parse_table(text: str) -> dict[str, SlurmInfo]:
+    """``JobID|State|...`` lines -> {job id or array task id: info}, ranges expanded (submitit's parser)."""
+    return {
+        jid: SlurmInfo(normalize_slurm_state(info.get("State", "")), info.get("JobName", ""))
+        for jid, info in SlurmInfoWatcher().read_info(text).items()
+    }
+
+
+def query_slurm(ids: Iterable[str]) -> dict[str, SlurmInfo]:
+    """Slurm's view of job ids (``123`` or ``123_4``): one ``sacct`` call, then ``squeue`` for the rest.
+
+    Ids neither knows are left out. Raises TrajhpcError when Slurm can't be asked at all.
+    """
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    masters = sorted({i.split("_")[0] for i in ids})
+    found: dict[str, SlurmInfo] = {}
+    sacct = _run(["sacct", "-X", "--parsable2", "-o", _SLURM_COLUMNS.replace("|", ","), "-j", ",".join(masters)])
+    sacct_ok = sacct is not None and sacct.returncode == 0
+    if sacct_ok:
+        found.update(_parse_table(sacct.stdout))
+    # sacct lags slurmctld by seconds and needs accounting; squeue knows every live job
+    # (and recently ended ones) straight from the controller.
+    if not sacct_ok or any(i not in found for i in ids):
+        squeue = _run(["squeue", "-h", "--states=all", "-u", getpass.getuser(), "-o", "%i|%T|%N|%j"])
+        if squeue is not None and squeue.returncode == 0:
+            live = _parse_table(_SLURM_COLUMNS + "\n" + squeue.stdout)
+            found.update({i: info for i, info in live.items() if i.split("_")[0] in masters})
+        elif not sacct_ok:
+            why = (sacct.stderr if sacct else "sacct not found").strip() or "no output"
+            raise TrajhpcError(f"cannot ask Slurm about the recorded jobs ({last_line(why)}); is the cluster up?")
+    return {i: found[i] for i in ids if i in found}
+
+
+def local_alive(pid: int, folder: str) -> bool:
+    """Is this submitit local controller still running (and not a reused pid)?"""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    # The local controller runs `python -m submitit.local._local <folder>`.
+    return (folder.encode() if folder else b"submitit.local") in cmdline
+
+
+def scheduler_states(jobs: Sequence[JobFiles], strict: bool = True) -> dict[str, str]:
+    """trajhpc job id -> scheduler state (Slurm state, RUNNING/GONE for local) for jobs with a record.
+
+    When Slurm can't be asked: TrajhpcError if ``strict``, else ``UNKNOWN`` for its jobs.
+    """
+    slurm_ids = {j.job_id: str(j.record["slurm_job_id"]) for j in jobs if j.record and j.record.get("slurm_job_id")}
+    try:
+        slurm: dict[str, SlurmInfo] | None = query_slurm(slurm_ids.values())
+    except TrajhpcError:
+        if strict:
+            raise
+        slurm = None
+    out: dict[str, str] = {}
+    for job in jobs:
+        if job.job_id in slurm_ids and slurm is None:
+            out[job.job_id] = UNKNOWN
+        elif job.job_id in slurm_ids:
+            info = slurm.get(slurm_ids[job.job_id])
+            expected = job.record.get("slurm_job_name") if job.record else None
+            # Slurm ids restart when a cluster's state is wiped: another job's id is not ours.
+            reused = info is not None and bool(info.name) and bool(expected) and info.name != expected
+            out[job.job_id] = GONE if info is None or reused else info.state
+        elif job.record and job.record.get("local_pid"):
+            alive = local_alive(int(job.record["local_pid"]), str(job.record.get("submitit_folder", "")))
+            out[job.job_id] = "RUNNING" if alive else GONE
+    return out
+
+
+# ---------------------------------------------------------------- rows and rendering
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the status table."""
+
+    job_id: str
+    arm: str
+    seed: str
+    order: str
+    slurm: str
+    label: str
+    detail: str
+    elapsed: str
+
+
+def _arm(spec: Mapping[str, Any] | None) -> str:
+    if not spec:
+        return "?"
+    name = spec.get("condition", "?")
+    if name == "last-k":
+        name = f"last-{spec.get('condition_k')}"
+    budget = spec.get("token_budget")
+    return f"{name}@{budget.get('match')}" if isinstance(budget, dict) else str(name)
+
+
+def make_row(job: JobFiles, scheduler_state: str | None, now: dt.datetime) -> Row:
+    """The table row of a job (pure given its files and scheduler state)."""
+    label, detail = display_state(job.state, job.complete, scheduler_state)
+    spec = job.spec or {}
+    is_slurm = bool(job.record and job.record.get("slurm_job_id"))
+    return Row(
+        job_id=job.job_id,
+        arm=_arm(job.spec),
+        seed=str(spec.get("seed", "?")),
+        order=" → ".join(spec.get("order", [])) or "?",
+        slurm={GONE: "not found", UNKNOWN: "?"}.get(scheduler_state or "", scheduler_state or "") if is_slurm else "–",
+        label=label,
+        detail=detail,
+        elapsed=format_duration(elapsed_seconds(job.state, label == "running", now)),
+    )
+
+
+def counts_line(rows: Iterable[Row]) -> str:
+    """``8 jobs: 3 done · 1 running · 4 pending`` (labels in a fixed order)."""
+    counts = Counter(r.label for r in rows)
+    parts = [f"{counts[label]} {label}" for label in LABELS if counts[label]]
+    total = sum(counts.values())
+    return f"{total} job{'' if total == 1 else 's'}: " + (" · ".join(parts) if parts else "none")
+
+
+def render_table(rows: Sequence[Row], title: str, extra: Mapping[str, Sequence[str]] | None = None) -> Table:
+    """A rich table of rows; ``extra`` adds columns (name -> one value per row)."""
+    table = Table(title=title, title_justify="left")
+    for name in ("job id", "arm", "seed", "order", "slurm", "state", "detail", "elapsed"):
+        table.add_column(name, no_wrap=name in ("job id", "arm", "state"))
+    for name in extra or {}:
+        table.add_column(name, no_wrap=True)
+    for i, row in enumerate(rows):
+        state = Text(row.label, style=_STYLE.get(row.label, ""))
+        more = [values[i] for values in (extra or {}).values()]
+        table.add_row(row.job_id, row.arm, row.seed, row.order, row.slurm, state, row.detail, row.elapsed, *more)
+    return table
+
+
+def observe(
+    job_dirs: Sequence[Path], specs: Mapping[str, Mapping[str, Any]] | None = None, strict: bool = True
+) -> tuple[list[JobFiles], dict[str, str]]:
+    """Read every job directory and ask the schedulers once; ``specs`` (by job id) stand in for missing spec.json."""
+    specs = specs or {}
+    files = [read_job_dir(d, specs.get(d.name)) for d in job_dirs]
+    return files, scheduler_states(files, strict)
+
+
+def collect_rows(
+    job_dirs: Sequence[Path], specs: Mapping[str, Mapping[str, Any]] | None = None, now: dt.datetime | None = None
+) -> list[Row]:
+    """One Row per job directory, in the given order (Slurm unreachable: its jobs show state UNKNOWN)."""
+    files, sched = observe(job_dirs, specs, strict=False)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return [make_row(f, sched.get(f.job_id), now) for f in files]
+
+
+def is_active(row: Row) -> bool:
+    return row.label in ("running", "pending")
+
+
+def watch_rows(
+    console: Console,
+    job_dirs: Callable[[], Sequence[Path]],
+    title: str,
+    interval: float,
+    *,
+    until_idle: bool,
+    specs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Row]:
+    """Refresh the table every ``interval`` s (rich Live) until Ctrl-C, or until no job is active."""
+    rows = collect_rows(job_dirs(), specs)
+    view = lambda rs: Group(render_table(rs, title), Text(counts_line(rs)))  # noqa: E731
+    with Live(view(rows), console=console, refresh_per_second=4, transient=False) as live:
+        try:
+            while not (until_idle and not any(is_active(r) for r in rows)):
+                time.sleep(interval)
+                rows = collect_rows(job_dirs(), specs)
+                live.update(view(rows))
+        except KeyboardInterrupt:
+            pass
+    return rows
+
+
+# ---------------------------------------------------------------- command
+
+
+def _target_dirs(
+    target: Path | None, run_root: Path | None
+) -> tuple[Callable[[], list[Path]], str, dict[str, dict[str, Any]]]:
+    """(job directory lister, title, specs by job id) for a manifest, a run directory, or the default run root."""
+    target = target if target is not None else (run_root or Path("jobs"))
+    if target.is_file() or target.suffix in (".yaml", ".yml"):
+        from trajhpc.grid import expand
+        from trajhpc.manifest import load_manifest
+
+        manifest = load_manifest(target)
+        jobs = expand(manifest, run_root)
+        dirs = [job.run_dir for job in jobs]
+        return (lambda: dirs), f"study {manifest.study} ({target})", {j.job_id: j.spec.to_dict() for j in jobs}
+    if not target.is_dir():
+        raise TrajhpcError(f"{target}: no such manifest or run directory")
+    return (lambda: find_job_dirs(target)), str(target), {}
+
+
+def status_command(
+    console: Console, target: Path | None, *, run_root: Path | None, watch: bool, interval: float
+) -> None:
+    """``trajhpc status``: a table per job and counts per state; ``--watch`` refreshes until Ctrl-C."""
+    lister, title, specs = _target_dirs(target, run_root)
+    if watch:
+        if interval <= 0:
+            raise TrajhpcError(f"--interval must be positive, got {interval}")
+        watch_rows(console, lister, title, interval, until_idle=False, specs=specs)
+        return
+    rows = collect_rows(lister(), specs)
+    console.print(render_table(rows, title))
+    console.print(counts_line(rows), highlight=False)

@@ -113,7 +113,8 @@ def test_docker_command_passes_submitit_environment():
     cmd = ctr.python_command("docker", "ghcr.io/o/trajhpc:1.0", ["/runs"], gpus=True, uid_gid=(1000, 100))
     argv = shlex.split(cmd)
     assert argv[:7] == ["docker", "run", "--rm", "--init", "--gpus", "all", "--user"]
-    assert argv[-2:] == ["ghcr.io/o/trajhpc:1.0", "python3"]
+    # the image's entrypoint is `trajhpc`, so the interpreter must replace it
+    assert argv[-3:] == ["--entrypoint", "python3", "ghcr.io/o/trajhpc:1.0"]
     assert "--volume" in argv and "/runs" in argv
     envs = {argv[i + 1] for i, a in enumerate(argv) if a == "--env"}
     # what submitit's job side reads to find its folder, id and rank

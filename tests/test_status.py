@@ -290,7 +290,7 @@ def test_status_command_on_a_manifest_shows_unsubmitted_jobs(tmp_path, fake_bin,
     status_command(Console(file=out, width=200, color_system=None), Path("m.yaml"), run_root=None, watch=False, interval=1)
     text = out.getvalue()
     rows = [line for line in text.splitlines() if line.startswith("│")]
-    assert len(rows) == 2 and all("not submitted" in r and "care-appointments" in r for r in rows)
+    assert len(rows) == 2 and all("not submitted" in r and " ca " in r for r in rows)
     assert "study st (m.yaml)" in text
     assert text.strip().endswith("2 jobs: 2 not submitted")
 
@@ -334,3 +334,12 @@ def test_watch_refreshes_until_no_job_is_active(tmp_path, monkeypatch):
     rows = watch_rows(Console(file=out, width=120, color_system=None), lambda: [d], "study st", 2.5, until_idle=True)
     assert sleeps == [2.5] and [r.label for r in rows] == ["done"]
     assert "1 job: 1 done" in out.getvalue()
+
+
+def test_short_order_uses_block_initials_unless_ambiguous():
+    from trajhpc.status import short_order
+
+    order = ["care-appointments", "medication-treatment", "mental-wellness-fitness", "cost-insurance-other"]
+    assert short_order(order) == "ca>mt>mwf>cio"
+    assert short_order(["ab-c", "ax-cy"]) == "ab-c>ax-cy"  # both would be "ac"
+    assert short_order([]) == ""

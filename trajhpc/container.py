@@ -143,6 +143,9 @@ def python_command(
             args += ["--volume", check_bind(bind)]
         for name in dict.fromkeys(_PASSED_ENV):
             args += ["--env", name]  # no value: Docker copies the host's, if set
+        # The image's entrypoint is `trajhpc`; submitit needs the interpreter instead.
+        args += ["--entrypoint", "python3"]
+        return shlex.join([*args, image])
     return shlex.join([*args, image, "python3"])
 
 

@@ -12,6 +12,7 @@ import datetime as dt
 import getpass
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -313,6 +314,15 @@ def _arm(spec: Mapping[str, Any] | None) -> str:
     return f"{name}@{budget.get('match')}" if isinstance(budget, dict) else str(name)
 
 
+def short_order(order: Sequence[str]) -> str:
+    """``care-appointments, medication-treatment`` -> ``ca>mt``: block initials, so four
+    blocks fit in a terminal column; full names when initials would be ambiguous."""
+    initials = ["".join(part[:1] for part in re.split(r"[-_\s]+", block) if part) or block for block in order]
+    if len(set(initials)) < len(set(order)):
+        initials = list(order)
+    return ">".join(initials)
+
+
 def make_row(job: JobFiles, scheduler_state: str | None, now: dt.datetime) -> Row:
     """The table row of a job (pure given its files and scheduler state)."""
     label, detail = display_state(job.state, job.complete, scheduler_state)
@@ -322,7 +332,7 @@ def make_row(job: JobFiles, scheduler_state: str | None, now: dt.datetime) -> Ro
         job_id=job.job_id,
         arm=_arm(job.spec),
         seed=str(spec.get("seed", "?")),
-        order=" → ".join(spec.get("order", [])) or "?",
+        order=short_order(spec.get("order", [])) or "?",
         slurm={GONE: "not found", UNKNOWN: "?"}.get(scheduler_state or "", scheduler_state or "") if is_slurm else "–",
         label=label,
         detail=detail,
@@ -342,7 +352,7 @@ def render_table(rows: Sequence[Row], title: str, extra: Mapping[str, Sequence[s
     """A rich table of rows; ``extra`` adds columns (name -> one value per row)."""
     table = Table(title=title, title_justify="left")
     for name in ("job id", "arm", "seed", "order", "slurm", "state", "detail", "elapsed"):
-        table.add_column(name, no_wrap=name in ("job id", "arm", "state"))
+        table.add_column(name, no_wrap=name in ("job id", "arm", "seed", "order", "slurm", "state"))
     for name in extra or {}:
         table.add_column(name, no_wrap=True)
     for i, row in enumerate(rows):

@@ -271,3 +271,32 @@ def test_inspect_errors(kwargs, message):
     args = dict(source=None, files=None, blocks="lv3-rules", heldout_fraction=0.2) | kwargs
     with pytest.raises(TrajhpcError, match=message.replace("(", r"\(")):
         inspect_command(Console(record=True), **args)
+
+
+@pytest.mark.parametrize(
+    "content, where",
+    [
+        ("id,类名,应用场景\n1,AddAgenda,日程安排和管理\n2,Short\n", r"all_apis\.csv:3: 应用场景: row 2"),
+        ("id,类名,应用场景\n1\n", r"all_apis\.csv:2: 类名: row 1"),
+    ],
+)
+def test_short_catalogue_row_names_file_row_and_column(tmp_path, content, where):
+    bad = tmp_path / "all_apis.csv"
+    bad.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError, match=where):
+        load_catalogue(bad)
+
+
+def test_unreadable_or_missing_catalogue(tmp_path):
+    with pytest.raises(TrajhpcError) as err:
+        load_catalogue(tmp_path / "data" / "all_apis.csv")
+    message = str(err.value)
+    assert "not found" in message and "bundled" in message and "data/all_apis.csv" in message
+    folder = tmp_path / "all_apis.csv"
+    folder.mkdir()
+    with pytest.raises(InputError, match="folder"):
+        load_catalogue(folder)
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(b"id,\xff\xfe\n")
+    with pytest.raises(InputError, match="UTF-8"):
+        load_catalogue(binary)

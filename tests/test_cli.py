@@ -32,3 +32,11 @@ def test_unknown_command_exits_2():
     out = _trajhpc("frobnicate")
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
+
+
+def test_run_job_on_a_folder_is_one_line_not_a_traceback(tmp_path):
+    out = _trajhpc("run-job", str(tmp_path), "--job-dir", str(tmp_path / "job"))
+    assert out.returncode == 2, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(tmp_path) in lines[0] and "folder" in lines[0], out.stderr
+    assert "Traceback" not in out.stderr

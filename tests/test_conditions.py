@@ -163,16 +163,122 @@ def test_batch_equals_single(tokenizer, with_calls):
     assert tokenize_examples(tokenizer, [], "A", max_seq_len=512) == []
 
 
-def test_long_prompt_is_cut_from_the_left(tokenizer, with_calls):
-    record = with_calls[0]
+def _prompt_of(tokenizer, record, condition, drop=0, k=None) -> str:
+    """The rendered prompt with the oldest ``drop`` history lines left out."""
+    system, user, _ = build_messages(record, condition, k)
+    lines = user["content"].split("\n")  # one line per history turn here (checked by the caller)
+    user = {"role": "user", "content": "\n".join(lines[drop:])}
+    return tokenizer.apply_chat_template([system, user], add_generation_prompt=True, tokenize=False)
+
+
+def _long_record(with_calls):
+    # Single-line turns, several earlier calls: dropping one turn drops one line.
+    return next(
+        r for r in with_calls
+        if len(r.api_turns) >= 3 and all("\n" not in t.text for t in r.history) and len(r.history) >= 6
+    )
+
+
+def test_long_example_drops_the_oldest_turns_and_keeps_system_and_target(tokenizer, with_calls):
+    record = _long_record(with_calls)
+    full = tokenize_example(tokenizer, record, "B", max_seq_len=4096)
+    system = build_messages(record, "B")[0]["content"]
+    history = [t.line() for t in record.history]
+    for limit in (len(full.input_ids) - 1, len(full.input_ids) - 60):
+        ex = tokenize_example(tokenizer, record, "B", max_seq_len=limit)
+        assert len(ex.input_ids) <= limit and ex.truncated >= 1 and ex.cut_tokens == 0
+        prompt = tokenizer.decode(ex.prompt_ids)
+        assert prompt == _prompt_of(tokenizer, record, "B", ex.truncated)  # re-rendered, not cut
+        assert prompt.startswith(tokenizer.bos_token) and system in prompt
+        assert history[ex.truncated] in prompt and history[ex.truncated - 1] not in prompt.split(system)[1]
+        assert prompt.endswith(GENERATE_MARKER + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+        # the fewest turns dropped: one turn less does not fit
+        fewer = tokenizer(_prompt_of(tokenizer, record, "B", ex.truncated - 1), add_special_tokens=False)["input_ids"]
+        assert len(fewer) + full.supervised_tokens > limit
+        assert ex.input_ids[len(ex.prompt_ids):] == full.input_ids[len(full.prompt_ids):]
+        assert ex.labels[len(ex.prompt_ids):] == full.labels[len(full.prompt_ids):]
+
+
+def test_a_and_b_both_keep_the_system_prompt_when_truncated(tokenizer, with_calls):
+    record = _long_record(with_calls)
+    a = tokenize_example(tokenizer, record, "A", max_seq_len=4096)
+    b = tokenize_example(tokenizer, record, "B", max_seq_len=4096)
+    assert len(b.input_ids) > len(a.input_ids)
+    limit = len(a.input_ids) - 5  # both conditions must shorten
+    system_ids = tokenizer(
+        tokenizer.apply_chat_template(build_messages(record, "A")[:1], tokenize=False), add_special_tokens=False
+    )["input_ids"]
+    for condition in ("A", "B"):
+        ex = tokenize_example(tokenizer, record, condition, max_seq_len=limit)
+        assert ex.truncated >= 1 and ex.cut_tokens == 0 and len(ex.input_ids) <= limit
+        assert ex.prompt_ids[: len(system_ids)] == tuple(system_ids), condition  # BOS + system message intact
+
+
+def test_prompt_too_long_without_any_turn_is_cut_from_the_left(tokenizer, with_calls):
+    record = _long_record(with_calls)
     full = tokenize_example(tokenizer, record, "B", max_seq_len=4096)
     n_target = full.supervised_tokens
+    bare = tokenizer(_prompt_of(tokenizer, record, "B", len(record.history)), add_special_tokens=False)["input_ids"]
     cut = tokenize_example(tokenizer, record, "B", max_seq_len=n_target + 10)
-    assert len(cut.input_ids) == n_target + 10 and cut.truncated == len(full.prompt_ids) - 10
-    assert cut.prompt_ids == full.prompt_ids[-10:]
+    assert cut.truncated == len(record.history) and cut.cut_tokens == len(bare) - 10
+    assert len(cut.input_ids) == n_target + 10 and cut.prompt_ids == tuple(bare[-10:])
     assert cut.input_ids[10:] == full.input_ids[len(full.prompt_ids) :]
     with pytest.raises(TrajhpcError, match=r"the target alone is \d+ tokens, max_seq_len is 5"):
         tokenize_example(tokenizer, record, "B", max_seq_len=5)
+
+
+def test_batch_with_truncation_equals_single(tokenizer, with_calls):
+    batch = tokenize_examples(tokenizer, with_calls[:40], "B", max_seq_len=384)
+    assert any(e.truncated for e in batch) and any(not e.truncated for e in batch)
+    assert batch == [tokenize_example(tokenizer, r, "B", max_seq_len=384) for r in with_calls[:40]]
+
+
+# ---------------------------------------------------------------- the date a template may render
+
+DATE_TEMPLATES = {
+    # Llama 3.2/3.3 style: today's date unless date_string is passed
+    "date_string": (
+        "{{ bos_token }}{%- if not date_string is defined %}{%- set date_string = strftime_now('%d %b %Y') %}"
+        "{%- endif %}<|start_header_id|>system<|end_header_id|>\n\nToday Date: {{ date_string }}\n"
+        "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+        "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    ),
+    # a template that always asks for today's date, in two formats
+    "strftime_now": (
+        "\n{{ bos_token }}Date: {{ strftime_now(\"%Y-%m-%d\") }} ({{ strftime_now('%d %B %Y') }})\n"
+        "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+        "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    ),
+}
+
+
+@pytest.mark.parametrize("name, expected", [("date_string", "Today Date: 26 Jul 2024\n"),
+                                            ("strftime_now", "\n<|begin_of_text|>Date: 2024-07-26 (26 July 2024)\n")])
+def test_prompts_never_contain_todays_date(tokenizer, records, name, expected):
+    import copy
+    from datetime import datetime
+
+    dated = copy.deepcopy(tokenizer)
+    dated.chat_template = DATE_TEMPLATES[name]
+    ex = tokenize_example(dated, records[0], "B", max_seq_len=4096)
+    prompt = dated.decode(ex.prompt_ids)
+    now = datetime.now()
+    for fmt in ("%d %b %Y", "%Y-%m-%d", "%d %B %Y"):
+        assert now.strftime(fmt) not in prompt
+    assert expected in prompt
+    assert prompt.endswith(GENERATE_MARKER + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert dated.decode(ex.input_ids[len(ex.prompt_ids):]) == records[0].target + "<|eot_id|>"
+    # the template of the tokenizer itself is left alone
+    assert dated.chat_template == DATE_TEMPLATES[name]
+
+
+def test_unknown_strftime_format_fails_clearly(tokenizer, records):
+    import copy
+
+    dated = copy.deepcopy(tokenizer)
+    dated.chat_template = "{{ strftime_now(fmt) }}" + DATE_TEMPLATES["strftime_now"]
+    with pytest.raises(TrajhpcError, match="strftime_now"):
+        tokenize_example(dated, records[0], "B", max_seq_len=4096)
 
 
 def test_template_that_is_not_prefix_stable_is_refused(tokenizer, records):
@@ -218,3 +324,29 @@ def test_count_by_condition_block(tokenizer, with_calls):
     assert [c.examples for c in counts[("A", None)].values()] == [5, 3, 0]
     expected = count_tokens(tokenize_examples(tokenizer, with_calls[5:8], "last-k", k=1, max_seq_len=4096))
     assert counts[("last-k", 1)]["y"] == expected
+
+
+# ---------------------------------------------------------------- piecewise encoding (speed, same ids)
+
+
+def test_piecewise_encoding_gives_the_tokenizers_own_ids(tokenizer, records):
+    from trajhpc.data.conditions import _encode, _split_pattern, render_texts
+
+    assert _split_pattern(tokenizer) is not None
+    texts = [render_texts(tokenizer, r, c)[0] for r in records[::50] for c in ("A", "B")]
+    texts += ["", "<|eot_id|>", " <|eot_id|> x<|eot_id|><|eot_id|>  y ", "<|start_header_id|>user<|end_header_id|>\n\n hi"]
+    assert _encode(tokenizer, texts) == tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def test_piecewise_encoding_is_off_where_it_could_differ(tokenizer):
+    import copy
+
+    from tokenizers import AddedToken
+
+    from trajhpc.data.conditions import _encode, _split_pattern
+
+    odd = copy.deepcopy(tokenizer)
+    odd.add_special_tokens({"additional_special_tokens": [AddedToken("<|x|>", lstrip=True)]})
+    assert _split_pattern(odd) is None  # <|x|> eats the space before it
+    text = "a <|x|> b <|eot_id|>"
+    assert _encode(odd, [text]) == [odd(text, add_special_tokens=False)["input_ids"]]

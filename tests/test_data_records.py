@@ -263,3 +263,17 @@ def test_invalid_json_names_line(tmp_path):
     path.write_text('[\n{"instruction": }\n]')
     with pytest.raises(InputError, match=r"bad\.json:2: not valid JSON"):
         load_records(path)
+
+
+@pytest.mark.parametrize("loader", [load_records, load_dialogue_jsonl])
+def test_unreadable_files_are_input_errors_naming_the_file(tmp_path, loader):
+    folder = tmp_path / "lv3-api-train.json"
+    folder.mkdir()
+    with pytest.raises(InputError) as err:
+        loader(folder)
+    assert str(folder) in str(err.value) and "folder" in str(err.value)
+    binary = tmp_path / "bad.json"
+    binary.write_bytes(b'[{"instruction": "\xff\xfe"}]')
+    with pytest.raises(InputError) as err:
+        loader(binary)
+    assert str(binary) in str(err.value) and "UTF-8" in str(err.value)

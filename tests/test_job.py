@@ -41,15 +41,20 @@ def read(job_dir: Path, name: str):
     return json.loads((job_dir / name).read_text())
 
 
+LOGS: dict[str, str] = {}  # console output of the module's jobs
+
+
 @pytest.fixture(scope="module")
 def done_job(tmp_path_factory) -> Path:
     """A complete condition-B job, run as Slurm array task 77_3 with a container context."""
     job_dir = tmp_path_factory.mktemp("jobs") / "b"
+    console = Console(record=True, width=300)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SLURM_JOB_ID", "80")
         mp.setenv("SLURM_ARRAY_JOB_ID", "77")
         mp.setenv("SLURM_ARRAY_TASK_ID", "3")
-        run_job(spec_of(), job_dir, study="s1", context=CONTEXT)
+        run_job(spec_of(), job_dir, study="s1", context=CONTEXT, console=console)
+    LOGS["done_job"] = console.export_text()
     return job_dir
 
 
@@ -66,11 +71,12 @@ def test_job_directory_follows_the_contract(done_job):
     assert tokens["condition"] == "B" and tokens["arm"] == "B" and tokens["budget"] is None
     zero, *trained = tokens["stages"]
     assert zero == {"stage": 0, "block": None, "examples": 0, "prompt_tokens": 0, "supervised_tokens": 0,
-                    "total_tokens": 0, "padded_tokens": 0, "passes": 0}
+                    "total_tokens": 0, "padded_tokens": 0, "passes": 0, "truncated_examples": 0}
     assert [t["block"] for t in trained] == ORDER
     for t in trained:
         assert t["examples"] == 8 and t["passes"] == 1  # 2 steps x batch 4 of 12 examples
         assert t["prompt_tokens"] + t["supervised_tokens"] == t["total_tokens"] <= t["padded_tokens"]
+        assert "budget_cumulative" not in t  # no token budget
 
     metrics = read(done_job, "metrics.json")
     assert metrics["schema"] == "trajhpc.metrics/1" and metrics["complete"] is True
@@ -83,6 +89,8 @@ def test_job_directory_follows_the_contract(done_job):
     assert stages[0]["train_loss"] is None and all(s["train_loss"] > 0 for s in stages[1:])
     for s in stages:
         assert set(s["per_block"]) == ALL_BLOCKS  # every block evaluated at every stage
+        # max_new_tokens 4: no held-out gold call fits, each block's 2 examples are counted
+        assert s["eval_truncated_gold"] == {b: 2 for b in ALL_BLOCKS}
         for block in s["per_block"].values():
             assert block["n"] == 2
             assert set(block) == {"n", "exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1", "errors"}
@@ -124,7 +132,8 @@ def test_job_directory_follows_the_contract(done_job):
 
 
 def test_token_matched_arm_reaches_its_budget_within_one_batch(tmp_path, done_job):
-    """A@B counts total tokens: A's prompts are shorter, so it needs more examples (extra passes)."""
+    """A@B counts total tokens: A's prompts are shorter, so it needs more examples (extra passes over
+    a block are exercised by tests/test_resume.py's token-matched arm)."""
     from transformers import AutoTokenizer
 
     from trajhpc.data.conditions import tokenize_examples
@@ -140,6 +149,10 @@ def test_token_matched_arm_reaches_its_budget_within_one_batch(tmp_path, done_jo
     assert tokens["budget"]["match"] == "B" and tokens["budget"]["count"] == "total"
     assert tokens["budget"]["budget"] == sum(t["total_tokens"] for t in matched)
     assert tokens["budget"]["consumed"] == sum(t["total_tokens"] for t in tokens["stages"])
+    # the cumulative budget of every stage, for auditing per-stage matching
+    assert [t["budget_cumulative"] for t in tokens["stages"]] == [
+        sum(t["total_tokens"] for t in matched[: k + 1]) for k in range(len(ORDER) + 1)
+    ]
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny")))
     data = load_study_data(spec.data)
@@ -150,7 +163,6 @@ def test_token_matched_arm_reaches_its_budget_within_one_batch(tmp_path, done_jo
         cum_b += matched[k]["total_tokens"]
         assert cum_b <= cum_a < cum_b + 4 * longest  # reached, overshooting by less than one batch
         assert tokens["stages"][k]["examples"] > matched[k]["examples"]
-    assert any(t["passes"] > 1 for t in tokens["stages"])
     assert read(tmp_path / "a", "metrics.json")["arm"] == "A@B"
 
 
@@ -241,3 +253,92 @@ def test_provenance_prefers_the_launcher_context_and_reads_slurm_ids():
     from_context = provenance.collect({**CONTEXT, "partition": "gpu"}, env)
     assert from_context["container_image"] == CONTEXT["container_image"]
     assert from_context["context"] == {"partition": "gpu"}
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def test_truncated_examples_are_counted_per_stage(done_job):
+    """B at max_seq_len 384 drops the oldest turns of some examples; tokens.json counts the consumed ones."""
+    from transformers import AutoTokenizer
+
+    from trajhpc.data.conditions import tokenize_examples
+    from trajhpc.data.study import load_study_data
+    from trajhpc.models import resolve_model
+    from trajhpc.train import plan_stage
+
+    spec = spec_of()
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny")))
+    data = load_study_data(spec.data)
+    stages = read(done_job, "tokens.json")["stages"]
+    for k, block in enumerate(ORDER, start=1):
+        examples = tokenize_examples(tokenizer, data.train[block], "B", max_seq_len=384)
+        plan = plan_stage([len(e.input_ids) for e in examples], batch_size=4, grad_accum=1, seed=1, stage=k,
+                          max_steps=2)
+        assert stages[k]["truncated_examples"] == sum(examples[i].is_truncated for i in plan.consumed())
+    assert any(t["truncated_examples"] > 0 for t in stages)
+
+
+def test_gold_calls_longer_than_max_new_tokens_are_warned_about(done_job):
+    log = LOGS["done_job"]
+    assert "warning" in log and "8 of 8 held-out gold calls are longer than eval.max_new_tokens=4" in log
+
+
+def test_lv3_gold_calls_fit_the_default_max_new_tokens():
+    """The longest lv3 held-out gold calls need more than 64 tokens (the old default), none more than 160."""
+    from transformers import AutoTokenizer
+
+    from trajhpc.data.conditions import tokenize_examples
+    from trajhpc.data.study import load_study_data
+    from trajhpc.evaluate import gold_token_count
+    from trajhpc.models import resolve_model
+    from trajhpc.spec import DataSpec, EvalSpec
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny")))
+    data = load_study_data(DataSpec())
+    special = set(tokenizer.all_special_ids)
+    lengths = []
+    for block in data.blocks:
+        for ex in tokenize_examples(tokenizer, data.heldout[block], "A", max_seq_len=4096):
+            lengths.append(gold_token_count(ex.input_ids[len(ex.prompt_ids):], special))
+            assert tokenizer.decode(ex.input_ids[len(ex.prompt_ids):][: lengths[-1]]) == ex.target
+    assert len(lengths) == 208  # the held-out lv3 records
+    assert sum(n > 64 for n in lengths) == 2 and max(lengths) <= EvalSpec().max_new_tokens
+
+
+def test_supervised_matched_arm_warns_that_it_equals_its_own_condition(tmp_path):
+    """Supervised tokens are the gold calls, equal under A and B: A@B (supervised) is just A."""
+    spec = spec_of(
+        condition="A", order=["care-appointments"], token_budget={"match": "B", "count": "supervised"},
+        data={"max_train_per_block": 4, "max_heldout_per_block": 1},
+        train={"epochs": 1, "batch_size": 4, "max_seq_len": 384}, eval={"batch_size": 8, "max_new_tokens": 2},
+    )
+    console = Console(record=True, width=300)
+    run_job(spec, tmp_path / "job", console=console)
+    log = console.export_text()
+    assert "warning" in log and "A@B" in log and "count: total" in log
+    tokens = read(tmp_path / "job", "tokens.json")
+    assert tokens["budget"]["budget"] == tokens["budget"]["consumed"] == tokens["stages"][1]["supervised_tokens"]
+    assert tokens["stages"][1]["passes"] == 1
+
+
+def test_complete_job_still_marked_running_is_marked_done(tmp_path, monkeypatch, done_job):
+    """Killed between the final metrics.json and the state.json 'done' write: the next start repairs state.json."""
+    import trajhpc.train
+
+    job_dir = tmp_path / "job"
+    shutil.copytree(done_job, job_dir)
+    state = read(job_dir, "state.json")
+    running = state | {"state": "running", "ended": None}
+    (job_dir / "state.json").write_text(json.dumps(running))
+    monkeypatch.setattr(trajhpc.train, "load_base_model", lambda *a, **k: pytest.fail("model loaded"))
+    assert run_job(spec_of(), job_dir) == read(done_job, "metrics.json")
+    repaired = read(job_dir, "state.json")
+    assert repaired["state"] == "done" and repaired["stage"] == 2 and repaired["n_stages"] == 2
+    assert repaired["ended"] and repaired["started"] == state["started"] and repaired["error"] is None
+    (job_dir / "state.json").unlink()  # lost altogether
+    run_job(spec_of(), job_dir)
+    assert read(job_dir, "state.json")["state"] == "done"
+    before = (job_dir / "state.json").read_bytes()
+    run_job(spec_of(), job_dir)  # already done: left as it is
+    assert (job_dir / "state.json").read_bytes() == before

@@ -119,3 +119,38 @@ def test_complete_job_returns_at_once_without_loading_the_model(tmp_path, monkey
 
     monkeypatch.setattr(trajhpc.train, "load_base_model", boom)
     assert run_job(SPEC, job_dir) == first
+
+
+MATCHED = JobSpec.model_validate(
+    {
+        "condition": "A",
+        "token_budget": {"match": "B", "count": "total"},
+        "order": ["care-appointments", "cost-insurance-other"],
+        "seed": 5,
+        # B trains 2 steps x 4 examples on blocks of 6: the budget takes A over more than one pass.
+        "data": {"max_train_per_block": 6, "max_heldout_per_block": 2},
+        "train": {"max_steps": 2, "batch_size": 4, "max_seq_len": 384, "lr": 1e-3},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "eval": {"batch_size": 8, "max_new_tokens": 8},
+    }
+)
+
+
+def test_token_matched_arm_killed_mid_stage_resumes_equal(tmp_path, monkeypatch):
+    """A@B (total tokens) killed after step 1 of stage 2 ends equal to an uninterrupted run."""
+    run_job(MATCHED, tmp_path / "reference", study="resume-test")
+    reference = comparable(tmp_path / "reference")
+    tokens = json.loads(reference["tokens"])
+    assert tokens["arm"] == "A@B" and tokens["budget"]["consumed"] >= tokens["budget"]["budget"] > 0
+    assert [t["budget_cumulative"] for t in tokens["stages"]][0] == 0
+    assert any(t["passes"] > 1 for t in tokens["stages"])
+
+    job_dir = tmp_path / "job"
+    monkeypatch.setenv(FAULT_ENV, "stage:2:step:1")
+    with pytest.raises(InjectedFault):
+        run_job(MATCHED, job_dir, study="resume-test")
+    assert len(json.loads((job_dir / "metrics.json").read_text())["stages"]) == 2  # stages 0 and 1 done
+    monkeypatch.delenv(FAULT_ENV)
+    metrics = run_job(MATCHED, job_dir, study="resume-test")
+    assert metrics["complete"] is True and metrics["provenance"]["resumed_after_stage"] == 1
+    assert comparable(job_dir) == reference

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from trajhpc.errors import InputError
-from trajhpc.spec import JobSpec, TokenBudget, load_spec, spec_from_dict
+from trajhpc.spec import EvalSpec, JobSpec, TokenBudget, load_spec, spec_from_dict
 
 ORDER = ("care-appointments", "medication-treatment", "mental-wellness-fitness", "cost-insurance-other")
 
@@ -15,7 +15,10 @@ def test_job_id_is_stable_across_runs_and_machines():
     spec = JobSpec(condition="B", seed=3, order=ORDER)
     assert spec.job_id == JobSpec.model_validate(json.loads(spec.canonical_json())).job_id
     assert len(spec.job_id) == 12
-    assert spec.job_id == "0845a8762ea9"
+    # The same spec as before the eval.max_new_tokens default went from 64 to 160 (a change
+    # of what is computed, so of the id) keeps its old id: hashing itself is unchanged.
+    assert spec.model_copy(update={"eval": EvalSpec(max_new_tokens=64)}).job_id == "0845a8762ea9"
+    assert spec.job_id == "01a9c03dd140"
 
 
 def test_job_id_changes_with_anything_that_changes_the_computation():
@@ -76,3 +79,53 @@ def test_invalid_json_names_line(tmp_path):
     path.write_text('{\n "condition": "A",\n oops\n}')
     with pytest.raises(InputError, match=r"spec.json:3"):
         load_spec(path)
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def test_token_budget_counts_total_tokens_by_default():
+    # Supervised tokens are the target call, equal under A, B, calls-only and last-k:
+    # a supervised-matched arm would train exactly like its own condition.
+    assert TokenBudget(match="B").count == "total"
+    assert "supervised" in TokenBudget.__doc__ and "equal" in TokenBudget.__doc__
+    spec = spec_from_dict({"condition": "A", "order": list(ORDER), "token_budget": {"match": "B"}})
+    assert spec.token_budget.count == "total"
+    # supervised stays a legal choice (e.g. when truncation differs between conditions)
+    assert spec_from_dict(
+        {"condition": "A", "order": list(ORDER), "token_budget": {"match": "B", "count": "supervised"}}
+    ).token_budget.count == "supervised"
+
+
+def test_eval_max_new_tokens_default_fits_the_longest_gold_calls():
+    assert JobSpec(condition="A", order=ORDER).eval.max_new_tokens == 160
+
+
+def test_grid_manifest_matches_total_tokens_and_generates_long_enough(repo_root):
+    from trajhpc.manifest import load_manifest
+
+    manifest = load_manifest(repo_root / "manifests" / "grid.yaml")
+    budgets = [c.token_budget for c in manifest.conditions if getattr(c, "token_budget", None)]
+    assert budgets and all(b.count == "total" for b in budgets)
+    assert manifest.eval.max_new_tokens == 160
+
+
+def test_match_last_k_needs_condition_last_k():
+    with pytest.raises(InputError, match=r"token_budget.*'last-k'.*condition 'last-k'"):
+        spec_from_dict({"condition": "A", "order": list(ORDER), "token_budget": {"match": "last-k"}})
+    ok = spec_from_dict(
+        {"condition": "last-k", "condition_k": 2, "order": list(ORDER), "token_budget": {"match": "last-k"}}
+    )
+    assert ok.arm == "last-2@last-k"
+
+
+@pytest.mark.parametrize("kind", ["directory", "binary"])
+def test_unreadable_spec_file_is_an_input_error(tmp_path, kind):
+    if kind == "directory":
+        path = tmp_path
+    else:
+        path = tmp_path / "spec.json"
+        path.write_bytes(b'{"condition": "\xff\xfe"}')
+    with pytest.raises(InputError) as err:
+        load_spec(path)
+    assert str(path) in str(err.value)

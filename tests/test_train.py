@@ -260,3 +260,36 @@ def test_progress_prints_plain_periodic_lines_when_not_a_terminal():
         "stage 1/2 L1: step 5/5 loss 0.4000 25 tok/s ETA 0:00:00",
     ]
     assert "\x1b" not in buf.getvalue()
+
+
+def test_gradient_checkpointing_with_4bit_weights_gives_the_same_step(tiny, examples):
+    """QLoRA with gradient checkpointing: the layers really are recomputed, and one step's loss
+    and adapter gradients equal those without checkpointing."""
+    path, tokenizer = tiny
+    batch = train.collate(examples[:4], tokenizer.pad_token_id)
+    n_target = sum(train.target_tokens(e) for e in examples[:4])
+    results = {}
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        base = train.load_base_model(
+            path, quantization="nf4", compute_dtype=torch.float32, device=CPU, gradient_checkpointing=checkpointing
+        )
+        model = train.attach_lora(base, LoraSpec(r=8, alpha=16, dropout=0.0))
+        projection = next(m for n, m in model.named_modules() if n.endswith("layers.0.self_attn.q_proj"))
+        calls = []
+        projection.register_forward_hook(lambda *args: calls.append(1))
+        model.train()
+        out = model(**batch, num_items_in_batch=n_target)
+        out.loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        optimizer = train.build_optimizer(model, TrainSpec(lr=1e-3))
+        optimizer.step()
+        results[checkpointing] = (out.loss.item(), grads, len(calls), lora_weights(model))
+    (loss_off, grads_off, calls_off, weights_off), (loss_on, grads_on, calls_on, weights_on) = results[False], results[True]
+    assert (calls_off, calls_on) == (1, 2)  # with checkpointing the layer's modules run again in backward
+    assert loss_on == pytest.approx(loss_off, abs=1e-5)
+    assert grads_on.keys() == grads_off.keys() and all("lora_" in n for n in grads_on)
+    assert any(g.abs().sum() > 0 for n, g in grads_on.items() if "lora_B" in n)  # the adapter learns
+    for name in grads_off:
+        torch.testing.assert_close(grads_on[name], grads_off[name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(weights_on[name], weights_off[name], atol=1e-6, rtol=1e-5)

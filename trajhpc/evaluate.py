@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -30,6 +30,7 @@ class HeldOut:
     step: int
     prompt_ids: tuple[int, ...]
     gold: str
+    gold_tokens: int = 0  # tokens generation needs to write the gold call (end of turn excluded)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,25 @@ class EvalResult:
     per_block: dict[str, dict[str, Any]]  # block -> trajhpc.scoring.summarize(...)
     rows: list[dict[str, Any]]  # one prediction row per held-out example, input order
     seconds: float
+
+
+def gold_token_count(target_ids: Sequence[int], special_ids: Collection[int]) -> int:
+    """Tokens needed to generate the gold call: the target ids without the special tokens
+    (end of turn) the chat template puts after it."""
+    n = len(target_ids)
+    while n and target_ids[n - 1] in special_ids:
+        n -= 1
+    return n
+
+
+def truncated_gold(items: Sequence[HeldOut], blocks: Sequence[str], max_new_tokens: int) -> dict[str, int]:
+    """Per block, the held-out items whose gold call is longer than ``max_new_tokens``:
+    generation stops before the call is complete, so they can never be exact."""
+    counts = {b: 0 for b in blocks}
+    for it in items:
+        if it.gold_tokens > max_new_tokens:
+            counts[it.block] = counts.get(it.block, 0) + 1
+    return counts
 
 
 def prompt_hash(prompt_ids: Sequence[int]) -> str:

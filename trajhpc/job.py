@@ -43,7 +43,9 @@ METRICS_SCHEMA = "trajhpc.metrics/1"
 TOKENS_SCHEMA = "trajhpc.tokens/1"
 FAULT_ENV = "TRAJHPC_FAULT_INJECT"
 SUMMARY_KEYS = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
-TOKEN_KEYS = ("examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes")
+TOKEN_KEYS = (
+    "examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes", "truncated_examples",
+)
 
 
 class InjectedFault(BaseException):
@@ -76,10 +78,11 @@ def run_job(
     job_dir = Path(job_dir)
     claim_job_dir(spec, job_dir)
     metrics = read_json(job_dir / "metrics.json")
+    n = len(spec.order)
     if metrics is not None and metrics.get("complete"):
+        _mark_done(job_dir, metrics, n)
         return metrics
     started = provenance.now_iso()
-    n = len(spec.order)
     done = len(metrics["stages"]) - 1 if metrics else -1
     write_state(job_dir, "running", max(done, 0), n, started=started)
     try:
@@ -88,6 +91,19 @@ def run_job(
         stage = len((read_json(job_dir / "metrics.json") or {"stages": [None]})["stages"]) - 1
         write_state(job_dir, "failed", max(stage, 0), n, started=started, error=last_line(err))
         raise
+
+
+def _mark_done(job_dir: Path, metrics: Mapping[str, Any], n_stages: int) -> None:
+    """A complete job whose state.json does not say "done" (killed between the final
+    metrics.json write and the state write, or state.json lost): write it now."""
+    try:
+        state = read_json(job_dir / "state.json")
+    except InputError:  # damaged: rewritten below
+        state = None
+    if state is not None and state.get("state") == "done":
+        return
+    started = (state or {}).get("started") or (metrics.get("provenance") or {}).get("started") or provenance.now_iso()
+    write_state(job_dir, "done", len(metrics["stages"]) - 1, n_stages, started=started)
 
 
 class JobTask(submitit.helpers.Checkpointable):
@@ -194,8 +210,12 @@ def final_summary(per_block: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def zero_tokens(stage: int = 0) -> dict[str, Any]:
-    return {"stage": stage, "block": None, **{k: 0 for k in TOKEN_KEYS}}
+def zero_tokens(stage: int = 0, *, budget: int | None = None) -> dict[str, Any]:
+    """Stage 0's token entry (nothing trained); ``budget_cumulative`` 0 when the job has a budget."""
+    entry: dict[str, Any] = {"stage": stage, "block": None, **{k: 0 for k in TOKEN_KEYS}}
+    if budget is not None:
+        entry["budget_cumulative"] = budget
+    return entry
 
 
 def resources(
@@ -261,7 +281,8 @@ class _Run:
             b: self._tokenize(tokenizer, data.train[b], spec.condition, spec.condition_k) for b in spec.order
         }
         heldout = self._heldout(tokenizer, data)
-        budgets = self._budgets(tokenizer, data) if spec.token_budget else None
+        self.truncated_gold = self._check_gold_lengths(heldout)
+        budgets = self._budgets(tokenizer, data, train_examples) if spec.token_budget else None
 
         stages, token_stages, found = self._earlier_attempts(metrics, train.find_checkpoint(job_dir))
         if stages:
@@ -283,7 +304,7 @@ class _Run:
         self.params = train.parameter_counts(model)
         if found is None:  # stage 0's checkpoint: the freshly initialized adapter
             meta = {"job_id": spec.job_id, "stage": 0, "consumed": 0, "train_loss": None, "train_seconds": 0.0,
-                    "tokens": zero_tokens()}
+                    "tokens": zero_tokens(budget=0 if budgets else None)}
             ckpt = train.save_checkpoint(job_dir, model, optimizer, meta)
         else:
             ckpt, meta = found
@@ -314,11 +335,15 @@ class _Run:
                     model, optimizer, examples, plan, spec.train,
                     pad_id=tokenizer.pad_token_id, autocast_dtype=autocast, on_step=self._step_hook(k, progress),
                 )
-            counts = self._count([examples[i] for i in plan.consumed()])
+            consumed = [examples[i] for i in plan.consumed()]
+            counts = self._count(consumed)
             stage_tokens = {
                 "stage": k, "block": block, **counts,
                 "padded_tokens": train.padded_tokens(plan, lengths), "passes": plan.passes,
+                "truncated_examples": sum(e.is_truncated for e in consumed),
             }
+            if budgets:
+                stage_tokens["budget_cumulative"] = budgets[k - 1]
             meta = {
                 "job_id": spec.job_id,
                 "stage": k,
@@ -358,14 +383,33 @@ class _Run:
         return tokenize_examples(tokenizer, records, condition, k=k, max_seq_len=self.spec.train.max_seq_len)
 
     def _heldout(self, tokenizer, data) -> list:
-        from trajhpc.evaluate import HeldOut
+        from trajhpc.evaluate import HeldOut, gold_token_count
 
+        special = set(tokenizer.all_special_ids)
         items = []
         for block in data.blocks:
             records = data.heldout[block]
             for r, ex in zip(records, self._tokenize(tokenizer, records, self.spec.condition, self.spec.condition_k)):
-                items.append(HeldOut(block, r.dialogue_key, r.step, ex.prompt_ids, r.target))
+                gold = gold_token_count(ex.input_ids[len(ex.prompt_ids) :], special)
+                items.append(HeldOut(block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold))
         return items
+
+    def _check_gold_lengths(self, heldout) -> dict[str, int]:
+        """Per block, held-out examples whose gold call is longer than eval.max_new_tokens (never exact)."""
+        from trajhpc.evaluate import truncated_gold
+        from trajhpc.progress import log
+
+        limit = self.spec.eval.max_new_tokens
+        counts = truncated_gold(heldout, self.blocks, limit)
+        if any(counts.values()):
+            longest = max(it.gold_tokens for it in heldout)
+            log(
+                self.console,
+                f"warning: {sum(counts.values())} of {len(heldout)} held-out gold calls are longer than "
+                f"eval.max_new_tokens={limit} tokens (longest {longest}) and can never be generated exactly; "
+                "raise eval.max_new_tokens (counted per stage as eval_truncated_gold in metrics.json)",
+            )
+        return counts
 
     def _count(self, examples) -> dict[str, int]:
         from trajhpc.data.tokens import count_tokens
@@ -390,19 +434,39 @@ class _Run:
             epochs=t.epochs, max_steps=t.max_steps, budget=budget, counts=counts,
         )
 
-    def _budgets(self, tokenizer, data) -> list[int]:
-        """Cumulative count the matched condition consumes through each stage (same plans, same seeds)."""
-        match = self.spec.token_budget.match
-        k = self.spec.condition_k if match == "last-k" else None
-        if match == "last-k" and k is None:
-            raise TrajhpcError("token_budget.match: 'last-k' needs condition_k (only set for condition 'last-k')")
-        cumulative, total = [], 0
-        for stage, block in enumerate(self.spec.order, start=1):
-            examples = self._tokenize(tokenizer, data.train[block], match, k)
+    def _budgets(self, tokenizer, data, own_examples) -> list[int]:
+        """Cumulative count the matched condition consumes through each stage (same plans, same seeds).
+
+        Warns when that equals what this job's own condition consumes without a budget:
+        the arm would then train exactly like its condition (e.g. ``count: supervised``
+        across A/B, whose supervised tokens are the same gold calls).
+        """
+        from trajhpc.progress import log
+
+        budget = self.spec.token_budget
+        k = self.spec.condition_k if budget.match == "last-k" else None  # JobSpec: match last-k => condition last-k
+        matched = [self._tokenize(tokenizer, data.train[block], budget.match, k) for block in self.spec.order]
+        cumulative = self._cumulative(matched)
+        own = self._cumulative([own_examples[block] for block in self.spec.order])
+        if cumulative == own:
+            log(
+                self.console,
+                f"warning: token_budget of arm {self.spec.arm} (match {budget.match}, count: {budget.count}) "
+                f"equals what condition {self.spec.condition} consumes without a budget at every stage "
+                f"({cumulative[-1]} {budget.count} tokens): this arm trains exactly like {self.spec.condition}"
+                + ("; supervised tokens are the gold calls, the same under every condition: use count: total"
+                   if budget.count == "supervised" else ""),
+            )
+        return cumulative
+
+    def _cumulative(self, examples_per_stage) -> list[int]:
+        """Cumulative budget count through each stage of the unbudgeted plans over these examples."""
+        out, total = [], 0
+        for stage, examples in enumerate(examples_per_stage, start=1):
             plan = self._plan(examples, [len(e.input_ids) for e in examples], stage, None)
             total += self._budget_count(self._count([examples[i] for i in plan.consumed()]))
-            cumulative.append(total)
-        return cumulative
+            out.append(total)
+        return out
 
     # -- stages
 
@@ -430,6 +494,7 @@ class _Run:
             "train_seconds": meta["train_seconds"],
             "eval_seconds": ev.seconds,
             "per_block": ev.per_block,
+            "eval_truncated_gold": dict(self.truncated_gold),
         }
 
     def _write_outputs(self, stages, token_stages, consumed: int, budgets, *, complete: bool) -> None:

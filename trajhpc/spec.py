@@ -82,14 +82,26 @@ class TrainSpec(_Strict):
 
 class EvalSpec(_Strict):
     batch_size: int = Field(16, ge=1)
-    max_new_tokens: int = Field(64, ge=1)
+    # Long enough for the longest gold calls (up to ~139 tokens with the tiny tokenizer);
+    # a gold call longer than this can never be generated exactly (the job counts such
+    # examples as ``eval_truncated_gold``).
+    max_new_tokens: int = Field(160, ge=1)
 
 
 class TokenBudget(_Strict):
-    """Train until the cumulative token count equals what condition ``match`` consumes."""
+    """Train until the cumulative token count equals what condition ``match`` consumes.
+
+    ``count="total"`` (default) matches prompt + target tokens: the compute axis on
+    which the conditions differ (B's prompts carry the earlier calls). ``"supervised"``
+    matches target tokens only; across A, B, calls-only and last-k the supervised
+    tokens are the gold call, equal under every condition, so a supervised-matched arm
+    consumes exactly what its own condition does and trains identically to it (the
+    job logs a warning when that happens). It only differs where e.g. ``max_seq_len``
+    truncation treats the conditions differently.
+    """
 
     match: str
-    count: Literal["supervised", "total"] = "supervised"
+    count: Literal["supervised", "total"] = "total"
 
 
 class JobSpec(_Strict):
@@ -121,6 +133,11 @@ class JobSpec(_Strict):
             raise ValueError(f"order must list distinct blocks, got {list(self.order)}")
         if self.token_budget is not None and self.token_budget.match not in CONDITIONS:
             raise ValueError(f"token_budget.match must be one of {list(CONDITIONS)}")
+        if self.token_budget is not None and self.token_budget.match == "last-k" and self.condition != "last-k":
+            raise ValueError(
+                "token_budget.match 'last-k' needs k, which only condition 'last-k' sets (condition_k); "
+                f"condition {self.condition!r} can match 'A', 'B' or 'calls-only'"
+            )
         return self
 
     @property
@@ -165,9 +182,15 @@ def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a spec JSON file."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(path, None, "spec file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, None, "is a folder, expected a spec JSON file") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, None, f"not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise InputError(path, None, f"cannot read spec file ({err.strerror or err})") from None
     except json.JSONDecodeError as err:
         raise InputError(path, None, f"not valid JSON ({err.msg})", line=err.lineno) from None
     return spec_from_dict(obj, path)

@@ -243,16 +243,27 @@ def missing_file_error(path: Path) -> TrajhpcError:
     )
 
 
+def read_text_file(path: Path) -> str:
+    """A data file's text; a missing file, a folder, unreadable or non-UTF-8 bytes -> one-line error."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise missing_file_error(path) from None
+    except IsADirectoryError:
+        raise InputError(path, None, "is a folder, expected a data file") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, None, f"not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise InputError(path, None, f"cannot read file ({err.strerror or err})") from None
+
+
 def load_records(path: str | Path, *, root: str | Path | None = None) -> list[Record]:
     """Records of a JSON list file (``output`` or ``expected_output`` targets).
 
     ``root`` makes ``Record.source`` relative to the data folder.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise missing_file_error(path) from None
+    text = read_text_file(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -317,10 +328,7 @@ def load_dialogue_jsonl(
     retrieval dialogues (that call ToolSearcher or are named ``*-level-3-*``: level-2 style).
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise missing_file_error(path) from None
+    lines = read_text_file(path).split("\n")
     turns: list[Turn] = []
     for n, raw in enumerate(lines, start=1):
         if not raw.strip():

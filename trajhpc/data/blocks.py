@@ -192,9 +192,33 @@ def load_catalogue(path: str | Path) -> dict[str, str]:
             missing = {_SCENARIO_COLUMN, _NAME_COLUMN} - set(reader.fieldnames or ())
             if missing:
                 raise InputError(path, ", ".join(sorted(missing)), "missing column")
-            return {row[_NAME_COLUMN].strip(): row[_SCENARIO_COLUMN].strip() for row in reader}
+            catalogue: dict[str, str] = {}
+            for n, row in enumerate(reader, start=1):
+                values = []
+                for column in (_NAME_COLUMN, _SCENARIO_COLUMN):
+                    value = row.get(column)
+                    if not isinstance(value, str):  # a short row: DictReader fills None
+                        raise InputError(
+                            path, column, f"row {n}: no value (the row has too few columns)", line=reader.line_num
+                        )
+                    values.append(value.strip())
+                catalogue[values[0]] = values[1]
+            return catalogue
     except FileNotFoundError:
-        raise TrajhpcError(f"{path}: API catalogue not found (needed for scenario blocks)") from None
+        raise TrajhpcError(
+            f"{path}: API catalogue not found (needed for scenario blocks). A data.root without "
+            f"{CATALOGUE_FILE} uses the bundled copy (trajhpc/resources/api-bank/{CATALOGUE_FILE}); "
+            f"otherwise copy {CATALOGUE_FILE} from API-Bank (GitHub AlibabaResearch/DAMO-ConvAI, "
+            f"api-bank/{CATALOGUE_FILE}) into the data folder"
+        ) from None
+    except IsADirectoryError:
+        raise InputError(path, None, "is a folder, expected the API catalogue CSV file") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, None, f"not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise InputError(path, None, f"not a valid CSV file ({err})") from None
+    except OSError as err:
+        raise InputError(path, None, f"cannot read file ({err.strerror or err})") from None
 
 
 @cache

@@ -34,7 +34,7 @@ def count_tokens(examples: Iterable[Example]) -> TokenCounts:
     for ex in examples:
         n += 1
         prompt += len(ex.prompt_ids)
-        supervised += sum(label != IGNORE_INDEX for label in ex.labels)
+        supervised += len(ex.labels) - ex.labels.count(IGNORE_INDEX)
         total += len(ex.input_ids)
     return TokenCounts(n, prompt, supervised, total)
 

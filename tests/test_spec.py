@@ -39,6 +39,8 @@ def test_canonical_json_is_sorted_and_compact():
 def test_arm_names():
     assert JobSpec(condition="A", order=ORDER).arm == "A"
     assert JobSpec(condition="A", order=ORDER, token_budget=TokenBudget(match="B")).arm == "A@B"
+    supervised = TokenBudget(match="B", count="supervised")
+    assert JobSpec(condition="A", order=ORDER, token_budget=supervised).arm == "A@B:supervised"
     assert JobSpec(condition="last-k", condition_k=2, order=ORDER).arm == "last-2"
 
 

@@ -1,10 +1,13 @@
-"""How long trajhpc takes to plan and watch a big study (targets: each < 2 s).
+"""How long trajhpc takes to plan, submit and watch a big study (targets: each < 2 s).
 
 1. Expanding a 1,000-job manifest and rendering its sbatch array script.
-2. ``status`` over 1,000 job directories: reading every directory, one (fake) ``sacct``
+2. ``trajhpc submit`` of those 1,000 jobs through a fake ``sbatch`` on PATH (it counts
+   its calls and prints a job id): one job array, so ONE sbatch call.
+3. ``status`` over 1,000 job directories: reading every directory, one (fake) ``sacct``
    call for all recorded Slurm ids, building and rendering the table.
 
-Run: ``python benchmarks/bench_grid.py``. Prints the figures; asserts nothing.
+Run: ``python benchmarks/bench_grid.py``. Prints the figures; asserts only the
+counts (1,000 jobs, one sbatch call), not the times.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from trajhpc.grid import expand
-from trajhpc.launch import render_sbatch
+from trajhpc.launch import render_sbatch, submit_command
 from trajhpc.manifest import parse_manifest
 from trajhpc.status import collect_rows, counts_line, render_table
 
@@ -54,6 +57,41 @@ def bench_expand_and_render(root: Path) -> None:
     seconds, (jobs, script) = best_of(run)
     assert len(jobs) == 1000 and "#SBATCH --array=0-999%50" in script
     print(f"expand 1,000-job manifest + render sbatch array: {seconds * 1000:.0f} ms (best of {REPEATS}; target < 2000 ms)")
+
+
+def _script(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def bench_submit(work: Path) -> None:
+    """1,000 jobs through `trajhpc submit` with a fake sbatch that counts its calls."""
+    bin_dir = work / "bin"
+    bin_dir.mkdir(parents=True)
+    _script(bin_dir, "sbatch", f'echo x >> {bin_dir}/sbatch.calls; echo "Submitted batch job 700"')
+    _script(bin_dir, "srun", "exit 0")
+    _script(bin_dir, "sacct", "echo 'JobID|State|NodeList|JobName'")  # nothing recorded yet
+    _script(bin_dir, "squeue", "exit 0")
+    (work / "bench.yaml").write_text(MANIFEST)
+    old_path, old_cwd = os.environ["PATH"], Path.cwd()
+    os.environ["PATH"] = f"{bin_dir}:{old_path}"
+    os.chdir(work)
+    try:
+        out = io.StringIO()
+        start = time.perf_counter()
+        submit_command(Console(file=out, width=200, color_system=None), Path("bench.yaml"), dry_run=False,
+                       run_root=Path("runs"), executor="slurm", wait=False)
+        seconds = time.perf_counter() - start
+    finally:
+        os.environ["PATH"] = old_path
+        os.chdir(old_cwd)
+    calls = len((bin_dir / "sbatch.calls").read_text().splitlines())
+    records = len(list((work / "runs" / "bench").glob("*/submission.json")))
+    assert "submitted 1000 jobs as Slurm array 700" in out.getvalue(), out.getvalue()
+    assert calls == 1 and records == 1000, (calls, records)
+    print(f"submit 1,000 jobs through a fake sbatch: {seconds * 1000:.0f} ms, {calls} sbatch call "
+          f"(one array), {records} submission records (target < 2000 ms)")
 
 
 def _fake_sacct(bin_dir: Path, n: int) -> None:
@@ -114,4 +152,5 @@ def bench_status(root: Path) -> None:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         bench_expand_and_render(Path(tmp) / "runs")
+        bench_submit(Path(tmp) / "submit")
         bench_status(Path(tmp) / "runs")

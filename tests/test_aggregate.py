@@ -11,6 +11,7 @@ import pytest
 from rich.console import Console
 
 from trajhpc import aggregate as agg
+from trajhpc import stats
 from trajhpc.errors import TrajhpcError
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
@@ -100,6 +101,23 @@ def test_summary_and_paired_differences_by_hand(study):
 
     hits = sum(abs(np.mean(np.array(s) * d)) >= abs(d.mean()) - 1e-12 for s in product([-1, 1], repeat=6))
     assert pair["p_value"] == pytest.approx(hits / 64) and pair["p_exact"]
+    # The CIs are bootstraps over units: per arm over its jobs (in job id order), paired
+    # over the (seed, order) pairs (in that order). Resampling anything else (blocks,
+    # stages, rows of the long table) gives other bounds.
+    by_id = sorted(zip([_job(study, "B", s, tuple(o.split(">"))).name for s, o in keys], b))
+    arm_ci = stats.bootstrap_ci([v for _, v in by_id], resamples=500)
+    assert (row["ci_lo"], row["ci_hi"]) == pytest.approx(tuple(arm_ci), abs=1e-12)
+    pair_ci = stats.bootstrap_ci(d, resamples=500)
+    assert (pair["ci_lo"], pair["ci_hi"]) == pytest.approx(tuple(pair_ci), abs=1e-12)
+    for arm, metric in [("A", "exact"), ("A@B", "supervised_tokens"), ("B", "bwt_exact")]:
+        sub = r.units.filter(pl.col("arm") == arm).sort("job_id")
+        got = r.summary.filter((pl.col("arm") == arm) & (pl.col("metric") == metric)).row(0, named=True)
+        ci = stats.bootstrap_ci(sub[metric].cast(pl.Float64).to_numpy(), resamples=500)
+        assert (got["ci_lo"], got["ci_hi"], got["n"]) == (pytest.approx(ci[0], abs=1e-12), pytest.approx(ci[1], abs=1e-12), 6)
+    stage = r.stages.filter((pl.col("arm") == "A") & (pl.col("metric") == "acc_exact") & (pl.col("stage") == 2)).row(0, named=True)
+    curve = r.long.filter((pl.col("arm") == "A") & (pl.col("stage") == 2)).group_by("job_id").agg(pl.col("exact").mean()).sort("job_id")
+    ci = stats.bootstrap_ci(curve["exact"].to_numpy(), resamples=500)
+    assert (stage["ci_lo"], stage["ci_hi"]) == pytest.approx(tuple(ci), abs=1e-12)
     # Every pair of arms is compared, B first and the stripped A last.
     pairs = r.paired.select("arm", "baseline").unique(maintain_order=True).rows()
     assert pairs == [("B", "A@B"), ("B", "A"), ("A@B", "A")]
@@ -223,6 +241,57 @@ def test_bad_jobs_are_listed_with_a_reason_and_excluded(study, damage, status, f
     assert r.paired.filter((pl.col("arm") == "B") & (pl.col("baseline") == "A"))["pairs"].to_list()[0] == 5
     with pytest.raises(TrajhpcError, match=rf"{job.name}/{file}: {status}:"):
         agg.aggregate([study], strict=True, resamples=100)
+
+
+def test_results_without_spec_json_are_listed_as_corrupt(study):
+    job = _job(study, "B", 1)
+    (job / "spec.json").unlink()
+    only_tokens = study / "s1" / "stray"
+    only_tokens.mkdir()
+    (only_tokens / "tokens.json").write_text((_job(study, "A") / "tokens.json").read_text())
+    r = _result(study)
+    rows = {row["job_id"]: row for row in r.jobs.to_dicts()}
+    assert rows[job.name]["status"] == "corrupt" and Path(rows[job.name]["file"]).name == "spec.json"
+    assert rows[job.name]["reason"] == "spec.json: missing (the folder has metrics.json and tokens.json)"
+    assert rows["stray"]["status"] == "corrupt" and rows["stray"]["reason"] == "spec.json: missing (the folder has tokens.json)"
+    assert r.jobs.height == 19 and r.units.height == 17
+    with pytest.raises(TrajhpcError, match=r"spec\.json: corrupt: missing"):
+        agg.aggregate([study], strict=True, resamples=100)
+
+
+def _arm_without_count(spec) -> str:
+    """JobSpec.arm as it was before it named the count: A@B for both budgets."""
+    return spec.condition + (f"@{spec.token_budget.match}" if spec.token_budget else "")
+
+
+@pytest.mark.parametrize("lossy_arm_names", [False, True])
+def test_arms_differing_only_by_budget_count_are_kept_apart(tmp_path, monkeypatch, lossy_arm_names):
+    from trajhpc.spec import JobSpec, TokenBudget
+
+    if lossy_arm_names:  # the aggregate keeps them apart even when the arm names collide
+        monkeypatch.setattr(JobSpec, "arm", property(_arm_without_count))
+    keys = [(s, o) for s in (0, 1) for o in ORDERS]
+    for seed, order in keys:
+        for budget in (None, TokenBudget(match="B", count="supervised"), TokenBudget(match="B", count="total")):
+            spec = JobSpec(condition="A", seed=seed, order=order, token_budget=budget)
+            sj.write_job(tmp_path / "s", spec, sj.synthetic_matrix("A@B" if budget else "A", seed, order), blocks=sorted(order))
+    r = _result(tmp_path)
+    assert r.units.height == 12 and len(r.arms) == 3  # two A@B arms, not one with two units per (seed, order)
+    assert r.units.group_by("arm", "seed", "order").len()["len"].max() == 1
+    assert set(r.paired["pairs"].to_list()) == {len(keys)}  # one pair per distinct (seed, order) unit
+    assert r.summary.filter(pl.col("metric") == "exact")["n"].to_list() == [4, 4, 4]
+    if lossy_arm_names:
+        assert sorted(r.arms) == ["A", "A@B:supervised", "A@B:total"]
+
+
+def test_compare_arms_refuses_to_cross_multiply_duplicate_units():
+    units = pl.DataFrame({
+        "arm": ["A", "B", "B"], "seed": [0, 0, 0], "order": ["a>b", "a>b", "a>b"], "job_id": ["1", "2", "3"],
+        **{m: [0.1, 0.2, 0.3] for m in agg.PAIRED_METRICS},
+    })
+    with pytest.raises(ValueError, match=r"arm 'B' has 2 units for seed 0, order a>b .* would count them twice"):
+        agg.compare_arms(units, resamples=100)
+    assert agg.compare_arms(units.filter(pl.col("job_id") != "3"), resamples=100)["pairs"].to_list() == [1] * len(agg.PAIRED_METRICS)
 
 
 def test_failed_job_reason_quotes_its_state(study):

@@ -6,11 +6,17 @@ submitit code path runs without a cluster; tests/test_slurm_integration.py uses 
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import io
 import json
 import os
 import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -107,18 +113,110 @@ def test_apptainer_command():
     assert APPTAINER == "apptainer exec --nv --bind /runs --bind /data:/data:ro /images/trajhpc.sif python3"
     assert ctr.python_command("apptainer", "x.sif", [], gpus=False) == "apptainer exec x.sif python3"
     assert ctr.python_command("none", None, ["/x"], gpus=True) is None
+    cmd = ctr.python_command("apptainer", "x.sif", ["/a"], gpus=False, env={"SLURM_CONF": "/etc/slurm/slurm.conf"})
+    assert cmd == "apptainer exec --bind /a --env SLURM_CONF=/etc/slurm/slurm.conf x.sif python3"
 
 
-def test_docker_command_passes_submitit_environment():
-    cmd = ctr.python_command("docker", "ghcr.io/o/trajhpc:1.0", ["/runs"], gpus=True, uid_gid=(1000, 100))
-    argv = shlex.split(cmd)
-    assert argv[:7] == ["docker", "run", "--rm", "--init", "--gpus", "all", "--user"]
-    # the image's entrypoint is `trajhpc`, so the interpreter must replace it
-    assert argv[-3:] == ["--entrypoint", "python3", "ghcr.io/o/trajhpc:1.0"]
-    assert "--volume" in argv and "/runs" in argv
-    envs = {argv[i + 1] for i, a in enumerate(argv) if a == "--env"}
+DEBIAN = "/usr/lib/x86_64-linux-gnu/slurm-wlm/libslurmfull.so"
+CLIENT_BINDS = [
+    # (discovered paths) -> (binds, env)
+    (ctr.SlurmClientPaths(), ([], {})),
+    (ctr.SlurmClientPaths(libslurm=(DEBIAN,), munge_dir="/run/munge"), ([], {})),  # no scontrol: nothing
+    (
+        ctr.SlurmClientPaths("/usr/bin/scontrol", (DEBIAN,), "/etc/slurm/slurm.conf", "/run/munge"),
+        (
+            ["/usr/bin/scontrol:/usr/bin/scontrol:ro", "/usr/lib/x86_64-linux-gnu/slurm-wlm:/usr/lib/x86_64-linux-gnu/slurm-wlm:ro",
+             "/etc/slurm:/etc/slurm:ro", "/run/munge"],
+            {"SLURM_CONF": "/etc/slurm/slurm.conf"},
+        ),
+    ),
+    (
+        # a library in a general folder: the file only; a binary off the image's PATH: also in /usr/local/bin
+        ctr.SlurmClientPaths("/opt/slurm/bin/scontrol", ("/usr/lib64/libslurm.so.40",), "/opt/slurm/etc/slurm.conf",
+                             "/var/run/munge"),
+        (
+            ["/opt/slurm/bin/scontrol:/opt/slurm/bin/scontrol:ro", "/opt/slurm/bin/scontrol:/usr/local/bin/scontrol:ro",
+             "/usr/lib64/libslurm.so.40:/usr/lib64/libslurm.so.40:ro", "/opt/slurm/etc:/opt/slurm/etc:ro",
+             "/var/run/munge"],
+            {"SLURM_CONF": "/opt/slurm/etc/slurm.conf"},
+        ),
+    ),
+    (ctr.SlurmClientPaths("/usr/local/bin/scontrol"), (["/usr/local/bin/scontrol:/usr/local/bin/scontrol:ro"], {})),
+]
+
+
+@pytest.mark.parametrize("paths, expected", CLIENT_BINDS)
+def test_slurm_client_binds(paths, expected):
+    assert ctr.slurm_client_binds(paths) == expected
+    for bind in expected[0]:
+        ctr.check_bind(bind)
+
+
+def test_parse_ldd():
+    text = (
+        "\tlinux-vdso.so.1 (0x00007ffd)\n"
+        f"\tlibslurmfull.so => {DEBIAN} (0x00007f6a8f36b000)\n"
+        "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f6a8f000000)\n"
+        "\tlibslurm.so.40 => not found\n"
+    )
+    assert ctr.parse_ldd(text) == [DEBIAN]
+
+
+def test_apptainer_on_slurm_binds_the_slurm_client(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths = ctr.SlurmClientPaths("/usr/bin/scontrol", (DEBIAN,), "/etc/slurm/slurm.conf", "/run/munge")
+    monkeypatch.setattr("trajhpc.launch.discover_slurm_client", lambda: paths)
+    text = "study: s\nconditions: [A]\ncontainer: {runtime: apptainer, image: t.sif}\n"
+    slurm = Launch(parse_manifest(text), tmp_path / "m.yaml", Path("runs"), "slurm").python
+    for bind in ctr.slurm_client_binds(paths)[0]:
+        assert f"--bind {bind}" in slurm
+    assert "--env SLURM_CONF=/etc/slurm/slurm.conf" in slurm
+    local = Launch(parse_manifest(text), tmp_path / "m.yaml", Path("runs"), "local").python
+    assert "scontrol" not in local and "SLURM_CONF" not in local
+
+
+def test_discover_slurm_client_on_this_host():
+    found = ctr.discover_slurm_client()
+    assert (found.scontrol is None) == (shutil.which("scontrol") is None)
+    assert all(os.path.isabs(p) and "libslurm" in os.path.basename(p) for p in found.libslurm)
+
+
+def test_docker_command_exact_arguments():
+    env = {"HOME": "/home/u", "TRAJHPC_CACHE": "/home/u/.cache/trajhpc", "HF_HOME": "/scratch/hf"}
+    cmd = ctr.python_command(
+        "docker", "ghcr.io/o/trajhpc:1.0", ["/runs", "/data:/d:ro"], gpus=True, uid_gid=(1000, 100),
+        env=env, workdir="/work/study",
+    )
+    passed = [a for name in dict.fromkeys(ctr._PASSED_ENV) for a in ("--env", name)]
+    assert shlex.split(cmd) == [
+        "docker", "run", "--rm", "--init", "--gpus", "all", "--user", "1000:100", "--workdir", "/work/study",
+        # a lone path would make Docker create an anonymous volume there: always src:dst
+        "--volume", "/runs:/runs", "--volume", "/data:/d:ro",
+        *passed,
+        "--env", "HOME=/home/u", "--env", "TRAJHPC_CACHE=/home/u/.cache/trajhpc", "--env", "HF_HOME=/scratch/hf",
+        # the image's entrypoint is `trajhpc`, so the interpreter must replace it
+        "--entrypoint", "python3", "ghcr.io/o/trajhpc:1.0",
+    ]
     # what submitit's job side reads to find its folder, id and rank
-    assert {"SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID", "SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID", "TRAJHPC_CACHE"} <= envs
+    assert {"SUBMITIT_EXECUTOR", "SUBMITIT_LOCAL_JOB_ID", "SLURM_JOB_ID", "SLURM_ARRAY_TASK_ID"} <= set(passed)
+
+
+def test_docker_launch_binds_run_root_and_sets_home_caches_and_workdir(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".cache" / "huggingface").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.setenv("TRAJHPC_CACHE", str(tmp_path / "tc"))
+    text = "study: s\nconditions: [A]\ncontainer: {runtime: docker, image: t:1}\n"
+    launch = Launch(parse_manifest(text), tmp_path / "m.yaml", Path("runs"), "local")
+    argv = shlex.split(launch.python)
+    pairs = {(a, b) for a, b in zip(argv, argv[1:])}
+    hf = str(home / ".cache" / "huggingface")
+    assert ("--volume", f"{tmp_path}/runs:{tmp_path}/runs") in pairs and ("--volume", f"{hf}:{hf}") in pairs
+    assert ("--workdir", str(tmp_path)) in pairs
+    assert {("--env", f"HOME={home}"), ("--env", f"HF_HOME={hf}"), ("--env", f"TRAJHPC_CACHE={tmp_path}/tc")} <= pairs
+    assert all(":" in argv[i + 1] for i, a in enumerate(argv) if a == "--volume")  # never a lone path
 
 
 def test_paths_with_spaces_and_quotes_are_quoted():
@@ -181,8 +279,25 @@ def test_manifest_bind_env_expansion(tmp_path, monkeypatch):
     launch = Launch(parse_manifest(text, "m.yaml"), tmp_path / "m.yaml", Path("runs"), "slurm")
     assert "--bind /scratch/me/hf:/hf:ro" in launch.python
     assert launch.python.endswith(f"{tmp_path}/t.sif python3")  # the image path is made absolute
-    with pytest.raises(InputError, match=r"m\.yaml:7: container\.binds\.0: '\$NOPE/x': environment variable not set"):
+    with pytest.raises(InputError, match=r"m\.yaml:7: container\.binds\.0: '\$NOPE/x': environment variable NOPE not set"):
         Launch(parse_manifest(text.replace("$SCRATCH/hf:/hf:ro", "$NOPE/x"), "m.yaml"), tmp_path / "m.yaml", Path("runs"), "slurm")
+
+
+def test_manifest_image_env_and_home_expansion(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IMAGES", "/images/x")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("NOPE", raising=False)
+    text = "study: s\nconditions: [A]\ncontainer:\n  runtime: apptainer\n  image: ${IMAGES}/t.sif\n"
+    launch = Launch(parse_manifest(text, "m.yaml"), tmp_path / "m.yaml", Path("runs"), "local")
+    assert launch.image == "/images/x/t.sif" and launch.python.endswith(" /images/x/t.sif python3")
+    launch = Launch(parse_manifest(text.replace("${IMAGES}", "~/img"), "m.yaml"), tmp_path / "m.yaml", Path("runs"), "local")
+    assert launch.image == f"{tmp_path}/home/img/t.sif"
+    with pytest.raises(InputError, match=r"m\.yaml:5: container\.image: .*environment variable NOPE not set"):
+        Launch(parse_manifest(text.replace("${IMAGES}", "$NOPE"), "m.yaml"), tmp_path / "m.yaml", Path("runs"), "local")
+    for bad in ("$(id)/t.sif", "${A/t.sif", "a;$B"):
+        with pytest.raises(ValueError):
+            ctr.check_manifest_image(bad)
 
 
 def test_image_digest(tmp_path):
@@ -193,6 +308,21 @@ def test_image_digest(tmp_path):
     assert ctr.image_digest("apptainer", "t.sif", declared, tmp_path) == declared
     assert ctr.image_digest("apptainer", "missing.sif", None, tmp_path) is None
     assert ctr.image_digest("none", None, None, tmp_path) is None
+
+
+def test_image_digest_above_the_limit_is_a_labelled_partial_digest(tmp_path, monkeypatch):
+    monkeypatch.setattr(ctr, "HASH_LIMIT_BYTES", 10)
+    monkeypatch.setattr(ctr, "PARTIAL_HASH_BYTES", 4)
+    image = tmp_path / "big.sif"
+    image.write_bytes(b"HEAD-middle-bytes-TAIL")
+    os.utime(image, (1_700_000_000, 1_700_000_000))
+    expected = hashlib.sha256(b"HEAD" + b"TAIL").hexdigest()
+    assert ctr.image_digest("apptainer", "big.sif", None, tmp_path) == f"partial-sha256:22:1700000000:{expected}"
+    image.write_bytes(b"HEAD-middle-BYTES-TAIL")  # same size, mtime, ends: same identifier (it is partial)
+    os.utime(image, (1_700_000_000, 1_700_000_000))
+    assert ctr.image_digest("apptainer", "big.sif", None, tmp_path) == f"partial-sha256:22:1700000000:{expected}"
+    image.write_bytes(b"HEAD-mid-TAIL!")  # another size or ending: another identifier
+    assert ctr.image_digest("apptainer", "big.sif", None, tmp_path).startswith("partial-sha256:14:")
 
 
 # ---------------------------------------------------------------- local slots
@@ -289,6 +419,7 @@ def test_submit_then_resubmit_only_what_needs_it(fake_slurm, tmp_path):
     assert "#SBATCH --array=0-3%4" in script and "trajhpc-st" in script
     for job_id, record in records.items():
         assert record["executor"] == "slurm" and record["previous"] == []
+        assert record["user"] == getpass.getuser()  # the submitter: a shared study has several
         assert json.loads((tmp_path / "jobs" / "st" / job_id / "spec.json").read_text())["schema"] == "trajhpc.spec/1"
 
     # Slurm now says: one completed (metrics complete), one running, one failed, one cancelled.
@@ -390,3 +521,135 @@ def test_missing_image_or_bind_source_fails_at_submit_time(fake_slurm, tmp_path)
     assert context["container_digest"] == "sha256:" + hashlib.sha256(b"x").hexdigest()
     assert context["executor"] == "slurm" and context["manifest"] == str(tmp_path / "m.yaml")
     assert "apptainer exec --bind" in (fake_slurm / "sbatch-0.sh").read_text()
+
+
+# ---------------------------------------------------------------- one submit at a time; interrupted submits
+
+
+@pytest.fixture
+def queued_slurm(tmp_path, monkeypatch):
+    """A fake Slurm that remembers: sbatch (taking $SBATCH_DELAY s) counts its calls and queues the
+    array as PENDING for sacct, and squeue --name lists it with its batch script, as the real ones do."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "states").write_text("JobID|State|NodeList|JobName\n")
+    (bin_dir / "queue").write_text("")
+    scripts = {
+        "sbatch": f"echo x >> {bin_dir}/sbatch.calls; id=$((99 + $(wc -l < {bin_dir}/sbatch.calls))); sleep ${{SBATCH_DELAY:-0}}\n"
+        "last=$(sed -n 's/^#SBATCH --array=0-\\([0-9]*\\).*/\\1/p' \"$1\")\n"
+        f'echo "${{id}}_[0-$last]|PENDING||trajhpc-st" >> {bin_dir}/states\n'
+        f'echo "${{id}}_[0-$last]|$1" >> {bin_dir}/queue\n'
+        'echo "Submitted batch job $id"',
+        "srun": "exit 0",
+        "sacct": f"cat {bin_dir}/states",
+        "squeue": f'case "$*" in *--name=*) cat {bin_dir}/queue;; esac',
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    return bin_dir
+
+
+def _sbatch_calls(bin_dir: Path) -> int:
+    calls = bin_dir / "sbatch.calls"
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def test_concurrent_submits_send_each_job_once(queued_slurm, tmp_path, monkeypatch):
+    monkeypatch.setenv("SBATCH_DELAY", "1")  # both would read the job states before either wrote a record
+    outputs, errors = [], []
+
+    def submit():
+        try:
+            outputs.append(_submit(Path("m.yaml")))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(outputs) == 2
+    assert _sbatch_calls(queued_slurm) == 1
+    first, second = sorted(outputs, key=lambda text: "submitted 4 jobs" not in text)
+    assert "submitted 4 jobs as Slurm array 100" in first
+    assert "4 jobs: 0 to submit, 0 done (skipped), 4 queued or running (left alone)" in second
+    assert sorted(r["slurm_job_id"] for r in _records(tmp_path).values()) == ["100_0", "100_1", "100_2", "100_3"]
+    assert not (tmp_path / "jobs" / "st" / ".submitting.json").exists()
+
+
+def test_a_held_lock_makes_submit_wait_then_fail_clearly(queued_slurm, tmp_path, monkeypatch):
+    from filelock import FileLock
+
+    import trajhpc.launch as launch_mod
+
+    monkeypatch.setattr(launch_mod, "LOCK_TIMEOUT_S", 0.3)
+    (tmp_path / "jobs" / "st").mkdir(parents=True)
+    out = io.StringIO()
+    with FileLock(tmp_path / "jobs" / "st" / ".submit.lock"):
+        with pytest.raises(TrajhpcError, match=r"another trajhpc submit of study st still holds .*\.submit\.lock after 0 s"):
+            submit_command(Console(file=out, width=300, color_system=None), Path("m.yaml"), dry_run=False,
+                           run_root=None, executor=None, wait=False)
+    assert "another trajhpc submit of study st is running; waiting up to 0 s" in out.getvalue()
+    assert _sbatch_calls(queued_slurm) == 0
+    # A dry run only reads: it never waits for the lock.
+    with FileLock(tmp_path / "jobs" / "st" / ".submit.lock"):
+        assert "4 to submit" in _submit(Path("m.yaml"), dry_run=True)
+
+
+def test_submit_killed_after_sbatch_is_recovered_not_resubmitted(queued_slurm, tmp_path, monkeypatch):
+    import trajhpc.launch as launch_mod
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies between sbatch and the records
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(launch_mod, "write_record", killed)
+        _submit(Path("m.yaml"))
+    assert _sbatch_calls(queued_slurm) == 1 and not _records(tmp_path)
+    assert (tmp_path / "jobs" / "st" / ".submitting.json").exists()
+
+    text = _submit(Path("m.yaml"))
+    assert "interrupted after Slurm accepted its 4 jobs (job 100): recorded them" in text
+    assert "4 jobs: 0 to submit, 0 done (skipped), 4 queued or running (left alone)" in text
+    assert _sbatch_calls(queued_slurm) == 1
+    records = _records(tmp_path)
+    assert sorted(r["slurm_job_id"] for r in records.values()) == ["100_0", "100_1", "100_2", "100_3"]
+    assert all(r["recovered"] and r["stderr"].endswith(f"{r['slurm_job_id']}_0_log.err") for r in records.values())
+    assert not (tmp_path / "jobs" / "st" / ".submitting.json").exists()
+
+
+def test_submit_killed_before_sbatch_submits_again(queued_slurm, tmp_path, monkeypatch):
+    import trajhpc.launch as launch_mod
+
+    def killed(launch):
+        raise KeyboardInterrupt  # the process dies before sbatch
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(launch_mod, "make_slurm_executor", killed)
+        _submit(Path("m.yaml"))
+    assert (tmp_path / "jobs" / "st" / ".submitting.json").exists() and _sbatch_calls(queued_slurm) == 0
+
+    text = _submit(Path("m.yaml"))
+    assert "interrupted before Slurm accepted its 4 jobs: they are submitted again" in text
+    assert "submitted 4 jobs as Slurm array 100" in text and _sbatch_calls(queued_slurm) == 1
+
+
+def test_an_interrupted_submit_is_never_guessed_when_slurm_is_down(queued_slurm, tmp_path, monkeypatch):
+    import trajhpc.launch as launch_mod
+
+    def killed(launch):
+        raise KeyboardInterrupt  # the process dies before sbatch
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(launch_mod, "make_slurm_executor", killed)
+        _submit(Path("m.yaml"))
+    for name in ("squeue", "sacct"):
+        (queued_slurm / name).write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")
+    with pytest.raises(TrajhpcError, match="cannot ask Slurm whether the interrupted submission reached it"):
+        _submit(Path("m.yaml"))
+    assert (tmp_path / "jobs" / "st" / ".submitting.json").exists() and _sbatch_calls(queued_slurm) == 0

@@ -27,14 +27,14 @@ def test_grid_manifest_is_the_60_job_study():
     assert (m.resources.timeout_min, m.resources.array_parallelism) == (480, 20)
     assert (m.lora.r, m.lora.alpha, m.train.lr, m.train.epochs) == (16, 32, 2e-4, 2)
     assert (m.train.batch_size, m.train.grad_accum, m.train.max_seq_len) == (8, 2, 2048)
-    assert m.train.gradient_checkpointing and (m.eval.batch_size, m.eval.max_new_tokens) == (32, 96)
+    assert m.train.gradient_checkpointing and (m.eval.batch_size, m.eval.max_new_tokens) == (32, 160)
     jobs = expand(m)
     assert len(jobs) == 60
     assert sorted({j.spec.arm for j in jobs}) == ["A", "A@B", "B"]
     assert {j.spec.seed for j in jobs} == {0, 1, 2, 3, 4}
     assert len({j.spec.order for j in jobs}) == 4
     budget = next(j.spec.token_budget for j in jobs if j.spec.arm == "A@B")
-    assert (budget.match, budget.count) == ("B", "supervised")
+    assert (budget.match, budget.count) == ("B", "total")
 
 
 def test_smoke_manifest_is_small_and_local():
@@ -76,8 +76,90 @@ def test_condition_seed_and_order_forms():
 
 
 def test_extra_sbatch_false_is_left_out():
-    m = parse_manifest(HEAD + "resources: {extra_sbatch: {exclusive: true, requeue: false, mail-type: FAIL}}\n")
+    m = parse_manifest(HEAD + "resources: {extra_sbatch: {exclusive: true, hold: false, mail-type: FAIL}}\n")
     assert m.resources.extra_sbatch == {"exclusive": True, "mail-type": "FAIL"}
+
+
+# sbatch options trajhpc controls or that break requeueing -> what the message points to
+RESERVED = [
+    ("no-requeue", "resources.max_requeues"), ("requeue", "resources.max_requeues"), ("mem", "resources.mem_gb"),
+    ("mem-per-cpu", "resources.mem_gb"), ("mem-per-gpu", "resources.mem_gb"), ("gres", "resources.gpus_per_node"),
+    ("gpus", "resources.gpus_per_node"), ("gpus-per-node", "resources.gpus_per_node"),
+    ("gpus-per-task", "resources.gpus_per_node"), ("nodes", "one task on one node"), ("ntasks", "one task"),
+    ("ntasks-per-node", "one task"), ("export", "submit environment"), ("chdir", "folder trajhpc submit runs in"),
+    ("wrap", "trajhpc sets it"), ("parsable", "trajhpc sets it"), ("signal", "resources.signal_delay_s"),
+    ("time", "resources.timeout_min"),
+]
+
+
+@pytest.mark.parametrize("option, hint", RESERVED)
+def test_extra_sbatch_refuses_options_trajhpc_controls(option, hint):
+    with pytest.raises(InputError) as err:
+        parse_manifest(HEAD + f"resources:\n  extra_sbatch:\n    {option}: 1\n", "m.yaml")
+    message = str(err.value)
+    assert message.startswith(f"m.yaml:5: resources.extra_sbatch.{option}: sbatch option {option!r} cannot be set here")
+    assert hint in message
+
+
+def test_extra_sbatch_refuses_abbreviations_of_reserved_options():
+    with pytest.raises(InputError, match=r"'no-req' abbreviates 'no-requeue'.*resources\.max_requeues"):
+        parse_manifest(HEAD + "resources: {extra_sbatch: {no-req: true}}\n")
+    assert parse_manifest(HEAD + "resources: {extra_sbatch: {nodelist: n1, gpu-bind: closest}}\n")
+
+
+def test_signal_delay_must_fit_in_the_time_limit():
+    with pytest.raises(InputError) as err:
+        parse_manifest(HEAD + "resources:\n  timeout_min: 2\n  signal_delay_s: 120\n", "m.yaml")
+    assert str(err.value).startswith(
+        "m.yaml:5: resources.signal_delay_s: resources.signal_delay_s (120 s) must be less than "
+        "resources.timeout_min (2 min = 120 s)"
+    )
+    with pytest.raises(InputError, match=r"m\.yaml:3: resources\.signal_delay_s: .*\(90 s\).*timeout_min \(1 min"):
+        parse_manifest(HEAD + "resources: {timeout_min: 1}\n", "m.yaml")  # the default delay
+    assert parse_manifest(HEAD + "resources: {timeout_min: 1, signal_delay_s: 59}\n").resources.signal_delay_s == 59
+
+
+def test_docker_only_bind_options_are_refused_for_apptainer():
+    binds = "  binds: [/a, \"/b:/b:ro,Z\"]\n"
+    with pytest.raises(InputError) as err:
+        parse_manifest(HEAD + "container:\n  runtime: apptainer\n  image: t.sif\n" + binds, "m.yaml")
+    assert str(err.value) == (
+        "m.yaml:6: container.binds.1: bind '/b:/b:ro,Z': option Z is Docker's (SELinux relabelling); "
+        "apptainer accepts ro or rw"
+    )
+    assert parse_manifest(HEAD + "container:\n  runtime: docker\n  image: t:1\n" + binds).container.binds[1] == "/b:/b:ro,Z"
+
+
+def test_container_image_may_use_variables_and_home():
+    m = parse_manifest(HEAD + "container: {runtime: apptainer, image: \"${SCRATCH}/images/t.sif\"}\n")
+    assert m.container.image == "${SCRATCH}/images/t.sif"  # expanded by trajhpc submit, not here
+    assert parse_manifest(HEAD + "container: {runtime: apptainer, image: ~/t.sif}\n").container.image == "~/t.sif"
+    with pytest.raises(InputError, match="container.image: image .* is not a file path"):
+        parse_manifest(HEAD + "container: {runtime: apptainer, image: \"$(id).sif\"}\n")
+
+
+def test_conditions_whose_arms_would_collide_are_refused(monkeypatch):
+    from trajhpc.spec import JobSpec, TokenBudget
+
+    text = (
+        "study: s\nconditions:\n  - {condition: A, token_budget: {match: B, count: supervised}}\n"
+        "  - {condition: A, token_budget: {match: B, count: total}}\n"
+    )
+    supervised, total = (
+        JobSpec(condition="A", order=("x",), token_budget=TokenBudget(match="B", count=c)).arm
+        for c in ("supervised", "total")
+    )
+    if supervised == total:  # the arm name does not tell the budgets apart: aggregate would merge them
+        with pytest.raises(InputError, match=r"m\.yaml:4: conditions\.1: this entry's arm 'A@B' is also the arm of conditions\.0"):
+            parse_manifest(text, "m.yaml")
+    else:
+        assert len(parse_manifest(text, "m.yaml").conditions) == 2
+    # Whatever JobSpec.arm calls them, two different entries with one name are refused ...
+    monkeypatch.setattr(JobSpec, "arm", property(lambda self: self.condition))
+    with pytest.raises(InputError, match=r"m\.yaml:4: conditions\.1: this entry's arm 'A' is also the arm of conditions\.0"):
+        parse_manifest("study: s\nconditions:\n  - A\n  - {condition: A, token_budget: {match: B}}\n", "m.yaml")
+    # ... and equal entries are the same jobs, not a collision.
+    assert parse_manifest("study: s\nconditions: [A, {condition: A}]\n").conditions == ["A", ConditionEntry(condition="A")]
 
 
 # ---------------------------------------------------------------- errors: file, line, field, message

@@ -147,7 +147,7 @@ def _job(root: Path, job_id: str, *, condition="A", seed=0, state=None, complete
     d.mkdir(parents=True)
     spec = {"condition": condition, "condition_k": k, "seed": seed, "order": ["b1", "b2", "b3", "b4"], "token_budget": None}
     if condition == "A@B":
-        spec.update(condition="A", token_budget={"match": "B", "count": "supervised"})
+        spec.update(condition="A", token_budget={"match": "B", "count": "total"})
     (d / "spec.json").write_text(json.dumps(spec))
     if state is not None:
         (d / "state.json").write_text(json.dumps(state))
@@ -208,6 +208,25 @@ def test_query_slurm_asks_squeue_for_what_sacct_lacks(fake_bin):
     _fake(fake_bin, "squeue", "8_0|RUNNING|vm|trajhpc-st\n8_1|PENDING||trajhpc-st\n99_0|RUNNING|vm|x\n")
     got = query_slurm(["8_0", "8_1", "8_2"])
     assert got == {"8_0": ("RUNNING", "trajhpc-st"), "8_1": ("PENDING", "trajhpc-st")}
+    # by the recorded ids, not by user: in a shared study a colleague's jobs are not GONE
+    assert (fake_bin / "squeue.calls").read_text().splitlines() == ["-h --states=all -j 8 -o %i|%T|%N|%j"]
+
+
+def test_query_slurm_sees_a_colleagues_jobs(fake_bin):
+    """squeue answers only for the ids asked (a `-u me` query would not list them)."""
+    _fake(fake_bin, "sacct", "", rc=1)  # no accounting
+    (fake_bin / "squeue").write_text(
+        "#!/bin/sh\ncase \"$*\" in *'-j 12,13'*) printf '12_0|RUNNING|vm|trajhpc-st\\n13|PENDING||trajhpc-st\\n';; esac\n"
+    )
+    (fake_bin / "squeue").chmod(0o755)
+    assert {i: info.state for i, info in query_slurm(["12_0", "13"]).items()} == {"12_0": "RUNNING", "13": "PENDING"}
+
+
+def test_squeue_invalid_job_id_is_an_answer_not_an_outage(fake_bin):
+    _fake(fake_bin, "sacct", "", rc=1)
+    (fake_bin / "squeue").write_text("#!/bin/sh\necho 'slurm_load_jobs error: Invalid job id specified' >&2\nexit 1\n")
+    (fake_bin / "squeue").chmod(0o755)
+    assert query_slurm(["5_0"]) == {}
 
 
 def test_query_slurm_falls_back_to_squeue_without_accounting(fake_bin):
@@ -310,6 +329,39 @@ def test_a_reused_slurm_id_is_not_our_job(tmp_path, fake_bin):
     assert [(r.slurm, r.label) for r in rows] == [("RUNNING", "running"), ("not found", "failed")]
 
 
+def test_a_job_that_died_before_state_json_shows_its_stderr(tmp_path, fake_bin):
+    log = tmp_path / "7_0_0_log.err"
+    log.write_text("Traceback (most recent call last):\n  File x\nModuleNotFoundError: No module named 'trajhpc'\n\n")
+    rec = {"executor": "slurm", "slurm_job_id": "7_0", "slurm_job_name": "trajhpc-st", "stderr": str(log)}
+    died = _job(tmp_path, "j1", record=rec)
+    unlogged = _job(tmp_path, "j2", record=rec | {"slurm_job_id": "7_1", "stderr": str(tmp_path / "missing.err")})
+    _fake(fake_bin, "sacct", "JobID|State|NodeList|JobName\n7_0|FAILED|vm|trajhpc-st\n7_1|FAILED|vm|trajhpc-st\n")
+    rows = collect_rows([died, unlogged], now=NOW)
+    assert [(r.label, r.detail) for r in rows] == [
+        ("failed", "ModuleNotFoundError: No module named 'trajhpc'"), ("failed", "FAILED")
+    ]
+
+
+def test_a_task_cancelled_before_it_started_is_cancelled(tmp_path, fake_bin):
+    """Slurm drops a pending array task that is cancelled (sacct and squeue list only the others)."""
+    rec = {"executor": "slurm", "slurm_job_name": "trajhpc-st"}
+    dirs = [
+        _job(tmp_path, "j0", state=_state("running", 1), record=rec | {"slurm_job_id": "5_0"}),
+        _job(tmp_path, "j1", record=rec | {"slurm_job_id": "5_1", "stderr": str(tmp_path / "5_1_0_log.err")}),
+        _job(tmp_path, "j2", record=rec | {"slurm_job_id": "5_2"}),
+        _job(tmp_path, "j3", record=rec | {"slurm_job_id": "6_0"}),  # a whole array Slurm forgot
+        _job(tmp_path, "j4", record=rec | {"slurm_job_id": "5_4", "stderr": str(tmp_path / "5_4_0_log.err")}),
+    ]
+    (tmp_path / "5_4_0_log.err").write_text("started, then vanished\n")
+    _fake(fake_bin, "sacct", "JobID|State|NodeList|JobName\n5_0|RUNNING|vm|trajhpc-st\n5_[2,3%1]|PENDING||trajhpc-st\n")
+    _fake(fake_bin, "squeue", "5_0|RUNNING|vm|trajhpc-st\n5_[2,3%1]|PENDING||trajhpc-st\n")
+    rows = collect_rows(dirs, now=NOW)
+    assert [(r.slurm, r.label) for r in rows] == [
+        ("RUNNING", "running"), ("CANCELLED", "cancelled"), ("PENDING", "pending"), ("not found", "failed"),
+        ("not found", "failed"),
+    ]
+
+
 def test_status_without_slurm_shows_what_the_directories_say(tmp_path, fake_bin):
     rec = {"executor": "slurm", "slurm_job_id": "4_0", "slurm_job_name": "trajhpc-st"}
     d = _job(tmp_path, "j1", state=_state("running", 2), record=rec)
@@ -334,6 +386,16 @@ def test_watch_refreshes_until_no_job_is_active(tmp_path, monkeypatch):
     rows = watch_rows(Console(file=out, width=120, color_system=None), lambda: [d], "study st", 2.5, until_idle=True)
     assert sleeps == [2.5] and [r.label for r in rows] == ["done"]
     assert "1 job: 1 done" in out.getvalue()
+
+
+def test_arm_column_names_arms_as_jobspec_does():
+    from trajhpc.spec import JobSpec, TokenBudget
+    from trajhpc.status import _arm
+
+    for budget in (None, TokenBudget(match="B", count="supervised"), TokenBudget(match="B", count="total")):
+        spec = JobSpec(condition="A", order=("x",), token_budget=budget)
+        assert _arm(spec.to_dict()) == spec.arm
+    assert _arm(JobSpec(condition="last-k", condition_k=2, order=("x",)).to_dict()) == "last-2"
 
 
 def test_short_order_uses_block_initials_unless_ambiguous():

@@ -192,14 +192,21 @@ def _manifest_study_dir(path: Path) -> Path:
     return folder
 
 
+# A folder holding any of these is a job directory (spec.json missing is then an error).
+JOB_FILES = ("spec.json", "metrics.json", "tokens.json")
+
+
 def find_job_dirs(roots: Iterable[Path]) -> list[Path]:
-    """Every folder holding a ``spec.json`` under the roots (a job's own subfolders are not searched)."""
+    """Every folder holding a ``spec.json`` (or, damaged, only metrics/tokens) under the roots.
+
+    A job's own subfolders are not searched.
+    """
     found: set[str] = set()
     # Roots are resolved once; children are joined as strings (resolving each of 10k jobs is slow).
     stack = [str(Path(r).resolve()) for r in roots]
     while stack:
         folder = stack.pop()
-        if os.path.isfile(os.path.join(folder, "spec.json")):
+        if any(os.path.isfile(os.path.join(folder, name)) for name in JOB_FILES):
             found.add(folder)
             continue
         try:
@@ -281,8 +288,9 @@ def _state_note(job_dir: Path) -> str:
 
 def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
     spec: JobSpec | None = _load(job_dir, "spec.json", JobSpec, SPEC_SCHEMA)
-    if spec is None:  # raced with a deletion
-        raise _Problem(INCOMPLETE, "spec.json", "missing")
+    if spec is None:  # the folder has results but no spec: nothing says what they are
+        present = [name for name in JOB_FILES[1:] if (job_dir / name).is_file()]
+        raise _Problem(CORRUPT, "spec.json", f"missing (the folder has {' and '.join(present) or 'no job files'})")
     job_id = spec.job_id
     if job_dir.name != job_id:
         raise _Problem(MISMATCH, "spec.json", f"hashes to {job_id} but the folder is named {job_dir.name}")
@@ -369,6 +377,39 @@ _JOB_COLUMNS = ("study", "job_id", "variant", "model", "quantization", "conditio
 _TOKEN_COLUMNS = ("examples", "supervised_tokens", "total_tokens", "padded_tokens")
 
 
+def _arm_identity(spec: JobSpec) -> tuple[Any, ...]:
+    budget = spec.token_budget
+    return (spec.condition, spec.condition_k, budget.match if budget else None, budget.count if budget else None)
+
+
+def arm_labels(records: Sequence[JobRecord]) -> dict[str, str]:
+    """Job id -> arm label: ``JobSpec.arm``, made distinct where two arms that train differently share it.
+
+    Arms that differ only by ``token_budget.count`` (A matched to B on supervised and on
+    total tokens) get the count appended (``A@B:supervised``, ``A@B:total``), so they are
+    summarised and paired apart instead of merged; anything else still colliding gets
+    a short hash of its arm fields.
+    """
+    groups: dict[tuple[str, str | None], set[tuple[Any, ...]]] = {}
+    ok = [r for r in records if r.status == OK and r.spec is not None]
+    for r in ok:
+        groups.setdefault((r.spec.arm, r.variant), set()).add(_arm_identity(r.spec))  # type: ignore[union-attr]
+    labels = {}
+    for r in ok:
+        spec = r.spec
+        assert spec is not None
+        label = spec.arm
+        if len(groups[(label, r.variant)]) > 1:
+            counts = {identity[3] for identity in groups[(label, r.variant)]}
+            same_but_count = len({identity[:3] for identity in groups[(label, r.variant)]}) == 1
+            if spec.token_budget is not None and same_but_count and len(counts) == len(groups[(label, r.variant)]):
+                label = f"{label}:{spec.token_budget.count}"
+            else:
+                label = f"{label} [{hashlib.sha256(repr(_arm_identity(spec)).encode()).hexdigest()[:6]}]"
+        labels[r.path.name] = label
+    return labels
+
+
 def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     """The tidy long table of the ``ok`` jobs: one row per job x stage x evaluated block.
 
@@ -386,6 +427,7 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     block_pos: list[int | None] = []
     scores: list[BlockScores] = []
     tok: dict[str, list[Any]] = {k: [] for k in ("job_id", "stage", *_TOKEN_COLUMNS)}
+    labels = arm_labels(records)
     for r in records:
         spec, metrics, tokens = r.spec, r.metrics, r.tokens
         if r.status != OK or spec is None or metrics is None or tokens is None:
@@ -396,7 +438,7 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
         positions = [order_pos.get(b) for b in blocks]
         rows = len(blocks) * len(metrics.stages)
         job_values = (
-            r.study, job_id, r.variant, spec.model, spec.quantization, spec.condition, spec.arm, spec.seed,
+            r.study, job_id, r.variant, spec.model, spec.quantization, spec.condition, labels[job_id], spec.seed,
             ">".join(spec.order), len(spec.order),
         )
         for key, value in zip(job_cols, job_values):
@@ -594,6 +636,14 @@ def summarize_arms(
     Returns (summary, stages): ``summary`` is arm x metric with ``ratio_vs_A`` for
     tokens and FLOPs (arm mean / mean of plain A); ``stages`` is arm x stage x metric.
     """
+    arms, matrices, stage_cols = _arm_matrices(units, curves)
+    return _summary_frames(arms, stage_cols, stats.describe_many(matrices, resamples=resamples, seed=seed))
+
+
+def _arm_matrices(
+    units: pl.DataFrame, curves: pl.DataFrame
+) -> tuple[list[str], list[np.ndarray], dict[str, list[str]]]:
+    """Per arm: the units x (unit metrics, stage metrics) matrix, rows in job id order, and its stage columns."""
     arms = arm_order(units["arm"].to_list())
     matrices, stage_cols = [], {}
     for arm in arms:
@@ -603,10 +653,16 @@ def summarize_arms(
         wide = sub.select("job_id").join(wide, on="job_id", how="left").sort("job_id")  # rows = units, same order
         stage_cols[arm] = [f"{m}|{t}" for m in STAGE_METRICS for t in sorted(arm_curves["stage"].unique())]
         matrices.append(np.hstack([_matrix(sub, SUMMARY_METRICS), _matrix(wide, stage_cols[arm])]))
+    return arms, matrices, stage_cols
+
+
+def _summary_frames(
+    arms: list[str], stage_cols: dict[str, list[str]], estimates: Sequence[Sequence[stats.Estimate]]
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     k = len(SUMMARY_METRICS)
     summaries = [_estimates_frame({"arm": [], "metric": []}, [])]
     stage_parts = [_estimates_frame({"arm": [], "stage": [], "metric": []}, [])]
-    for arm, est in zip(arms, stats.describe_many(matrices, resamples=resamples, seed=seed)):
+    for arm, est in zip(arms, estimates):
         cols = stage_cols[arm]
         keys = {"arm": [arm] * k, "metric": list(SUMMARY_METRICS)}
         summaries.append(_estimates_frame(keys, est[:k]))
@@ -640,7 +696,33 @@ def compare_arms(units: pl.DataFrame, *, resamples: int = stats.RESAMPLES, seed:
 
     Per comparison x metric: pairs, mean difference, sd, bootstrap CI, and the
     two-sided sign-flip permutation p-value (``p_exact``: all patterns enumerated).
+    An arm with two units of one (seed, order) is refused (ValueError): matching on
+    (seed, order) would pair each of them with the other arm's unit, counting it twice.
     """
+    pairs, diffs = _paired_diffs(units)
+    estimates = stats.describe_many(diffs, resamples=resamples, seed=seed)
+    return _paired_frame(pairs, diffs, estimates, resamples=resamples, seed=seed)
+
+
+def duplicate_units(units: pl.DataFrame) -> pl.DataFrame:
+    """(arm, seed, order, count) of every (seed, order) with more than one unit in its arm."""
+    return (
+        units.group_by("arm", "seed", "order").agg(pl.len().alias("units"))
+        .filter(pl.col("units") > 1)
+        .sort("arm", "seed", "order")
+    )
+
+
+def _paired_diffs(units: pl.DataFrame) -> tuple[list[tuple[str, str]], list[np.ndarray]]:
+    """Every pair of arms and its (pairs x PAIRED_METRICS) differences, rows in (seed, order) order."""
+    duplicated = duplicate_units(units)
+    if duplicated.height:
+        first = duplicated.row(0, named=True)
+        raise ValueError(
+            f"arm {first['arm']!r} has {first['units']} units for seed {first['seed']}, order {first['order']} "
+            f"({duplicated.height} such (seed, order) in all): pairing on (seed, order) would count them twice; "
+            "keep the arms apart (distinct arm names) first"
+        )
     pairs = list(itertools.combinations(arm_order(units["arm"].to_list()), 2))
     diffs = []
     for arm, baseline in pairs:
@@ -648,7 +730,17 @@ def compare_arms(units: pl.DataFrame, *, resamples: int = stats.RESAMPLES, seed:
         y = units.filter(pl.col("arm") == baseline).select("seed", "order", *PAIRED_METRICS)
         joined = x.join(y, on=["seed", "order"], how="inner", suffix="_base").sort("seed", "order")
         diffs.append(_matrix(joined, PAIRED_METRICS) - _matrix(joined, [f"{m}_base" for m in PAIRED_METRICS]))
-    estimates = stats.describe_many(diffs, resamples=resamples, seed=seed)
+    return pairs, diffs
+
+
+def _paired_frame(
+    pairs: list[tuple[str, str]],
+    diffs: list[np.ndarray],
+    estimates: Sequence[Sequence[stats.Estimate]],
+    *,
+    resamples: int,
+    seed: int,
+) -> pl.DataFrame:
     tests = stats.sign_flip_many(diffs, resamples=resamples, seed=seed)
     cols: dict[str, list[Any]] = {k: [] for k in _PAIRED_SCHEMA}
     for (arm, baseline), est, (pvals, exact) in zip(pairs, estimates, tests):
@@ -691,8 +783,13 @@ def analyze_study(
         return result
     units, curves, result.budgets = unit_table(long, _params(records), budgets)
     result.units = units
-    result.summary, result.stages = summarize_arms(units, curves, resamples=resamples, seed=seed)
-    result.paired = compare_arms(units, resamples=resamples, seed=seed)
+    # One bootstrap for the arms and the paired differences: samples of one size share
+    # their resample indices (stats.describe_many), whichever table they feed.
+    arms, matrices, stage_cols = _arm_matrices(units, curves)
+    pairs, diffs = _paired_diffs(units)
+    estimates = stats.describe_many([*matrices, *diffs], resamples=resamples, seed=seed)
+    result.summary, result.stages = _summary_frames(arms, stage_cols, estimates[: len(arms)])
+    result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed)
     result.rmatrix = mean_rmatrix(long)
     return result
 

@@ -16,8 +16,9 @@ import re
 import shlex
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import BinaryIO, Iterable, Literal, Mapping, Sequence
 
 from submitit.local.local import LocalJobEnvironment
 from submitit.slurm.slurm import SlurmJobEnvironment
@@ -26,12 +27,20 @@ Runtime = Literal["apptainer", "docker", "none"]
 
 # An image is a file path, a registry reference (`ghcr.io/x/y:tag@sha256:...`) or an
 # Apptainer URI (`docker://...`, `oras://...`): none of them needs spaces, quotes or
-# a leading dash (which the runtime would read as an option).
+# a leading dash (which the runtime would read as an option). In a manifest it may
+# also hold `$VAR`/`${VAR}`, which trajhpc expands (never a shell) before use.
+_IMAGE_CHAR = r"[A-Za-z0-9._/~+:@=-]"
+_VAR = r"\$(?:[A-Za-z_][A-Za-z0-9_]*|\{[A-Za-z_][A-Za-z0-9_]*\})"
 _IMAGE = re.compile(r"[A-Za-z0-9._/~+][A-Za-z0-9._/~+:@=-]*")
+_IMAGE_WITH_VARS = re.compile(rf"(?:[A-Za-z0-9._/~+]|{_VAR})(?:{_IMAGE_CHAR}|{_VAR})*")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _BIND_OPTS = {"ro", "rw", "z", "Z"}
-# Hashing a multi-GB image on every submit would be slow on network file systems.
+# SELinux relabelling: Docker's own bind options, which Apptainer refuses.
+DOCKER_ONLY_BIND_OPTS = {"z", "Z"}
+# Hashing a multi-GB image on every submit would be slow on network file systems;
+# bigger images get a labelled partial digest (size, mtime, first and last bytes).
 HASH_LIMIT_BYTES = 4 * 1024**3
+PARTIAL_HASH_BYTES = 64 * 1024**2
 
 # What the job process inside `docker run` must see (Docker, unlike Apptainer, passes no
 # host environment): submitit's own job-environment variables plus the caches and switches.
@@ -41,8 +50,6 @@ _PASSED_ENV = (
     *SlurmJobEnvironment._env.values(),
     "CUDA_VISIBLE_DEVICES",
     "OMP_NUM_THREADS",
-    "TRAJHPC_CACHE",
-    "HF_HOME",
     "HF_HUB_OFFLINE",
     "TRANSFORMERS_OFFLINE",
     "HF_DATASETS_OFFLINE",
@@ -60,15 +67,33 @@ def _one_line(value: str, what: str) -> None:
         raise ValueError(f"{what} must not contain newlines or control characters")
 
 
-def check_image(image: str) -> str:
-    """A container image path or reference; raises ValueError for anything unsafe."""
+def check_image(image: str, *, allow_vars: bool = False) -> str:
+    """A container image path or reference; raises ValueError for anything unsafe.
+
+    ``allow_vars``: also accept ``$VAR``/``${VAR}`` (a manifest value, expanded later
+    by :func:`expand_vars`); the expanded image must pass without it.
+    """
     _one_line(image, "image")
-    if not _IMAGE.fullmatch(image):
+    if not (_IMAGE_WITH_VARS if allow_vars else _IMAGE).fullmatch(image):
         raise ValueError(
             f"image {image!r} is not a file path or image reference "
             "(letters, digits and . _ / ~ + : @ = -, not starting with '-')"
         )
     return image
+
+
+def check_manifest_image(image: str) -> str:
+    """:func:`check_image` for a manifest value, where ``$VAR`` may appear."""
+    return check_image(image, allow_vars=True)
+
+
+def expand_vars(value: str) -> str:
+    """``~`` and ``$VAR``/``${VAR}`` expanded here (never by a shell); ValueError naming an unset variable."""
+    expanded = os.path.expandvars(os.path.expanduser(value))
+    unset = re.search(_VAR, expanded)
+    if unset:
+        raise ValueError(f"{value!r}: environment variable {unset.group(0).strip('${}')} not set")
+    return expanded
 
 
 def check_digest(digest: str) -> str:
@@ -94,6 +119,12 @@ def check_bind(bind: str) -> str:
     return bind
 
 
+def bind_options(bind: str) -> set[str]:
+    """The options of a ``src[:dst[:opts]]`` bind (empty without any)."""
+    parts = bind.split(":")
+    return set(parts[2].split(",")) if len(parts) > 2 else set()
+
+
 # ---------------------------------------------------------------- command lines (pure)
 
 
@@ -114,6 +145,25 @@ def unique_binds(binds: Iterable[str], cwd: Path) -> list[str]:
     return list(out.values())
 
 
+def docker_volume(bind: str) -> str:
+    """An absolute bind as Docker's ``--volume`` needs it: always ``src:dst[:opts]``.
+
+    (``--volume /path`` alone would create an anonymous volume at /path, hiding the host's.)
+    """
+    parts = check_bind(bind).split(":")
+    return ":".join([parts[0], parts[1] if len(parts) > 1 else parts[0], *parts[2:]])
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_pair(name: str, value: str) -> str:
+    if not _ENV_NAME.fullmatch(name):
+        raise ValueError(f"environment variable name {name!r} is not valid")
+    _one_line(value, f"environment variable {name}")
+    return f"{name}={value}"
+
+
 def python_command(
     runtime: Runtime,
     image: str | None,
@@ -121,51 +171,168 @@ def python_command(
     *,
     gpus: bool,
     uid_gid: tuple[int, int] | None = None,
+    env: Mapping[str, str] | None = None,
+    workdir: str | Path | None = None,
 ) -> str | None:
     """The shell command that replaces ``python`` for a containerised task; None without a container.
 
-    ``binds`` must already be absolute (``unique_binds``). Docker runs as ``uid_gid`` so
-    the files the job writes stay the user's.
+    ``binds`` must already be absolute (``unique_binds``). ``env``: variables set inside
+    (values fixed at submit time). Docker runs as ``uid_gid`` so the files the job
+    writes stay the user's, in ``workdir`` (the submit folder) so relative paths
+    resolve as on the host; Apptainer already starts in the current folder.
     """
     if runtime == "none":
         return None
     assert image is not None, "manifest validation guarantees an image"
     check_image(image)
+    pairs = [_env_pair(k, v) for k, v in (env or {}).items()]
     if runtime == "apptainer":
         args = ["apptainer", "exec", *(["--nv"] if gpus else [])]
         for bind in binds:
             args += ["--bind", check_bind(bind)]
-    else:
-        args = ["docker", "run", "--rm", "--init", *(["--gpus", "all"] if gpus else [])]
-        if uid_gid is not None:
-            args += ["--user", f"{uid_gid[0]}:{uid_gid[1]}"]
-        for bind in binds:
-            args += ["--volume", check_bind(bind)]
-        for name in dict.fromkeys(_PASSED_ENV):
+        for pair in pairs:
+            args += ["--env", pair]
+        return shlex.join([*args, image, "python3"])
+    args = ["docker", "run", "--rm", "--init", *(["--gpus", "all"] if gpus else [])]
+    if uid_gid is not None:
+        args += ["--user", f"{uid_gid[0]}:{uid_gid[1]}"]
+    if workdir is not None:
+        workdir = str(workdir)
+        _one_line(workdir, "workdir")
+        if not workdir.startswith("/"):
+            raise ValueError(f"workdir {workdir!r} must be an absolute path")
+        args += ["--workdir", workdir]
+    for bind in binds:
+        args += ["--volume", docker_volume(bind)]
+    named = {pair.split("=", 1)[0] for pair in pairs}
+    for name in dict.fromkeys(_PASSED_ENV):
+        if name not in named:
             args += ["--env", name]  # no value: Docker copies the host's, if set
-        # The image's entrypoint is `trajhpc`; submitit needs the interpreter instead.
-        args += ["--entrypoint", "python3"]
-        return shlex.join([*args, image])
-    return shlex.join([*args, image, "python3"])
+    for pair in pairs:
+        args += ["--env", pair]
+    # The image's entrypoint is `trajhpc`; submitit needs the interpreter instead.
+    args += ["--entrypoint", "python3"]
+    return shlex.join([*args, image])
+
+
+# ---------------------------------------------------------------- Slurm client inside Apptainer
+
+
+# Where submitit's `scontrol requeue` finds the binary inside any image.
+_STANDARD_BIN_DIRS = ("/usr/local/bin", "/usr/bin", "/bin")
+
+
+@dataclass(frozen=True)
+class SlurmClientPaths:
+    """What the host's ``scontrol`` needs, as found on the submit host (None/empty: not found)."""
+
+    scontrol: str | None = None  # the binary file
+    libslurm: tuple[str, ...] = ()  # libslurm files ldd resolves for it
+    slurm_conf: str | None = None  # the slurm.conf it reads ($SLURM_CONF or /etc/slurm/slurm.conf)
+    munge_dir: str | None = None  # the folder holding munge's socket
+
+
+def slurm_client_binds(paths: SlurmClientPaths) -> tuple[list[str], dict[str, str]]:
+    """(binds, env) that let a task call the host's ``scontrol`` inside an Apptainer image.
+
+    submitit requeues a timed-out task with ``scontrol requeue`` from inside the task,
+    so the binary, its libslurm, the configuration and munge's socket must be visible
+    there, read-only and at the host's paths. A library in a Slurm-specific folder
+    (``.../slurm-wlm/libslurmfull.so``) binds that folder, which also holds the plugins;
+    one in a general folder (``/usr/lib64/libslurm.so.40``) binds the file only. A binary
+    outside the standard ``bin`` folders is also bound to ``/usr/local/bin/scontrol``
+    so it is on the image's PATH. Without a binary nothing is bound.
+    """
+    if not paths.scontrol:
+        return [], {}
+    binds = [f"{paths.scontrol}:{paths.scontrol}:ro"]
+    if os.path.dirname(paths.scontrol) not in _STANDARD_BIN_DIRS:
+        binds.append(f"{paths.scontrol}:/usr/local/bin/scontrol:ro")
+    for lib in paths.libslurm:
+        folder = os.path.dirname(lib)
+        target = folder if "slurm" in os.path.basename(folder).lower() else lib
+        binds.append(f"{target}:{target}:ro")
+    env: dict[str, str] = {}
+    if paths.slurm_conf:
+        folder = os.path.dirname(paths.slurm_conf)
+        binds.append(f"{folder}:{folder}:ro")
+        env["SLURM_CONF"] = paths.slurm_conf
+    if paths.munge_dir:
+        binds.append(paths.munge_dir)  # read-write: clients write to its socket
+    return list(dict.fromkeys(binds)), env
+
+
+def parse_ldd(text: str, name: str = "libslurm") -> list[str]:
+    """Resolved paths of the libraries whose name contains ``name`` in ``ldd`` output."""
+    found = []
+    for line in text.splitlines():
+        soname, arrow, rest = line.strip().partition("=>")
+        if name not in soname or not arrow:
+            continue
+        path = rest.strip().split(" (")[0].strip()
+        if path.startswith("/"):
+            found.append(path)
+    return list(dict.fromkeys(found))
+
+
+def discover_slurm_client(env: Mapping[str, str] | None = None) -> SlurmClientPaths:
+    """Find scontrol, its libslurm (``ldd``), slurm.conf and munge's socket folder on this host."""
+    env = os.environ if env is None else env
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return SlurmClientPaths()
+    libs: list[str] = []
+    if shutil.which("ldd") is not None:
+        try:
+            out = subprocess.run(["ldd", scontrol], capture_output=True, text=True, timeout=30, check=False)
+            libs = [p for p in parse_ldd(out.stdout) if os.path.exists(p)]
+        except (OSError, subprocess.SubprocessError):
+            libs = []
+    conf = env.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    munge = next((d for d in ("/run/munge", "/var/run/munge") if os.path.isdir(d)), None)
+    return SlurmClientPaths(
+        scontrol=scontrol,
+        libslurm=tuple(libs),
+        slurm_conf=conf if os.path.isfile(conf) else None,
+        munge_dir=munge,
+    )
 
 
 # ---------------------------------------------------------------- image identity (I/O)
 
 
+def partial_digest(f: BinaryIO, size: int, mtime: float) -> str:
+    """``partial-sha256:<size>:<mtime>:<sha256 of the first and last PARTIAL_HASH_BYTES>``.
+
+    A cheap identifier for an image too big to hash on every submit: labelled as such,
+    so nobody mistakes it for the file's sha256.
+    """
+    h = hashlib.sha256()
+    h.update(f.read(PARTIAL_HASH_BYTES))
+    tail = max(PARTIAL_HASH_BYTES, size - PARTIAL_HASH_BYTES)
+    if tail < size:
+        f.seek(tail)
+        h.update(f.read(PARTIAL_HASH_BYTES))
+    return f"partial-sha256:{size}:{int(mtime)}:{h.hexdigest()}"
+
+
 def image_digest(runtime: Runtime, image: str | None, declared: str | None, cwd: Path) -> str | None:
     """The digest recorded in provenance: the manifest's, else one computed if cheap, else None.
 
-    Apptainer: sha256 of the image file (up to ``HASH_LIMIT_BYTES``). Docker: the local
-    image id from ``docker image inspect``.
+    Apptainer: sha256 of the image file up to ``HASH_LIMIT_BYTES``, a labelled
+    :func:`partial_digest` above. Docker: the local image id from ``docker image inspect``.
     """
     if declared or runtime == "none" or image is None:
         return declared
     if runtime == "apptainer":
         path = cwd / image
-        if path.is_file() and path.stat().st_size <= HASH_LIMIT_BYTES:
-            with path.open("rb") as f:
+        if not path.is_file():
+            return None
+        info = path.stat()
+        with path.open("rb") as f:
+            if info.st_size <= HASH_LIMIT_BYTES:
                 return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-        return None
+            return partial_digest(f, info.st_size, info.st_mtime)
     if shutil.which("docker") is None:
         return None
     try:

@@ -13,7 +13,10 @@ and failed, cancelled, timed-out or missing ones submitted again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import getpass
+import json
 import os
 import shlex
 import shutil
@@ -22,9 +25,11 @@ import sys
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from filelock import FileLock, Timeout
 from rich.console import Console
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import _convert_mem, _make_sbatch_string
@@ -43,6 +48,7 @@ from trajhpc.status import (
     counts_line,
     decide,
     display_state,
+    find_submission,
     last_line,
     make_row,
     observe,
@@ -52,10 +58,19 @@ from trajhpc.status import (
 )
 
 SUBMITIT_DIR = ".submitit"
+# In <run_root>/<study>/: held from reading the jobs' states to writing their records,
+# so two `trajhpc submit` runs of one study never both submit the same job.
+LOCK_FILE = ".submit.lock"
+LOCK_TIMEOUT_S = 120.0
+# In <run_root>/<study>/ while sbatch runs: which jobs go out from which submitit folder,
+# so a submit killed between sbatch and the records can be recovered by the next one.
+JOURNAL = ".submitting.json"
+JOURNAL_SCHEMA = "trajhpc.submitting/1"
 EXECUTORS = ("slurm", "local", "auto")
 # Slurm batch steps see the whole node's cores; keep torch's thread pool to the allocation.
 SLURM_SETUP = ("export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",)
 LOCAL_POLL_S = 1.0
+WRITE_THREADS = 8
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -127,27 +142,52 @@ def local_slots(
 def default_binds(manifest: Manifest, run_root: Path, env: dict[str, str], home: Path) -> list[str]:
     """What every containerised job needs to see: the run root, the data, the model caches, a local model."""
     binds = [str(run_root)]
-    candidates = [
-        manifest.data.root,
-        env.get("TRAJHPC_CACHE") or str(home / ".cache" / "trajhpc"),
-        env.get("HF_HOME") or str(home / ".cache" / "huggingface"),
-        manifest.model,
-    ]
+    candidates = [manifest.data.root, *cache_dirs(env, home).values(), manifest.model]
     # Apptainer and Docker refuse a bind whose source is missing: bind only what exists.
     binds += [str(Path(c).expanduser()) for c in candidates if c and Path(c).expanduser().exists()]
     return binds
 
 
+def cache_dirs(env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """The model caches a job uses: ``TRAJHPC_CACHE`` and ``HF_HOME``, defaults under ``home``."""
+    return {
+        "TRAJHPC_CACHE": str(Path(env.get("TRAJHPC_CACHE") or home / ".cache" / "trajhpc").expanduser()),
+        "HF_HOME": str(Path(env.get("HF_HOME") or home / ".cache" / "huggingface").expanduser()),
+    }
+
+
+def docker_env(env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """Variables set inside ``docker run`` (which, unlike Apptainer, passes no host environment):
+    HOME and the caches at the host's paths, so ``~`` and the default caches resolve as outside."""
+    return {"HOME": str(home), **cache_dirs(env, home)}
+
+
 def _expand_bind(bind: str, manifest: Manifest, index: int) -> str:
     """``~`` and ``$VAR`` in a manifest bind's source, expanded here (never by a shell)."""
     src, sep, rest = bind.partition(":")
-    expanded = os.path.expandvars(os.path.expanduser(src))
-    if "$" in expanded:
-        raise manifest.error(f"container.binds.{index}", f"{bind!r}: environment variable not set")
-    return expanded + sep + rest
+    try:
+        return ctr.expand_vars(src) + sep + rest
+    except ValueError as err:
+        raise manifest.error(f"container.binds.{index}", str(err)) from None
+
+
+def _expand_image(manifest: Manifest) -> str | None:
+    """``~`` and ``$VAR`` in the manifest's image, expanded here and checked again."""
+    image = manifest.container.image
+    if image is None:
+        return None
+    try:
+        return ctr.check_image(ctr.expand_vars(image))
+    except ValueError as err:
+        raise manifest.error("container.image", str(err)) from None
 
 
 # ---------------------------------------------------------------- what to submit (I/O: reads job dirs)
+
+
+def discover_slurm_client() -> ctr.SlurmClientPaths:
+    """The host's Slurm client files (a seam for tests)."""
+    return ctr.discover_slurm_client()
 
 
 def plan(jobs: Sequence[GridJob], files: Sequence[JobFiles], sched: dict[str, str]) -> dict[str, list[GridJob]]:
@@ -171,15 +211,25 @@ class Launch:
         # and submitit would hand back a stale result pickle from a reused folder.
         self.folder = self.run_root / manifest.study / SUBMITIT_DIR / f"{stamp}-{uuid.uuid4().hex[:6]}"
         box = manifest.container
-        self.image = ctr.image_reference(box.runtime, box.image, cwd)
+        self.image_expanded = _expand_image(manifest)
+        self.image = ctr.image_reference(box.runtime, self.image_expanded, cwd)
         binds = default_binds(manifest, self.run_root, dict(os.environ), Path.home())
         binds += [_expand_bind(b, manifest, i) for i, b in enumerate(box.binds)]
+        env: dict[str, str] = {}
+        if box.runtime == "docker":
+            env = docker_env(os.environ, Path.home())
+        elif box.runtime == "apptainer" and executor == "slurm":
+            # submitit requeues a timed-out task with `scontrol requeue` from inside it.
+            client_binds, env = ctr.slurm_client_binds(discover_slurm_client())
+            binds += client_binds
         self.python = ctr.python_command(
             box.runtime,
             self.image,
             ctr.unique_binds(binds, cwd),
             gpus=manifest.resources.gpus_per_node > 0,
             uid_gid=(os.getuid(), os.getgid()),
+            env=env,
+            workdir=cwd if box.runtime == "docker" else None,
         ) or shlex.quote(sys.executable)
         self.context = {
             "container_image": self.image,
@@ -205,7 +255,7 @@ class Launch:
 
     def digest(self) -> None:
         box = self.manifest.container
-        self.context["container_digest"] = ctr.image_digest(box.runtime, box.image, box.digest, Path.cwd())
+        self.context["container_digest"] = ctr.image_digest(box.runtime, self.image_expanded, box.digest, Path.cwd())
 
     def sbatch(self, n_jobs: int) -> str:
         return render_sbatch(self.manifest, folder=self.folder, python=self.python, n_jobs=n_jobs)
@@ -218,31 +268,155 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def write_record(job: GridJob, launch: Launch, *, slurm_job_id: str | None, local_pid: int | None) -> None:
-    """``submission.json`` (previous attempts kept under ``previous``) and ``spec.json`` if absent."""
+def write_spec(job: GridJob) -> None:
+    """``spec.json`` if absent (the job checks it is its own when it starts)."""
     if not (job.run_dir / "spec.json").exists():
         atomic_write_json(job.run_dir / "spec.json", job.spec.to_dict())
-    old = read_job_dir(job.run_dir).record
+
+
+def write_record(job: GridJob, launch: Launch, *, slurm_job_id: str | None, local_pid: int | None) -> None:
+    """``submission.json`` (previous attempts kept under ``previous``) and ``spec.json`` if absent."""
+    write_spec(job)
+    _write_record(
+        job.run_dir,
+        executor=launch.kind,
+        folder=launch.folder,
+        manifest=launch.context["manifest"],
+        job_name=slurm_parameters(launch.manifest)["job_name"],
+        slurm_job_id=slurm_job_id,
+        local_pid=local_pid,
+    )
+
+
+def _write_record(
+    run_dir: Path,
+    *,
+    executor: str,
+    folder: Path,
+    manifest: str | None,
+    job_name: str,
+    slurm_job_id: str | None,
+    local_pid: int | None,
+    **extra: Any,
+) -> None:
+    old = read_job_dir(run_dir).record
     previous = ([{k: v for k, v in old.items() if k != "previous"}] + old.get("previous", [])) if old else []
-    paths = JobPaths(launch.folder, job_id=slurm_job_id or str(local_pid), task_id=0)
+    paths = JobPaths(folder, job_id=slurm_job_id or str(local_pid), task_id=0)
     atomic_write_json(
-        job.run_dir / RECORD,
+        run_dir / RECORD,
         {
             "schema": RECORD_SCHEMA,
-            "job_id": job.job_id,
-            "study": job.study,
-            "executor": launch.kind,
+            "job_id": run_dir.name,
+            "study": run_dir.parent.name,
+            "executor": executor,
             "slurm_job_id": slurm_job_id,
-            "slurm_job_name": slurm_parameters(launch.manifest)["job_name"] if slurm_job_id else None,
+            "slurm_job_name": job_name if slurm_job_id else None,
             "local_pid": local_pid,
+            "user": getpass.getuser(),
             "submitted": _now(),
-            "submitit_folder": str(launch.folder),
+            "submitit_folder": str(folder),
             "stdout": str(paths.stdout),
             "stderr": str(paths.stderr),
-            "manifest": launch.context["manifest"],
+            "manifest": manifest,
+            **extra,
             "previous": previous[:20],
         },
     )
+
+
+# ---------------------------------------------------------------- one submit at a time, and crash recovery
+
+
+@contextlib.contextmanager
+def study_lock(console: Console, study_dir: Path, timeout_s: float | None = None) -> Iterator[None]:
+    """Exclusive lock on ``<study_dir>/.submit.lock``: a second submit of the study waits, then gives up."""
+    timeout_s = LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+    study_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(study_dir / LOCK_FILE)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        console.print(
+            f"another trajhpc submit of study {study_dir.name} is running; waiting up to {timeout_s:.0f} s "
+            f"for it ({study_dir / LOCK_FILE})",
+            highlight=False,
+        )
+        try:
+            lock.acquire(timeout=timeout_s)
+        except Timeout:
+            raise TrajhpcError(
+                f"another trajhpc submit of study {study_dir.name} still holds {study_dir / LOCK_FILE} after "
+                f"{timeout_s:.0f} s; let it finish (a local run holds it until its jobs end), then submit again"
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def write_journal(study_dir: Path, jobs: Sequence[GridJob], launch: Launch) -> None:
+    """Before sbatch: which jobs (in array order) go out from which submitit folder."""
+    atomic_write_json(
+        study_dir / JOURNAL,
+        {
+            "schema": JOURNAL_SCHEMA,
+            "since": _now(),
+            "folder": str(launch.folder),
+            "job_name": slurm_parameters(launch.manifest)["job_name"],
+            "manifest": launch.context["manifest"],
+            "jobs": [job.job_id for job in jobs],
+        },
+    )
+
+
+def recover_interrupted(console: Console, study_dir: Path) -> None:
+    """Finish a submit that was killed between sbatch and its records (its journal is still there).
+
+    The array is looked up in Slurm by job name and submitit folder: found, its jobs get
+    their records (so they are left alone); not found, the journal goes and they are
+    submitted like any job without a record. Slurm unreachable: TrajhpcError (never guess).
+    """
+    path = study_dir / JOURNAL
+    try:
+        journal = json.loads(path.read_text(encoding="utf-8"))
+        job_ids = [str(j) for j in journal["jobs"]]
+        folder, job_name = Path(journal["folder"]), str(journal["job_name"])
+        since = dt.datetime.fromisoformat(journal["since"])
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, KeyError, TypeError):
+        console.print(f"ignoring unreadable {path}", highlight=False)
+        path.unlink(missing_ok=True)
+        return
+    try:
+        array = find_submission(job_name, folder, since)
+    except TrajhpcError as err:
+        raise TrajhpcError(
+            f"{err}; an earlier submit of study {study_dir.name} was interrupted and trajhpc will not guess "
+            f"whether its {_jobs(len(job_ids))} are queued (delete {path} if you know they are not)"
+        ) from None
+    if array:
+        for i, job_id in enumerate(job_ids):
+            run_dir = study_dir / job_id
+            if not run_dir.is_dir():
+                continue
+            slurm_id = f"{array}_{i}" if len(job_ids) > 1 else array
+            _write_record(
+                run_dir, executor="slurm", folder=folder, manifest=journal.get("manifest"), job_name=job_name,
+                slurm_job_id=slurm_id, local_pid=None, recovered=True,
+            )
+        console.print(
+            f"an earlier submit was interrupted after Slurm accepted its {_jobs(len(job_ids))} "
+            f"(job {array}): recorded them",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"an earlier submit was interrupted before Slurm accepted its {_jobs(len(job_ids))}: "
+            "they are submitted again",
+            highlight=False,
+        )
+    path.unlink(missing_ok=True)
 
 
 def _task_args(jobs: Sequence[GridJob], launch: Launch) -> tuple[list, list, list, list]:
@@ -267,18 +441,37 @@ def make_slurm_executor(launch: Launch) -> Any:
 
 
 def submit_slurm(jobs: Sequence[GridJob], launch: Launch) -> list[str]:
-    """Submit all jobs as one array; returns their Slurm ids (``<array>_<task>``)."""
+    """Submit all jobs as one array; returns their Slurm ids (``<array>_<task>``).
+
+    The journal written before sbatch is removed once every record is written; if this
+    process dies in between, the next submit finds the array in Slurm (``recover_interrupted``).
+    """
     from trajhpc.job import JobTask
 
+    study_dir = launch.run_root / launch.manifest.study
+    _each(write_spec, jobs)
+    write_journal(study_dir, jobs, launch)
     executor = make_slurm_executor(launch)
     try:
         submitted = executor.map_array(JobTask(), *_task_args(jobs, launch))
     except Exception as err:  # sbatch's own message (the last line) is the useful part
+        (study_dir / JOURNAL).unlink(missing_ok=True)  # nothing went out
         raise TrajhpcError(f"sbatch failed: {last_line(str(err), width=400) or repr(err)}") from None
     ids = [s.job_id for s in submitted]
-    for job, slurm_id in zip(jobs, ids):
-        write_record(job, launch, slurm_job_id=slurm_id, local_pid=None)
+    _each(lambda pair: write_record(pair[0], launch, slurm_job_id=pair[1], local_pid=None), list(zip(jobs, ids)))
+    (study_dir / JOURNAL).unlink(missing_ok=True)
     return ids
+
+
+def _each(fn: Callable[[Any], None], items: Sequence[Any]) -> None:
+    """``fn`` on every item, a few at a time: each is an fsync'd file write that waits on the disk."""
+    if len(items) < 16:
+        for item in items:
+            fn(item)
+        return
+    with ThreadPoolExecutor(max_workers=WRITE_THREADS) as pool:
+        for _ in pool.map(fn, items):  # re-raises the first error
+            pass
 
 
 def _visible_gpus() -> list[int]:
@@ -383,44 +576,52 @@ def submit_command(
     jobs = expand(manifest, root)
     kind = resolve_executor(executor or manifest.executor, shutil.which("sbatch") is not None)
     specs = {job.job_id: job.spec.to_dict() for job in jobs}
-    files, sched = observe([job.run_dir for job in jobs], specs)
-    groups = plan(jobs, files, sched)
-    todo = groups["submit"]
-    if dry_run:
-        now = dt.datetime.now(dt.timezone.utc)
-        rows = [make_row(f, sched.get(f.job_id), now) for f in files]
-        console.print(render_table(rows, f"study {manifest.study}", {"action": _action_column(jobs, groups)}))
-    console.print(
-        f"{_jobs(len(jobs))}: {len(todo)} to submit, {len(groups['skip'])} done (skipped), "
-        f"{len(groups['leave'])} queued or running (left alone)",
-        highlight=False,
-    )
     launch = Launch(manifest, Path(manifest_path), root, kind)
-    if dry_run:
+    study_dir = launch.run_root / manifest.study
+    # A dry run only reads; a real one holds the study's lock from reading the jobs'
+    # states to writing their records.
+    with contextlib.nullcontext() if dry_run else study_lock(console, study_dir):
+        if not dry_run:
+            recover_interrupted(console, study_dir)
+        files, sched = observe([job.run_dir for job in jobs], specs)
+        groups = plan(jobs, files, sched)
+        todo = groups["submit"]
+        if dry_run:
+            now = dt.datetime.now(dt.timezone.utc)
+            rows = [make_row(f, sched.get(f.job_id), now) for f in files]
+            console.print(render_table(rows, f"study {manifest.study}", {"action": _action_column(jobs, groups)}))
+        console.print(
+            f"{_jobs(len(jobs))}: {len(todo)} to submit, {len(groups['skip'])} done (skipped), "
+            f"{len(groups['leave'])} queued or running (left alone)",
+            highlight=False,
+        )
+        if dry_run:
+            if not todo:
+                console.print("nothing to submit")
+            elif kind == "slurm":
+                console.print(f"sbatch script for {_jobs(len(todo))} ({launch.folder}):", highlight=False)
+                console.out(launch.sbatch(len(todo)), highlight=False)
+            else:
+                command = submitit_command(launch.python, launch.folder)
+                console.print(f"local executor: each job runs `{command}`", highlight=False, soft_wrap=True)
+            return
+        for job in todo:
+            if sched.get(job.job_id):  # submitted before: say why it goes again
+                console.print(f"resubmitting {job.job_id} (was {sched[job.job_id].lower()})", highlight=False)
         if not todo:
             console.print("nothing to submit")
-        elif kind == "slurm":
-            console.print(f"sbatch script for {_jobs(len(todo))} ({launch.folder}):", highlight=False)
-            console.out(launch.sbatch(len(todo)), highlight=False)
         else:
-            command = submitit_command(launch.python, launch.folder)
-            console.print(f"local executor: each job runs `{command}`", highlight=False, soft_wrap=True)
-        return
-    for job in todo:
-        if sched.get(job.job_id):  # submitted before: say why it goes again
-            console.print(f"resubmitting {job.job_id} (was {sched[job.job_id].lower()})", highlight=False)
-    if not todo:
-        console.print("nothing to submit")
-    else:
-        launch.check_paths()
-        launch.folder.mkdir(parents=True, exist_ok=True)
-        launch.digest()
-        if kind == "slurm":
-            ids = submit_slurm(todo, launch)
-            what = f"array {ids[0].split('_')[0]}" if len(ids) > 1 else f"job {ids[0]}"
-            console.print(f"submitted {_jobs(len(ids))} as Slurm {what} (logs in {launch.folder})", highlight=False)
-        else:
-            run_local(console, todo, launch)
+            launch.check_paths()
+            launch.folder.mkdir(parents=True, exist_ok=True)
+            launch.digest()
+            if kind == "slurm":
+                ids = submit_slurm(todo, launch)
+                what = f"array {ids[0].split('_')[0]}" if len(ids) > 1 else f"job {ids[0]}"
+                console.print(
+                    f"submitted {_jobs(len(ids))} as Slurm {what} (logs in {launch.folder})", highlight=False
+                )
+            else:
+                run_local(console, todo, launch)
     dirs = [job.run_dir for job in jobs]
     if kind == "slurm" and wait and (todo or groups["leave"]):
         watch_rows(console, lambda: dirs, f"study {manifest.study}", 10.0, until_idle=True, specs=specs)

@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from trajhpc.container import check_bind, check_digest, check_image
+from trajhpc.container import DOCKER_ONLY_BIND_OPTS, bind_options, check_bind, check_digest, check_manifest_image
 from trajhpc.errors import InputError
 from trajhpc.spec import CONDITIONS, DataSpec, EvalSpec, JobSpec, LoraSpec, TokenBudget, TrainSpec
 
@@ -40,12 +40,26 @@ ComputeDtype = JobSpec.model_fields["compute_dtype"].annotation
 
 _STUDY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]*")
-# Options trajhpc or submitit set themselves: overriding them would break the array,
-# the log paths or the requeue signal; the dedicated ones have a resources field.
+# Options trajhpc or submitit set themselves, or that clash with them: overriding them
+# would break the array, the log paths, the requeue after a time-out, or the one task
+# per job the job code expects. Each maps to what to use instead.
+_TRAJHPC_SETS = "trajhpc sets it"
+_ONE_TASK = "trajhpc runs one task on one node per job"
 _SBATCH_RESERVED = {
-    "array": None, "output": None, "error": None, "open-mode": None, "signal": None, "job-name": None,
-    "partition": "partition", "account": "account", "qos": "qos", "gpus-per-node": "gpus_per_node",
-    "cpus-per-task": "cpus_per_task", "mem": "mem_gb", "time": "timeout_min", "constraint": "constraint",
+    "array": _TRAJHPC_SETS, "output": _TRAJHPC_SETS, "error": _TRAJHPC_SETS, "open-mode": _TRAJHPC_SETS,
+    "signal": "use resources.signal_delay_s", "job-name": _TRAJHPC_SETS, "wrap": _TRAJHPC_SETS,
+    "parsable": _TRAJHPC_SETS,
+    "requeue": "trajhpc requeues timed-out jobs itself: use resources.max_requeues",
+    "no-requeue": "trajhpc requeues timed-out jobs itself: use resources.max_requeues (0: never)",
+    "partition": "use resources.partition", "account": "use resources.account", "qos": "use resources.qos",
+    "constraint": "use resources.constraint", "cpus-per-task": "use resources.cpus_per_task",
+    "time": "use resources.timeout_min",
+    "mem": "use resources.mem_gb", "mem-per-cpu": "use resources.mem_gb", "mem-per-gpu": "use resources.mem_gb",
+    "gpus-per-node": "use resources.gpus_per_node", "gpus": "use resources.gpus_per_node",
+    "gres": "use resources.gpus_per_node", "gpus-per-task": "use resources.gpus_per_node",
+    "nodes": _ONE_TASK, "ntasks": _ONE_TASK, "ntasks-per-node": _ONE_TASK,
+    "export": "trajhpc passes the submit environment (set variables before trajhpc submit)",
+    "chdir": "jobs start in the folder trajhpc submit runs in",
 }
 # Tags of the discriminated unions below; they appear in pydantic's error locations
 # and are dropped from the field path shown to the user.
@@ -65,9 +79,12 @@ def _sbatch_option(name: str) -> str:
     if not _SBATCH_OPTION.fullmatch(name):
         raise ValueError(f"sbatch option {name!r} must match [a-z][a-z0-9-]* (no leading '--')")
     if name in _SBATCH_RESERVED:
-        field = _SBATCH_RESERVED[name]
-        hint = f"use resources.{field}" if field else "trajhpc sets it"
-        raise ValueError(f"sbatch option {name!r} cannot be set here ({hint})")
+        raise ValueError(f"sbatch option {name!r} cannot be set here ({_SBATCH_RESERVED[name]})")
+    # sbatch accepts any unambiguous abbreviation (--no-req is --no-requeue): refuse those too.
+    abbreviated = sorted(r for r in _SBATCH_RESERVED if r.startswith(name))
+    if abbreviated:
+        hint = _SBATCH_RESERVED[abbreviated[0]]
+        raise ValueError(f"sbatch option {name!r} abbreviates {abbreviated[0]!r}, which cannot be set here ({hint})")
     return name
 
 
@@ -221,7 +238,7 @@ class ContainerSpec(_Strict):
     """The image every task runs in; ``runtime: none`` runs on the host's Python."""
 
     runtime: Literal["apptainer", "docker", "none"] = "none"
-    image: Annotated[str, AfterValidator(check_image)] | None = None
+    image: Annotated[str, AfterValidator(check_manifest_image)] | None = None
     binds: tuple[Annotated[str, AfterValidator(check_bind)], ...] = ()
     digest: Annotated[str, AfterValidator(check_digest)] | None = None
 
@@ -358,7 +375,57 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
         raise _to_input_error(err, source, lines) from None
     manifest._source = source
     manifest._lines = lines
+    check_manifest(manifest)
     return manifest
+
+
+# ---------------------------------------------------------------- checks across fields
+
+
+def arm_name(item: str | ConditionEntry) -> str:
+    """The arm a ``conditions`` entry produces (``JobSpec.arm``, so the two never disagree)."""
+    if isinstance(item, str):
+        fields: dict[str, Any] = {"condition": item}
+    else:
+        fields = {"condition": item.condition, "condition_k": item.k, "token_budget": item.token_budget}
+    return JobSpec(order=("_",), **fields).arm
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Rules across fields, raised as an InputError at the field's line."""
+    res = manifest.resources
+    if res.signal_delay_s >= res.timeout_min * 60:
+        raise manifest.error(
+            "resources.signal_delay_s",
+            f"resources.signal_delay_s ({res.signal_delay_s} s) must be less than resources.timeout_min "
+            f"({res.timeout_min} min = {res.timeout_min * 60} s): the warning would come before the job starts",
+        )
+    box = manifest.container
+    if box.runtime == "apptainer":
+        for i, bind in enumerate(box.binds):
+            docker_only = sorted(bind_options(bind) & DOCKER_ONLY_BIND_OPTS)
+            if docker_only:
+                raise manifest.error(
+                    f"container.binds.{i}",
+                    f"bind {bind!r}: option {', '.join(docker_only)} is Docker's (SELinux relabelling); "
+                    "apptainer accepts ro or rw",
+                )
+    # Two different entries with one arm name would be merged by aggregate (and pair
+    # their units twice); equal entries are the same jobs and collapse.
+    seen: dict[str, tuple[int, str | ConditionEntry]] = {}
+    for i, item in enumerate(manifest.conditions):
+        arm = arm_name(item)
+        first = seen.setdefault(arm, (i, item))
+        if first[1] != item and _entry(first[1]) != _entry(item):
+            raise manifest.error(
+                f"conditions.{i}",
+                f"this entry's arm {arm!r} is also the arm of conditions.{first[0]}, which trains differently; "
+                "arms must have distinct names",
+            )
+
+
+def _entry(item: str | ConditionEntry) -> ConditionEntry:
+    return ConditionEntry(condition=item) if isinstance(item, str) else item
 
 
 def load_manifest(path: str | Path) -> Manifest:

@@ -90,25 +90,30 @@ def describe_columns(
 ) -> list[Estimate]:
     """One :class:`Estimate` per column of ``matrix`` (units x metrics), NaN = missing.
 
-    Columns with the same missing pattern share one bootstrap (same seed, same rows),
-    so each column's CI equals what :func:`bootstrap_ci` gives on its own values.
+    A column's bootstrap depends only on its values (in row order), their count n and
+    the seed: resample b draws the same positions ``floor(U * n)`` for every column
+    with n values. So columns are grouped by n, whatever rows they miss, each
+    compacted to its n values, and every group shares ONE set of resample indices:
+    each column's CI equals what :func:`bootstrap_ci` gives on its own values.
     """
     x = np.asarray(matrix, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError("describe_columns needs a 2-D array")
     result: list[Estimate | None] = [None] * x.shape[1]
     valid = ~np.isnan(x)
-    patterns: dict[bytes, list[int]] = {}
-    for j in range(x.shape[1]):
-        patterns.setdefault(valid[:, j].tobytes(), []).append(j)
-    for cols in patterns.values():
-        rows = valid[:, cols[0]]
-        sub = x[rows][:, cols]
-        n = sub.shape[0]
+    counts = valid.sum(axis=0)
+    for n in np.unique(counts).tolist():
+        cols = np.flatnonzero(counts == n)
         if n == 0:
             for j in cols:
                 result[j] = Estimate(None, None, None, None, 0)
             continue
+        if n == x.shape[0]:  # no gaps
+            sub = x[:, cols]
+        else:
+            sub = np.empty((n, len(cols)))
+            for k, j in enumerate(cols):
+                sub[:, k] = x[valid[:, j], j]
         means = sub.mean(axis=0)
         sds = sub.std(axis=0, ddof=1) if n > 1 else [None] * len(cols)
         ci = bootstrap_ci(sub, resamples=resamples, seed=seed, level=level) if n > 1 else None
@@ -134,11 +139,11 @@ def _stack(matrices: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
 
 
 def describe_many(matrices: Sequence[np.ndarray], **kwargs) -> list[list[Estimate]]:
-    """:func:`describe_columns` of several samples at once (e.g. one per arm).
+    """:func:`describe_columns` of several samples at once (e.g. one per arm, and paired differences).
 
-    A column's CI depends only on its own values and the seed, so samples of equal
-    size can share one pass of resampling: stacking them changes no number and
-    turns k bootstraps into one.
+    A column's CI depends only on its own values, their count and the seed, so all
+    samples of one size share one pass of resampling: stacking them changes no number
+    and turns k bootstraps into one per distinct sample size.
     """
     stacked, offsets = _stack(matrices)
     est = describe_columns(stacked, **kwargs) if stacked.shape[1] else []

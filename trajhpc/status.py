@@ -9,7 +9,6 @@ lacks), rendering with rich.
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from rich.text import Text
 from submitit.slurm.slurm import SlurmInfoWatcher
 
 from trajhpc.errors import TrajhpcError
+from trajhpc.spec import TokenBudget
 
 RECORD = "submission.json"
 RECORD_SCHEMA = "trajhpc.submission/1"
@@ -222,14 +222,24 @@ def _parse_table(text: str) -> dict[str, SlurmInfo]:
     }
 
 
+def _squeue_ok(out: subprocess.CompletedProcess[str] | None) -> bool:
+    # squeue -j exits 1 when none of the ids is known any more: an answer, not a failure.
+    return out is not None and (out.returncode == 0 or "Invalid job id" in out.stderr)
+
+
 def query_slurm(ids: Iterable[str]) -> dict[str, SlurmInfo]:
     """Slurm's view of job ids (``123`` or ``123_4``): one ``sacct`` call, then ``squeue`` for the rest.
 
     Ids neither knows are left out. Raises TrajhpcError when Slurm can't be asked at all.
     """
+    return _ask_slurm(ids)[0]
+
+
+def _ask_slurm(ids: Iterable[str]) -> tuple[dict[str, SlurmInfo], set[str]]:
+    """:func:`query_slurm`, plus the job (array) ids Slurm listed any task of."""
     ids = sorted(set(ids))
     if not ids:
-        return {}
+        return {}, set()
     masters = sorted({i.split("_")[0] for i in ids})
     found: dict[str, SlurmInfo] = {}
     sacct = _run(["sacct", "-X", "--parsable2", "-o", _SLURM_COLUMNS.replace("|", ","), "-j", ",".join(masters)])
@@ -237,16 +247,46 @@ def query_slurm(ids: Iterable[str]) -> dict[str, SlurmInfo]:
     if sacct_ok:
         found.update(_parse_table(sacct.stdout))
     # sacct lags slurmctld by seconds and needs accounting; squeue knows every live job
-    # (and recently ended ones) straight from the controller.
+    # (and recently ended ones) straight from the controller. It is asked for the
+    # recorded ids, whoever submitted them: in a shared study a colleague's jobs count too.
     if not sacct_ok or any(i not in found for i in ids):
-        squeue = _run(["squeue", "-h", "--states=all", "-u", getpass.getuser(), "-o", "%i|%T|%N|%j"])
-        if squeue is not None and squeue.returncode == 0:
+        squeue = _run(["squeue", "-h", "--states=all", "-j", ",".join(masters), "-o", "%i|%T|%N|%j"])
+        if _squeue_ok(squeue):
             live = _parse_table(_SLURM_COLUMNS + "\n" + squeue.stdout)
             found.update({i: info for i, info in live.items() if i.split("_")[0] in masters})
         elif not sacct_ok:
             why = (sacct.stderr if sacct else "sacct not found").strip() or "no output"
             raise TrajhpcError(f"cannot ask Slurm about the recorded jobs ({last_line(why)}); is the cluster up?")
-    return {i: found[i] for i in ids if i in found}
+    seen = {i.split("_")[0] for i in found}
+    return {i: found[i] for i in ids if i in found}, seen
+
+
+def find_submission(job_name: str, folder: str | Path, since: dt.datetime) -> str | None:
+    """The Slurm job (array) id submitted from submitit folder ``folder``, "" when Slurm has none.
+
+    For a submission interrupted between ``sbatch`` and its records: submitit's batch
+    script lives in that folder, and squeue shows it as the job's command, sacct in its
+    SubmitLine. Raises TrajhpcError when Slurm can't be asked at all.
+    """
+    marker = str(folder).rstrip("/") + "/"
+    squeue = _run(["squeue", "-h", "--states=all", f"--name={job_name}", "-o", "%i|%o"])
+    squeue_ok = _squeue_ok(squeue)
+    for line in squeue.stdout.splitlines() if squeue_ok and squeue else []:
+        jid, _, command = line.partition("|")
+        if command.strip().startswith(marker):
+            return jid.strip().split("_")[0]
+    start = (since - dt.timedelta(minutes=5)).astimezone().strftime("%Y-%m-%dT%H:%M:%S")  # sacct: local time
+    sacct = _run(["sacct", "-X", "-n", "--parsable2", f"--name={job_name}", "-S", start, "-o", "JobID,SubmitLine"])
+    if sacct is not None and sacct.returncode == 0:
+        for line in sacct.stdout.splitlines():
+            jid, _, submit_line = line.partition("|")
+            if marker in submit_line:
+                return jid.strip().split("_")[0]
+        return ""
+    if squeue_ok:
+        return ""
+    why = (squeue.stderr if squeue else "squeue not found").strip() or "no output"
+    raise TrajhpcError(f"cannot ask Slurm whether the interrupted submission reached it ({last_line(why)})")
 
 
 def local_alive(pid: int, folder: str) -> bool:
@@ -259,14 +299,36 @@ def local_alive(pid: int, folder: str) -> bool:
     return (folder.encode() if folder else b"submitit.local") in cmdline
 
 
+def never_started(job: JobFiles) -> bool:
+    """No state.json and no log: the task never ran (Slurm creates the log when it starts)."""
+    stderr = (job.record or {}).get("stderr")
+    return job.state is None and not (stderr and os.path.exists(stderr))
+
+
+def log_tail(path: str | os.PathLike[str] | None, width: int = 120, window: int = 64 * 1024) -> str:
+    """Last non-empty line of a log file (its last ``window`` bytes); empty when unreadable."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - window))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return last_line(text, width)
+
+
 def scheduler_states(jobs: Sequence[JobFiles], strict: bool = True) -> dict[str, str]:
     """trajhpc job id -> scheduler state (Slurm state, RUNNING/GONE for local) for jobs with a record.
 
     When Slurm can't be asked: TrajhpcError if ``strict``, else ``UNKNOWN`` for its jobs.
     """
     slurm_ids = {j.job_id: str(j.record["slurm_job_id"]) for j in jobs if j.record and j.record.get("slurm_job_id")}
+    seen: set[str] = set()
     try:
-        slurm: dict[str, SlurmInfo] | None = query_slurm(slurm_ids.values())
+        slurm: dict[str, SlurmInfo] | None
+        slurm, seen = _ask_slurm(slurm_ids.values())
     except TrajhpcError:
         if strict:
             raise
@@ -280,7 +342,12 @@ def scheduler_states(jobs: Sequence[JobFiles], strict: bool = True) -> dict[str,
             expected = job.record.get("slurm_job_name") if job.record else None
             # Slurm ids restart when a cluster's state is wiped: another job's id is not ours.
             reused = info is not None and bool(info.name) and bool(expected) and info.name != expected
-            out[job.job_id] = GONE if info is None or reused else info.state
+            if info is None and slurm_ids[job.job_id].split("_")[0] in seen and never_started(job):
+                # Slurm drops a pending array task that is cancelled, while it still
+                # lists the array's other tasks: that is the only way to lose just one.
+                out[job.job_id] = "CANCELLED"
+            else:
+                out[job.job_id] = GONE if info is None or reused else info.state
         elif job.record and job.record.get("local_pid"):
             alive = local_alive(int(job.record["local_pid"]), str(job.record.get("submitit_folder", "")))
             out[job.job_id] = "RUNNING" if alive else GONE
@@ -311,7 +378,12 @@ def _arm(spec: Mapping[str, Any] | None) -> str:
     if name == "last-k":
         name = f"last-{spec.get('condition_k')}"
     budget = spec.get("token_budget")
-    return f"{name}@{budget.get('match')}" if isinstance(budget, dict) else str(name)
+    if not isinstance(budget, dict):
+        return str(name)
+    # As JobSpec.arm names it: the count only when it is not the default.
+    count = budget.get("count")
+    default = TokenBudget.model_fields["count"].default
+    return f"{name}@{budget.get('match')}" + (f":{count}" if count and count != default else "")
 
 
 def short_order(order: Sequence[str]) -> str:
@@ -324,8 +396,12 @@ def short_order(order: Sequence[str]) -> str:
 
 
 def make_row(job: JobFiles, scheduler_state: str | None, now: dt.datetime) -> Row:
-    """The table row of a job (pure given its files and scheduler state)."""
+    """The table row of a job (given its files and scheduler state; reads a failed job's log)."""
     label, detail = display_state(job.state, job.complete, scheduler_state)
+    if label == "failed" and job.state is None and job.record:
+        # Died before the job code wrote state.json (the container did not start, an
+        # import failed): the task's own stderr says why.
+        detail = log_tail(job.record.get("stderr")) or detail
     spec = job.spec or {}
     is_slurm = bool(job.record and job.record.get("slurm_job_id"))
     return Row(

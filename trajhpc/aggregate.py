@@ -12,17 +12,15 @@ not match its id is listed with the reason and left out of every statistic.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import io
 import itertools
 import json
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Iterator, NoReturn, Sequence
+from typing import Annotated, Any, Iterable, NoReturn, Sequence
 
 import numpy as np
 import polars as pl
@@ -30,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trajhpc import stats
 from trajhpc.atomic import atomic_write_bytes, atomic_write_text
+from trajhpc.bulk import gc_paused
 from trajhpc.errors import InputError, TrajhpcError
 from trajhpc.spec import SPEC_SCHEMA, JobSpec, spec_from_dict
 
@@ -827,27 +826,11 @@ def group_by_study(records: Sequence[JobRecord]) -> dict[Path, list[JobRecord]]:
     return {k: sorted(v, key=lambda r: r.path.name) for k, v in sorted(groups.items())}
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while tens of thousands of acyclic objects pile up.
-
-    Each full collection walks every live object, so reading 10k jobs with it on
-    takes ~5x longer; reference counting still frees everything as usual.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def aggregate(
     targets: Sequence[Path], *, strict: bool = False, resamples: int = stats.RESAMPLES, seed: int = stats.SEED
 ) -> list[StudyResult]:
     """Discover, validate and analyse every study under the targets (no files written)."""
-    with _gc_paused():
+    with gc_paused():
         return _aggregate(resolve_targets(targets), strict=strict, resamples=resamples, seed=seed)
 
 

@@ -8,17 +8,16 @@ counting all go through it, so they see exactly the same prompts.
 
 from __future__ import annotations
 
-import gc
 import json
 import re
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 from trajhpc.data.apibank import DESCRIPTIONS_MARKER, GENERATE_MARKER, Record, Turn
+from trajhpc.bulk import gc_paused
 from trajhpc.errors import TrajhpcError
 
 IGNORE_INDEX = -100  # label of tokens that are not supervised (PyTorch cross-entropy default)
@@ -295,22 +294,10 @@ def tokenize_examples(
     renderer = _Renderer(tokenizer)
     lines = [condition_lines(r, condition, k) for r in records]
     texts = renderer.texts_many(list(zip(records, lines)))
-    with _gc_paused():  # millions of small ints and tuples, no cycles: skip GC passes over them
+    with gc_paused():  # millions of small ints and tuples, no cycles: skip GC passes over them
         prompt_ids = _encode(tokenizer, [p for p, _ in texts])
         target_ids = _encode(tokenizer, [t for _, t in texts])
         return _examples(tokenizer, renderer, records, condition, k, lines, prompt_ids, target_ids, max_seq_len)
-
-
-@contextmanager
-def _gc_paused():
-    """Pause the cyclic garbage collector (if on) while building acyclic data in bulk."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _examples(tokenizer, renderer, records, condition, k, lines, prompt_ids, target_ids, max_seq_len) -> list[Example]:

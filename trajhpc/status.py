@@ -27,7 +27,7 @@ from rich.text import Text
 from submitit.slurm.slurm import SlurmInfoWatcher
 
 from trajhpc.errors import TrajhpcError
-from trajhpc.spec import TokenBudget
+from trajhpc.spec import spec_from_dict
 
 RECORD = "submission.json"
 RECORD_SCHEMA = "trajhpc.submission/1"
@@ -372,18 +372,13 @@ class Row:
 
 
 def _arm(spec: Mapping[str, Any] | None) -> str:
+    """The arm as JobSpec names it; ``?`` for a missing or invalid spec (status never fails on one)."""
     if not spec:
         return "?"
-    name = spec.get("condition", "?")
-    if name == "last-k":
-        name = f"last-{spec.get('condition_k')}"
-    budget = spec.get("token_budget")
-    if not isinstance(budget, dict):
-        return str(name)
-    # As JobSpec.arm names it: the count only when it is not the default.
-    count = budget.get("count")
-    default = TokenBudget.model_fields["count"].default
-    return f"{name}@{budget.get('match')}" + (f":{count}" if count and count != default else "")
+    try:
+        return spec_from_dict(spec).arm
+    except TrajhpcError:
+        return "?"
 
 
 def short_order(order: Sequence[str]) -> str:

@@ -60,7 +60,7 @@ def test_terminal_summary_lists_arms_pairs_and_exclusions(result):
     report.print_summary(console, result)
     text = console.export_text()
     assert "18 complete jobs, 2 excluded" in text and "1 corrupt" in text and "1 incomplete" in text
-    for line in ("B − A@B", "A@B − A", "exact @ supervised-token budget"):
+    for line in ("B − A@B", "A@B − A", "exact @ supervised-token budget", "compute, mean tokens per unit", "exact @ total budget"):
         assert line in text
 
 

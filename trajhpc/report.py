@@ -347,17 +347,24 @@ def print_summary(console: Any, result: StudyResult, out: Path | None = None) ->
         console.print(f"  {n} {status}")
     if result.units.height:
         s = result.summary
+        # Two narrow tables rather than one wide one, so both stay legible in 80 columns.
         table = Table(title=f"{result.study}: final accuracy, mean [95% CI]")
-        columns = ("arm", "units", "exact", "API name", "BWT exact", "exact @ sup. budget", "sup. tokens", "vs A",
-                   "total tokens", "vs A")
-        for col in columns:
+        for col in ("arm", "units", "exact", "API name", "API name excl. ToolSearcher", "BWT exact"):
+            table.add_column(col, justify="left" if col == "arm" else "right")
+        for arm in result.arms:
+            table.add_row(
+                arm, str(_lookup(s, arm, "exact").get("n", 0)),
+                *(_ci(_lookup(s, arm, m)) for m in ("exact", "name", "name_excl_toolsearcher", "bwt_exact")),
+            )
+        console.print(table)
+        table = Table(title=f"{result.study}: compute, mean tokens per unit")
+        for col in ("arm", "supervised", "vs A", "total", "vs A", "exact @ total budget"):
             table.add_column(col, justify="left" if col == "arm" else "right")
         for arm in result.arms:
             sup, tot = _lookup(s, arm, "supervised_tokens"), _lookup(s, arm, "total_tokens")
             table.add_row(
-                arm, str(_lookup(s, arm, "exact").get("n", 0)),
-                *(_ci(_lookup(s, arm, m)) for m in ("exact", "name", "bwt_exact", "exact_at_budget_supervised")),
-                _int(sup.get("mean")), _num(sup.get("ratio_vs_A")), _int(tot.get("mean")), _num(tot.get("ratio_vs_A")),
+                arm, _int(sup.get("mean")), _num(sup.get("ratio_vs_A")), _int(tot.get("mean")),
+                _num(tot.get("ratio_vs_A")), _ci(_lookup(s, arm, "exact_at_budget_total")),
             )
         console.print(table)
         shown = ["exact", "exact_at_budget_supervised", "exact_at_budget_total"]

@@ -39,6 +39,7 @@ from trajhpc.atomic import atomic_write_json
 from trajhpc.errors import TrajhpcError
 from trajhpc.grid import GridJob, expand
 from trajhpc.manifest import Manifest, Resources, load_manifest
+from trajhpc.provenance import now_iso
 from trajhpc.status import (
     GONE,
     RECORD,
@@ -264,10 +265,6 @@ class Launch:
 # ---------------------------------------------------------------- submission (I/O)
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def write_spec(job: GridJob) -> None:
     """``spec.json`` if absent (the job checks it is its own when it starts)."""
     if not (job.run_dir / "spec.json").exists():
@@ -313,7 +310,7 @@ def _write_record(
             "slurm_job_name": job_name if slurm_job_id else None,
             "local_pid": local_pid,
             "user": getpass.getuser(),
-            "submitted": _now(),
+            "submitted": now_iso(),
             "submitit_folder": str(folder),
             "stdout": str(paths.stdout),
             "stderr": str(paths.stderr),
@@ -360,7 +357,7 @@ def write_journal(study_dir: Path, jobs: Sequence[GridJob], launch: Launch) -> N
         study_dir / JOURNAL,
         {
             "schema": JOURNAL_SCHEMA,
-            "since": _now(),
+            "since": now_iso(),
             "folder": str(launch.folder),
             "job_name": slurm_parameters(launch.manifest)["job_name"],
             "manifest": launch.context["manifest"],

@@ -56,6 +56,7 @@ def test_roundtrip_through_dict():
         ({"train": {"lr": -1}}, "train.lr"),
         ({"condition": "C"}, "condition"),
         ({"lora": {"rank": 8}}, "lora.rank"),
+        ({"token_budget": {"match": "Z"}}, "token_budget.match"),
     ],
 )
 def test_bad_spec_names_file_and_field(tmp_path, patch, field):

@@ -350,3 +350,11 @@ def test_piecewise_encoding_is_off_where_it_could_differ(tokenizer):
     assert _split_pattern(odd) is None  # <|x|> eats the space before it
     text = "a <|x|> b <|eot_id|>"
     assert _encode(odd, [text]) == [odd(text, add_special_tokens=False)["input_ids"]]
+
+
+def test_spec_knows_exactly_the_registered_conditions():
+    # JobSpec needs the names as a static Literal; this keeps it in step with the registry.
+    from trajhpc.data.conditions import CONDITIONS as REGISTRY
+    from trajhpc.spec import CONDITIONS
+
+    assert tuple(CONDITIONS) == tuple(REGISTRY)

@@ -132,3 +132,49 @@ def test_unreadable_spec_file_is_an_input_error(tmp_path, kind):
     with pytest.raises(InputError) as err:
         load_spec(path)
     assert str(path) in str(err.value)
+
+
+def test_fields_added_later_leave_existing_ids_unchanged_at_their_default():
+    from trajhpc.spec import TrainSpec
+
+    spec = JobSpec(condition="B", seed=3, order=ORDER)
+    explicit = spec.model_copy(
+        update={"train": TrainSpec(tokens_per_batch=None), "eval": EvalSpec(tokens_per_batch=None, backend="peft")}
+    )
+    assert explicit.job_id == spec.job_id == "01a9c03dd140"
+    assert "tokens_per_batch" not in spec.to_dict()["train"]
+    assert "backend" not in spec.to_dict()["eval"]
+
+
+def test_fields_added_later_change_the_id_when_set_and_round_trip():
+    from trajhpc.spec import TrainSpec
+
+    spec = JobSpec(condition="B", seed=3, order=ORDER)
+    fast = spec.model_copy(
+        update={
+            "train": TrainSpec(tokens_per_batch=8192, gradient_checkpointing="auto"),
+            "eval": EvalSpec(tokens_per_batch=32768, backend="merged"),
+        }
+    )
+    assert len({spec.job_id, fast.job_id}) == 2
+    assert fast.to_dict()["train"]["tokens_per_batch"] == 8192
+    assert fast.to_dict()["eval"]["backend"] == "merged"
+    assert spec_from_dict(fast.to_dict()) == fast
+    assert spec_from_dict(json.loads(fast.canonical_json())).job_id == fast.job_id
+
+
+@pytest.mark.parametrize(
+    "patch, field",
+    [
+        ({"train": {"gradient_checkpointing": "sometimes"}}, "train.gradient_checkpointing"),
+        ({"train": {"tokens_per_batch": 4}}, "train.tokens_per_batch"),
+        ({"eval": {"backend": "vllm2"}}, "eval.backend"),
+    ],
+)
+def test_new_speed_fields_are_validated(patch, field):
+    obj = JobSpec(condition="A", order=ORDER).to_dict()
+    for key, value in patch.items():
+        obj[key] = {**obj[key], **value}
+    with pytest.raises(InputError) as err:
+        spec_from_dict(obj, "spec.json")
+    assert field in str(err.value)

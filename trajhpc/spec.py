@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError
+from pydantic import model_serializer, model_validator
 
 from trajhpc.errors import InputError
 
@@ -23,6 +24,19 @@ CONDITIONS = ("A", "B", "calls-only", "last-k")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Fields added after a spec schema was in use: left out of the JSON (and so of the
+    # job id) while they hold their default, which reproduces the earlier behaviour.
+    # Existing job directories keep their ids; a non-default value makes a new job.
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self._omit_when_default:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
+        return data
 
 
 class BlockRule(_Strict):
@@ -76,8 +90,15 @@ class TrainSpec(_Strict):
     batch_size: int = Field(8, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_seq_len: int = Field(1024, ge=16)
-    gradient_checkpointing: bool = False
+    # "auto": off when the largest planned batch fits in the device's memory, on otherwise
+    # (the choice is recorded in metrics.json, resources.gradient_checkpointing).
+    gradient_checkpointing: bool | Literal["auto"] = False
     max_grad_norm: float = Field(1.0, gt=0)
+    # Batches by tokens: as many length-grouped examples as fit in this many padded
+    # tokens (batch_size is then unused), so short examples form large batches.
+    tokens_per_batch: int | None = Field(None, ge=16)
+
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch"})
 
 
 class EvalSpec(_Strict):
@@ -86,6 +107,14 @@ class EvalSpec(_Strict):
     # a gold call longer than this can never be generated exactly (the job counts such
     # examples as ``eval_truncated_gold``).
     max_new_tokens: int = Field(160, ge=1)
+    # Rows x (longest prompt + max_new_tokens) per generation batch; batch_size is then unused.
+    tokens_per_batch: int | None = Field(None, ge=16)
+    # "peft": generate through the training model (4-bit base + LoRA side matmuls).
+    # "merged": through a copy whose weights are the dequantized base plus the merged
+    # adapter in the compute dtype: the same function up to rounding, much faster.
+    backend: Literal["peft", "merged"] = "peft"
+
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "backend"})
 
 
 class TokenBudget(_Strict):

@@ -170,3 +170,29 @@ def test_sync_picks_up_further_training_and_leaves_the_model_as_it_was(tiny, tra
     merged.sync(model)
     assert all(torch.equal(v, before[k]) for k, v in state(model).items())
     torch.testing.assert_close(logits(merged.model), logits(model), atol=1e-4, rtol=1e-4)
+
+
+def test_job_evaluates_through_the_merged_copy(tmp_path):
+    from trajhpc.job import run_job
+    from trajhpc.spec import JobSpec
+
+    spec = JobSpec.model_validate({
+        "condition": "B", "order": ["cost-insurance-other"], "seed": 1,
+        "data": {"max_train_per_block": 8, "max_heldout_per_block": 2},
+        "train": {"max_steps": 2, "batch_size": 4, "max_seq_len": 384},
+        "lora": {"r": 4, "alpha": 8},
+        "eval": {"max_new_tokens": 4, "backend": "merged", "tokens_per_batch": 4096},
+    })
+    metrics = run_job(spec, tmp_path / "job")
+    assert metrics["complete"] and [s["eval_backend"] for s in metrics["stages"]] == ["merged", "merged"]
+    rows = (tmp_path / "job" / "predictions" / "stage-1.jsonl").read_text().splitlines()
+    assert len(rows) == 8 and all("prediction" in json.loads(r) for r in rows)
+
+
+def test_bench_eval_quick_runs_and_prints_the_agreement(repo_root):
+    out = subprocess.run(
+        [sys.executable, str(repo_root / "benchmarks" / "bench_eval.py"), "--quick"],
+        capture_output=True, text=True, timeout=600, cwd=repo_root,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "agreement merged" in out.stdout and "new tokens/s" in out.stdout

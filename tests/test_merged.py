@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -193,6 +194,7 @@ def test_bench_eval_quick_runs_and_prints_the_agreement(repo_root):
     out = subprocess.run(
         [sys.executable, str(repo_root / "benchmarks" / "bench_eval.py"), "--quick"],
         capture_output=True, text=True, timeout=600, cwd=repo_root,
+        env={**os.environ, "PYTHONPATH": str(repo_root)},  # this checkout's trajhpc, not an installed one
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "agreement merged" in out.stdout and "new tokens/s" in out.stdout

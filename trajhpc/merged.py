@@ -99,6 +99,10 @@ class MergedEvalModel:
                     new = value.detach().clone()
                     getattr(module, kind)[attr] = torch.nn.Parameter(new, False) if kind == "_parameters" else new
                     covered.add(f"{name}.{attr}" if name else attr)
+                # Plain tensor attributes (not registered) would still be on the meta device.
+                for attr, value in list(vars(module).items()):
+                    if isinstance(value, torch.Tensor) and value.is_meta:
+                        setattr(module, attr, getattr(src, attr).detach().clone())
         self.sync(peft_model)
         covered |= {f"{name}.{attr}" for name in merged for attr in ("weight", "bias")}
         missing = [n for n, _ in dense.named_parameters(remove_duplicate=False) if n not in covered]

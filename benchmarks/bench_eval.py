@@ -1,11 +1,22 @@
-"""Evaluation throughput: batched greedy generation vs one example at a time.
+"""Evaluation throughput: batched greedy generation vs one example at a time, or the
+peft path vs the merged backend (``--merged``).
 
 Same held-out prompts (every block's held-out set of the bundled lv3 data), same
 model and settings as the job (QLoRA adapter on the tiny model by default), only
 the batch size differs. Prints examples/s for both (best of ``--repeats``) and the speedup (target >= 8x
 on CPU), and checks the two give the same predictions.
 
+``--merged``: today's path (generation through the peft model, ``--batch-size``
+rows) against the merged backend (:mod:`trajhpc.merged`, at ``--batch-size`` rows
+and at ``--tokens-per-batch``), on an adapter whose B weights are non-zero. Prints
+new tokens/s, the speedup and the agreement with every disagreeing example. On
+CUDA it runs as the job does (bf16 compute + autocast); ``--model llama31-8b-random``
+builds the Llama-3.1-8B architecture with random weights (no hub there; see
+bench_gpu_qlora.py), which then generates random tokens and rarely stops early.
+``--quick``: a few seconds on the tiny model on CPU.
+
     .venv/bin/python benchmarks/bench_eval.py [--n 64] [--batch-size 16] [--max-new-tokens 32]
+    .venv/bin/python benchmarks/bench_eval.py --merged [--quick] [--n 208 --batch-size 32 --max-new-tokens 160]
 """
 
 from __future__ import annotations
@@ -27,7 +38,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="best of N, alternating (shared CPUs are noisy)")
+    parser.add_argument("--merged", action="store_true", help="peft path vs merged backend")
+    parser.add_argument("--tokens-per-batch", type=int, default=None, help="merged backend, batches by tokens")
+    parser.add_argument("--quick", action="store_true", help="--merged on 8 prompts, 8 new tokens, 1 repeat")
     args = parser.parse_args()
+    if args.quick:
+        args.merged, args.n, args.max_new_tokens, args.repeats = True, 8, 8, 1
+    if args.merged:
+        return bench_merged(args)
 
     import torch
     from transformers import AutoTokenizer
@@ -71,6 +89,103 @@ def main() -> None:
     same = sum(a == b for a, b in zip(batched, single))
     print(f"speedup {t_single / t_batched:.1f}x (target >= 8x); identical predictions {same}/{len(prompts)}")
     print(f"model {args.model} ({args.quantization}), torch threads {torch.get_num_threads()}")
+
+
+def bench_merged(args) -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from trajhpc import train
+    from trajhpc.data.conditions import tokenize_examples
+    from trajhpc.data.study import load_study_data
+    from trajhpc.evaluate import end_of_turn_ids, generate_greedy
+    from trajhpc.merged import MergedEvalModel
+    from trajhpc.models import resolve_model
+    from trajhpc.spec import DataSpec, LoraSpec
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = train.resolve_compute_dtype("auto", device)
+    autocast = dtype if device.type == "cuda" else None  # as the job does
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny")))
+    path = random_8b() if args.model == "llama31-8b-random" else resolve_model(args.model)
+    data = load_study_data(DataSpec())
+    records = [r for b in data.blocks for r in data.heldout[b]][: args.n]
+    prompts = [e.prompt_ids for e in tokenize_examples(tokenizer, records, args.condition, max_seq_len=1024)]
+    torch.manual_seed(0)
+    base = train.load_base_model(
+        path, quantization=args.quantization, compute_dtype=dtype, device=device, gradient_checkpointing=False
+    )
+    model = train.attach_lora(base, LoraSpec())
+    with torch.no_grad():  # a fresh adapter has B = 0, which would merge nothing
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.02)
+    started = time.perf_counter()
+    merged = MergedEvalModel.from_peft(model)
+    built = time.perf_counter() - started
+    started = time.perf_counter()
+    merged.sync(model)
+    synced = time.perf_counter() - started
+    kwargs = dict(
+        pad_id=tokenizer.pad_token_id, eos_ids=end_of_turn_ids(tokenizer, model),
+        max_new_tokens=args.max_new_tokens, autocast_dtype=autocast,
+    )
+    runs = {
+        f"peft   batch {args.batch_size}": (model, None),
+        f"merged batch {args.batch_size}": (merged.model, None),
+    }
+    if args.tokens_per_batch:
+        runs[f"merged {args.tokens_per_batch} tokens/batch"] = (merged.model, args.tokens_per_batch)
+    generate_greedy(model, prompts[:2], batch_size=2, **{**kwargs, "max_new_tokens": 2})  # warm-up
+    generate_greedy(merged.model, prompts[:2], batch_size=2, **{**kwargs, "max_new_tokens": 2})
+    results: dict[str, tuple[list, float]] = {}
+    for _ in range(args.repeats):
+        for label, (m, tokens) in runs.items():
+            sync_device(device)
+            start = time.perf_counter()
+            out = generate_greedy(m, prompts, batch_size=args.batch_size, tokens_per_batch=tokens, **kwargs)
+            sync_device(device)
+            seconds = time.perf_counter() - start
+            if label not in results or seconds < results[label][1]:
+                results[label] = (out, seconds)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"model {args.model} ({args.quantization}, {dtype}), {name}, {len(prompts)} prompts "
+          f"(mean {sum(map(len, prompts)) / len(prompts):.0f} tokens), max_new_tokens {args.max_new_tokens}")
+    print(f"merged copy: built in {built:.2f} s, sync (per stage) {synced:.2f} s")
+    for label, (out, seconds) in results.items():
+        new = sum(len(o) for o in out)
+        print(f"{label:<28} {new / seconds:9.1f} new tokens/s  {seconds:7.2f} s  ({new} new tokens)")
+    slow_label, fast_label = next(iter(results)), list(results)[-1]
+    (slow, t_slow), (fast, t_fast) = results[slow_label], results[fast_label]
+    rate = lambda out, t: sum(map(len, out)) / t  # noqa: E731
+    print(f"speedup {rate(fast, t_fast) / rate(slow, t_slow):.1f}x new tokens/s ({fast_label} vs {slow_label})")
+    for label, (out, _) in list(results.items())[1:]:
+        bad = [i for i, (a, b) in enumerate(zip(slow, out)) if a != b]
+        print(f"agreement {label}: {len(prompts) - len(bad)}/{len(prompts)} identical predictions")
+        for i in bad:
+            print(f"  #{i}: peft   {tokenizer.decode(slow[i])!r}\n  #{i}: merged {tokenizer.decode(out[i])!r}")
+
+
+def sync_device(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def random_8b():
+    """The random-weight Llama-3.1-8B folder of bench_gpu_qlora.py, built on first use."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_gpu_qlora import build_random_model
+
+    folder = Path(os.environ.get("TMPDIR", "/tmp")) / "llama31-8b-random"
+    if not (folder / "config.json").exists():
+        print(f"building random Llama-3.1-8B in {folder} ...", flush=True)
+        build_random_model(folder)
+    return folder
 
 
 if __name__ == "__main__":

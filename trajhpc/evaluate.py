@@ -1,7 +1,10 @@
 """Evaluation: batched greedy generation on held-out prompts, scored per block.
 
 Prompts are left-padded (generation appends on the right), sorted by length so
-each batch wastes little padding, and decoded from the new tokens only.
+each batch wastes little padding, and decoded from the new tokens only. Batches
+hold ``batch_size`` rows, or as many as fit in ``tokens_per_batch`` tokens
+(:func:`eval_batches`). ``backend="merged"`` generates through a dense copy with
+the adapter merged (:mod:`trajhpc.merged`) instead of the training model.
 Generation stops at the end-of-turn token. Scores come from
 :func:`trajhpc.scoring.score` and are summarized per block by
 :func:`trajhpc.scoring.summarize`.
@@ -76,6 +79,29 @@ def end_of_turn_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
     return ids
 
 
+def eval_batches(
+    lengths: Sequence[int], *, batch_size: int, max_new_tokens: int, tokens_per_batch: int | None = None
+) -> list[list[int]]:
+    """Prompt indices in generation batches, longest prompts first (ties in input order).
+
+    Without ``tokens_per_batch``: ``batch_size`` rows per batch. With it: each batch
+    takes rows while rows x (its longest prompt + ``max_new_tokens``) stays within
+    ``tokens_per_batch`` (at least one row), so short prompts share large batches.
+    """
+    # Longest first: similar lengths share a batch, and the memory peak comes first.
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if tokens_per_batch is None:
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        # The batch's first row is its longest, so the width is fixed once it starts.
+        if batches and (len(batches[-1]) + 1) * (lengths[batches[-1][0]] + max_new_tokens) <= tokens_per_batch:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def generate_greedy(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -85,10 +111,12 @@ def generate_greedy(
     batch_size: int,
     max_new_tokens: int,
     autocast_dtype: torch.dtype | None = None,
+    tokens_per_batch: int | None = None,
 ) -> list[list[int]]:
     """Greedy continuations (new tokens only, up to the first end-of-turn) for each prompt, input order.
 
     ``autocast_dtype`` (bf16/fp16 on CUDA) runs generation under the same autocast as training.
+    Batches: :func:`eval_batches`.
     """
     from transformers import GenerationConfig
 
@@ -101,8 +129,10 @@ def generate_greedy(
         use_cache=True,
     )
     device = next(model.parameters()).device
-    # Longest first: similar lengths share a batch, and the memory peak comes first.
-    order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+    batches = eval_batches(
+        [len(p) for p in prompts], batch_size=batch_size, max_new_tokens=max_new_tokens,
+        tokens_per_batch=tokens_per_batch,
+    )
     outputs: list[list[int]] = [[] for _ in prompts]
     autocast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype)
@@ -113,8 +143,7 @@ def generate_greedy(
     model.eval()
     try:
         with torch.inference_mode(), autocast:
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
+            for idx in batches:
                 ids = [torch.tensor(list(prompts[i]), dtype=torch.long) for i in idx]
                 masks = [torch.ones(len(x), dtype=torch.long) for x in ids]
                 input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id, padding_side="left")
@@ -141,17 +170,34 @@ def evaluate(
     batch_size: int,
     max_new_tokens: int,
     autocast_dtype: torch.dtype | None = None,
+    tokens_per_batch: int | None = None,
+    backend: str = "peft",
+    merged: Any | None = None,
 ) -> EvalResult:
-    """Generate for every held-out item (all blocks batched together) and score per block."""
+    """Generate for every held-out item (all blocks batched together) and score per block.
+
+    ``backend="merged"`` generates through ``merged`` (a :class:`trajhpc.merged.MergedEvalModel`
+    already synced to ``model``, which a job keeps across stages), or through a copy built
+    here; ``model`` itself is then only read.
+    """
     started = time.perf_counter()
+    if backend == "merged":
+        from trajhpc.merged import MergedEvalModel
+
+        generator = (merged or MergedEvalModel.from_peft(model)).model
+    elif backend == "peft":
+        generator = model
+    else:
+        raise ValueError(f"unknown eval backend {backend!r}")
     new_ids = generate_greedy(
-        model,
+        generator,
         [it.prompt_ids for it in items],
         pad_id=tokenizer.pad_token_id,
         eos_ids=end_of_turn_ids(tokenizer, model),
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         autocast_dtype=autocast_dtype,
+        tokens_per_batch=tokens_per_batch,
     )
     predictions = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
     rows, scores_by_block = [], {b: [] for b in blocks}

@@ -251,6 +251,7 @@ class _Run:
         self.spec, self.job_dir, self.study, self.console = spec, job_dir, study, console
         self.provenance = provenance.collect(context)
         self.fault = parse_fault(os.environ.get(FAULT_ENV))
+        self.merged = None  # eval.backend "merged": the dense copy, built at the first evaluation
 
     def run(self, metrics: dict[str, Any] | None) -> dict[str, Any]:
         from trajhpc.data.study import load_study_data
@@ -481,10 +482,16 @@ class _Run:
     def _evaluate(self, model, tokenizer, heldout, stage: int, meta: Mapping[str, Any]) -> dict[str, Any]:
         from trajhpc.evaluate import evaluate
 
+        cfg = self.spec.eval
+        if cfg.backend == "merged":
+            from trajhpc.merged import MergedEvalModel
+
+            # Built once per attempt; later stages only re-merge the adapter into it.
+            self.merged = self.merged.sync(model) if self.merged else MergedEvalModel.from_peft(model)
         ev = evaluate(
             model, tokenizer, heldout, self.blocks,
-            batch_size=self.spec.eval.batch_size, max_new_tokens=self.spec.eval.max_new_tokens,
-            autocast_dtype=self.autocast,
+            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, autocast_dtype=self.autocast,
+            tokens_per_batch=cfg.tokens_per_batch, backend=cfg.backend, merged=self.merged,
         )
         atomic_write_jsonl(self.job_dir / "predictions" / f"stage-{stage}.jsonl", ev.rows)
         return {
@@ -493,6 +500,7 @@ class _Run:
             "train_loss": meta["train_loss"],
             "train_seconds": meta["train_seconds"],
             "eval_seconds": ev.seconds,
+            "eval_backend": cfg.backend,
             "per_block": ev.per_block,
             "eval_truncated_gold": dict(self.truncated_gold),
         }

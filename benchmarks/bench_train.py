@@ -6,6 +6,7 @@ the padding share of computed tokens (target < 5%), seconds and peak RSS.
 
     .venv/bin/python benchmarks/bench_train.py                      # tiny model, nf4 and none
     .venv/bin/python benchmarks/bench_train.py --model smollm2-135m-instruct --steps 3 --batch-size 2
+    .venv/bin/python benchmarks/bench_train.py --tokens-per-batch 8192            # batches by padded tokens
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main() -> None:
     parser.add_argument("--block", default="care-appointments")
     parser.add_argument("--condition", default="B")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tokens-per-batch", type=int, default=None, help="batches by padded tokens instead")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one epoch)")
     parser.add_argument("--max-seq-len", type=int, default=1024)
     parser.add_argument("--quantization", nargs="+", default=["nf4", "none"])
@@ -43,13 +45,20 @@ def main() -> None:
     records = load_study_data(DataSpec()).train[args.block]
     examples = tokenize_examples(tokenizer, records, args.condition, max_seq_len=args.max_seq_len)
     lengths = [len(e.input_ids) for e in examples]
-    cfg = TrainSpec(batch_size=args.batch_size, max_steps=args.steps, max_seq_len=args.max_seq_len)
-    plan = train.plan_stage(lengths, batch_size=cfg.batch_size, grad_accum=1, seed=0, stage=1, max_steps=args.steps)
+    cfg = TrainSpec(
+        batch_size=args.batch_size, max_steps=args.steps, max_seq_len=args.max_seq_len,
+        tokens_per_batch=args.tokens_per_batch,
+    )
+    plan = train.plan_stage(
+        lengths, batch_size=cfg.batch_size, grad_accum=1, seed=0, stage=1, max_steps=args.steps,
+        tokens_per_batch=cfg.tokens_per_batch,
+    )
     real = sum(lengths[i] for i in plan.consumed())
     padded = train.padded_tokens(plan, lengths)
     print(
         f"model {args.model}, block {args.block} ({len(examples)} examples, condition {args.condition}), "
-        f"batch {cfg.batch_size}, {len(plan.steps)} steps, torch threads {torch.get_num_threads()}"
+        f"batch {cfg.tokens_per_batch or cfg.batch_size} {'tokens' if cfg.tokens_per_batch else 'examples'}, "
+        f"{len(plan.steps)} steps, torch threads {torch.get_num_threads()}"
     )
     print(f"padding: {padded - real} of {padded} computed tokens = {(padded - real) / padded:.2%} (target < 5%)")
     for quantization in args.quantization:

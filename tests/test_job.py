@@ -109,6 +109,7 @@ def test_job_directory_follows_the_contract(done_job):
     # LoRA r=4 on q,k,v,o,gate,up,down of 2 layers (hidden 64, kv 32, MLP 128): r x (in + out) each.
     per_layer = 4 * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 128) * 3)
     assert res["params_trainable"] == 2 * per_layer
+    assert res["gradient_checkpointing"] is False  # the spec's default, recorded as decided
     prov = metrics["provenance"]
     assert prov["container_image"] == CONTEXT["container_image"]
     assert prov["container_digest"] == CONTEXT["container_digest"]

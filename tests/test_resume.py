@@ -154,3 +154,33 @@ def test_token_matched_arm_killed_mid_stage_resumes_equal(tmp_path, monkeypatch)
     metrics = run_job(MATCHED, job_dir, study="resume-test")
     assert metrics["complete"] is True and metrics["provenance"]["resumed_after_stage"] == 1
     assert comparable(job_dir) == reference
+
+
+TOKEN_BATCHES = JobSpec.model_validate(
+    SPEC.to_dict()
+    | {
+        # Batches by padded tokens over 1.5 passes (a data-dependent number of steps),
+        # checkpointing decided by the memory estimate.
+        "train": {"epochs": 1.5, "tokens_per_batch": 1024, "gradient_checkpointing": "auto", "grad_accum": 2,
+                  "max_seq_len": 384, "lr": 1e-3},
+    }
+)
+
+
+def test_token_batches_killed_mid_stage_resume_equal(tmp_path, monkeypatch):
+    run_job(TOKEN_BATCHES, tmp_path / "reference", study="resume-test")
+    reference = comparable(tmp_path / "reference")
+    metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    assert metrics["resources"]["gradient_checkpointing"] is False  # the tiny model fits on CPU
+    tokens = json.loads(reference["tokens"])["stages"]
+    assert all(t["passes"] == 2 for t in tokens[1:])
+    assert all(t["padded_tokens"] < 1.03 * t["total_tokens"] for t in tokens[1:])
+
+    job_dir = tmp_path / "job"
+    monkeypatch.setenv(FAULT_ENV, "stage:2:step:2")
+    with pytest.raises(InjectedFault):
+        run_job(TOKEN_BATCHES, job_dir, study="resume-test")
+    monkeypatch.delenv(FAULT_ENV)
+    metrics = run_job(TOKEN_BATCHES, job_dir, study="resume-test")
+    assert metrics["complete"] is True and metrics["provenance"]["resumed_after_stage"] == 1
+    assert comparable(job_dir) == reference

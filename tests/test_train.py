@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 
 import numpy as np
@@ -99,6 +100,75 @@ def test_plan_with_budget_lands_within_one_batch():
         assert sum(consumed) >= budget > sum(consumed) - consumed[-1]
     empty = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=0, counts=counts)
     assert empty.batches == () and empty.steps == () and empty.passes == 0
+
+
+def test_plans_by_batch_size_are_unchanged():
+    """Without tokens_per_batch, plans are byte-for-byte those of the code before token batches existed."""
+    import hashlib
+
+    h = hashlib.sha256()
+    lengths = [int(x) for x in np.random.default_rng(7).integers(5, 900, size=157)]
+    counts = [n // 4 for n in lengths]
+    cases = [
+        dict(batch_size=8, grad_accum=1, epochs=1.0), dict(batch_size=4, grad_accum=3, epochs=2.5),
+        dict(batch_size=5, grad_accum=2, max_steps=40), dict(batch_size=8, grad_accum=2, budget=30000, counts=counts),
+        dict(batch_size=3, grad_accum=1, epochs=0.3),
+    ]
+    for stage in (1, 2):
+        for kw in cases:
+            plan = train.plan_stage(lengths, seed=11, stage=stage, **kw)
+            h.update(repr((plan.batches, plan.steps, plan.passes, train.padded_tokens(plan, lengths))).encode())
+    assert h.hexdigest() == "fb99a729c511a676986f5125f8176bf8c36a0ff024ea5d4533fd0c8ed53a78ca"
+
+
+def test_token_batches_cover_every_example_once_within_the_limit_and_are_seeded():
+    lengths = [int(x) for x in np.random.default_rng(0).integers(10, 700, size=301)] + [2500, 3000]
+    limit = 2048
+    a = train.token_batches(lengths, limit, np.random.default_rng(1))
+    assert a == train.token_batches(lengths, limit, np.random.default_rng(1))
+    assert a != train.token_batches(lengths, limit, np.random.default_rng(2))
+    assert sorted(i for batch in a for i in batch) == list(range(len(lengths)))
+    for batch in a:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) * longest <= limit or len(batch) == 1  # over-long examples alone
+        real = sum(lengths[i] for i in batch)
+        assert len(batch) * longest - real <= train.MAX_PADDING_SHARE * len(batch) * longest
+    assert a[0] == (302,)  # longest batch first
+
+
+def test_token_batches_keep_padding_under_3_percent_on_a_real_block(tiny):
+    _, tokenizer = tiny
+    records = load_study_data(DataSpec()).train[BLOCK]
+    lengths = [len(e.input_ids) for e in tokenize_examples(tokenizer, records, "B", max_seq_len=1024)]
+    plan = train.plan_stage(lengths, batch_size=8, grad_accum=1, seed=0, stage=1, tokens_per_batch=8192)
+    assert sorted(plan.consumed()) == list(range(len(lengths))) and plan.passes == 1
+    real = sum(lengths[i] for i in plan.consumed())
+    padded = train.padded_tokens(plan, lengths)
+    assert (padded - real) / padded < 0.03
+    assert all(len(b) * max(lengths[i] for i in b) <= 8192 for b in plan.batches)
+    assert len(plan.batches) < len(lengths) / 8  # fewer, larger batches than 8 examples each
+
+
+def test_token_plan_epochs_steps_and_budget():
+    lengths = [int(x) for x in np.random.default_rng(4).integers(20, 300, size=60)]
+    kw = dict(batch_size=8, grad_accum=2, seed=0, stage=1, tokens_per_batch=1024)
+    one = train.plan_stage(lengths, **kw)
+    assert sorted(one.consumed()) == list(range(60)) and one.passes == 1
+    assert one == train.plan_stage(lengths, **kw)
+    assert one.batches != train.plan_stage(lengths, **(kw | {"stage": 2})).batches
+    passes = [train.token_batches(lengths, 1024, np.random.default_rng([0, 1, p])) for p in range(3)]
+    assert one.batches == tuple(passes[0])
+    more = train.plan_stage(lengths, **kw, epochs=2.5)
+    assert more.batches == tuple(passes[0] + passes[1] + passes[2][: math.ceil(len(passes[2]) / 2)])
+    assert more.passes == 3 and sum(more.steps) == len(more.batches)
+    assert set(Counter(more.consumed()).values()) <= {2, 3}
+    steps = train.plan_stage(lengths, **kw, max_steps=len(passes[0]))  # 2 micro-batches a step: two passes
+    assert steps.steps == (2,) * len(passes[0]) and steps.passes == 2
+    counts = [n // 3 for n in lengths]
+    budget = 2 * sum(counts) + 5
+    plan = train.plan_stage(lengths, **kw, budget=budget, counts=counts)
+    consumed = [sum(counts[i] for i in b) for b in plan.batches]
+    assert sum(consumed) >= budget > sum(consumed) - consumed[-1] and plan.passes == 3
 
 
 def test_compute_dtype_auto_is_fp32_on_cpu_and_bf16_on_cuda():
@@ -293,3 +363,79 @@ def test_gradient_checkpointing_with_4bit_weights_gives_the_same_step(tiny, exam
     for name in grads_off:
         torch.testing.assert_close(grads_on[name], grads_off[name], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(weights_on[name], weights_off[name], atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- logits only where the loss is
+
+
+@pytest.mark.parametrize("quantization, checkpointing", [("none", False), ("nf4", False), ("nf4", True)])
+def test_supervised_loss_equals_the_models_own_loss_and_gradients(tiny, examples, quantization, checkpointing):
+    """On a right-padded batch: the same loss and LoRA gradients as ``model(**batch, num_items_in_batch=n)``."""
+    path, tokenizer = tiny
+    torch.manual_seed(0)
+    base = train.load_base_model(
+        path, quantization=quantization, compute_dtype=torch.float32, device=CPU,
+        gradient_checkpointing=checkpointing,
+    )
+    model = train.attach_lora(base, LoraSpec(r=8, alpha=16, dropout=0.0))
+    with torch.no_grad():  # a non-zero lora_B, so lora_A gets gradients too
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    model.train()
+    batch_examples = examples[:5]
+    batch = train.collate(batch_examples, tokenizer.pad_token_id)
+    assert (batch["attention_mask"] == 0).any()  # right padding present
+    n_target = sum(train.target_tokens(e) for e in batch_examples) + 7  # a step's count, not this batch's
+
+    def run(loss_fn):
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    own_loss, own_grads = run(lambda: model(**batch, num_items_in_batch=n_target).loss)
+    loss, grads = run(lambda: train.supervised_loss(model, batch, n_target))
+    assert loss == pytest.approx(own_loss, rel=1e-5)
+    assert grads.keys() == own_grads.keys() and all("lora_" in n for n in grads)
+    assert all(g.abs().sum() > 0 for g in grads.values())
+    for name in grads:
+        torch.testing.assert_close(grads[name], own_grads[name], rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- gradient checkpointing "auto"
+
+
+def _llama_8b():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, vocab_size=128256,
+    )
+
+
+def test_memory_estimate_decides_checkpointing():
+    config, gib = _llama_8b(), 2**30
+    kw = dict(config=config, compute_dtype=torch.bfloat16, quantization="nf4", free_bytes=139 * gib)
+    # Calibration: 8 x 1024 tokens peaked at ~98 GiB on an H200 without the full logits.
+    need = train.training_memory_bytes(config, 8 * 1024, compute_dtype=torch.bfloat16, quantization="nf4")
+    assert 95 * gib < need < 115 * gib
+    assert train.resolve_gradient_checkpointing("auto", batch_tokens=8 * 1024, **kw) is False
+    assert train.resolve_gradient_checkpointing("auto", batch_tokens=64 * 1024, **kw) is True
+    assert train.resolve_gradient_checkpointing("auto", batch_tokens=8 * 1024, **(kw | {"free_bytes": 80 * gib}))
+    assert train.resolve_gradient_checkpointing(True, batch_tokens=16, **kw) is True
+    assert train.resolve_gradient_checkpointing(False, batch_tokens=10**7, **kw) is False
+    assert train.largest_batch_tokens([10, 300, 40], 8, None) == 2400
+    assert train.largest_batch_tokens([10, 300, 40], 8, 256) == 300  # an over-long example forms its own batch
+    assert train.largest_batch_tokens([10, 300, 40], 8, 4096) == 4096
+
+
+def test_gradient_checkpointing_auto_is_off_for_the_tiny_model_on_cpu(tiny):
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(tiny[0]))
+    assert not train.resolve_gradient_checkpointing(
+        "auto", config=config, batch_tokens=8 * 1024, compute_dtype=torch.float32, quantization="nf4",
+        free_bytes=train.free_memory_bytes(CPU),
+    )

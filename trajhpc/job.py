@@ -223,8 +223,10 @@ def resources(
     token_stages: Sequence[Mapping[str, Any]],
     peak: int,
     params: tuple[int, int],
+    gradient_checkpointing: bool | None = None,
 ) -> dict[str, Any]:
-    """Throughput over every stage recorded so far (earlier attempts included), memory, parameter counts."""
+    """Throughput over every stage recorded so far (earlier attempts included), memory, parameter counts,
+    and whether this attempt trained with gradient checkpointing."""
     train_s = sum(s["train_seconds"] or 0.0 for s in stages)
     eval_s = sum(s["eval_seconds"] for s in stages)
     tokens = sum(t["total_tokens"] for t in token_stages)
@@ -236,6 +238,7 @@ def resources(
         # For FLOP estimates downstream (4 x base + 6 x trainable per token).
         "params_base": params[0],
         "params_trainable": params[1],
+        "gradient_checkpointing": gradient_checkpointing,
     }
 
 
@@ -292,13 +295,14 @@ class _Run:
         self.provenance["resumed_after_stage"] = done if done >= 0 else None
 
         # The model: quantized base + adapter (fresh, or the checkpoint's).
+        self.gradient_checkpointing = self._gradient_checkpointing(model_path, train_examples, dtype, device)
         set_seed(spec.seed)
         base = train.load_base_model(
             model_path,
             quantization=spec.quantization,
             compute_dtype=dtype,
             device=device,
-            gradient_checkpointing=spec.train.gradient_checkpointing,
+            gradient_checkpointing=self.gradient_checkpointing,
         )
         model = train.attach_lora(base, spec.lora, found[0] / "adapter" if found else None)
         optimizer = train.build_optimizer(model, spec.train)
@@ -422,6 +426,25 @@ class _Run:
             return 0
         return counts[f"{self.spec.token_budget.count}_tokens"]
 
+    def _gradient_checkpointing(self, model_path, train_examples, dtype, device) -> bool:
+        """The spec's choice; ``auto`` decided before the model loads, for the job's largest batch."""
+        from trajhpc import train
+
+        t = self.spec.train
+        if isinstance(t.gradient_checkpointing, bool):
+            return t.gradient_checkpointing
+        from transformers import AutoConfig
+
+        lengths = [len(e.input_ids) for examples in train_examples.values() for e in examples]
+        return train.resolve_gradient_checkpointing(
+            t.gradient_checkpointing,
+            config=AutoConfig.from_pretrained(str(model_path)),
+            batch_tokens=train.largest_batch_tokens(lengths, t.batch_size, t.tokens_per_batch),
+            compute_dtype=dtype,
+            quantization=self.spec.quantization,
+            free_bytes=train.free_memory_bytes(device),
+        )
+
     def _plan(self, examples, lengths, stage: int, budget: int | None):
         from trajhpc.train import plan_stage
 
@@ -432,7 +455,7 @@ class _Run:
             counts = [self._count([e])[key] for e in examples]
         return plan_stage(
             lengths, batch_size=t.batch_size, grad_accum=t.grad_accum, seed=self.spec.seed, stage=stage,
-            epochs=t.epochs, max_steps=t.max_steps, budget=budget, counts=counts,
+            epochs=t.epochs, max_steps=t.max_steps, budget=budget, counts=counts, tokens_per_batch=t.tokens_per_batch,
         )
 
     def _budgets(self, tokenizer, data, own_examples) -> list[int]:
@@ -539,7 +562,8 @@ class _Run:
                 "stages": stages,
                 "final": final_summary(stages[-1]["per_block"]) if complete else None,
                 "resources": resources(
-                    stages, token_stages, provenance.peak_memory_bytes(self.device.type), self.params
+                    stages, token_stages, provenance.peak_memory_bytes(self.device.type), self.params,
+                    self.gradient_checkpointing,
                 ),
                 "provenance": self.provenance,
             },

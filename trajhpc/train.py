@@ -21,7 +21,11 @@ Design choices (they decide what a checkpoint must hold):
   gives the same gradient as one large batch.
 - **Batches are length-grouped** (sorted by length inside a seeded shuffle of
   mega-batches) and right-padded with an attention mask: no packing, so no
-  attention across examples, and little padding.
+  attention across examples, and little padding. With ``tokens_per_batch`` a
+  batch holds as many examples as fit in that many padded tokens, so short
+  examples form large batches.
+- **Logits only where the loss is** (:func:`supervised_loss`): the LM head runs on
+  the few positions that carry a label, not on every position of the batch.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ IGNORE_INDEX = -100
 # Mega-batch = this many batches; sorting inside it keeps padding low while the
 # seeded shuffle across mega-batches keeps the order random.
 MEGA_BATCHES = 64
+# Token batches are cut early rather than let padding exceed this share of a batch.
+MAX_PADDING_SHARE = 0.03
 
 
 class TrainExample(Protocol):
@@ -116,6 +122,66 @@ def load_base_model(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
         model.enable_input_require_grads()
     return model
+
+
+# Activations of one training step without gradient checkpointing, in copies of a
+# layers x (hidden + intermediate) row per token at the compute dtype's width.
+# Calibrated on an H200: Llama-3.1-8B QLoRA bf16, 8 x 1024 tokens, checkpointing off,
+# peaked at 108 GiB, ~10 GB of it full-vocabulary logits (no longer computed, see
+# supervised_loss): ~12 MB per token for 32 x (4096 + 14336), ~10 copies. 11 leaves headroom.
+ACTIVATION_COPIES = 11
+# Plan for at most this share of free memory: the rest covers the adapter, its
+# optimizer state, the allocator's slack and the loss rows.
+MEMORY_SHARE = 0.85
+
+
+def training_memory_bytes(config: Any, batch_tokens: int, *, compute_dtype: torch.dtype, quantization: str) -> int:
+    """Estimated peak memory of a training step over ``batch_tokens`` padded tokens, checkpointing off.
+
+    From a transformers model config (hidden_size, intermediate_size,
+    num_hidden_layers, attention heads, vocab_size): activations plus base weights.
+    """
+    width = torch.finfo(compute_dtype).bits // 8
+    layers, hidden, inter = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    activations = batch_tokens * layers * (hidden + inter) * width * ACTIVATION_COPIES
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    q = config.num_attention_heads * head_dim
+    kv = (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
+    linear = layers * hidden * (2 * q + 2 * kv + 3 * inter)
+    embeddings = config.vocab_size * hidden * (1 if getattr(config, "tie_word_embeddings", False) else 2)
+    weights = linear * (0.5 if quantization == "nf4" else width) + embeddings * width  # NF4: 4 bits a weight
+    return int(activations + weights)
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free for this job now: on the GPU, or available RAM on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil  # a dependency of peft and accelerate
+
+    return int(psutil.virtual_memory().available)
+
+
+def largest_batch_tokens(lengths: Sequence[int], batch_size: int, tokens_per_batch: int | None) -> int:
+    """Padded tokens of the largest batch any plan over examples of these lengths can form."""
+    longest = max(lengths, default=0)
+    return max(tokens_per_batch, longest) if tokens_per_batch is not None else batch_size * longest
+
+
+def resolve_gradient_checkpointing(
+    setting: bool | str,
+    *,
+    config: Any,
+    batch_tokens: int,
+    compute_dtype: torch.dtype,
+    quantization: str,
+    free_bytes: int,
+) -> bool:
+    """``True``/``False`` as given; ``"auto"``: on only if a ``batch_tokens`` step would not fit in ``free_bytes``."""
+    if isinstance(setting, bool):
+        return setting
+    need = training_memory_bytes(config, batch_tokens, compute_dtype=compute_dtype, quantization=quantization)
+    return need > MEMORY_SHARE * free_bytes
 
 
 def attach_lora(base: torch.nn.Module, lora: LoraSpec, adapter_dir: Path | None = None) -> torch.nn.Module:
@@ -186,11 +252,52 @@ def length_grouped_batches(
         chunk = sorted(perm[start : start + mega], key=lambda i: lengths[i])  # stable: ties keep shuffled order
         # Cut from the short end, so a smaller last batch holds the longest (sparsest) examples.
         batches += [tuple(chunk[j : j + batch_size]) for j in range(0, len(chunk), batch_size)]
+    return _shuffle_longest_first(batches, lengths, rng)
+
+
+def _shuffle_longest_first(
+    batches: list[tuple[int, ...]], lengths: Sequence[int], rng: np.random.Generator
+) -> list[tuple[int, ...]]:
+    """Seeded batch order, with the batch of the longest example first (an out-of-memory shows at once)."""
     batches = [batches[int(i)] for i in rng.permutation(len(batches))]
     if batches:
         longest = max(range(len(batches)), key=lambda b: (max(lengths[i] for i in batches[b]), -b))
         batches.insert(0, batches.pop(longest))
     return batches
+
+
+def token_batches(
+    lengths: Sequence[int],
+    tokens_per_batch: int,
+    rng: np.random.Generator,
+    mega_batches: int = MEGA_BATCHES,
+    max_padding: float = MAX_PADDING_SHARE,
+) -> list[tuple[int, ...]]:
+    """One pass over the examples as length-grouped batches of at most ``tokens_per_batch`` padded tokens.
+
+    Like :func:`length_grouped_batches`, but a batch (sorted by length, filled from
+    the short end) is cut when the next example would push rows x longest row over
+    ``tokens_per_batch`` or the batch's padding share over ``max_padding``. A single
+    example longer than the limit forms its own batch. A mega-batch holds about
+    ``mega_batches`` batches' worth of examples at the mean length.
+    """
+    perm = [int(i) for i in rng.permutation(len(lengths))]
+    mean = sum(lengths) / len(lengths) if lengths else 1.0
+    mega = max(1, round(tokens_per_batch / max(mean, 1.0) * mega_batches))
+    batches: list[tuple[int, ...]] = []
+    for start in range(0, len(perm), mega):
+        batch: list[int] = []
+        real = 0
+        for i in sorted(perm[start : start + mega], key=lambda i: lengths[i]):
+            padded = (len(batch) + 1) * lengths[i]  # sorted: the new example is the longest
+            if batch and (padded > tokens_per_batch or padded - real - lengths[i] > max_padding * padded):
+                batches.append(tuple(batch))
+                batch, real = [], 0
+            batch.append(i)
+            real += lengths[i]
+        if batch:
+            batches.append(tuple(batch))
+    return _shuffle_longest_first(batches, lengths, rng)
 
 
 @dataclass(frozen=True)
@@ -217,26 +324,36 @@ def plan_stage(
     max_steps: int | None = None,
     budget: int | None = None,
     counts: Sequence[int] | None = None,
+    tokens_per_batch: int | None = None,
 ) -> StagePlan:
     """Plan one stage over a block of ``len(lengths)`` examples.
 
     Micro-batches come from consecutive passes, pass ``p`` shuffled by
-    ``(seed, stage, p)``. Without a budget the stage runs ``max_steps`` optimizer
-    steps if set, else ``epochs`` passes. With a ``budget`` it stops at the first
-    micro-batch whose cumulative ``counts`` (tokens per example) reach the budget,
-    so it overshoots by less than one batch; a budget <= 0 plans nothing.
+    ``(seed, stage, p)``: :func:`length_grouped_batches` of ``batch_size``, or
+    :func:`token_batches` when ``tokens_per_batch`` is set. Without a budget the
+    stage runs ``max_steps`` optimizer steps if set, else ``epochs`` passes (whole
+    passes, then that fraction of the next pass's batches). With a ``budget`` it
+    stops at the first micro-batch whose cumulative ``counts`` (tokens per
+    example) reach the budget, so it overshoots by less than one batch; a budget
+    <= 0 plans nothing.
     """
     if not lengths:
         raise TrajhpcError(f"stage {stage}: the block has no training examples")
-    per_pass = math.ceil(len(lengths) / batch_size)
+
+    def one_pass(p: int) -> list[tuple[int, ...]]:
+        rng = np.random.default_rng([seed, stage, p])
+        if tokens_per_batch is None:
+            return length_grouped_batches(lengths, batch_size, rng)
+        return token_batches(lengths, tokens_per_batch, rng)
 
     def stream():
         p = 0
         while True:
-            yield from length_grouped_batches(lengths, batch_size, np.random.default_rng([seed, stage, p]))
+            for batch in one_pass(p):
+                yield p, batch
             p += 1
 
-    batches: list[tuple[int, ...]] = []
+    planned: list[tuple[int, tuple[int, ...]]] = []  # (pass, batch)
     if budget is not None:
         if counts is None or len(counts) != len(lengths):
             raise ValueError("a budget needs one token count per example")
@@ -245,17 +362,28 @@ def plan_stage(
         total = 0
         it = stream()
         while total < budget:
-            batch = next(it)
-            batches.append(batch)
-            total += sum(counts[i] for i in batch)
-    else:
-        n_micro = max_steps * grad_accum if max_steps is not None else max(1, math.ceil(round(epochs * per_pass, 6)))
+            planned.append(next(it))
+            total += sum(counts[i] for i in planned[-1][1])
+    elif max_steps is not None:
         it = stream()
-        batches = [next(it) for _ in range(n_micro)]
+        planned = [next(it) for _ in range(max_steps * grad_accum)]
+    elif tokens_per_batch is None:
+        per_pass = math.ceil(len(lengths) / batch_size)
+        it = stream()
+        planned = [next(it) for _ in range(max(1, math.ceil(round(epochs * per_pass, 6))))]
+    else:
+        # A pass has a data-dependent number of token batches: count the last pass's own.
+        whole = math.floor(epochs)
+        for p in range(whole):
+            planned += [(p, b) for b in one_pass(p)]
+        last = one_pass(whole)
+        planned += [(whole, b) for b in last[: math.ceil(round((epochs - whole) * len(last), 6))]]
+        planned = planned or [(0, one_pass(0)[0])]
+    batches = [b for _, b in planned]
     steps = [grad_accum] * (len(batches) // grad_accum)
     if len(batches) % grad_accum:
         steps.append(len(batches) % grad_accum)
-    return StagePlan(tuple(batches), tuple(steps), math.ceil(len(batches) / per_pass))
+    return StagePlan(tuple(batches), tuple(steps), planned[-1][0] + 1 if planned else 0)
 
 
 def collate(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -281,6 +409,31 @@ def target_tokens(example: TrainExample) -> int:
 
 
 # ---------------------------------------------------------------- the loop
+
+
+def _decoder_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The decoder stack and LM head of a causal LM, peft-wrapped or plain."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()  # LoRA layers are injected in place: this still trains them
+    return model.get_decoder(), model.get_output_embeddings()
+
+
+def supervised_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], num_items: int) -> torch.Tensor:
+    """The model's own causal-LM loss (``num_items_in_batch=num_items``), with logits only where labels are.
+
+    Summed float32 cross-entropy over the positions whose next-token label is not
+    -100, divided by ``num_items``. The LM head runs on those rows only: a 128k
+    vocabulary over every padded position would cost more memory than the layers.
+    """
+    decoder, head = _decoder_and_head(model)
+    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    hidden = hidden.last_hidden_state
+    # Causal shift: position t predicts token t+1.
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum") / num_items
+
 
 
 @dataclass(frozen=True)
@@ -335,9 +488,9 @@ def train_stage(
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_idx], pad_id).items()}
             with autocast:
                 # Summed over target tokens, divided by the step's target count.
-                out = model(**batch, num_items_in_batch=max(n_target, 1))
-            scaler.scale(out.loss).backward()
-            step_loss += out.loss.item()
+                loss = supervised_loss(model, batch, max(n_target, 1))
+            scaler.scale(loss).backward()
+            step_loss += loss.item()
             step_tokens += int(batch["attention_mask"].sum())
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

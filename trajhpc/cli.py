@@ -64,11 +64,16 @@ def submit(
     run_root: Optional[Path] = typer.Option(None, "--run-root", help="Run root (default: the manifest's, else jobs/)."),
     executor: Optional[str] = typer.Option(None, "--executor", help="Override the manifest: slurm, local or auto."),
     wait: bool = typer.Option(False, "--wait", help="Block until every submitted job has ended."),
+    rates: Optional[Path] = typer.Option(
+        None, "--rates", help="Rates file from benchmarks/bench_gpu_qlora.py --job: print the estimated GPU-hours."
+    ),
 ) -> None:
     """Expand a manifest into jobs and submit the pending ones (Slurm job array or local)."""
     from trajhpc.launch import submit_command
 
-    submit_command(console, manifest, dry_run=dry_run, run_root=run_root, executor=executor, wait=wait)
+    submit_command(
+        console, manifest, dry_run=dry_run, run_root=run_root, executor=executor, wait=wait, rates=rates
+    )
 
 
 @app.command("status")

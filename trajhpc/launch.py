@@ -558,6 +558,22 @@ def _action_column(jobs: Sequence[GridJob], groups: dict[str, list[GridJob]]) ->
     return [by_id[job.job_id] for job in jobs]
 
 
+def print_estimate(
+    console: Console, manifest: Manifest, jobs: Sequence[GridJob], todo: Sequence[GridJob], rates_path: Path
+) -> None:
+    """The grid's estimated GPU-hours from measured rates (see trajhpc.cost)."""
+    from trajhpc.cost import WorkPlanner, format_estimate, load_rates
+
+    rates = load_rates(rates_path)
+    planner = WorkPlanner()
+    works = {job.job_id: planner.work(job.spec) for job in jobs}
+    gpus = manifest.resources.gpus_per_node
+    console.print(format_estimate(list(works.values()), rates, gpus, "the grid"), highlight=False, soft_wrap=True)
+    if 0 < len(todo) < len(jobs):
+        line = format_estimate([works[j.job_id] for j in todo], rates, gpus, "what is to submit")
+        console.print(line, highlight=False, soft_wrap=True)
+
+
 def submit_command(
     console: Console,
     manifest_path: Path,
@@ -566,8 +582,13 @@ def submit_command(
     run_root: Path | None,
     executor: str | None,
     wait: bool,
+    rates: Path | None = None,
 ) -> None:
-    """``trajhpc submit``: print the plan, then submit (or, with ``--dry-run``, show the sbatch script)."""
+    """``trajhpc submit``: print the plan, then submit (or, with ``--dry-run``, show the sbatch script).
+
+    With ``rates`` (a file written by ``benchmarks/bench_gpu_qlora.py --job``) it also
+    prints the estimated GPU-hours of the grid and of what is to be submitted.
+    """
     manifest = load_manifest(manifest_path)
     root = Path(run_root) if run_root is not None else Path(manifest.run_root)
     jobs = expand(manifest, root)
@@ -592,6 +613,8 @@ def submit_command(
             f"{len(groups['leave'])} queued or running (left alone)",
             highlight=False,
         )
+        if rates is not None:
+            print_estimate(console, manifest, jobs, todo, rates)
         if dry_run:
             if not todo:
                 console.print("nothing to submit")

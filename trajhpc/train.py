@@ -53,7 +53,7 @@ IGNORE_INDEX = -100
 # Mega-batch = this many batches; sorting inside it keeps padding low while the
 # seeded shuffle across mega-batches keeps the order random.
 MEGA_BATCHES = 64
-# Token batches are cut early rather than let padding exceed this share of a batch.
+# Token batches are split until padding is at most this share of a pass's computed tokens.
 MAX_PADDING_SHARE = 0.03
 
 
@@ -275,29 +275,62 @@ def token_batches(
 ) -> list[tuple[int, ...]]:
     """One pass over the examples as length-grouped batches of at most ``tokens_per_batch`` padded tokens.
 
-    Like :func:`length_grouped_batches`, but a batch (sorted by length, filled from
-    the short end) is cut when the next example would push rows x longest row over
-    ``tokens_per_batch`` or the batch's padding share over ``max_padding``. A single
-    example longer than the limit forms its own batch. A mega-batch holds about
-    ``mega_batches`` batches' worth of examples at the mean length.
+    Like :func:`length_grouped_batches`: a seeded shuffle, then inside each
+    mega-batch (about ``mega_batches`` batches' worth of examples at the mean
+    length) the examples sorted by length are filled into batches while rows x
+    longest row stays within ``tokens_per_batch`` (an example longer than that
+    forms its own batch). Where lengths are sparse that leaves too much padding,
+    so batches are then split where a split saves the most padding, until the
+    mega-batch's padding share is at most ``max_padding`` — a bound on the pass,
+    not on each batch, so dense length ranges keep their large batches.
     """
     perm = [int(i) for i in rng.permutation(len(lengths))]
     mean = sum(lengths) / len(lengths) if lengths else 1.0
     mega = max(1, round(tokens_per_batch / max(mean, 1.0) * mega_batches))
     batches: list[tuple[int, ...]] = []
     for start in range(0, len(perm), mega):
-        batch: list[int] = []
-        real = 0
-        for i in sorted(perm[start : start + mega], key=lambda i: lengths[i]):
-            padded = (len(batch) + 1) * lengths[i]  # sorted: the new example is the longest
-            if batch and (padded > tokens_per_batch or padded - real - lengths[i] > max_padding * padded):
-                batches.append(tuple(batch))
-                batch, real = [], 0
-            batch.append(i)
-            real += lengths[i]
-        if batch:
-            batches.append(tuple(batch))
+        ranked = sorted(perm[start : start + mega], key=lambda i: lengths[i])  # stable: ties keep shuffled order
+        batches += _split_for_padding(_fill(ranked, lengths, tokens_per_batch), lengths, max_padding)
     return _shuffle_longest_first(batches, lengths, rng)
+
+
+def _fill(ranked: Sequence[int], lengths: Sequence[int], limit: int) -> list[list[int]]:
+    """Examples in ascending length, cut into batches whose rows x longest stays within ``limit``."""
+    batches: list[list[int]] = []
+    for i in ranked:
+        if batches and (len(batches[-1]) + 1) * lengths[i] <= limit:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _split_for_padding(batches: list[list[int]], lengths: Sequence[int], max_padding: float) -> list[tuple[int, ...]]:
+    """Split length-sorted batches, best saving first, until padding is at most ``max_padding`` of all tokens.
+
+    Cutting a sorted batch after its j-th row saves j x (longest - length of row j)
+    padded tokens; every split only lowers the padded total, so this ends.
+    """
+    real = sum(lengths[i] for b in batches for i in b)
+
+    def padded() -> int:
+        return sum(len(b) * lengths[b[-1]] for b in batches)
+
+    total = padded()
+    while total - real > max_padding * total:
+        best, where, saving = -1, 0, 0
+        for k, b in enumerate(batches):
+            top = lengths[b[-1]]
+            for j in range(1, len(b)):
+                gain = j * (top - lengths[b[j - 1]])
+                if gain > saving:
+                    best, where, saving = k, j, gain
+        if best < 0:  # only equal lengths left: nothing to save
+            break
+        b = batches[best]
+        batches[best : best + 1] = [b[:where], b[where:]]
+        total -= saving
+    return [tuple(b) for b in batches]
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ def test_rendered_conditions_golden(records, fixtures_dir):
 @pytest.mark.parametrize(
     "condition, k, message",
     [
-        ("C", None, "condition: unknown 'C'; known: ['A', 'B', 'calls-only', 'last-k']"),
+        ("C", None, "condition: unknown 'C'; known: ['A', 'B', 'calls-only', 'responses-only', 'last-k']"),
         ("last-k", None, "condition 'last-k' needs k >= 0, got None"),
         ("A", 2, "k is only used by condition 'last-k', not 'A'"),
     ],
@@ -358,3 +358,53 @@ def test_spec_knows_exactly_the_registered_conditions():
     from trajhpc.spec import CONDITIONS
 
     assert tuple(CONDITIONS) == tuple(REGISTRY)
+
+
+# ---------------------------------------------------------------- responses-only (the 2 x 2 factorial)
+
+
+def _hand_record():
+    from trajhpc.data.apibank import Record, Turn
+
+    history = (
+        Turn("user", "Find a dentist."),
+        Turn("api", "[ToolSearcher(keywords='dentist')]->{'name': 'DentistFinder'}",
+             call="[ToolSearcher(keywords='dentist')]", response="{'name': 'DentistFinder'}"),
+        Turn("ai", "Which city?"),
+        Turn("api", "[Ping()]", call="[Ping()]", response=None),
+        Turn("user", "Boston."),
+    )
+    return Record("hand.json", 0, "hand#0", 2, "Generate an API request", ("{}",), history,
+                  "API-Request: [DentistFinder(city='Boston')]", None)
+
+
+def test_responses_only_keeps_responses_and_drops_calls_exactly():
+    lines = build_messages(_hand_record(), "responses-only")[1]["content"].split("\n")
+    assert lines == [
+        "User: Find a dentist.",
+        "API-Response: {'name': 'DentistFinder'}",  # the call is gone, its response stays
+        "AI: Which city?",
+        "User: Boston.",  # a call without a response leaves no line
+        GENERATE_MARKER,
+    ]
+
+
+def test_the_four_factorial_conditions_differ_only_in_the_api_lines():
+    record = _hand_record()
+    users = {c: _user(record, c) for c in ("A", "calls-only", "responses-only", "B")}
+    assert users["A"] == ["User: Find a dentist.", "AI: Which city?", "User: Boston.", GENERATE_MARKER]
+    assert _calls(users["calls-only"]) == ["API-Request: [ToolSearcher(keywords='dentist')]", "API-Request: [Ping()]"]
+    assert _calls(users["B"]) == [
+        "API-Request: [ToolSearcher(keywords='dentist')]->{'name': 'DentistFinder'}", "API-Request: [Ping()]"
+    ]
+    assert not _calls(users["responses-only"])
+    for c, lines in users.items():
+        assert [x for x in lines if x.startswith(("User:", "AI:"))] == users["A"][:-1], c
+
+
+def test_responses_only_on_real_records(with_calls):
+    for record in with_calls:
+        lines = _user(record, "responses-only")
+        assert not _calls(lines), record.uid
+        responses = [t.response for t in record.history if t.role == "api" and t.response is not None]
+        assert [x[len("API-Response: "):] for x in lines if x.startswith("API-Response: ")] == responses

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError
 from pydantic import model_serializer, model_validator
@@ -19,7 +19,9 @@ from pydantic import model_serializer, model_validator
 from trajhpc.errors import InputError
 
 SPEC_SCHEMA = "trajhpc.spec/1"
-CONDITIONS = ("A", "B", "calls-only", "last-k")
+# What the prompt keeps of the earlier API turns (trajhpc.data.conditions renders each).
+ConditionName = Literal["A", "B", "calls-only", "responses-only", "last-k"]
+CONDITIONS: tuple[str, ...] = get_args(ConditionName)
 
 
 class _Strict(BaseModel):
@@ -71,6 +73,11 @@ class DataSpec(_Strict):
     # Caps keep CPU smoke runs short; None = use everything.
     max_train_per_block: int | None = Field(None, ge=1)
     max_heldout_per_block: int | None = Field(None, ge=1)
+    # Tool documentation added to the system message (trajhpc.data.tooldocs): "dialogue" =
+    # every API the dialogue calls, "block" = every API called in the dialogue's block.
+    tool_docs: Literal["none", "dialogue", "block"] = "none"
+
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tool_docs"})
 
 
 class LoraSpec(_Strict):
@@ -129,7 +136,7 @@ class TokenBudget(_Strict):
     truncation treats the conditions differently.
     """
 
-    match: Literal["A", "B", "calls-only", "last-k"]
+    match: ConditionName
     count: Literal["supervised", "total"] = "total"
 
 
@@ -137,7 +144,7 @@ class JobSpec(_Strict):
     """Everything that determines what one job computes."""
 
     schema_: Literal["trajhpc.spec/1"] = Field(SPEC_SCHEMA, alias="schema")
-    condition: Literal["A", "B", "calls-only", "last-k"]
+    condition: ConditionName
     condition_k: int | None = Field(None, ge=1)  # only for last-k
     seed: int = 0
     order: tuple[str, ...]
@@ -163,7 +170,7 @@ class JobSpec(_Strict):
         if self.token_budget is not None and self.token_budget.match == "last-k" and self.condition != "last-k":
             raise ValueError(
                 "token_budget.match 'last-k' needs k, which only condition 'last-k' sets (condition_k); "
-                f"condition {self.condition!r} can match 'A', 'B' or 'calls-only'"
+                f"condition {self.condition!r} can match 'A', 'B', 'calls-only' or 'responses-only'"
             )
         return self
 

@@ -28,6 +28,8 @@ TOOL_SEARCHER = "ToolSearcher"
 DESCRIPTIONS_MARKER = "API descriptions:"
 GENERATE_MARKER = "Generate API Request:"
 CALL_PREFIX = "API-Request: "
+# responses-only: an earlier API turn shown by its response alone (the call left out).
+RESPONSE_PREFIX = "API-Response: "
 _ROLE_PREFIXES: tuple[tuple[str, Literal["user", "ai", "api"]], ...] = (
     ("User: ", "user"),
     ("AI: ", "ai"),
@@ -59,6 +61,12 @@ class Turn:
         if self.role == "api" and not with_response:
             return CALL_PREFIX + (self.call or self.text)
         return _ROLE_LABELS[self.role] + self.text
+
+    def response_line(self) -> str | None:
+        """An API turn's response without its call (``API-Response: {...}``); None if it had none."""
+        if self.role != "api" or self.response is None:
+            return None
+        return RESPONSE_PREFIX + self.response
 
 
 @dataclass(frozen=True)

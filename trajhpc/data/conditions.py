@@ -40,6 +40,17 @@ def condition_calls_only(history: Sequence[Turn], k: int | None = None) -> list[
     return [t.line(with_response=False) for t in history]
 
 
+def condition_responses_only(history: Sequence[Turn], k: int | None = None) -> list[str]:
+    """responses-only: earlier responses kept as ``API-Response: <response>``, their calls dropped
+    (an API turn that had no response leaves no line)."""
+    lines = []
+    for t in history:
+        line = t.response_line() if t.role == "api" else t.line()
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
 def condition_last_k(history: Sequence[Turn], k: int | None = None) -> list[str]:
     """last-k: only the last ``k`` API lines (with responses) are kept."""
     assert k is not None  # checked by check_condition
@@ -52,6 +63,7 @@ CONDITIONS: dict[str, HistoryFn] = {
     "A": condition_a,
     "B": condition_b,
     "calls-only": condition_calls_only,
+    "responses-only": condition_responses_only,
     "last-k": condition_last_k,
 }
 

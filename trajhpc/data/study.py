@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 
 from trajhpc.data.apibank import Record, bundled_root, load_any, missing_file_error
 from trajhpc.data.blocks import CATALOGUE_FILE, assign_blocks, bundled_catalogue, load_catalogue, split_heldout
+from trajhpc.data.tooldocs import doc_names, searched_descriptions, with_docs
 from trajhpc.errors import TrajhpcError
 from trajhpc.scoring import parse_call
 from trajhpc.spec import DataSpec
@@ -91,15 +92,20 @@ def load_study_data(data: DataSpec) -> StudyData:
     train: dict[str, list[Record]] = {}
     heldout: dict[str, list[Record]] = {}
     excluded: list[Exclusion] = []
+    usable: dict[str, list[Record]] = {}
     for name, members in blocks.items():
-        usable: list[Record] = []
+        usable[name] = []
         for record in members:
             reason = exclusion_reason(record)
             if reason is None:
-                usable.append(record)
+                usable[name].append(record)
             else:
                 excluded.append(Exclusion(record, reason))
-        tr, ho = split_heldout(usable, data.heldout_fraction)
+    # Documentation is decided over whole dialogues and blocks, before the split and the caps.
+    docs = doc_names(usable, data.tool_docs)
+    searched = searched_descriptions(r for records in usable.values() for r in records) if docs else {}
+    for name, records in usable.items():
+        tr, ho = split_heldout(with_docs(records, docs, searched) if docs else records, data.heldout_fraction)
         train[name] = _cap(tr, data.max_train_per_block)
         heldout[name] = _cap(ho, data.max_heldout_per_block)
     return StudyData(

@@ -235,7 +235,7 @@ def parse_failure_reason(text: str) -> str | None:
     return "no '[Name(...)]' call found"
 
 
-def _parse_gold(gold: str) -> Call | None:
+def parse_gold(gold: str) -> Call | None:
     """Gold calls: like predictions, plus the bracket-less ``API-Request: Name(...)`` form."""
     call = parse_call(gold)
     if call is not None:
@@ -248,7 +248,7 @@ def _parse_gold(gold: str) -> Call | None:
 
 def gold_name(gold: str) -> str | None:
     """API name of a gold call (bracket-less gold accepted), for :func:`summarize`."""
-    call = _parse_gold(gold)
+    call = parse_gold(gold)
     return call.name if call else None
 
 
@@ -269,7 +269,7 @@ def score(prediction: str, gold: str) -> Score:
 
     Raises ValueError when the gold itself has no call (a data bug, not a model error).
     """
-    gold_call = _parse_gold(gold)
+    gold_call = parse_gold(gold)
     if gold_call is None:
         raise ValueError(f"gold has no parsable call: {gold!r}")
     pred = parse_call(prediction)

@@ -124,6 +124,10 @@ def test_job_directory_follows_the_contract(done_job):
         for row in rows:
             assert len(row["prompt_hash"]) == 12 and row["gold"].startswith("API-Request: [")
             assert {"dialogue_key", "step", "prediction", "exact", "name", "error", "arg_precision", "arg_recall"} <= set(row)
+            # Diagnostics of what the prompt carries (condition B on lv3: the gold name often is).
+            assert row["target_kind"] in ("toolsearcher", "tool")
+            assert isinstance(row["gold_name_in_prompt"], bool) and isinstance(row["gold_values_in_prompt"], bool)
+            assert row["target_kind"] == ("toolsearcher" if "[ToolSearcher(" in row["gold"] else "tool")
 
     ckpt = done_job / "checkpoint"
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "optimizer.pt",

@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from dataclasses import dataclass
-from typing import Any, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Collection, Mapping, Sequence
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -34,6 +34,8 @@ class HeldOut:
     prompt_ids: tuple[int, ...]
     gold: str
     gold_tokens: int = 0  # tokens generation needs to write the gold call (end of turn excluded)
+    # What the prompt already carries of the gold call (trajhpc.baselines.diagnostics).
+    diagnostics: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,7 @@ def evaluate(
                 "prompt_hash": prompt_hash(it.prompt_ids),
                 "prediction": pred,
                 "gold": it.gold,
+                **it.diagnostics,
                 **s.to_dict(),
             }
         )

@@ -388,6 +388,7 @@ class _Run:
         return tokenize_examples(tokenizer, records, condition, k=k, max_seq_len=self.spec.train.max_seq_len)
 
     def _heldout(self, tokenizer, data) -> list:
+        from trajhpc.baselines import diagnostics
         from trajhpc.evaluate import HeldOut, gold_token_count
 
         special = set(tokenizer.all_special_ids)
@@ -396,7 +397,8 @@ class _Run:
             records = data.heldout[block]
             for r, ex in zip(records, self._tokenize(tokenizer, records, self.spec.condition, self.spec.condition_k)):
                 gold = gold_token_count(ex.input_ids[len(ex.prompt_ids) :], special)
-                items.append(HeldOut(block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold))
+                seen = diagnostics(r.target, tokenizer.decode(ex.prompt_ids))  # the prompt as the model sees it
+                items.append(HeldOut(block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold, seen))
         return items
 
     def _check_gold_lengths(self, heldout) -> dict[str, int]:

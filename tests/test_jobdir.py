@@ -336,3 +336,55 @@ def test_jobs_csv_keeps_unreadable_reasons(study, monkeypatch):
         (result,) = agg.aggregate([study], resamples=50)
     row = result.jobs.filter(pl.col("job_id") == bad.name).row(0, named=True)
     assert row["status"] == "unreadable" and Path(row["file"]) == bad
+
+
+# ---------------------------------------------------------------- property: random bytes never break a reader
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+NAMES = ("spec.json", "state.json", "metrics.json", "tokens.json", "submission.json")
+CONTRACT_KEYS = ("state", "stage", "n_stages", "error", "complete", "schema", "job_id", "order", "seed", "stages",
+                 "local_pid", "slurm_job_id", "condition", "started", "ended")
+
+
+def _content():
+    """Raw bytes, any JSON value, or a real document with one contract key replaced by any JSON value."""
+    dumped = JSON.map(lambda v: json.dumps(v).encode())
+    replaced = st.tuples(st.sampled_from(CONTRACT_KEYS), JSON).map(lambda kv: {kv[0]: kv[1]})
+    return st.one_of(st.binary(max_size=64), dumped, replaced, st.just(b"[" * 3000))
+
+
+@settings(max_examples=100, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(st.tuples(st.sampled_from(NAMES), _content()), min_size=1, max_size=3))
+def test_random_content_never_breaks_status_or_aggregate(tmp_path_factory, writes):
+    root = tmp_path_factory.mktemp("prop")
+    spec = sj.spec_for("A", order=("a", "b"))
+    job = sj.write_job(root / "s", spec, [[0.5, 0.5]] * 3)
+    other = sj.write_job(root / "s", sj.spec_for("B", order=("a", "b")), [[0.5, 0.5]] * 3)
+    for name, content in writes:
+        path = job / name
+        if isinstance(content, dict):  # one key of the real document replaced
+            try:
+                doc = json.loads(path.read_bytes())
+            except (OSError, ValueError, RecursionError):
+                doc = {}
+            doc = doc if isinstance(doc, dict) else {}
+            doc.update(content)
+            content = json.dumps(doc).encode()
+        path.write_bytes(content)
+    with deadline(10):
+        rows = {r.job_id: r for r in collect_rows(find_job_dirs(root))}
+        try:
+            (result,) = agg.aggregate([root], resamples=20)
+        except TrajhpcError:  # the documented user error (none expected with one good job left)
+            raise AssertionError("aggregate refused a root holding a good job") from None
+    assert set(rows) == {job.name, other.name} and rows[other.name].label == "done"
+    statuses = dict(zip(result.jobs["job_id"], result.jobs["status"]))
+    assert set(statuses) == {job.name, other.name} and statuses[other.name] == "ok"
+    assert statuses[job.name] == "ok" or result.jobs.filter(pl.col("job_id") == job.name)["reason"].item()

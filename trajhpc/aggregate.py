@@ -15,28 +15,26 @@ from __future__ import annotations
 import hashlib
 import io
 import itertools
-import json
-import os
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Annotated, Any, Iterable, NoReturn, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trajhpc import stats
 from trajhpc.atomic import atomic_write_bytes, atomic_write_text
 from trajhpc.bulk import gc_paused
-from trajhpc.errors import InputError, TrajhpcError
-from trajhpc.spec import SPEC_SCHEMA, JobSpec, spec_from_dict
+from trajhpc.errors import TrajhpcError
+from trajhpc.jobdir import JOB_FILES, find_job_dirs  # noqa: F401 (re-exported)
+from trajhpc.jobdocs import (  # noqa: F401 (re-exported: the documents used to live here)
+    CORRUPT, FOREIGN, INCOMPLETE, METRICS_SCHEMA, MISMATCH, OK, TOKENS_SCHEMA, UNREADABLE, BlockScores, JobProblem,
+    MetricsDoc, MetricsStage, Resources, TokensDoc, TokenStage, read_job_docs,
+)
+from trajhpc.spec import JobSpec
 
-METRICS_SCHEMA = "trajhpc.metrics/1"
-TOKENS_SCHEMA = "trajhpc.tokens/1"
 OUTPUT_DIR = "aggregate"
-
-OK, INCOMPLETE, CORRUPT, FOREIGN, MISMATCH = "ok", "incomplete", "corrupt", "foreign", "mismatch"
 
 # Scores averaged over blocks into a unit's final score.
 SCORES = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
@@ -68,68 +66,6 @@ MODEL_PARAMS: dict[str, dict[str, float]] = {
 }
 
 
-# ---------------------------------------------------------------- job documents
-
-
-class _Doc(BaseModel):
-    # Unknown keys are ignored: a newer writer may add fields within the same schema.
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-
-
-class BlockScores(_Doc):
-    n: int = Field(ge=0)
-    exact: Fraction | None
-    name: Fraction | None
-    name_excl_toolsearcher: Fraction | None = None
-    parse_fail: Fraction | None = None
-    arg_f1: Fraction | None = None
-    errors: dict[str, int] = {}
-
-
-class MetricsStage(_Doc):
-    stage: int = Field(ge=0)
-    trained_block: str | None
-    train_loss: float | None = None
-    train_seconds: float | None = None
-    per_block: dict[str, BlockScores]
-
-
-class Resources(_Doc):
-    params_base: int | None = None
-    params_trainable: int | None = None
-
-
-class MetricsDoc(_Doc):
-    schema_: str = Field(alias="schema")
-    job_id: str
-    study: str | None = None
-    condition: str
-    arm: str
-    seed: int
-    order: list[str]
-    complete: bool
-    stages: list[MetricsStage]
-    resources: Resources | None = None
-
-
-class TokenStage(_Doc):
-    stage: int = Field(ge=0)
-    block: str | None = None
-    examples: int | None = Field(None, ge=0)
-    supervised_tokens: int = Field(ge=0)
-    total_tokens: int = Field(ge=0)
-    padded_tokens: int | None = Field(None, ge=0)
-
-
-class TokensDoc(_Doc):
-    schema_: str = Field(alias="schema")
-    job_id: str
-    stages: list[TokenStage]
-
-
 @dataclass(frozen=True)
 class JobRecord:
     """One job directory as found: its status and, when ``ok``, its validated documents."""
@@ -146,18 +82,6 @@ class JobRecord:
     @property
     def study(self) -> str:
         return self.path.parent.name
-
-
-class _Problem(Exception):
-    """Internal: why a job is excluded: status, the file's name and what is wrong with it."""
-
-    def __init__(self, status: str, file: str, detail: str):
-        super().__init__(f"{file}: {detail}")
-        self.status, self.file, self.detail = status, file, detail
-
-    @property
-    def reason(self) -> str:
-        return f"{self.file}: {self.detail}"
 
 
 # ---------------------------------------------------------------- discovery and reading
@@ -191,31 +115,6 @@ def _manifest_study_dir(path: Path) -> Path:
     return folder
 
 
-# A folder holding any of these is a job directory (spec.json missing is then an error).
-JOB_FILES = ("spec.json", "metrics.json", "tokens.json")
-
-
-def find_job_dirs(roots: Iterable[Path]) -> list[Path]:
-    """Every folder holding a ``spec.json`` (or, damaged, only metrics/tokens) under the roots.
-
-    A job's own subfolders are not searched.
-    """
-    found: set[str] = set()
-    # Roots are resolved once; children are joined as strings (resolving each of 10k jobs is slow).
-    stack = [str(Path(r).resolve()) for r in roots]
-    while stack:
-        folder = stack.pop()
-        if any(os.path.isfile(os.path.join(folder, name)) for name in JOB_FILES):
-            found.add(folder)
-            continue
-        try:
-            with os.scandir(folder) as entries:
-                stack.extend(e.path for e in entries if not e.name.startswith(".") and e.is_dir())
-        except OSError:
-            continue
-    return [Path(p) for p in sorted(found)]
-
-
 def collect_jobs(roots: Iterable[Path]) -> list[JobRecord]:
     """Read and validate every job directory under the roots (never raises for bad jobs)."""
     return [read_job(d) for d in find_job_dirs(roots)]
@@ -224,126 +123,10 @@ def collect_jobs(roots: Iterable[Path]) -> list[JobRecord]:
 def read_job(job_dir: Path) -> JobRecord:
     """Validate one job directory against the contract; problems become a status, not an exception."""
     try:
-        spec, metrics, tokens = _read_job(job_dir)
-    except _Problem as problem:
+        spec, metrics, tokens = read_job_docs(job_dir)
+    except JobProblem as problem:
         return JobRecord(job_dir, problem.status, problem.reason, job_dir / problem.file)
     return JobRecord(job_dir, OK, spec=spec, metrics=metrics, tokens=tokens, variant=variant_of(spec))
-
-
-def _load(job_dir: Path, name: str, model: type[BaseModel], schema: str) -> Any:
-    """Parse and validate one JSON document; None when missing; _Problem when bad.
-
-    The fast path validates the raw bytes in one go (pydantic's own JSON parser);
-    only a failing document is parsed again to say whether it is damaged JSON, a
-    foreign schema or a bad field.
-    """
-    try:
-        raw = (job_dir / name).read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        raise _Problem(CORRUPT, name, f"unreadable ({err.strerror})") from None
-    try:
-        doc = model.model_validate_json(raw)
-    except ValidationError as err:
-        _classify(raw, name, schema, err)
-    if doc.schema_ != schema:
-        raise _Problem(FOREIGN, name, f"schema {doc.schema_!r} is not {schema!r}")
-    return doc
-
-
-def _classify(raw: bytes, name: str, schema: str, err: ValidationError) -> NoReturn:
-    """Turn a failed validation into the most useful _Problem."""
-    try:
-        obj = json.loads(raw)
-    except ValueError as bad:  # JSONDecodeError, UnicodeDecodeError
-        line = f" at line {bad.lineno}" if isinstance(bad, json.JSONDecodeError) else ""
-        raise _Problem(CORRUPT, name, f"not valid JSON{line} (truncated or damaged)") from None
-    if not isinstance(obj, dict):
-        raise _Problem(CORRUPT, name, "expected a JSON object")
-    if obj.get("schema") != schema:
-        raise _Problem(FOREIGN, name, f"schema {obj.get('schema')!r} is not {schema!r}")
-    if name == "spec.json":  # the spec module words its own errors
-        try:
-            spec_from_dict(obj, name)
-        except InputError as spec_err:
-            raise _Problem(CORRUPT, name, f"{spec_err.field}: {spec_err.message}") from None
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-    raise _Problem(CORRUPT, name, f"{loc}: {first['msg']}")
-
-
-def _state_note(job_dir: Path) -> str:
-    """' (state.json: failed: ...)' when the job says it failed; best effort, never raises."""
-    try:
-        state = json.loads((job_dir / "state.json").read_text())
-        if state.get("state") == "failed":
-            lines = str(state.get("error")).strip().splitlines() or ["no error recorded"]
-            return f" (state.json: failed: {lines[-1][:200]})"  # a traceback's last line names the error
-    except (OSError, ValueError, AttributeError):
-        pass
-    return ""
-
-
-def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
-    spec: JobSpec | None = _load(job_dir, "spec.json", JobSpec, SPEC_SCHEMA)
-    if spec is None:  # the folder has results but no spec: nothing says what they are
-        present = [name for name in JOB_FILES[1:] if (job_dir / name).is_file()]
-        raise _Problem(CORRUPT, "spec.json", f"missing (the folder has {' and '.join(present) or 'no job files'})")
-    job_id = spec.job_id
-    if job_dir.name != job_id:
-        raise _Problem(MISMATCH, "spec.json", f"hashes to {job_id} but the folder is named {job_dir.name}")
-    order = list(spec.order)
-    n_stages = len(order)
-
-    metrics: MetricsDoc | None = _load(job_dir, "metrics.json", MetricsDoc, METRICS_SCHEMA)
-    if metrics is None:
-        raise _Problem(INCOMPLETE, "metrics.json", f"missing, no stage evaluated yet{_state_note(job_dir)}")
-    expected = {"job_id": job_id, "condition": spec.condition, "arm": spec.arm, "seed": spec.seed, "order": order}
-    for key, value in expected.items():
-        if (got := getattr(metrics, key)) != value:
-            raise _Problem(MISMATCH, "metrics.json", f"{key} {got!r} does not match spec.json ({value!r})")
-    if metrics.study is not None and metrics.study != job_dir.parent.name:
-        folder = job_dir.parent.name
-        raise _Problem(MISMATCH, "metrics.json", f"study {metrics.study!r} does not match its folder {folder!r}")
-    _check_stages(metrics.stages, order)
-    if not metrics.complete or len(metrics.stages) < n_stages + 1:
-        done = f"stage {len(metrics.stages) - 1} of {n_stages}" if metrics.stages else "no stage evaluated yet"
-        complete = str(metrics.complete).lower()
-        raise _Problem(INCOMPLETE, "metrics.json", f"{done} (complete: {complete}){_state_note(job_dir)}")
-
-    tokens: TokensDoc | None = _load(job_dir, "tokens.json", TokensDoc, TOKENS_SCHEMA)
-    if tokens is None:
-        raise _Problem(INCOMPLETE, "tokens.json", "missing")
-    if tokens.job_id != job_id:
-        raise _Problem(MISMATCH, "tokens.json", f"job_id {tokens.job_id!r} does not match spec.json ({job_id!r})")
-    for t, stage in enumerate(tokens.stages):
-        block = order[t - 1] if 0 < t <= n_stages else None
-        if stage.stage != t or stage.block != block:
-            got = f"stage {stage.stage} on {stage.block!r}"
-            raise _Problem(CORRUPT, "tokens.json", f"stages.{t}: expected stage {t} on block {block!r}, got {got}")
-    if len(tokens.stages) != n_stages + 1:
-        raise _Problem(INCOMPLETE, "tokens.json", f"{len(tokens.stages)} stages, expected {n_stages + 1}")
-    return spec, metrics, tokens
-
-
-def _check_stages(stages: list[MetricsStage], order: list[str]) -> None:
-    """Stage t must follow training block order[t-1] and evaluate the same blocks as stage 0."""
-    if len(stages) > len(order) + 1:
-        raise _Problem(CORRUPT, "metrics.json", f"stages: {len(stages)} stages for an order of {len(order)} blocks")
-    blocks = set(stages[0].per_block) if stages else set()
-    for t, stage in enumerate(stages):
-        trained = order[t - 1] if t else None
-        if stage.stage != t or stage.trained_block != trained:
-            got = f"stage {stage.stage} after {stage.trained_block!r}"
-            expected = f"expected stage {t} after training {trained!r}"
-            raise _Problem(CORRUPT, "metrics.json", f"stages.{t}: {expected}, got {got}")
-        if set(stage.per_block) != blocks:
-            evaluated = f"evaluates {sorted(stage.per_block)}, stage 0 evaluates {sorted(blocks)}"
-            raise _Problem(CORRUPT, "metrics.json", f"stages.{t}.per_block: {evaluated}")
-    missing = [b for b in order if stages and b not in blocks]
-    if missing:
-        raise _Problem(CORRUPT, "metrics.json", f"stages.0.per_block: trained blocks {missing} are never evaluated")
 
 
 # ---------------------------------------------------------------- tables
@@ -857,6 +640,10 @@ def aggregate_command(console: Any, targets: list[Path], *, strict: bool, plots:
 
     results = aggregate(targets, strict=strict)
     for result in results:
-        out = write_outputs(result, plots=plots)
+        try:
+            out = write_outputs(result, plots=plots)
+        except OSError as err:
+            why = (err.strerror or str(err)).lower()
+            raise TrajhpcError(f"{result.folder}: cannot write the results into {OUTPUT_DIR}/ ({why})") from None
         report.print_summary(console, result, out)
     return results

@@ -336,6 +336,18 @@ def write_plots(result: StudyResult, out: Path) -> list[str]:
 # ---------------------------------------------------------------- terminal
 
 
+MAX_EXCLUDED_LINES = 20
+
+
+def excluded_lines(bad: pl.DataFrame, limit: int = MAX_EXCLUDED_LINES) -> list[str]:
+    """``    <job id>  <status>: <reason>`` per excluded job, the first ``limit``, then ``… and N more``."""
+    bad = bad.sort("status", "job_id")
+    lines = [f"    {r['job_id']}  {r['status']}: {r['reason'] or ''}" for r in bad.head(limit).to_dicts()]
+    if bad.height > limit:
+        lines.append(f"    … and {bad.height - limit} more (see jobs.csv)")
+    return lines
+
+
 def print_summary(console: Any, result: StudyResult, out: Path | None = None) -> None:
     """A rich table per study: final accuracy, BWT, tokens per arm; paired differences; exclusions."""
     from rich.table import Table
@@ -345,6 +357,8 @@ def print_summary(console: Any, result: StudyResult, out: Path | None = None) ->
     console.print(f"[bold]study {result.study}[/]: {jobs.height - bad.height} complete jobs, {bad.height} excluded")
     for status, n in bad.group_by("status").len().sort("status").rows():
         console.print(f"  {n} {status}")
+    for line in excluded_lines(bad):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     if result.units.height:
         s = result.summary
         # Two narrow tables rather than one wide one, so both stay legible in 80 columns.

@@ -9,7 +9,6 @@ lacks), rendering with rich.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import shutil
@@ -27,7 +26,8 @@ from rich.text import Text
 from submitit.slurm.slurm import SlurmInfoWatcher
 
 from trajhpc.errors import TrajhpcError
-from trajhpc.spec import spec_from_dict
+from trajhpc.jobdir import FileProblem, dir_problem, find_job_dirs, open_regular, read_json_object
+from trajhpc.spec import SPEC_SCHEMA, spec_from_dict
 
 RECORD = "submission.json"
 RECORD_SCHEMA = "trajhpc.submission/1"
@@ -43,8 +43,11 @@ GONE = "GONE"
 # Slurm could not be asked (status only: submit refuses to guess).
 UNKNOWN = "UNKNOWN"
 
-LABELS = ("done", "running", "pending", "failed", "cancelled", "not submitted")
-_STYLE = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "red", "cancelled": "magenta"}
+LABELS = ("done", "running", "pending", "failed", "cancelled", "corrupt", "unreadable", "not submitted")
+_STYLE = {
+    "done": "green", "running": "cyan", "pending": "yellow", "failed": "red", "cancelled": "magenta",
+    "corrupt": "bold red", "unreadable": "bold red",
+}
 
 Action = Literal["skip", "leave", "submit"]
 
@@ -71,9 +74,10 @@ def decide(complete: bool, scheduler_state: str | None) -> Action:
     return "submit"
 
 
-def last_line(text: str | None, width: int = 120) -> str:
+def last_line(text: Any, width: int = 120) -> str:
     """Last non-empty line of an error message, shortened to ``width``."""
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    text = text if isinstance(text, str) else "" if text is None else str(text)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     line = lines[-1] if lines else ""
     return line if len(line) <= width else line[: width - 1] + "…"
 
@@ -151,7 +155,11 @@ def format_duration(seconds: float | None) -> str:
 
 @dataclass(frozen=True)
 class JobFiles:
-    """What one job directory holds (None where a file is absent or unreadable)."""
+    """What one job directory holds (None where a file is absent or unusable).
+
+    ``problems`` says why files (or the folder) could not be used, corrupt or
+    unreadable; fields of the wrong type are dropped from ``state`` and ``record``.
+    """
 
     job_id: str
     run_dir: Path
@@ -159,37 +167,85 @@ class JobFiles:
     state: dict[str, Any] | None
     complete: bool
     record: dict[str, Any] | None
+    problems: tuple[FileProblem, ...] = ()
 
 
-def _read_json(path: Path) -> Any:
+_STR, _INT = (str,), (int,)
+# The fields status reads, and the JSON types each may have (null always allowed).
+STATE_FIELDS = {"state": _STR, "stage": _INT, "n_stages": _INT, "error": _STR, "started": _STR, "updated": _STR,
+                "ended": _STR, "slurm_job_id": (str, int)}
+RECORD_FIELDS = {"slurm_job_id": (str, int), "slurm_job_name": _STR, "local_pid": _INT, "submitit_folder": _STR,
+                 "stderr": _STR}
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
+               dict: "an object"}
+
+
+def _checked(doc: dict[str, Any], path: Path, fields: Mapping[str, tuple[type, ...]], problems: list) -> dict[str, Any]:
+    """``doc`` without the fields of the wrong type; a FileProblem for each one in ``problems``."""
+    clean = dict(doc)
+    for key, types in fields.items():
+        value = doc.get(key)
+        if value is None or (isinstance(value, types) and not isinstance(value, bool)):
+            continue
+        expected = " or ".join(_JSON_TYPES[t] for t in types)
+        got = _JSON_TYPES.get(type(value), type(value).__name__)
+        problems.append(FileProblem(path, "corrupt", f"{key}: expected {expected} or null, got {got}"))
+        del clean[key]
+    return clean
+
+
+def _read(path: Path, problems: list[FileProblem]) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_json_object(path)
+    except FileProblem as problem:
+        problems.append(problem)
         return None
 
 
+def _spec_problem(spec: Any, run_dir: Path) -> FileProblem | None:
+    """Is spec.json a valid spec, and (when trajhpc wrote it: it names its schema) this folder's?"""
+    path = run_dir / "spec.json"
+    try:
+        job_id = spec_from_dict(spec).job_id
+    except TrajhpcError as err:
+        return FileProblem(path, "corrupt", str(err).removeprefix("<input>: "))
+    if spec.get("schema") == SPEC_SCHEMA and job_id != run_dir.name:
+        return FileProblem(path, "corrupt", f"spec does not match folder (it hashes to {job_id})")
+    return None
+
+
 def read_job_dir(run_dir: Path, spec: Mapping[str, Any] | None = None) -> JobFiles:
-    """Read spec.json (``spec`` if absent), state.json, metrics.json (complete flag only) and submission.json."""
-    metrics = _read_json(run_dir / "metrics.json")
-    spec = _read_json(run_dir / "spec.json") or (dict(spec) if spec else None)
-    state = _read_json(run_dir / "state.json")
-    record = _read_json(run_dir / RECORD)
+    """Read spec.json (``spec`` if absent), state.json, metrics.json (complete flag only) and submission.json.
+
+    Never raises for bad content: a file that is corrupt or unreadable (a FIFO, damaged
+    JSON, a field of the wrong type, a spec that is not this folder's) is a problem.
+    """
+    problems: list[FileProblem] = []
+    folder = dir_problem(run_dir)
+    if folder is not None:
+        return JobFiles(run_dir.name, run_dir, dict(spec) if spec else None, None, False, None, (folder,))
+    metrics = _read(run_dir / "metrics.json", problems)
+    complete = bool(metrics) and metrics.get("complete") is True
+    if metrics is not None and not isinstance(metrics.get("complete", False), bool):
+        got = _JSON_TYPES.get(type(metrics["complete"]), "null")
+        problems.append(FileProblem(run_dir / "metrics.json", "corrupt", f"complete: expected true or false, got {got}"))
+    own_spec = _read(run_dir / "spec.json", problems)
+    if own_spec is not None:
+        if (bad := _spec_problem(own_spec, run_dir)) is not None:
+            problems.append(bad)
+    elif spec is None and os.path.isdir(run_dir) and not os.path.lexists(run_dir / "spec.json"):
+        problems.append(FileProblem(run_dir / "spec.json", "missing"))
+    state = _read(run_dir / "state.json", problems)
+    record = _read(run_dir / RECORD, problems)
     return JobFiles(
         job_id=run_dir.name,
         run_dir=run_dir,
-        spec=spec if isinstance(spec, dict) else None,
-        state=state if isinstance(state, dict) else None,
-        complete=isinstance(metrics, dict) and metrics.get("complete") is True,
-        record=record if isinstance(record, dict) else None,
+        spec=own_spec or (dict(spec) if spec else None),
+        state=_checked(state, run_dir / "state.json", STATE_FIELDS, problems) if state is not None else None,
+        complete=complete,
+        record=_checked(record, run_dir / RECORD, RECORD_FIELDS, problems) if record is not None else None,
+        problems=tuple(problems),
     )
-
-
-def find_job_dirs(target: Path) -> list[Path]:
-    """Job directories (holding spec.json) at ``target``: a job dir, a study dir or a run root."""
-    if (target / "spec.json").is_file():
-        return [target]
-    found = {p.parent for p in target.glob("*/spec.json")} | {p.parent for p in target.glob("*/*/spec.json")}
-    return sorted(d for d in found if not any(part.startswith(".") for part in d.relative_to(target).parts))
 
 
 # ---------------------------------------------------------------- schedulers (I/O)
@@ -310,11 +366,11 @@ def log_tail(path: str | os.PathLike[str] | None, width: int = 120, window: int 
     if not path:
         return ""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:  # a FIFO in place of the log must not hang status
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - window))
             text = f.read().decode("utf-8", errors="replace")
-    except OSError:
+    except (OSError, FileProblem):
         return ""
     return last_line(text, width)
 
@@ -349,7 +405,7 @@ def scheduler_states(jobs: Sequence[JobFiles], strict: bool = True) -> dict[str,
             else:
                 out[job.job_id] = GONE if info is None or reused else info.state
         elif job.record and job.record.get("local_pid"):
-            alive = local_alive(int(job.record["local_pid"]), str(job.record.get("submitit_folder", "")))
+            alive = local_alive(job.record["local_pid"], str(job.record.get("submitit_folder") or ""))
             out[job.job_id] = "RUNNING" if alive else GONE
     return out
 
@@ -390,20 +446,35 @@ def short_order(order: Sequence[str]) -> str:
     return ">".join(initials)
 
 
+def problem_text(problems: Sequence[FileProblem], run_dir: Path) -> str:
+    """``metrics.json: not valid JSON at line 1 (...)``: the first problem, and how many more."""
+    first = problems[0]
+    if first.path == run_dir:  # the folder itself
+        text = first.reason
+    else:
+        text = f"{first.path.name}: {first.reason}" if first.kind == "corrupt" else str(first)
+    return text + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+
+
 def make_row(job: JobFiles, scheduler_state: str | None, now: dt.datetime) -> Row:
     """The table row of a job (given its files and scheduler state; reads a failed job's log)."""
     label, detail = display_state(job.state, job.complete, scheduler_state)
-    if label == "failed" and job.state is None and job.record:
+    if job.problems:
+        label = "unreadable" if job.problems[0].kind == "unreadable" else "corrupt"
+        detail = problem_text(job.problems, job.run_dir)
+    elif label == "failed" and job.state is None and job.record:
         # Died before the job code wrote state.json (the container did not start, an
         # import failed): the task's own stderr says why.
         detail = log_tail(job.record.get("stderr")) or detail
     spec = job.spec or {}
     is_slurm = bool(job.record and job.record.get("slurm_job_id"))
+    order = spec.get("order")
+    valid_order = isinstance(order, (list, tuple)) and all(isinstance(b, str) for b in order)
     return Row(
         job_id=job.job_id,
         arm=_arm(job.spec),
         seed=str(spec.get("seed", "?")),
-        order=short_order(spec.get("order", [])) or "?",
+        order=(short_order(order) if valid_order else "") or "?",
         slurm={GONE: "not found", UNKNOWN: "?"}.get(scheduler_state or "", scheduler_state or "") if is_slurm else "–",
         label=label,
         detail=detail,

@@ -435,3 +435,23 @@ def test_arms_without_common_seed_and_order_have_zero_pairs(tmp_path):
     assert r.paired["pairs"].to_list() == [0] * len(agg.PAIRED_METRICS)
     assert r.paired["mean_diff"].is_null().all() and r.paired["p_value"].is_null().all()
     assert "| B − A | exact | 0 | – | – |" in agg.write_outputs(r, plots=True).joinpath("report.md").read_text()
+
+
+def test_factorial_effects_from_synthetic_job_directories_with_a_planted_interaction(tmp_path):
+    BLOCKS, spec_for, write_job = sj.BLOCKS, sj.spec_for, sj.write_job
+
+    # Final exact per arm: A 0.2, calls-only +0.10, responses-only +0.05, B +0.10 +0.05 +0.15 (interaction).
+    planted = {"A": 0.2, "calls-only": 0.3, "responses-only": 0.25, "B": 0.5}
+    for arm, value in planted.items():
+        for seed in (0, 1, 2):
+            spec = spec_for(arm, seed=seed)
+            v = value + 0.05 * seed  # units differ, effects do not
+            write_job(tmp_path / "fact", spec, [[v] * len(BLOCKS)] * (len(BLOCKS) + 1), blocks=sorted(BLOCKS))
+    (r,) = agg.aggregate([tmp_path])
+    rows = {(e, m): est for e, m, est in r.factorial.select("effect", "metric", "estimate").iter_rows()}
+    assert rows[("calls", "exact")] == pytest.approx((0.1 + 0.25) / 2)
+    assert rows[("responses", "exact")] == pytest.approx((0.05 + 0.2) / 2)
+    assert rows[("interaction", "exact")] == pytest.approx(0.15)
+    assert set(r.factorial["n"].to_list()) == {3}
+    out = agg.write_outputs(r, plots=False)
+    assert pl.read_csv(out / "factorial.csv").height == 6  # 3 effects x (exact, name)

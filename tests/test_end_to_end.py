@@ -70,3 +70,29 @@ def test_submitting_again_skips_every_finished_job(smoke_root):
         "submit", str(REPO / "manifests" / "smoke.yaml"), "--run-root", str(smoke_root), "--executor", "local", cwd=smoke_root
     )
     assert "8 done (skipped)" in text and "0 to submit" in text
+
+
+def test_example_level_tables_of_the_real_smoke_output(smoke_root):
+    out = smoke_root / "smoke" / "aggregate"
+    summary = pl.read_csv(out / "summary.csv")
+    assert {"exact_pooled", "exact_macro", "name_pooled", "name_macro"} <= set(summary["metric"].to_list())
+    paired = pl.read_csv(out / "paired.csv")
+    assert {"test", "p_value", "p_kind", "draws", "p_holm", "primary"} <= set(paired.columns)
+    item = paired.filter(pl.col("test") == "mcnemar-cmh")
+    # B vs A over the 4 shared (seed, order) units, 24 held-out items each (4 blocks x 6).
+    assert set(item["metric"].to_list()) == {"exact", "name"} and set(item["pairs"].to_list()) == {4}
+    assert set(item["items"].to_list()) == {24} and set(item["p_kind"].to_list()) == {"exact"}
+    assert paired.filter(pl.col("primary"))[["arm", "baseline", "metric", "test"]].rows() == [
+        ("B", "A", "exact", "sign-flip")
+    ]
+    assert all(h >= p for p, h in paired.select("p_value", "p_holm").drop_nulls().iter_rows())
+    strata = pl.read_csv(out / "strata.csv")
+    assert {"target_kind=tool", "target_kind=toolsearcher"} <= set(strata["stratum"].to_list())
+    # Per arm and stratum pair, the counts add up to the arm's items (4 units x 24).
+    kind = strata.filter(pl.col("stratum").str.starts_with("target_kind") & (pl.col("metric") == "exact"))
+    assert dict(kind.group_by("arm").agg(pl.col("n").sum()).iter_rows()) == {"A": 96, "B": 96}
+    baselines = pl.read_csv(out / "baselines.csv")
+    always = baselines.filter((pl.col("baseline") == "always-toolsearcher") & (pl.col("block") == "all")
+                              & (pl.col("metric") == "name"))
+    assert always["n"].to_list() == [24] and 0.2 < always["value"][0] < 0.8
+    assert pl.read_csv(out / "factorial.csv").height == 0  # only A and B: no factorial

@@ -46,6 +46,8 @@ SUMMARY_METRICS = (
     "supervised_tokens", "total_tokens", "padded_tokens", "flops",
     "exact_per_m_supervised",
     "exact_at_budget_supervised", "exact_at_budget_total",
+    # Final accuracy pooled over examples beside the mean over blocks (= exact, name).
+    "exact_pooled", "exact_macro", "name_pooled", "name_macro",
 )
 TOKEN_METRICS = ("supervised_tokens", "total_tokens", "padded_tokens", "flops")
 # Metrics compared between arms on units matched by (seed, order).
@@ -299,6 +301,12 @@ class StudyResult:
     stages: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x metric
     paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric
     rmatrix: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block position
+    # Example-level tables (trajhpc.itemtables): empty when the jobs' predictions are not read.
+    item_paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric, mcnemar-cmh
+    strata: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stratum x metric
+    baselines: pl.DataFrame = field(default_factory=pl.DataFrame)  # baseline x block x metric
+    factorial: pl.DataFrame = field(default_factory=pl.DataFrame)  # effect x metric
+    notes: list[str] = field(default_factory=list)  # what could not be computed, and why
     budgets: dict[str, float | None] = field(default_factory=dict)
     resamples: int = stats.RESAMPLES
     seed: int = stats.SEED
@@ -557,13 +565,18 @@ def analyze_study(
     budgets: dict[str, float | None] | None = None,
     resamples: int = stats.RESAMPLES,
     seed: int = stats.SEED,
+    items: pl.DataFrame | None = None,
 ) -> StudyResult:
-    """All statistics of one study folder (pure apart from the already-read records)."""
+    """All statistics of one study folder (pure apart from the already-read records and ``items``,
+    the jobs' final prediction rows from :func:`read_items`)."""
     long = _label_variants(build_long_table(records))
     result = StudyResult(study, folder, jobs_frame(records), long, resamples=resamples, seed=seed)
     if long.height == 0:
         return result
+    from trajhpc.itemtables import pooled_units
+
     units, curves, result.budgets = unit_table(long, _params(records), budgets)
+    units = units.join(pooled_units(long), on="job_id", how="left").sort("arm", "seed", "order", "job_id")
     result.units = units
     # One bootstrap for the arms and the paired differences: samples of one size share
     # their resample indices (stats.describe_many), whichever table they feed.
@@ -573,7 +586,49 @@ def analyze_study(
     result.summary, result.stages = _summary_frames(arms, stage_cols, estimates[: len(arms)])
     result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed)
     result.rmatrix = mean_rmatrix(long)
+    _add_item_tables(result, records, items)
     return result
+
+
+def _add_item_tables(result: StudyResult, records: Sequence[JobRecord], items: pl.DataFrame | None) -> None:
+    """Pooled accuracy, strata, item-level tests, baselines and factorial effects (trajhpc.itemtables)."""
+    from trajhpc import itemtables
+
+    result.factorial = itemtables.factorial_frame(result.units)
+    specs = [r.spec for r in records if r.status == OK and r.spec is not None]
+    result.baselines, note = itemtables.study_baselines(specs)
+    result.notes += [note] if note else []
+    if items is not None and items.height:
+        items = items.join(result.units.select("job_id", "arm"), on="job_id", how="inner")
+        result.strata = itemtables.strata_frame(items)
+        result.item_paired = itemtables.item_paired_frame(result.units, items, result.arms, seed=result.seed)
+
+
+def paired_table(result: StudyResult) -> pl.DataFrame:
+    """paired.csv: unit-level sign-flip rows and item-level McNemar rows, Holm-adjusted over all of them.
+
+    ``primary`` marks B - A in final exact accuracy (sign-flip over units): the comparison the
+    study is designed for, left unadjusted; Holm adjusts over every other (secondary) row.
+    """
+    from trajhpc.itemstats import holm
+
+    if result.paired.width == 0:  # a study without ok jobs
+        return result.paired
+    unit = result.paired.with_columns(
+        pl.lit("sign-flip").alias("test"),
+        pl.when(pl.col("p_exact")).then(pl.lit("exact")).otherwise(pl.lit("monte-carlo")).alias("p_kind"),
+        pl.when(pl.col("p_exact")).then(pl.lit(None, pl.Int64)).otherwise(pl.lit(result.resamples)).alias("draws"),
+    )
+    frame = pl.concat([unit, result.item_paired], how="diagonal_relaxed") if result.item_paired.height else unit
+    primary = (pl.col("arm") == "B") & (pl.col("baseline") == "A") & (pl.col("metric") == "exact") & (
+        pl.col("test") == "sign-flip")
+    frame = frame.with_columns(primary.alias("primary"))
+    # The primary comparison is declared in advance and tested at full level; Holm
+    # adjusts the family of every other (secondary) row.
+    is_primary = frame["primary"].to_list()
+    secondary = holm([None if prim else p for p, prim in zip(frame["p_value"].to_list(), is_primary)])
+    adjusted = [p if prim else q for p, q, prim in zip(frame["p_value"].to_list(), secondary, is_primary)]
+    return frame.with_columns(pl.Series("p_holm", adjusted, dtype=pl.Float64))
 
 
 # ---------------------------------------------------------------- outputs and command
@@ -594,8 +649,9 @@ def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
     atomic_write_bytes(out / "long.parquet", buf.getvalue())
     atomic_write_text(out / "long.csv", _csv(result.long))
     atomic_write_text(out / "jobs.csv", _csv(result.jobs.drop("path")))
-    for name in ("units", "summary", "stages", "paired", "rmatrix"):
+    for name in ("units", "summary", "stages", "rmatrix", "strata", "baselines", "factorial"):
         atomic_write_text(out / f"{name}.csv", _csv(getattr(result, name)))
+    atomic_write_text(out / "paired.csv", _csv(paired_table(result)))
     figures = report.write_plots(result, out) if plots and result.units.height else []
     atomic_write_text(out / "report.md", report.render_markdown(result, figures))
     return out
@@ -629,9 +685,21 @@ def _aggregate(roots: Sequence[Path], *, strict: bool, resamples: int, seed: int
         more = f" (and {len(bad) - 1} more bad jobs)" if len(bad) > 1 else ""
         raise TrajhpcError(f"{first.file}: {first.status}: {detail}{more}")
     return [
-        analyze_study(folder.name, folder, recs, resamples=resamples, seed=seed)
+        analyze_study(folder.name, folder, recs, resamples=resamples, seed=seed, items=read_items(recs))
         for folder, recs in group_by_study(records).items()
     ]
+
+
+def read_items(records: Sequence[JobRecord]) -> pl.DataFrame:
+    """The final-stage prediction rows of the ``ok`` jobs (those whose predictions are readable)."""
+    from trajhpc.itemtables import read_final_predictions
+
+    frames = []
+    for r in records:
+        if r.status == OK and r.spec is not None:
+            frame, _problem = read_final_predictions(r.path, len(r.spec.order), r.path.name)
+            frames.append(frame)
+    return pl.concat(frames) if frames else None
 
 
 def aggregate_command(console: Any, targets: list[Path], *, strict: bool, plots: bool) -> list[StudyResult]:

@@ -219,6 +219,58 @@ def _paired_section(result: StudyResult) -> list[str]:
     return ["## Paired differences", "", note, "", body, ""]
 
 
+def _evidence_section(result: StudyResult) -> list[str]:
+    """Pooled vs macro accuracy, item-level tests (Holm-adjusted), baselines, strata, factorial."""
+    from trajhpc.aggregate import paired_table
+    from trajhpc.itemstats import smallest_sign_flip_p
+
+    out = ["## Example-level evidence", ""]
+    rows = [[arm, *(_ci(_lookup(result.summary, arm, m)) for m in
+                    ("exact_pooled", "exact_macro", "name_pooled", "name_macro"))] for arm in result.arms]
+    out += ["Final accuracy pooled over held-out examples (each example counts once) and as the mean over "
+            "blocks (each block counts once; the `exact`/`name` of the other tables).", "",
+            _table(["arm", "exact, pooled", "exact, block mean", "name, pooled", "name, block mean"], rows), ""]
+    paired = paired_table(result)
+    if paired.height:
+        lines = []
+        shown = paired.filter(pl.col("metric").is_in(["exact", "name"]))  # the rest: paired.csv
+        for r in shown.sort("primary", descending=True).to_dicts():
+            kind = r["p_kind"] + (f", {r['draws']} draws" if r.get("draws") else "")
+            size = f"{r['pairs']} units" + (f" x {r['items']} items" if r.get("items") else "")
+            lines.append([f"{r['arm']} − {r['baseline']}" + (" (primary)" if r["primary"] else ""),
+                          METRIC_LABELS.get(r["metric"], r["metric"]), r["test"], size, _diff(r),
+                          f"{_num(r['p_value'], 4)} ({kind})", _num(r["p_holm"], 4)])
+        pairs = int(result.paired["pairs"].max() or 0) if result.paired.height else 0
+        out += ["Every comparison: sign-flip over (seed, order) units, and an exact McNemar test over the "
+                "held-out items stratified by unit, with a CI that resamples units and held-out dialogues. "
+                "The primary comparison (declared in advance) is not adjusted; Holm adjusts all other rows "
+                f"of paired.csv. With {pairs} pairs the smallest sign-flip p is "
+                f"{smallest_sign_flip_p(pairs):.4g}.", "",
+                _table(["comparison", "metric", "test", "n", "difference [95% CI]", "p", "p (Holm)"], lines), ""]
+    if result.baselines.height:
+        pooled = result.baselines.filter(pl.col("block") == "all")
+        rows = []
+        for name in pooled["baseline"].unique(maintain_order=True).to_list():
+            sub = {m: v for m, v in pooled.filter(pl.col("baseline") == name).select("metric", "value").iter_rows()}
+            n = pooled.filter(pl.col("baseline") == name)["n"][0]
+            rows.append([name, _num(sub.get("exact")), _num(sub.get("name")), str(n)])
+        out += ["## Baselines", "", "Predictions from the data alone, scored like the model's (baselines.csv "
+                "has them per block).", "", _table(["baseline", "exact", "name", "held-out examples"], rows), ""]
+    if result.strata.height:
+        rows = [[r["arm"], r["stratum"], METRIC_LABELS.get(r["metric"], r["metric"]), _num(r["value"]), str(r["n"])]
+                for r in result.strata.to_dicts()]
+        out += ["## Strata", "", "Final accuracy by what the prompt already carries of the gold call "
+                "(items pooled over the arm's units).", "", _table(["arm", "stratum", "metric", "value", "n"], rows), ""]
+    if result.factorial.height:
+        rows = [[r["effect"], r["metric"], _ci({"mean": r["estimate"], "ci_lo": r["ci_low"], "ci_hi": r["ci_high"]}),
+                 f"{_num(r['p_value'], 4)} ({r['p_kind']})", str(r["n"])] for r in result.factorial.to_dicts()]
+        out += ["## Calls x responses factorial", "", "Main effects of keeping the earlier calls and the earlier "
+                "responses, and their interaction, on units present in A, calls-only, responses-only and B.", "",
+                _table(["effect", "metric", "estimate [95% CI]", "p", "units"], rows), ""]
+    out += [f"Note: {n}" for n in result.notes]
+    return out
+
+
 def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
     """report.md for one study: methods, exclusions, accuracy, continual metrics, compute, paired tests."""
     out = [f"# Study `{result.study}`", ""]
@@ -231,6 +283,7 @@ def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
     out += _continual_section(result)
     out += _compute_section(result)
     out += _paired_section(result)
+    out += _evidence_section(result)
     if figures:
         out += ["## Plots", "", *(f"![{Path(f).stem.replace('_', ' ')}]({f})" for f in figures), ""]
     return "\n".join(out).rstrip() + "\n"

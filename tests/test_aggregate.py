@@ -452,6 +452,17 @@ def test_factorial_effects_from_synthetic_job_directories_with_a_planted_interac
     assert rows[("calls", "exact")] == pytest.approx((0.1 + 0.25) / 2)
     assert rows[("responses", "exact")] == pytest.approx((0.05 + 0.2) / 2)
     assert rows[("interaction", "exact")] == pytest.approx(0.15)
-    assert set(r.factorial["n"].to_list()) == {3}
+    assert set(r.factorial["n"].to_list()) == {3} and set(r.factorial["family"].to_list()) == {"plain"}
     out = agg.write_outputs(r, plots=False)
     assert pl.read_csv(out / "factorial.csv").height == 6  # 3 effects x (exact, name)
+    # The same arms with tool documentation form a second family, not a variant of the first.
+    for arm, value in planted.items():
+        for seed in (0, 1, 2):
+            spec = spec_for(arm, seed=seed).model_copy(update={"data": sj.spec_for(arm).data.model_copy(
+                update={"tool_docs": "dialogue"})})
+            assert spec.arm == f"{arm}+docs-dialogue"
+            write_job(tmp_path / "fact", spec, [[value] * len(BLOCKS)] * (len(BLOCKS) + 1), blocks=sorted(BLOCKS))
+    (r,) = agg.aggregate([tmp_path])
+    assert set(r.factorial["family"].to_list()) == {"plain", "docs-dialogue"}
+    docs = r.factorial.filter((pl.col("family") == "docs-dialogue") & (pl.col("metric") == "exact"))
+    assert dict(docs.select("effect", "estimate").iter_rows())["interaction"] == pytest.approx(0.15)

@@ -134,11 +134,14 @@ def read_job(job_dir: Path) -> JobRecord:
 # ---------------------------------------------------------------- tables
 
 
-_NOT_VARIANT = {"condition", "condition_k", "seed", "order", "token_budget"}
+# The arm's own fields (data.tool_docs names arms too: "B+docs-dialogue") are not a variant.
+_NOT_VARIANT: dict[str, Any] = {
+    "condition": True, "condition_k": True, "seed": True, "order": True, "token_budget": True, "data": {"tool_docs"},
+}
 
 
 def variant_of(spec: JobSpec) -> str:
-    """Hash of the settings other than condition, seed, order and token budget: equal variants compare."""
+    """Hash of the settings other than the arm's (condition, budget, tool docs), seed and order: equal variants compare."""
     return hashlib.sha256(spec.model_dump_json(exclude=_NOT_VARIANT).encode()).hexdigest()[:6]
 
 

@@ -151,14 +151,22 @@ def study_baselines(specs: Sequence[Any]) -> tuple[pl.DataFrame, str | None]:
 
 
 def factorial_frame(units: pl.DataFrame) -> pl.DataFrame:
-    """``effect, metric, estimate, ci_low, ci_high, p_value, p_kind, n`` from the units' final accuracies."""
+    """``family, effect, metric, estimate, ci_low, ci_high, p_value, p_kind, n`` from the units' final accuracies.
+
+    One family per arm suffix: the plain arms (``A``, ``calls-only``, ``responses-only``,
+    ``B``; family ``plain``) and each tool-documentation set (``A+docs-dialogue``, …;
+    family ``docs-dialogue``).
+    """
     rows = []
-    for metric in ITEM_METRICS:
-        values: dict[str, dict[Any, float]] = {}
-        for arm, seed, order, value in units.select("arm", "seed", "order", metric).iter_rows():
+    families: dict[str, dict[str, dict[str, dict[Any, float]]]] = {}
+    for arm, seed, order, *values in units.select("arm", "seed", "order", *ITEM_METRICS).iter_rows():
+        base, _, suffix = arm.partition("+")
+        for metric, value in zip(ITEM_METRICS, values):
             if value is not None:
-                values.setdefault(arm, {})[(seed, order)] = value
-        rows += factorial_rows(values, metric)
-    schema = {"effect": pl.String, "metric": pl.String, "estimate": pl.Float64, "ci_low": pl.Float64,
-              "ci_high": pl.Float64, "p_value": pl.Float64, "p_kind": pl.String, "n": pl.Int64}
+                families.setdefault(suffix or "plain", {}).setdefault(metric, {}).setdefault(base, {})[(seed, order)] = value
+    for family, by_metric in sorted(families.items()):
+        for metric in ITEM_METRICS:
+            rows += [{"family": family, **r} for r in factorial_rows(by_metric.get(metric, {}), metric)]
+    schema = {"family": pl.String, "effect": pl.String, "metric": pl.String, "estimate": pl.Float64,
+              "ci_low": pl.Float64, "ci_high": pl.Float64, "p_value": pl.Float64, "p_kind": pl.String, "n": pl.Int64}
     return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)

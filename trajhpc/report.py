@@ -262,11 +262,13 @@ def _evidence_section(result: StudyResult) -> list[str]:
         out += ["## Strata", "", "Final accuracy by what the prompt already carries of the gold call "
                 "(items pooled over the arm's units).", "", _table(["arm", "stratum", "metric", "value", "n"], rows), ""]
     if result.factorial.height:
-        rows = [[r["effect"], r["metric"], _ci({"mean": r["estimate"], "ci_lo": r["ci_low"], "ci_hi": r["ci_high"]}),
+        rows = [[r["family"], r["effect"], r["metric"],
+                 _ci({"mean": r["estimate"], "ci_lo": r["ci_low"], "ci_hi": r["ci_high"]}),
                  f"{_num(r['p_value'], 4)} ({r['p_kind']})", str(r["n"])] for r in result.factorial.to_dicts()]
         out += ["## Calls x responses factorial", "", "Main effects of keeping the earlier calls and the earlier "
-                "responses, and their interaction, on units present in A, calls-only, responses-only and B.", "",
-                _table(["effect", "metric", "estimate [95% CI]", "p", "units"], rows), ""]
+                "responses, and their interaction, on units present in A, calls-only, responses-only and B "
+                "(family: without tool documentation, or with it).", "",
+                _table(["family", "effect", "metric", "estimate [95% CI]", "p", "units"], rows), ""]
     out += [f"Note: {n}" for n in result.notes]
     return out
 

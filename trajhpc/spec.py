@@ -177,12 +177,15 @@ class JobSpec(_Strict):
     @property
     def arm(self) -> str:
         """The study arm: the condition, or e.g. ``A@B`` for A matched to B's total tokens
-        (``A@B:supervised`` when matched on supervised tokens, so the two never merge)."""
+        (``A@B:supervised`` when matched on supervised tokens, so the two never merge);
+        ``+docs-dialogue`` / ``+docs-block`` with tool documentation (``data.tool_docs``)."""
         name = self.condition if self.condition != "last-k" else f"last-{self.condition_k}"
         if self.token_budget is not None:
             name += f"@{self.token_budget.match}"
             if self.token_budget.count != TokenBudget.model_fields["count"].default:
                 name += f":{self.token_budget.count}"
+        if self.data.tool_docs != "none":
+            name += f"+docs-{self.data.tool_docs}"
         return name
 
     def to_dict(self) -> dict[str, Any]:

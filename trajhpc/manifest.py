@@ -33,6 +33,7 @@ from pydantic import (
 from trajhpc.container import DOCKER_ONLY_BIND_OPTS, bind_options, check_bind, check_digest, check_manifest_image
 from trajhpc.errors import InputError
 from trajhpc.spec import CONDITIONS, DataSpec, EvalSpec, JobSpec, LoraSpec, TokenBudget, TrainSpec
+from trajhpc.yamlread import MAX_BYTES, decode, read_yaml
 
 # Same choices as the JobSpec, so the two can never drift apart.
 Quantization = JobSpec.model_fields["quantization"].annotation
@@ -289,9 +290,15 @@ class Manifest(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-def _line_map(node: yaml.Node, source: str, path: tuple[str | int, ...] = ()) -> dict[tuple[str | int, ...], int]:
-    """Field path -> 1-based line of its key (mappings) or item (sequences)."""
-    lines = {path: node.start_mark.line + 1}
+def _line_map(
+    node: yaml.Node, source: str, path: tuple[str | int, ...] = (), lines: dict | None = None
+) -> dict[tuple[str | int, ...], int]:
+    """Field path -> 1-based line of its key (mappings) or item (sequences).
+
+    The tree has no aliases and a bounded depth (``yamlread``), so this walk is linear.
+    """
+    lines = {} if lines is None else lines
+    lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -300,11 +307,11 @@ def _line_map(node: yaml.Node, source: str, path: tuple[str | int, ...] = ()) ->
             if key in seen:
                 raise InputError(source, ".".join(map(str, sub)), "duplicate key", key_node.start_mark.line + 1)
             seen.add(key)
-            lines.update(_line_map(value_node, source, sub))
+            _line_map(value_node, source, sub, lines)
             lines[sub] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            lines.update(_line_map(item, source, path + (i,)))
+            _line_map(item, source, path + (i,), lines)
     return lines
 
 
@@ -357,13 +364,7 @@ def _to_input_error(err: ValidationError, source: str, lines: dict[tuple[str | i
 
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     """Validate manifest YAML text; errors name ``source``, the line and the field."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise InputError(source, None, f"not valid YAML ({problem})", mark.line + 1 if mark else None) from None
+    node, data = read_yaml(text, source)
     if not isinstance(data, dict):
         raise InputError(source, None, "a manifest must be a YAML mapping (study: ..., conditions: ...)", 1)
     lines = _line_map(node, source)
@@ -430,9 +431,12 @@ def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # never more: a huge file is refused, not read
     except FileNotFoundError:
         raise InputError(path, None, "manifest file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(path, None, f"cannot read manifest ({err})") from None
-    return parse_manifest(text, str(path))
+    except IsADirectoryError:
+        raise InputError(path, None, "is a folder, expected a manifest YAML file") from None
+    except OSError as err:
+        raise InputError(path, None, f"cannot read manifest ({err.strerror or err})") from None
+    return parse_manifest(decode(raw, str(path)), str(path))

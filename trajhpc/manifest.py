@@ -30,15 +30,24 @@ from pydantic import (
     model_validator,
 )
 
-from trajhpc.container import DOCKER_ONLY_BIND_OPTS, bind_options, check_bind, check_digest, check_manifest_image
+from trajhpc.container import (
+    DOCKER_ONLY_BIND_OPTS,
+    bind_options,
+    check_digest,
+    check_manifest_bind,
+    check_manifest_image,
+    system_path,
+)
 from trajhpc.errors import InputError
-from trajhpc.spec import CONDITIONS, DataSpec, EvalSpec, JobSpec, LoraSpec, TokenBudget, TrainSpec
+from trajhpc.spec import CONDITIONS, SEED_MAX, DataSpec, EvalSpec, Float, Int, JobSpec, LoraSpec, Seed, TokenBudget
+from trajhpc.spec import TrainSpec
 from trajhpc.yamlread import MAX_BYTES, decode, read_yaml
 
 # Same choices as the JobSpec, so the two can never drift apart.
 Quantization = JobSpec.model_fields["quantization"].annotation
 ComputeDtype = JobSpec.model_fields["compute_dtype"].annotation
 
+DEFAULT_MAX_JOBS = 100_000
 _STUDY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]*")
 # Options trajhpc or submitit set themselves, or that clash with them: overriding them
@@ -106,7 +115,7 @@ SbatchValue = Annotated[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- conditions
@@ -124,7 +133,7 @@ class ConditionEntry(_Strict):
     """One study arm: a condition, its k (last-k only) and an optional token budget."""
 
     condition: Literal["A", "B", "calls-only", "last-k"]
-    k: int | None = Field(None, ge=1)
+    k: Int | None = Field(None, ge=1)
     token_budget: TokenBudget | None = None
 
     @model_validator(mode="after")
@@ -133,6 +142,12 @@ class ConditionEntry(_Strict):
             raise ValueError("condition last-k needs k (how many earlier calls to keep)")
         if self.condition != "last-k" and self.k is not None:
             raise ValueError("k is only used by condition last-k")
+        # The same rule as JobSpec's, said here so it is refused with this entry's line.
+        if self.token_budget is not None and self.token_budget.match == "last-k" and self.condition != "last-k":
+            raise ValueError(
+                f"token_budget.match last-k needs k, which only condition last-k has; "
+                f"condition {self.condition} can match A, B or calls-only"
+            )
         return self
 
 
@@ -169,13 +184,19 @@ ConditionItem = Annotated[
 class SeedRange(_Strict):
     """``count`` consecutive seeds from ``start``."""
 
-    count: int = Field(ge=1)
-    start: int = 0
+    count: Int = Field(ge=1)
+    start: Seed = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "SeedRange":
+        if self.start + self.count - 1 > SEED_MAX:
+            raise ValueError(f"seeds {self.start} .. {self.start + self.count - 1} go past the largest seed {SEED_MAX}")
+        return self
 
 
 Seeds = Annotated[
     Union[
-        Annotated[list[int], Field(min_length=1), Tag(_TAG + "list")],
+        Annotated[list[Seed], Field(min_length=1), Tag(_TAG + "list")],
         Annotated[SeedRange, Tag(_TAG + "range")],
     ],
     Discriminator(
@@ -189,8 +210,8 @@ Seeds = Annotated[
 class RandomOrders(_Strict):
     """``random`` distinct random permutations of the blocks, drawn with ``seed``."""
 
-    random: int = Field(ge=1)
-    seed: int = 0
+    random: Int = Field(ge=1)
+    seed: Int = 0
 
 
 Orders = Annotated[
@@ -217,14 +238,14 @@ class Resources(_Strict):
     account: OneLine | None = None
     qos: OneLine | None = None
     constraint: OneLine | None = None
-    gpus_per_node: int = Field(0, ge=0)
-    cpus_per_task: int = Field(1, ge=1)
-    mem_gb: float = Field(8.0, gt=0)
-    timeout_min: int = Field(60, ge=1)
-    array_parallelism: int = Field(256, ge=1)
-    signal_delay_s: int = Field(90, ge=0)
+    gpus_per_node: Int = Field(0, ge=0)
+    cpus_per_task: Int = Field(1, ge=1)
+    mem_gb: Float = Field(8.0, gt=0)
+    timeout_min: Int = Field(60, ge=1)
+    array_parallelism: Int = Field(256, ge=1)
+    signal_delay_s: Int = Field(90, ge=0)
     extra_sbatch: dict[SbatchOption, SbatchValue] = {}
-    max_requeues: int = Field(3, ge=0)
+    max_requeues: Int = Field(3, ge=0)
 
     @field_validator("extra_sbatch")
     @classmethod
@@ -238,7 +259,7 @@ class ContainerSpec(_Strict):
 
     runtime: Literal["apptainer", "docker", "none"] = "none"
     image: Annotated[str, AfterValidator(check_manifest_image)] | None = None
-    binds: tuple[Annotated[str, AfterValidator(check_bind)], ...] = ()
+    binds: tuple[Annotated[str, AfterValidator(check_manifest_bind)], ...] = ()
     digest: Annotated[str, AfterValidator(check_digest)] | None = None
 
     @model_validator(mode="after")
@@ -269,6 +290,9 @@ class Manifest(_Strict):
     run_root: OneLine = "jobs"
     resources: Resources = Resources()
     container: ContainerSpec = ContainerSpec()
+    # A guard against a typo that would expand into millions of jobs; like study and
+    # run_root it is not in any job's spec, so changing it changes no job id.
+    max_jobs: Int = Field(DEFAULT_MAX_JOBS, ge=1)
 
     # Where the manifest came from, so later checks (grid expansion) can name file and line.
     _source: str | None = PrivateAttr(None)
@@ -399,6 +423,17 @@ def check_manifest(manifest: Manifest) -> None:
             f"resources.signal_delay_s ({res.signal_delay_s} s) must be less than resources.timeout_min "
             f"({res.timeout_min} min = {res.timeout_min * 60} s): the warning would come before the job starts",
         )
+    if manifest.data.root is not None and not _is_dir(Path(manifest.data.root).expanduser()):
+        # Every job would fail on it: say so now, once.
+        raise manifest.error("data.root", f"folder {Path(manifest.data.root).expanduser()} not found")
+    for i, rule in enumerate(manifest.data.blocks.rules or ()):
+        try:
+            re.compile(rule.regex)
+        except (re.error, RecursionError, OverflowError) as err:  # each job would compile it and fail
+            raise manifest.error(f"data.blocks.rules.{i}.regex", f"invalid regex {rule.regex!r} ({err})") from None
+    problem = run_root_problem(manifest.run_root)
+    if problem:
+        raise manifest.error("run_root", problem)
     box = manifest.container
     if box.runtime == "apptainer":
         for i, bind in enumerate(box.binds):
@@ -421,6 +456,28 @@ def check_manifest(manifest: Manifest) -> None:
                 f"this entry's arm {arm!r} is also the arm of conditions.{first[0]}, which trains differently; "
                 "arms must have distinct names",
             )
+
+
+def run_root_problem(run_root: str | Path) -> str | None:
+    """Why job directories cannot go under ``run_root`` (relative to the current folder), or None."""
+    path = Path.cwd() / run_root
+    folder = system_path(str(path))
+    if folder is not None:
+        return f"{path} is in the system folder {folder}; job directories cannot go there"
+    try:
+        for part in (path, *path.parents):  # the nearest existing path on the way must be a folder
+            if part.exists():
+                return None if part.is_dir() else f"{part} is a file, not a folder"
+    except OSError as err:  # e.g. a name too long
+        return f"{path}: {err.strerror or err}"
+    return None
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a folder either way
+        return False
 
 
 def _entry(item: str | ConditionEntry) -> ConditionEntry:

@@ -129,7 +129,8 @@ def check_grid_size(manifest: Manifest, n_blocks: int) -> None:
     sizes = grid_size(manifest, n_blocks)
     total = math.prod(sizes.values())
     if total > manifest.max_jobs:
-        largest = max(sizes, key=lambda k: sizes[k])
+        # Point at the biggest factor the file sets (a default has no line to show).
+        largest = max(sizes, key=lambda k: (manifest.written(k), sizes[k]))
         raise manifest.error(
             largest,
             f"the grid is {_count(sizes['conditions'])} arms x {_count(sizes['seeds'])} seeds x "

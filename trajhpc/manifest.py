@@ -305,6 +305,10 @@ class Manifest(_Strict):
             raise ValueError("must be a simple name: letters, digits, '.', '_' or '-' (it names a folder)")
         return value
 
+    def written(self, field: str) -> bool:
+        """Whether the manifest file sets ``field`` (a top-level key), rather than leaving its default."""
+        return (field,) in self._lines
+
     def error(self, field: str, message: str) -> InputError:
         """An InputError at ``field`` (dotted path) of this manifest, with its file and line."""
         path = tuple(int(p) if p.isdigit() else p for p in field.split("."))

@@ -80,18 +80,27 @@ def read_yaml(text: str, source: str) -> tuple[yaml.Node | None, Any]:
     """(node tree with lines, plain data) of one YAML document, within the bounds above."""
     if len(text) > MAX_BYTES:
         raise InputError(source, None, f"manifest is {len(text):,} characters, more than the {MAX_BYTES:,} allowed")
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader already refuses control characters here
         node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        data = _construct(loader, node, source) if node is not None else None
     except _Refused as err:
         raise InputError(source, None, str(err), err.line) from None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise InputError(source, None, f"not valid YAML ({problem})", _error_line(err, text)) from None
-    except (ValueError, TypeError, AttributeError, OverflowError) as err:
-        # Explicit tags PyYAML's constructors cannot convert (`!!int x`, `!!timestamp x`).
-        raise InputError(source, None, f"not valid YAML ({type(err).__name__}: {err})") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return node, data
+
+
+def _construct(loader: _BoundedLoader, node: yaml.Node, source: str) -> Any:
+    try:
+        return loader.construct_document(node)
+    except yaml.YAMLError:
+        raise
+    except Exception as err:  # noqa: BLE001 - PyYAML's constructors fail on some explicit tags
+        # (`!!int` with no digits, `!!timestamp x`) with plain Python errors; the input is at fault.
+        raise InputError(source, None, f"not valid YAML (a tagged value: {type(err).__name__})") from None

@@ -12,6 +12,7 @@ The schema is documented for users in docs/MANIFEST.md.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
@@ -36,7 +37,6 @@ from trajhpc.container import (
     check_digest,
     check_manifest_bind,
     check_manifest_image,
-    system_path,
 )
 from trajhpc.errors import InputError
 from trajhpc.spec import CONDITIONS, SEED_MAX, DataSpec, EvalSpec, Float, Int, JobSpec, LoraSpec, Seed, TokenBudget
@@ -462,10 +462,15 @@ def check_manifest(manifest: Manifest) -> None:
             )
 
 
+# The kernel's own file systems: no folder can be made there. (Other system folders are
+# merely unusual, and the current folder may itself be in one, e.g. /usr/src/app.)
+_PSEUDO_FOLDERS = ("/proc", "/sys")
+
+
 def run_root_problem(run_root: str | Path) -> str | None:
     """Why job directories cannot go under ``run_root`` (relative to the current folder), or None."""
-    path = Path.cwd() / run_root
-    folder = system_path(str(path))
+    path = Path(os.path.normpath(Path.cwd() / run_root))
+    folder = next((f for f in _PSEUDO_FOLDERS if path.is_relative_to(f)), None)
     if folder is not None:
         return f"{path} is in the system folder {folder}; job directories cannot go there"
     try:

@@ -240,7 +240,8 @@ class Resources(_Strict):
     constraint: OneLine | None = None
     gpus_per_node: Int = Field(0, ge=0)
     cpus_per_task: Int = Field(1, ge=1)
-    mem_gb: Float = Field(8.0, gt=0)
+    # sbatch gets whole megabytes, and --mem=0 means "all of the node's memory".
+    mem_gb: Float = Field(8.0, ge=0.001)
     timeout_min: Int = Field(60, ge=1)
     array_parallelism: Int = Field(256, ge=1)
     signal_delay_s: Int = Field(90, ge=0)
@@ -333,7 +334,7 @@ def _line_map(
             key = str(key_node.value)
             sub = path + (key,)
             if key in seen:
-                raise InputError(source, ".".join(map(str, sub)), "duplicate key", key_node.start_mark.line + 1)
+                raise InputError(source, field_path(sub), "duplicate key", key_node.start_mark.line + 1)
             seen.add(key)
             _line_map(value_node, source, sub, lines)
             lines[sub] = key_node.start_mark.line + 1
@@ -341,6 +342,14 @@ def _line_map(
         for i, item in enumerate(node.value):
             _line_map(item, source, path + (i,), lines)
     return lines
+
+
+def field_path(parts: tuple[str | int, ...]) -> str:
+    """``train.lr``; a key that is empty or holds control characters or dots shows quoted, keeping the message one line."""
+    return ".".join(
+        repr(p) if isinstance(p, str) and (not p or "." in p or any(ord(c) < 32 or ord(c) == 127 for c in p)) else str(p)
+        for p in parts
+    )
 
 
 def _line_of(path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
@@ -376,7 +385,7 @@ def _to_input_error(err: ValidationError, source: str, lines: dict[tuple[str | i
     first = errors[0]
     # Drop union tags and pydantic's "[key]" marker (a dict key's own error) from the path.
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and (p.startswith(_TAG) or p == "[key]")))
-    field = ".".join(str(p) for p in loc) or None
+    field = field_path(loc) or None
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
         message = "required key is missing"

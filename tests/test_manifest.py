@@ -172,7 +172,7 @@ ERRORS = [
     (HEAD + "data:\n  blocks:\n    rulez: []\n", "m.yaml:5: data.blocks.rulez: unknown key 'rulez' (did you mean 'rules'?)"),
     (HEAD + "resources:\n  gpus: 1\n", "m.yaml:4: resources.gpus: unknown key 'gpus' (did you mean 'gpus_per_node'?)"),
     (HEAD + "zzz: 1\n", "m.yaml:3: zzz: unknown key 'zzz'; valid keys: compute_dtype, conditions, container, data, "
-     "eval, executor, lora, model, orders, quantization, resources, run_root, seeds, study, train"),
+     "eval, executor, lora, max_jobs, model, orders, quantization, resources, run_root, seeds, study, train"),
     # bad values
     (HEAD + "train:\n  batch_size: 8\n  lr: 0\n", "m.yaml:5: train.lr: Input should be greater than 0"),
     (HEAD + "executor: slurmm\n", "m.yaml:3: executor: Input should be 'slurm', 'local' or 'auto'"),

@@ -12,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from trajhpc.errors import TrajhpcError
 
@@ -108,7 +109,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except TrajhpcError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        # The message is user text (a regex, a path): escaped, so rich shows it as written.
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")

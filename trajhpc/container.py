@@ -119,6 +119,67 @@ def check_bind(bind: str) -> str:
     return bind
 
 
+# Host folders a manifest may not bind (nor bind over inside the image): they hold the
+# system's secrets and devices, or the image's own libraries. trajhpc binds what a job
+# needs from them itself (the Slurm client, munge's socket), file by file. (/root is
+# left out: it is the home folder of whoever works as root.)
+SYSTEM_FOLDERS = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/run", "/sbin", "/sys", "/usr", "/var/run",
+)
+
+
+def system_path(path: str) -> str | None:
+    """The system folder ``path`` is (or is inside of), ``/`` for the root; None for anything else."""
+    path = os.path.normpath(path)
+    if path in ("/", "//"):
+        return "/"
+    return next((f for f in SYSTEM_FOLDERS if path == f or path.startswith(f + "/")), None)
+
+
+def _system_problem(path: str, what: str) -> str | None:
+    folder = system_path(path) if path.startswith("/") else None
+    if folder == "/":
+        return f"the {what} is the whole file system (/); bind the folders a job needs"
+    if folder is not None:
+        return f"the {what} {os.path.normpath(path)} is in the system folder {folder}, which a manifest may not bind"
+    return None
+
+
+def check_manifest_bind(bind: str) -> str:
+    """:func:`check_bind` for a manifest value: no ``/`` and no system folder, as source or destination.
+
+    A source with ``~`` or ``$VAR`` is checked again once expanded (:func:`expand_bind`);
+    a relative source is not checked (it resolves under the submit folder).
+    """
+    check_bind(bind)
+    parts = bind.split(":")
+    problem = _system_problem(parts[0], "source") or (len(parts) > 1 and _system_problem(parts[1], "destination"))
+    if problem:
+        raise ValueError(f"bind {bind!r}: {problem}")
+    return bind
+
+
+def expand_bind(bind: str) -> str:
+    """A manifest bind with ``~``/``$VAR`` expanded in its source, checked again (ValueError naming the bind).
+
+    The expansion must still be one path: no ``:`` (it would split the bind), no
+    control character, no leading ``-``, and not in a system folder.
+    """
+    src, sep, rest = bind.partition(":")
+    expanded = expand_vars(src)
+    if expanded == src:
+        return bind
+    if not expanded or expanded.startswith("-") or ":" in expanded or any(ord(c) < 32 or ord(c) == 127 for c in expanded):
+        raise ValueError(
+            f"bind {bind!r}: the source expands to {expanded!r}, not one path "
+            "(empty, a leading '-', a ':' or a control character)"
+        )
+    problem = _system_problem(expanded, "source")
+    if problem:
+        raise ValueError(f"bind {bind!r}: {problem}")
+    return expanded + sep + rest
+
+
 def bind_options(bind: str) -> set[str]:
     """The options of a ``src[:dst[:opts]]`` bind (empty without any)."""
     parts = bind.split(":")

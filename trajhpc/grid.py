@@ -108,12 +108,50 @@ def arm_fields(item: str | ConditionEntry) -> dict[str, Any]:
 # ---------------------------------------------------------------- the grid
 
 
+def grid_size(manifest: Manifest, n_blocks: int) -> dict[str, int]:
+    """How many arms, seeds and orders the manifest asks for, counted without listing any."""
+    spec = manifest.orders
+    if spec == "latin":
+        orders = n_blocks
+    elif spec == "all":
+        orders = math.factorial(n_blocks)
+    elif isinstance(spec, RandomOrders):
+        orders = spec.random
+    else:
+        orders = len(spec)
+    seeds = manifest.seeds.count if isinstance(manifest.seeds, SeedRange) else len(manifest.seeds)
+    return {"conditions": len(manifest.conditions), "seeds": seeds, "orders": orders}
+
+
+def check_grid_size(manifest: Manifest, n_blocks: int) -> None:
+    """Refuse a grid larger than ``max_jobs`` before building any of it (a typo such as
+    ``count: 10_000_000`` would otherwise spend minutes and gigabytes first)."""
+    sizes = grid_size(manifest, n_blocks)
+    total = math.prod(sizes.values())
+    if total > manifest.max_jobs:
+        # Point at the biggest factor the file sets (a default has no line to show).
+        largest = max(sizes, key=lambda k: (manifest.written(k), sizes[k]))
+        raise manifest.error(
+            largest,
+            f"the grid is {_count(sizes['conditions'])} arms x {_count(sizes['seeds'])} seeds x "
+            f"{_count(sizes['orders'])} orders = {_count(total)} jobs, more than max_jobs ({manifest.max_jobs:,}); "
+            "set max_jobs higher if you mean it",
+        )
+
+
+def _count(n: int) -> str:
+    # n! of many blocks has dozens of digits: a short form is enough to see the problem.
+    return f"{n:,}" if n < 10**15 else f"about {float(n):.1e}" if n < 10**300 else f"a {len(str(n))}-digit number"
+
+
 def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJob]:
     """All jobs of the manifest: arms x seeds x orders, in that nesting, duplicates collapsed.
 
     ``run_root`` overrides the manifest's ``run_root``.
     """
-    orders = resolve_orders(manifest, block_names(manifest.data.blocks))
+    blocks = block_names(manifest.data.blocks)
+    check_grid_size(manifest, len(blocks))
+    orders = resolve_orders(manifest, blocks)
     study_dir = Path(run_root if run_root is not None else manifest.run_root) / manifest.study
     shared = {
         "model": manifest.model,
@@ -129,7 +167,10 @@ def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJ
         arm = arm_fields(item)
         for seed in resolve_seeds(manifest):
             for order in orders:
-                spec = JobSpec(seed=seed, order=order, **arm, **shared)
+                data = manifest.data
+                if isinstance(item, ConditionEntry) and item.tool_docs is not None:
+                    data = data.model_copy(update={"tool_docs": item.tool_docs})
+                spec = JobSpec(seed=seed, order=order, **arm, **{**shared, "data": data})
                 job_id = spec.job_id
                 if job_id not in jobs:
                     jobs[job_id] = GridJob(spec, job_id, manifest.study, study_dir / job_id)

@@ -38,7 +38,7 @@ from trajhpc import container as ctr
 from trajhpc.atomic import atomic_write_json
 from trajhpc.errors import TrajhpcError
 from trajhpc.grid import GridJob, expand
-from trajhpc.manifest import Manifest, Resources, load_manifest
+from trajhpc.manifest import Manifest, Resources, load_manifest, run_root_problem
 from trajhpc.provenance import now_iso
 from trajhpc.status import (
     GONE,
@@ -164,10 +164,9 @@ def docker_env(env: Mapping[str, str], home: Path) -> dict[str, str]:
 
 
 def _expand_bind(bind: str, manifest: Manifest, index: int) -> str:
-    """``~`` and ``$VAR`` in a manifest bind's source, expanded here (never by a shell)."""
-    src, sep, rest = bind.partition(":")
+    """``~`` and ``$VAR`` in a manifest bind's source, expanded here (never by a shell) and checked again."""
     try:
-        return ctr.expand_vars(src) + sep + rest
+        return ctr.expand_bind(bind)
     except ValueError as err:
         raise manifest.error(f"container.binds.{index}", str(err)) from None
 
@@ -590,6 +589,8 @@ def submit_command(
     prints the estimated GPU-hours of the grid and of what is to be submitted.
     """
     manifest = load_manifest(manifest_path)
+    if run_root is not None and run_root_problem(run_root):
+        raise TrajhpcError(f"--run-root: {run_root_problem(run_root)}")
     root = Path(run_root) if run_root is not None else Path(manifest.run_root)
     jobs = expand(manifest, root)
     kind = resolve_executor(executor or manifest.executor, shutil.which("sbatch") is not None)

@@ -12,6 +12,7 @@ The schema is documented for users in docs/MANIFEST.md.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
@@ -30,14 +31,23 @@ from pydantic import (
     model_validator,
 )
 
-from trajhpc.container import DOCKER_ONLY_BIND_OPTS, bind_options, check_bind, check_digest, check_manifest_image
+from trajhpc.container import (
+    DOCKER_ONLY_BIND_OPTS,
+    bind_options,
+    check_digest,
+    check_manifest_bind,
+    check_manifest_image,
+)
 from trajhpc.errors import InputError
-from trajhpc.spec import CONDITIONS, DataSpec, EvalSpec, JobSpec, LoraSpec, TokenBudget, TrainSpec
+from trajhpc.spec import CONDITIONS, SEED_MAX, ConditionName, DataSpec, EvalSpec, Float, Int, JobSpec, LoraSpec, Seed, TokenBudget
+from trajhpc.spec import TrainSpec
+from trajhpc.yamlread import MAX_BYTES, decode, read_yaml
 
 # Same choices as the JobSpec, so the two can never drift apart.
 Quantization = JobSpec.model_fields["quantization"].annotation
 ComputeDtype = JobSpec.model_fields["compute_dtype"].annotation
 
+DEFAULT_MAX_JOBS = 100_000
 _STUDY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SBATCH_OPTION = re.compile(r"[a-z][a-z0-9-]*")
 # Options trajhpc or submitit set themselves, or that clash with them: overriding them
@@ -105,7 +115,7 @@ SbatchValue = Annotated[
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- conditions
@@ -115,16 +125,21 @@ def _condition_name(value: str) -> str:
     if value == "last-k":
         raise ValueError("'last-k' needs k: write {condition: last-k, k: 2}")
     if value not in CONDITIONS:
-        raise ValueError(f"unknown condition {value!r}; use one of A, B, calls-only, or {{condition: last-k, k: N}}")
+        raise ValueError(
+            f"unknown condition {value!r}; use one of A, B, calls-only, responses-only, or {{condition: last-k, k: N}}"
+        )
     return value
 
 
 class ConditionEntry(_Strict):
-    """One study arm: a condition, its k (last-k only) and an optional token budget."""
+    """One study arm: a condition, its k (last-k only), an optional token budget, and
+    optionally its own ``tool_docs`` (else ``data.tool_docs``), so one manifest can run
+    the arms with and without tool documentation."""
 
-    condition: Literal["A", "B", "calls-only", "last-k"]
-    k: int | None = Field(None, ge=1)
+    condition: ConditionName
+    k: Int | None = Field(None, ge=1)
     token_budget: TokenBudget | None = None
+    tool_docs: Literal["none", "dialogue", "block"] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "ConditionEntry":
@@ -132,6 +147,12 @@ class ConditionEntry(_Strict):
             raise ValueError("condition last-k needs k (how many earlier calls to keep)")
         if self.condition != "last-k" and self.k is not None:
             raise ValueError("k is only used by condition last-k")
+        # The same rule as JobSpec's, said here so it is refused with this entry's line.
+        if self.token_budget is not None and self.token_budget.match == "last-k" and self.condition != "last-k":
+            raise ValueError(
+                f"token_budget.match last-k needs k, which only condition last-k has; "
+                f"condition {self.condition} can match A, B, calls-only or responses-only"
+            )
         return self
 
 
@@ -168,13 +189,19 @@ ConditionItem = Annotated[
 class SeedRange(_Strict):
     """``count`` consecutive seeds from ``start``."""
 
-    count: int = Field(ge=1)
-    start: int = 0
+    count: Int = Field(ge=1)
+    start: Seed = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "SeedRange":
+        if self.start + self.count - 1 > SEED_MAX:
+            raise ValueError(f"seeds {self.start} .. {self.start + self.count - 1} go past the largest seed {SEED_MAX}")
+        return self
 
 
 Seeds = Annotated[
     Union[
-        Annotated[list[int], Field(min_length=1), Tag(_TAG + "list")],
+        Annotated[list[Seed], Field(min_length=1), Tag(_TAG + "list")],
         Annotated[SeedRange, Tag(_TAG + "range")],
     ],
     Discriminator(
@@ -188,8 +215,8 @@ Seeds = Annotated[
 class RandomOrders(_Strict):
     """``random`` distinct random permutations of the blocks, drawn with ``seed``."""
 
-    random: int = Field(ge=1)
-    seed: int = 0
+    random: Int = Field(ge=1)
+    seed: Int = 0
 
 
 Orders = Annotated[
@@ -216,14 +243,15 @@ class Resources(_Strict):
     account: OneLine | None = None
     qos: OneLine | None = None
     constraint: OneLine | None = None
-    gpus_per_node: int = Field(0, ge=0)
-    cpus_per_task: int = Field(1, ge=1)
-    mem_gb: float = Field(8.0, gt=0)
-    timeout_min: int = Field(60, ge=1)
-    array_parallelism: int = Field(256, ge=1)
-    signal_delay_s: int = Field(90, ge=0)
+    gpus_per_node: Int = Field(0, ge=0)
+    cpus_per_task: Int = Field(1, ge=1)
+    # sbatch gets whole megabytes, and --mem=0 means "all of the node's memory".
+    mem_gb: Float = Field(8.0, ge=0.001)
+    timeout_min: Int = Field(60, ge=1)
+    array_parallelism: Int = Field(256, ge=1)
+    signal_delay_s: Int = Field(90, ge=0)
     extra_sbatch: dict[SbatchOption, SbatchValue] = {}
-    max_requeues: int = Field(3, ge=0)
+    max_requeues: Int = Field(3, ge=0)
 
     @field_validator("extra_sbatch")
     @classmethod
@@ -237,7 +265,7 @@ class ContainerSpec(_Strict):
 
     runtime: Literal["apptainer", "docker", "none"] = "none"
     image: Annotated[str, AfterValidator(check_manifest_image)] | None = None
-    binds: tuple[Annotated[str, AfterValidator(check_bind)], ...] = ()
+    binds: tuple[Annotated[str, AfterValidator(check_manifest_bind)], ...] = ()
     digest: Annotated[str, AfterValidator(check_digest)] | None = None
 
     @model_validator(mode="after")
@@ -268,6 +296,9 @@ class Manifest(_Strict):
     run_root: OneLine = "jobs"
     resources: Resources = Resources()
     container: ContainerSpec = ContainerSpec()
+    # A guard against a typo that would expand into millions of jobs; like study and
+    # run_root it is not in any job's spec, so changing it changes no job id.
+    max_jobs: Int = Field(DEFAULT_MAX_JOBS, ge=1)
 
     # Where the manifest came from, so later checks (grid expansion) can name file and line.
     _source: str | None = PrivateAttr(None)
@@ -280,6 +311,10 @@ class Manifest(_Strict):
             raise ValueError("must be a simple name: letters, digits, '.', '_' or '-' (it names a folder)")
         return value
 
+    def written(self, field: str) -> bool:
+        """Whether the manifest file sets ``field`` (a top-level key), rather than leaving its default."""
+        return (field,) in self._lines
+
     def error(self, field: str, message: str) -> InputError:
         """An InputError at ``field`` (dotted path) of this manifest, with its file and line."""
         path = tuple(int(p) if p.isdigit() else p for p in field.split("."))
@@ -289,23 +324,37 @@ class Manifest(_Strict):
 # ---------------------------------------------------------------- loading
 
 
-def _line_map(node: yaml.Node, source: str, path: tuple[str | int, ...] = ()) -> dict[tuple[str | int, ...], int]:
-    """Field path -> 1-based line of its key (mappings) or item (sequences)."""
-    lines = {path: node.start_mark.line + 1}
+def _line_map(
+    node: yaml.Node, source: str, path: tuple[str | int, ...] = (), lines: dict | None = None
+) -> dict[tuple[str | int, ...], int]:
+    """Field path -> 1-based line of its key (mappings) or item (sequences).
+
+    The tree has no aliases and a bounded depth (``yamlread``), so this walk is linear.
+    """
+    lines = {} if lines is None else lines
+    lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
             key = str(key_node.value)
             sub = path + (key,)
             if key in seen:
-                raise InputError(source, ".".join(map(str, sub)), "duplicate key", key_node.start_mark.line + 1)
+                raise InputError(source, field_path(sub), "duplicate key", key_node.start_mark.line + 1)
             seen.add(key)
-            lines.update(_line_map(value_node, source, sub))
+            _line_map(value_node, source, sub, lines)
             lines[sub] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            lines.update(_line_map(item, source, path + (i,)))
+            _line_map(item, source, path + (i,), lines)
     return lines
+
+
+def field_path(parts: tuple[str | int, ...]) -> str:
+    """``train.lr``; a key that is empty or holds control characters or dots shows quoted, keeping the message one line."""
+    return ".".join(
+        repr(p) if isinstance(p, str) and (not p or "." in p or any(ord(c) < 32 or ord(c) == 127 for c in p)) else str(p)
+        for p in parts
+    )
 
 
 def _line_of(path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
@@ -341,7 +390,7 @@ def _to_input_error(err: ValidationError, source: str, lines: dict[tuple[str | i
     first = errors[0]
     # Drop union tags and pydantic's "[key]" marker (a dict key's own error) from the path.
     loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and (p.startswith(_TAG) or p == "[key]")))
-    field = ".".join(str(p) for p in loc) or None
+    field = field_path(loc) or None
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing":
         message = "required key is missing"
@@ -357,13 +406,7 @@ def _to_input_error(err: ValidationError, source: str, lines: dict[tuple[str | i
 
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     """Validate manifest YAML text; errors name ``source``, the line and the field."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise InputError(source, None, f"not valid YAML ({problem})", mark.line + 1 if mark else None) from None
+    node, data = read_yaml(text, source)
     if not isinstance(data, dict):
         raise InputError(source, None, "a manifest must be a YAML mapping (study: ..., conditions: ...)", 1)
     lines = _line_map(node, source)
@@ -398,6 +441,17 @@ def check_manifest(manifest: Manifest) -> None:
             f"resources.signal_delay_s ({res.signal_delay_s} s) must be less than resources.timeout_min "
             f"({res.timeout_min} min = {res.timeout_min * 60} s): the warning would come before the job starts",
         )
+    if manifest.data.root is not None and not _is_dir(Path(manifest.data.root).expanduser()):
+        # Every job would fail on it: say so now, once.
+        raise manifest.error("data.root", f"folder {Path(manifest.data.root).expanduser()} not found")
+    for i, rule in enumerate(manifest.data.blocks.rules or ()):
+        try:
+            re.compile(rule.regex)
+        except (re.error, RecursionError, OverflowError) as err:  # each job would compile it and fail
+            raise manifest.error(f"data.blocks.rules.{i}.regex", f"invalid regex {rule.regex!r} ({err})") from None
+    problem = run_root_problem(manifest.run_root)
+    if problem:
+        raise manifest.error("run_root", problem)
     box = manifest.container
     if box.runtime == "apptainer":
         for i, bind in enumerate(box.binds):
@@ -422,6 +476,33 @@ def check_manifest(manifest: Manifest) -> None:
             )
 
 
+# The kernel's own file systems: no folder can be made there. (Other system folders are
+# merely unusual, and the current folder may itself be in one, e.g. /usr/src/app.)
+_PSEUDO_FOLDERS = ("/proc", "/sys")
+
+
+def run_root_problem(run_root: str | Path) -> str | None:
+    """Why job directories cannot go under ``run_root`` (relative to the current folder), or None."""
+    path = Path(os.path.normpath(Path.cwd() / run_root))
+    folder = next((f for f in _PSEUDO_FOLDERS if path.is_relative_to(f)), None)
+    if folder is not None:
+        return f"{path} is in the system folder {folder}; job directories cannot go there"
+    try:
+        for part in (path, *path.parents):  # the nearest existing path on the way must be a folder
+            if part.exists():
+                return None if part.is_dir() else f"{part} is a file, not a folder"
+    except OSError as err:  # e.g. a name too long
+        return f"{path}: {err.strerror or err}"
+    return None
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a folder either way
+        return False
+
+
 def _entry(item: str | ConditionEntry) -> ConditionEntry:
     return ConditionEntry(condition=item) if isinstance(item, str) else item
 
@@ -430,9 +511,12 @@ def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest file."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # never more: a huge file is refused, not read
     except FileNotFoundError:
         raise InputError(path, None, "manifest file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(path, None, f"cannot read manifest ({err})") from None
-    return parse_manifest(text, str(path))
+    except IsADirectoryError:
+        raise InputError(path, None, "is a folder, expected a manifest YAML file") from None
+    except OSError as err:
+        raise InputError(path, None, f"cannot read manifest ({err.strerror or err})") from None
+    return parse_manifest(decode(raw, str(path)), str(path))

@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError
 from pydantic import model_serializer, model_validator
 
 from trajhpc.errors import InputError
@@ -22,10 +22,25 @@ SPEC_SCHEMA = "trajhpc.spec/1"
 # What the prompt keeps of the earlier API turns (trajhpc.data.conditions renders each).
 ConditionName = Literal["A", "B", "calls-only", "responses-only", "last-k"]
 CONDITIONS: tuple[str, ...] = get_args(ConditionName)
+# What numpy, torch and random all accept as a seed.
+SEED_MAX = 2**32 - 1
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic reads true/false as 1/0 in a number field; YAML makes that typo easy.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+# Numbers that refuse true/false (models below also refuse inf and nan).
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Seed = Annotated[Int, Field(ge=0, le=SEED_MAX)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # Fields added after a spec schema was in use: left out of the JSON (and so of the
     # job id) while they hold their default, which reproduces the earlier behaviour.
@@ -69,10 +84,10 @@ class DataSpec(_Strict):
     root: str | None = None  # None = the copy bundled in the package
     files: tuple[str, ...] = ("training-data/lv3-api-train.json",)
     blocks: BlocksSpec = BlocksSpec()
-    heldout_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    heldout_fraction: Float = Field(0.2, gt=0.0, lt=1.0)
     # Caps keep CPU smoke runs short; None = use everything.
-    max_train_per_block: int | None = Field(None, ge=1)
-    max_heldout_per_block: int | None = Field(None, ge=1)
+    max_train_per_block: Int | None = Field(None, ge=1)
+    max_heldout_per_block: Int | None = Field(None, ge=1)
     # Tool documentation added to the system message (trajhpc.data.tooldocs): "dialogue" =
     # every API the dialogue calls, "block" = every API called in the dialogue's block.
     tool_docs: Literal["none", "dialogue", "block"] = "none"
@@ -81,41 +96,41 @@ class DataSpec(_Strict):
 
 
 class LoraSpec(_Strict):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    r: Int = Field(16, ge=1)
+    alpha: Int = Field(32, ge=1)
+    dropout: Float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: str | tuple[str, ...] = "all-linear"
 
 
 class TrainSpec(_Strict):
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)  # per block; overrides epochs when set
-    lr: float = Field(2e-4, gt=0)
+    epochs: Float = Field(1.0, gt=0)
+    max_steps: Int | None = Field(None, ge=1)  # per block; overrides epochs when set
+    lr: Float = Field(2e-4, gt=0)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    batch_size: int = Field(8, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    max_seq_len: int = Field(1024, ge=16)
+    warmup_ratio: Float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: Float = Field(0.0, ge=0.0)
+    batch_size: Int = Field(8, ge=1)
+    grad_accum: Int = Field(1, ge=1)
+    max_seq_len: Int = Field(1024, ge=16)
     # "auto": off when the largest planned batch fits in the device's memory, on otherwise
     # (the choice is recorded in metrics.json, resources.gradient_checkpointing).
     gradient_checkpointing: bool | Literal["auto"] = False
-    max_grad_norm: float = Field(1.0, gt=0)
+    max_grad_norm: Float = Field(1.0, gt=0)
     # Batches by tokens: as many length-grouped examples as fit in this many padded
     # tokens (batch_size is then unused), so short examples form large batches.
-    tokens_per_batch: int | None = Field(None, ge=16)
+    tokens_per_batch: Int | None = Field(None, ge=16)
 
     _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch"})
 
 
 class EvalSpec(_Strict):
-    batch_size: int = Field(16, ge=1)
+    batch_size: Int = Field(16, ge=1)
     # Long enough for the longest gold calls (up to ~139 tokens with the tiny tokenizer);
     # a gold call longer than this can never be generated exactly (the job counts such
     # examples as ``eval_truncated_gold``).
-    max_new_tokens: int = Field(160, ge=1)
+    max_new_tokens: Int = Field(160, ge=1)
     # Rows x (longest prompt + max_new_tokens) per generation batch; batch_size is then unused.
-    tokens_per_batch: int | None = Field(None, ge=16)
+    tokens_per_batch: Int | None = Field(None, ge=16)
     # "peft": generate through the training model (4-bit base + LoRA side matmuls).
     # "merged": through a copy whose weights are the dequantized base plus the merged
     # adapter in the compute dtype: the same function up to rounding, much faster.
@@ -145,8 +160,8 @@ class JobSpec(_Strict):
 
     schema_: Literal["trajhpc.spec/1"] = Field(SPEC_SCHEMA, alias="schema")
     condition: ConditionName
-    condition_k: int | None = Field(None, ge=1)  # only for last-k
-    seed: int = 0
+    condition_k: Int | None = Field(None, ge=1)  # only for last-k
+    seed: Seed = 0
     order: tuple[str, ...]
     model: str = "tiny"
     quantization: Literal["nf4", "none"] = "nf4"
@@ -157,7 +172,7 @@ class JobSpec(_Strict):
     eval: EvalSpec = EvalSpec()
     token_budget: TokenBudget | None = None
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _check(self) -> "JobSpec":

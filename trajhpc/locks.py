@@ -30,10 +30,9 @@ UNLOCKED = -1
 
 def _try_lock(path: Path) -> int | None:
     """An fd holding the lock on ``path``, None while someone else holds it, UNLOCKED where locks don't work."""
-    while True:
+    for _ in range(100):
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = _open(path)
         except FileNotFoundError:
             continue  # the folder was removed between mkdir and open (an emptied study folder): again
         except OSError as err:
@@ -56,6 +55,16 @@ def _try_lock(path: Path) -> int | None:
         if same:
             return fd
         os.close(fd)  # locked a file its holder unlinked on release: lock the new one
+    raise TrajhpcError(f"cannot lock {path}: it keeps disappearing")
+
+
+def _open(path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        # A lock file a colleague's killed job left in a shared study: flock needs no write access.
+        return os.open(path, os.O_RDONLY)
 
 
 def holder(path: Path) -> str:
@@ -84,11 +93,12 @@ def exclusive(path: Path, timeout_s: float = 0.0, poll_s: float = 0.1) -> Iterat
         yield True
         return
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        with contextlib.suppress(OSError):  # opened read-only: the refused side just gets no pid
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         yield True
     finally:
         # Unlink while still holding it: nobody can lock this path in between.
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # gone already, or a folder we may not write to
             os.unlink(path)
         os.close(fd)

@@ -404,12 +404,15 @@ def test_second_run_job_exits_2_and_ctrl_c_exits_130_leaving_the_job_interrupted
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(lambda: _state(job_dir) == "running" or first.poll() is not None)
-        before = (job_dir / "state.json").read_bytes()
+        before = read(job_dir, "state.json")
         second = subprocess.run(command, capture_output=True, text=True, timeout=120)
         lines = [line for line in second.stderr.splitlines() if line.strip()]
         assert second.returncode == 2 and len(lines) == 1, second.stderr
         assert "in use by another trajhpc job process" in lines[0] and str(job_dir) in lines[0]
-        assert (job_dir / "state.json").read_bytes() == before  # the loser wrote nothing
+        after = read(job_dir, "state.json")  # the loser wrote nothing (the first one may have, since)
+        assert after["state"] == "running" and after["started"] == before["started"]
+        # Ctrl-C while it trains (stage 0 evaluated: stage 1 runs 50 steps)
+        _wait_for(lambda: (job_dir / "predictions" / "stage-0.jsonl").exists() or first.poll() is not None)
         first.send_signal(signal.SIGINT)
         _, stderr = first.communicate(timeout=120)
     finally:

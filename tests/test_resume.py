@@ -226,7 +226,7 @@ def test_a_pickled_or_damaged_checkpoint_file_is_refused_without_running_it(tmp_
     ckpt.mkdir(parents=True)
     marker = tmp_path / "marker"
     torch.save({"python": _Exploit(marker)}, ckpt / "rng.pt")
-    with pytest.raises(TrajhpcError, match=r"rng\.pt: refusing to load it: it needs unpickling .*Unsupported global"):
+    with pytest.raises(TrajhpcError, match=r"rng\.pt: refusing to load it: it needs unpickling \(\S+\), which could"):
         load_tensors(ckpt / "rng.pt")
     assert not marker.exists()
     for damaged in (b"", b"not a torch file", (ckpt / "rng.pt").read_bytes()[:100]):
@@ -257,7 +257,7 @@ def test_resume_refuses_a_crafted_rng_file_with_a_clean_error(tmp_path, monkeypa
         [sys.executable, "-m", "trajhpc.cli", "run-job", str(spec_file), "--job-dir", str(job_dir)],
         capture_output=True, text=True, timeout=300,
     )
-    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]  # not library warnings
     assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
     assert f"{rng}: refusing to load it: it needs unpickling" in lines[0]
     assert not marker.exists()

@@ -26,11 +26,14 @@ like a real SIGKILL it leaves ``state.json`` at "running".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import submitit
 from rich.console import Console
@@ -125,15 +128,42 @@ def _run_locked(
     started = provenance.now_iso()
     done = len(metrics["stages"]) - 1 if metrics else -1
     write_state(job_dir, "running", max(done, 0), n, started=started)
+    sigint: list[int] = []
     try:
-        return _Run(spec, job_dir, study, context, console or Console()).run(metrics)
+        with _noting_sigint(sigint):
+            return _Run(spec, job_dir, study, context, console or Console()).run(metrics)
     except (Exception, KeyboardInterrupt) as err:
         # Ctrl-C (SIGINT) is no failure: "interrupted" resumes like a killed job when started again.
-        state = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        # A library may turn the KeyboardInterrupt into another error (one landing mid-import does).
+        interrupted = isinstance(err, KeyboardInterrupt) or bool(sigint)
         stage = len((read_json(job_dir / "metrics.json") or {"stages": [None]})["stages"]) - 1
-        error = last_line(err) if state == "failed" else None
-        write_state(job_dir, state, max(stage, 0), n, started=started, error=error)
+        error = None if interrupted else last_line(err)
+        write_state(job_dir, "interrupted" if interrupted else "failed", max(stage, 0), n, started=started, error=error)
+        if interrupted and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
         raise
+
+
+@contextlib.contextmanager
+def _noting_sigint(seen: list[int]) -> Iterator[None]:
+    """Note in ``seen`` that SIGINT arrived, then handle it as before (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _mark_done(job_dir: Path, metrics: Mapping[str, Any], n_stages: int) -> None:

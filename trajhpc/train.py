@@ -35,6 +35,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -557,10 +558,11 @@ def load_tensors(path: Path) -> Any:
     except FileNotFoundError:
         raise TrajhpcError(f"{path}: missing from the checkpoint; {start_over}") from None
     except pickle.UnpicklingError as err:
-        unsafe = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        # torch's own message advises allowlisting the global: exactly what must not happen here.
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if unsafe:
             raise TrajhpcError(
-                f"{path}: refusing to load it: it needs unpickling ({unsafe[0]}), which could run code; "
+                f"{path}: refusing to load it: it needs unpickling ({unsafe.group(1)}), which could run code; "
                 f"{start_over}"
             ) from None
         raise TrajhpcError(f"{path}: damaged, not a readable torch file; {start_over}") from None

@@ -714,7 +714,8 @@ def test_wait_status():
     assert wait_status(console, rows("failed", "running")) == 130  # the wait itself was interrupted
 
 
-def test_local_submit_with_a_failed_job_exits_3(tmp_path):
+def test_local_submit_with_a_failed_job_exits_3(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the manifest's run root, jobs/, is relative
     (tmp_path / "m.yaml").write_text(LOCAL.replace("conditions: [A, B]", "conditions: [B]"))
     (job,) = expand(load_manifest(tmp_path / "m.yaml"))
     job.run_dir.mkdir(parents=True)

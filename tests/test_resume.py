@@ -267,3 +267,32 @@ def test_resume_refuses_a_crafted_rng_file_with_a_clean_error(tmp_path, monkeypa
     rng.write_bytes(good)
     run_job(SPEC, job_dir, study="resume-test")
     assert comparable(job_dir) == reference
+
+
+def test_a_checkpoint_write_that_fails_leaves_no_temp_folder_and_the_old_checkpoint(tmp_path):
+    import errno
+    import os
+
+    from trajhpc.errors import TrajhpcError
+    from trajhpc.train import save_checkpoint
+
+    class FullDisk:
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "adapter_model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "trainer_state.json").write_text("{}")
+    with pytest.raises(TrajhpcError, match=r"cannot write the checkpoint in .*\.checkpoint\.tmp: No space left"):
+        save_checkpoint(tmp_path, FullDisk(), None, {"stage": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert (tmp_path / "checkpoint" / "trainer_state.json").read_text() == "{}"
+
+
+def test_target_modules_are_written_sorted(tmp_path):
+    from trajhpc.train import _sort_target_modules
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"target_modules": ["v_proj", "k_proj", "q_proj"]}))
+    _sort_target_modules(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"] == ["k_proj", "q_proj", "v_proj"]

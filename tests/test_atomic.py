@@ -47,3 +47,19 @@ def test_written_files_follow_the_umask(tmp_path):
         assert path.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
+
+
+def test_a_refused_write_is_a_clean_error_naming_the_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from trajhpc.errors import TrajhpcError
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)  # where a full disk (or NFS quota) shows up last
+    path = tmp_path / "m.json"
+    with pytest.raises(TrajhpcError, match=r"cannot write .*m\.json: No space left on device"):
+        atomic.atomic_write_json(path, {"v": 1})
+    assert list(tmp_path.iterdir()) == []

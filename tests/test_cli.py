@@ -40,3 +40,33 @@ def test_run_job_on_a_folder_is_one_line_not_a_traceback(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and str(tmp_path) in lines[0] and "folder" in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_ctrl_c_in_any_command_exits_130_with_a_message(monkeypatch, capsys):
+    import pytest
+
+    import trajhpc.status
+    from trajhpc import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trajhpc.status, "status_command", interrupted)
+    monkeypatch.setattr(sys, "argv", ["trajhpc", "status"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_an_exit_status_raised_by_a_command_reaches_the_shell(monkeypatch):
+    import pytest
+
+    import trajhpc.launch
+    from trajhpc import cli
+
+    monkeypatch.setattr(trajhpc.launch, "submit_command", lambda *a, **k: 3)
+    monkeypatch.setattr(sys, "argv", ["trajhpc", "submit", "m.yaml"])
+    with pytest.raises(SystemExit) as exit_:
+        cli.main()
+    assert exit_.value.code == 3

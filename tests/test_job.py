@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -347,3 +348,116 @@ def test_complete_job_still_marked_running_is_marked_done(tmp_path, monkeypatch,
     before = (job_dir / "state.json").read_bytes()
     run_job(spec_of(), job_dir)  # already done: left as it is
     assert (job_dir / "state.json").read_bytes() == before
+
+
+# ---------------------------------------------------------------- one process per job directory, Ctrl-C, threads
+
+HOLD = "import sys, time\nfrom pathlib import Path\nfrom trajhpc import locks\n" \
+    "with locks.exclusive(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n"
+
+
+def _holder(lock: Path) -> subprocess.Popen:
+    """Another process holding ``lock`` (as a running job holds its directory's)."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_job_directory_in_use_is_refused_at_once_and_a_dead_holder_is_taken_over(tmp_path, done_job):
+    job_dir = tmp_path / "job"
+    shutil.copytree(done_job, job_dir)
+    (job_dir / "state.json").unlink()
+    holder = _holder(job_dir / ".lock")
+    try:
+        with pytest.raises(TrajhpcError, match=r"in use by another trajhpc job process \(pid \d+ on .*\); refusing"):
+            JobTask()(spec_of().to_dict(), str(job_dir))
+        assert not (job_dir / "state.json").exists()  # refused before writing anything
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its flock, the lock file stays behind
+        holder.wait()
+    assert (job_dir / ".lock").exists()
+    assert run_job(spec_of(), job_dir) == read(done_job, "metrics.json")  # stale lock taken over
+    assert read(job_dir, "state.json")["state"] == "done"
+    assert not (job_dir / ".lock").exists()  # released and removed
+
+
+def _wait_for(predicate, timeout=120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _state(job_dir: Path) -> str | None:
+    try:
+        return read(job_dir, "state.json")["state"]
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def test_second_run_job_exits_2_and_ctrl_c_exits_130_leaving_the_job_interrupted(tmp_path):
+    import signal
+
+    from trajhpc.status import display_state
+
+    spec_file, job_dir = tmp_path / "spec.json", tmp_path / "job"
+    spec_file.write_text(json.dumps(BASE | {"train": BASE["train"] | {"max_steps": 50}}))
+    command = [sys.executable, "-m", "trajhpc.cli", "run-job", str(spec_file), "--job-dir", str(job_dir)]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _state(job_dir) == "running" or first.poll() is not None)
+        before = read(job_dir, "state.json")
+        second = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        assert second.returncode == 2 and len(lines) == 1, second.stderr
+        assert "in use by another trajhpc job process" in lines[0] and str(job_dir) in lines[0]
+        after = read(job_dir, "state.json")  # the loser wrote nothing (the first one may have, since)
+        assert after["state"] == "running" and after["started"] == before["started"]
+        # Ctrl-C while it trains (stage 0 evaluated: stage 1 runs 50 steps)
+        _wait_for(lambda: (job_dir / "predictions" / "stage-0.jsonl").exists() or first.poll() is not None)
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    state = read(job_dir, "state.json")
+    assert state["state"] == "interrupted" and state["error"] is None and state["ended"]
+    assert not (job_dir / ".lock").exists()
+    assert display_state(state, False, None)[0] == "interrupted"
+
+
+def test_job_threads_follow_the_launcher_then_the_allocation_then_the_affinity():
+    from trajhpc.job import job_threads
+
+    assert job_threads({"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "8"}, 16) == 3
+    assert job_threads({"SLURM_CPUS_PER_TASK": "8"}, 16) == 8
+    assert job_threads({}, 16) == 16
+    assert job_threads({"OMP_NUM_THREADS": "", "SLURM_CPUS_PER_TASK": "x"}, 0) == 1
+
+
+def test_run_job_by_hand_sets_the_thread_count(tmp_path, monkeypatch, done_job):
+    import torch
+
+    import trajhpc.job as job_mod
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset, and restored after the test
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    seen = []
+    monkeypatch.setattr(job_mod, "run_job", lambda *a, **k: seen.append(torch.get_num_threads()) or
+                        read(done_job, "metrics.json"))
+    before = torch.get_num_threads()
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(BASE))
+    try:
+        run_job_command(Console(file=open(os.devnull, "w")), spec_file, tmp_path / "job")
+        assert seen == [1] and os.environ["OMP_NUM_THREADS"] == "1"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_adapter_config_lists_target_modules_sorted(done_job):
+    config = read(done_job / "checkpoint" / "adapter", "adapter_config.json")
+    assert isinstance(config["target_modules"], list) and config["target_modules"] == sorted(config["target_modules"])

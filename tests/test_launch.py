@@ -653,3 +653,77 @@ def test_an_interrupted_submit_is_never_guessed_when_slurm_is_down(queued_slurm,
     with pytest.raises(TrajhpcError, match="cannot ask Slurm whether the interrupted submission reached it"):
         _submit(Path("m.yaml"))
     assert (tmp_path / "jobs" / "st" / ".submitting.json").exists() and _sbatch_calls(queued_slurm) == 0
+
+
+# ---------------------------------------------------------------- exit statuses and leftovers
+
+
+def test_a_refused_submit_leaves_no_lock_file_and_no_empty_study_folder(fake_slurm, tmp_path):
+    (tmp_path / "m.yaml").write_text(MANIFEST + "container:\n  runtime: apptainer\n  image: t.sif\n")
+    with pytest.raises(InputError, match="t.sif not found"):
+        _submit(Path("m.yaml"))
+    assert not (tmp_path / "jobs" / "st").exists()
+    (tmp_path / "t.sif").write_bytes(b"x")
+    assert "submitted 4 jobs" in _submit(Path("m.yaml"))
+    assert not (tmp_path / "jobs" / "st" / ".submit.lock").exists()
+
+
+def test_disk_full_writing_the_records_is_one_clear_error_and_recovered_later(queued_slurm, tmp_path, monkeypatch):
+    import errno
+
+    import trajhpc.atomic as atomic_mod
+
+    write = atomic_mod._write
+
+    def full(path, data):
+        if path.name == "submission.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(path, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(atomic_mod, "_write", full)
+        with pytest.raises(TrajhpcError, match=r"cannot write .*submission\.json: No space left on device; "
+                                               r"Slurm accepted the jobs \(job 100\)"):
+            _submit(Path("m.yaml"))
+    assert not list((tmp_path / "jobs" / "st").glob("*/.submission.json.*.tmp"))
+    text = _submit(Path("m.yaml"))  # space again: the journal records the array, nothing goes out twice
+    assert "recorded them" in text and _sbatch_calls(queued_slurm) == 1
+
+
+def test_submit_wait_exits_3_when_jobs_fail(fake_slurm, tmp_path):
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    out = io.StringIO()
+    console = Console(file=out, width=200, color_system=None)
+    # sacct lists none of the jobs: they ended (not found) without finishing.
+    code = submit_command(console, Path("m.yaml"), dry_run=False, run_root=None, executor=None, wait=True)
+    assert code == 3 and "4 jobs did not finish" in out.getvalue()
+
+
+def test_wait_status():
+    from trajhpc.launch import wait_status
+    from trajhpc.status import Row
+
+    def rows(*labels):
+        return [Row(str(i), "A", "0", "x", "", label, "", "") for i, label in enumerate(labels)]
+
+    console = Console(file=io.StringIO())
+    assert wait_status(console, rows("done", "done")) == 0
+    assert wait_status(console, rows("done", "failed")) == 3
+    assert wait_status(console, rows("done", "interrupted")) == 3
+    assert wait_status(console, rows("cancelled")) == 3
+    assert wait_status(console, rows("failed", "running")) == 130  # the wait itself was interrupted
+
+
+def test_local_submit_with_a_failed_job_exits_3(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the manifest's run root, jobs/, is relative
+    (tmp_path / "m.yaml").write_text(LOCAL.replace("conditions: [A, B]", "conditions: [B]"))
+    (job,) = expand(load_manifest(tmp_path / "m.yaml"))
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "metrics.json").write_text("{corrupt")  # fails as soon as it starts
+    out = subprocess.run(
+        [sys.executable, "-m", "trajhpc.cli", "submit", "m.yaml"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=300,
+    )
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "1 job: 1 failed" in out.stdout and "1 job did not finish" in out.stdout
+    assert "Traceback" not in out.stderr

@@ -184,3 +184,115 @@ def test_token_batches_killed_mid_stage_resume_equal(tmp_path, monkeypatch):
     metrics = run_job(TOKEN_BATCHES, job_dir, study="resume-test")
     assert metrics["complete"] is True and metrics["provenance"]["resumed_after_stage"] == 1
     assert comparable(job_dir) == reference
+
+
+# ---------------------------------------------------------------- nothing executable is loaded from a job directory
+
+
+class _Exploit:
+    """Unpickling this runs code (writes a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
+    import random
+
+    import numpy as np
+    import torch
+
+    from trajhpc.train import _torch_bytes, load_tensors, rng_state, set_rng_state
+
+    random.random(), np.random.standard_normal(), torch.rand(1)  # numpy now has a cached gaussian
+    path = tmp_path / "checkpoint" / "rng.pt"
+    path.parent.mkdir()
+    path.write_bytes(_torch_bytes(rng_state()))
+    expected = (random.random(), np.random.standard_normal(), torch.rand(3).tolist())
+    set_rng_state(load_tensors(path))
+    assert (random.random(), np.random.standard_normal(), torch.rand(3).tolist()) == expected
+
+
+def test_a_pickled_or_damaged_checkpoint_file_is_refused_without_running_it(tmp_path):
+    import torch
+
+    from trajhpc.errors import TrajhpcError
+    from trajhpc.train import load_tensors
+
+    ckpt = tmp_path / "job" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    torch.save({"python": _Exploit(marker)}, ckpt / "rng.pt")
+    with pytest.raises(TrajhpcError, match=r"rng\.pt: refusing to load it: it needs unpickling \(\S+\), which could"):
+        load_tensors(ckpt / "rng.pt")
+    assert not marker.exists()
+    for damaged in (b"", b"not a torch file", (ckpt / "rng.pt").read_bytes()[:100]):
+        (ckpt / "rng.pt").write_bytes(damaged)
+        with pytest.raises(TrajhpcError, match=rf"{ckpt}/rng\.pt: damaged.*delete {tmp_path / 'job'}"):
+            load_tensors(ckpt / "rng.pt")
+
+
+def test_resume_refuses_a_crafted_rng_file_with_a_clean_error(tmp_path, monkeypatch, reference):
+    """The job stops at the checkpoint's door: TrajhpcError naming the file, job marked failed, no code run."""
+    import subprocess
+    import sys
+
+    import torch
+
+    job_dir = tmp_path / "job"
+    monkeypatch.setenv(FAULT_ENV, "after-stage:0")
+    with pytest.raises(InjectedFault):
+        run_job(SPEC, job_dir, study="resume-test")
+    monkeypatch.delenv(FAULT_ENV)
+    rng = job_dir / "checkpoint" / "rng.pt"
+    good = rng.read_bytes()
+    marker = tmp_path / "marker"
+    torch.save({"numpy": _Exploit(marker)}, rng)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(SPEC.to_dict()))
+    out = subprocess.run(
+        [sys.executable, "-m", "trajhpc.cli", "run-job", str(spec_file), "--job-dir", str(job_dir)],
+        capture_output=True, text=True, timeout=300,
+    )
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]  # not library warnings
+    assert out.returncode == 2 and len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{rng}: refusing to load it: it needs unpickling" in lines[0]
+    assert not marker.exists()
+    state = json.loads((job_dir / "state.json").read_text())
+    assert state["state"] == "failed" and "rng.pt" in state["error"]
+    # Restored, the job resumes and still ends equal to the uninterrupted run.
+    rng.write_bytes(good)
+    run_job(SPEC, job_dir, study="resume-test")
+    assert comparable(job_dir) == reference
+
+
+def test_a_checkpoint_write_that_fails_leaves_no_temp_folder_and_the_old_checkpoint(tmp_path):
+    import errno
+    import os
+
+    from trajhpc.errors import TrajhpcError
+    from trajhpc.train import save_checkpoint
+
+    class FullDisk:
+        def save_pretrained(self, folder):
+            Path(folder).mkdir(parents=True)
+            (Path(folder) / "adapter_model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "trainer_state.json").write_text("{}")
+    with pytest.raises(TrajhpcError, match=r"cannot write the checkpoint in .*\.checkpoint\.tmp: No space left"):
+        save_checkpoint(tmp_path, FullDisk(), None, {"stage": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    assert (tmp_path / "checkpoint" / "trainer_state.json").read_text() == "{}"
+
+
+def test_target_modules_are_written_sorted(tmp_path):
+    from trajhpc.train import _sort_target_modules
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"target_modules": ["v_proj", "k_proj", "q_proj"]}))
+    _sort_target_modules(tmp_path)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"] == ["k_proj", "q_proj", "v_proj"]

@@ -405,3 +405,17 @@ def test_short_order_uses_block_initials_unless_ambiguous():
     assert short_order(order) == "ca>mt>mwf>cio"
     assert short_order(["ab-c", "ax-cy"]) == "ab-c>ax-cy"  # both would be "ac"
     assert short_order([]) == ""
+
+
+@pytest.mark.parametrize(
+    "sched, expected",
+    [
+        (None, ("interrupted", "after 2/4 stages")),  # Ctrl-C on a run-job by hand
+        (GONE, ("interrupted", "after 2/4 stages")),  # a local submit interrupted
+        ("RUNNING", ("running", "2/4 stages")),  # requeued and running again
+        ("CANCELLED", ("cancelled", "2/4 stages")),
+    ],
+)
+def test_an_interrupted_job_is_shown_as_such(sched, expected):
+    assert display_state(_state("interrupted", 2), False, sched) == expected
+    assert decide(False, sched) == ("leave" if sched == "RUNNING" else "submit")  # resumed by the next submit

@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from trajhpc.errors import TrajhpcError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -19,8 +21,19 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, creating parent folders."""
+    """Write ``data`` to ``path`` atomically, creating parent folders.
+
+    The filesystem refusing (disk full, quota, permissions, read-only) is the
+    environment, not a bug: a TrajhpcError naming the file, no temp file left behind.
+    """
     path = Path(path)
+    try:
+        _write(path, data)
+    except OSError as err:
+        raise TrajhpcError(f"cannot write {path}: {err.strerror or err}") from err
+
+
+def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

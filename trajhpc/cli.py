@@ -28,6 +28,7 @@ app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)
+EXIT_INTERRUPTED = 130
 
 
 @data_app.command("inspect")
@@ -72,9 +73,11 @@ def submit(
     """Expand a manifest into jobs and submit the pending ones (Slurm job array or local)."""
     from trajhpc.launch import submit_command
 
-    submit_command(
+    code = submit_command(
         console, manifest, dry_run=dry_run, run_root=run_root, executor=executor, wait=wait, rates=rates
     )
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("status")
@@ -103,26 +106,32 @@ def aggregate(
 
 
 def main() -> None:
-    """Console-script entry point: user mistakes become one line on stderr and exit code 2."""
+    """Console-script entry point. Exit statuses: 0 success; 1 a bug (traceback); 2 a user
+    mistake (one line on stderr); 3 submit ran or watched jobs and some did not finish
+    (``EXIT_JOBS_FAILED``); 130 interrupted (Ctrl-C)."""
     from typer.exceptions import TyperException
 
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer turns Ctrl-C into a *returned* 130, and returns
+        # the code of a raised typer.Exit too: both must reach sys.exit.
+        code = app(standalone_mode=False)
     except TrajhpcError as err:
         # The message is user text (a regex, a path): escaped, so rich shows it as written.
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
+        code = EXIT_INTERRUPTED
     except typer.Exit as err:
-        sys.exit(err.exit_code)
+        code = err.exit_code
     except TyperException as err:  # usage errors: unknown command, bad option
         if hasattr(err, "show"):
             err.show()
         else:
             err_console.print(f"error: {err.format_message()}")
         sys.exit(2)
+    if code == EXIT_INTERRUPTED:
+        err_console.print("interrupted (Ctrl-C)")
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,19 @@ like a real SIGKILL it leaves ``state.json`` at "running".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import sys
+import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import submitit
 from rich.console import Console
 
-from trajhpc import provenance
+from trajhpc import locks, provenance
 from trajhpc.atomic import atomic_write_json, atomic_write_jsonl
 from trajhpc.errors import InputError, TrajhpcError
 from trajhpc.spec import JobSpec, load_spec, spec_from_dict
@@ -42,6 +46,7 @@ from trajhpc.spec import JobSpec, load_spec, spec_from_dict
 METRICS_SCHEMA = "trajhpc.metrics/1"
 TOKENS_SCHEMA = "trajhpc.tokens/1"
 FAULT_ENV = "TRAJHPC_FAULT_INJECT"
+LOCK_FILE = ".lock"  # held by the process running the job (trajhpc.locks)
 SUMMARY_KEYS = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
 TOKEN_KEYS = (
     "examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes", "truncated_examples",
@@ -59,11 +64,32 @@ def run_job_command(console: Console, spec_path: Path, job_dir: Path | None) -> 
     """``trajhpc run-job SPEC.json [--job-dir DIR]``: run (or resume) one job and print its final scores."""
     spec = load_spec(spec_path)
     job_dir = job_dir or Path("jobs") / spec.job_id
+    use_threads(job_threads(os.environ, len(os.sched_getaffinity(0))))
     metrics = run_job(spec, job_dir, console=console)
     final = metrics["final"] or {}
     scores = "  ".join(f"{k} {final[k]:.3f}" for k in SUMMARY_KEYS if final.get(k) is not None)
     console.print(f"job {spec.job_id} done in {job_dir}: {scores}", highlight=False, soft_wrap=True)
     return metrics
+
+
+def job_threads(env: Mapping[str, str], affinity: int) -> int:
+    """CPU threads for a job run by hand: ``OMP_NUM_THREADS`` when set (what submitted jobs get:
+    ``cpus_per_task``), else ``SLURM_CPUS_PER_TASK`` inside an allocation, else the cores this
+    process may run on. torch's own default counts the machine's cores, and more threads than
+    cores one owns makes every OpenMP barrier wait on a descheduled thread."""
+    for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        value = env.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return max(1, affinity)
+
+
+def use_threads(n: int) -> None:
+    """Set the thread count: torch reads the variable when it is imported (after bad input is
+    refused); a torch imported already is told directly."""
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def run_job(
@@ -74,8 +100,25 @@ def run_job(
     context: Mapping[str, Any] | None = None,
     console: Console | None = None,
 ) -> dict[str, Any]:
-    """Run or resume the job in ``job_dir``; returns its metrics (at once if already complete)."""
+    """Run or resume the job in ``job_dir``; returns its metrics (at once if already complete).
+
+    Holds ``<job_dir>/.lock`` throughout: a second process on the same directory (a
+    second run-job, a duplicate array task) is refused before it writes anything.
+    """
     job_dir = Path(job_dir)
+    with locks.exclusive(job_dir / LOCK_FILE) as held:
+        if not held:
+            who = locks.holder(job_dir / LOCK_FILE)
+            raise TrajhpcError(
+                f"{job_dir} is in use by another trajhpc job process{f' ({who})' if who else ''}; "
+                "refusing to run it twice: wait for it to end, or stop it first"
+            )
+        return _run_locked(spec, job_dir, study, context, console)
+
+
+def _run_locked(
+    spec: JobSpec, job_dir: Path, study: str | None, context: Mapping[str, Any] | None, console: Console | None
+) -> dict[str, Any]:
     claim_job_dir(spec, job_dir)
     metrics = read_json(job_dir / "metrics.json")
     n = len(spec.order)
@@ -85,12 +128,42 @@ def run_job(
     started = provenance.now_iso()
     done = len(metrics["stages"]) - 1 if metrics else -1
     write_state(job_dir, "running", max(done, 0), n, started=started)
+    sigint: list[int] = []
     try:
-        return _Run(spec, job_dir, study, context, console or Console()).run(metrics)
-    except Exception as err:
+        with _noting_sigint(sigint):
+            return _Run(spec, job_dir, study, context, console or Console()).run(metrics)
+    except (Exception, KeyboardInterrupt) as err:
+        # Ctrl-C (SIGINT) is no failure: "interrupted" resumes like a killed job when started again.
+        # A library may turn the KeyboardInterrupt into another error (one landing mid-import does).
+        interrupted = isinstance(err, KeyboardInterrupt) or bool(sigint)
         stage = len((read_json(job_dir / "metrics.json") or {"stages": [None]})["stages"]) - 1
-        write_state(job_dir, "failed", max(stage, 0), n, started=started, error=last_line(err))
+        error = None if interrupted else last_line(err)
+        write_state(job_dir, "interrupted" if interrupted else "failed", max(stage, 0), n, started=started, error=error)
+        if interrupted and not isinstance(err, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
         raise
+
+
+@contextlib.contextmanager
+def _noting_sigint(seen: list[int]) -> Iterator[None]:
+    """Note in ``seen`` that SIGINT arrived, then handle it as before (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _mark_done(job_dir: Path, metrics: Mapping[str, Any], n_stages: int) -> None:

@@ -29,12 +29,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from filelock import FileLock, Timeout
 from rich.console import Console
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import _convert_mem, _make_sbatch_string
 
 from trajhpc import container as ctr
+from trajhpc import locks
 from trajhpc.atomic import atomic_write_json
 from trajhpc.errors import TrajhpcError
 from trajhpc.grid import GridJob, expand
@@ -50,6 +50,7 @@ from trajhpc.status import (
     decide,
     display_state,
     find_submission,
+    is_active,
     last_line,
     make_row,
     observe,
@@ -71,6 +72,11 @@ EXECUTORS = ("slurm", "local", "auto")
 # Slurm batch steps see the whole node's cores; keep torch's thread pool to the allocation.
 SLURM_SETUP = ("export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",)
 LOCAL_POLL_S = 1.0
+# Exit statuses of `submit` that waited for its jobs (trajhpc.cli documents them all).
+EXIT_JOBS_FAILED = 3
+EXIT_INTERRUPTED = 130
+# Labels of jobs that ended without finishing.
+UNFINISHED = ("failed", "interrupted", "cancelled")
 WRITE_THREADS = 8
 
 
@@ -325,29 +331,32 @@ def _write_record(
 
 @contextlib.contextmanager
 def study_lock(console: Console, study_dir: Path, timeout_s: float | None = None) -> Iterator[None]:
-    """Exclusive lock on ``<study_dir>/.submit.lock``: a second submit of the study waits, then gives up."""
+    """Exclusive lock on ``<study_dir>/.submit.lock``: a second submit of the study waits, then gives up.
+
+    The lock file goes when the lock is released, and so does a study folder this submit
+    created and left empty (a refused submit leaves nothing behind).
+    """
     timeout_s = LOCK_TIMEOUT_S if timeout_s is None else timeout_s
-    study_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(study_dir / LOCK_FILE)
+    created = not study_dir.exists()
+    path = study_dir / LOCK_FILE
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        console.print(
-            f"another trajhpc submit of study {study_dir.name} is running; waiting up to {timeout_s:.0f} s "
-            f"for it ({study_dir / LOCK_FILE})",
-            highlight=False,
-        )
-        try:
-            lock.acquire(timeout=timeout_s)
-        except Timeout:
-            raise TrajhpcError(
-                f"another trajhpc submit of study {study_dir.name} still holds {study_dir / LOCK_FILE} after "
-                f"{timeout_s:.0f} s; let it finish (a local run holds it until its jobs end), then submit again"
-            ) from None
-    try:
-        yield
+        with contextlib.ExitStack() as stack:
+            if not stack.enter_context(locks.exclusive(path)):
+                console.print(
+                    f"another trajhpc submit of study {study_dir.name} is running; waiting up to {timeout_s:.0f} s "
+                    f"for it ({path})",
+                    highlight=False,
+                )
+                if not stack.enter_context(locks.exclusive(path, timeout_s)):
+                    raise TrajhpcError(
+                        f"another trajhpc submit of study {study_dir.name} still holds {path} after "
+                        f"{timeout_s:.0f} s; let it finish (a local run holds it until its jobs end), then submit again"
+                    )
+            yield
     finally:
-        lock.release()
+        if created:
+            with contextlib.suppress(OSError):
+                study_dir.rmdir()  # only if empty
 
 
 def write_journal(study_dir: Path, jobs: Sequence[GridJob], launch: Launch) -> None:
@@ -454,7 +463,12 @@ def submit_slurm(jobs: Sequence[GridJob], launch: Launch) -> list[str]:
         (study_dir / JOURNAL).unlink(missing_ok=True)  # nothing went out
         raise TrajhpcError(f"sbatch failed: {last_line(str(err), width=400) or repr(err)}") from None
     ids = [s.job_id for s in submitted]
-    _each(lambda pair: write_record(pair[0], launch, slurm_job_id=pair[1], local_pid=None), list(zip(jobs, ids)))
+    try:
+        _each(lambda pair: write_record(pair[0], launch, slurm_job_id=pair[1], local_pid=None), list(zip(jobs, ids)))
+    except TrajhpcError as err:  # disk full, quota: the journal stays, so nothing is submitted twice
+        raise TrajhpcError(
+            f"{err}; Slurm accepted the jobs (job {ids[0].split('_')[0]}): the next `trajhpc submit` records them"
+        ) from None
     (study_dir / JOURNAL).unlink(missing_ok=True)
     return ids
 
@@ -542,7 +556,7 @@ def run_local(console: Console, jobs: Sequence[GridJob], launch: Launch) -> None
                         detail = _failure_line(handle.exception()) or detail
                     line = f"[{finished}/{len(jobs)}] {job.job_id} {job.spec.arm} seed {job.spec.seed}: {label}"
                     console.print(line + (f" ({detail})" if detail else ""), highlight=False, soft_wrap=True)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or a record that could not be written (disk full)
         for _, handle in running.values():
             handle.cancel()
         raise
@@ -582,11 +596,13 @@ def submit_command(
     executor: str | None,
     wait: bool,
     rates: Path | None = None,
-) -> None:
+) -> int:
     """``trajhpc submit``: print the plan, then submit (or, with ``--dry-run``, show the sbatch script).
 
     With ``rates`` (a file written by ``benchmarks/bench_gpu_qlora.py --job``) it also
     prints the estimated GPU-hours of the grid and of what is to be submitted.
+    Returns the exit status: ``EXIT_JOBS_FAILED`` when it waited for jobs (local, or
+    ``--wait``) and some did not finish, 130 when the wait was interrupted, else 0.
     """
     manifest = load_manifest(manifest_path)
     if run_root is not None and run_root_problem(run_root):
@@ -625,7 +641,7 @@ def submit_command(
             else:
                 command = submitit_command(launch.python, launch.folder)
                 console.print(f"local executor: each job runs `{command}`", highlight=False, soft_wrap=True)
-            return
+            return 0
         for job in todo:
             if sched.get(job.job_id):  # submitted before: say why it goes again
                 console.print(f"resubmitting {job.job_id} (was {sched[job.job_id].lower()})", highlight=False)
@@ -645,7 +661,28 @@ def submit_command(
                 run_local(console, todo, launch)
     dirs = [job.run_dir for job in jobs]
     if kind == "slurm" and wait and (todo or groups["leave"]):
-        watch_rows(console, lambda: dirs, f"study {manifest.study}", 10.0, until_idle=True, specs=specs)
+        rows = watch_rows(console, lambda: dirs, f"study {manifest.study}", 10.0, until_idle=True, specs=specs)
     elif kind == "local" and todo:
         rows = collect_rows(dirs, specs)
         console.print(counts_line(rows), highlight=False)
+        ran = {job.job_id for job in todo}
+        rows = [r for r in rows if r.job_id in ran]  # others may still run under another submit
+    else:
+        return 0
+    return wait_status(console, rows)
+
+
+def wait_status(console: Console, rows: Sequence[Any]) -> int:
+    """Exit status once submit has waited for its jobs: 0 only when none failed (see ``submit_command``)."""
+    active = sum(is_active(r) for r in rows)
+    if active:  # watch_rows returns early only on Ctrl-C
+        console.print(f"stopped waiting; {_jobs(active)} still queued or running", highlight=False)
+        return EXIT_INTERRUPTED
+    unfinished = sum(r.label in UNFINISHED for r in rows)
+    if unfinished:
+        console.print(
+            f"{_jobs(unfinished)} did not finish (`trajhpc status` says why; `trajhpc submit` again resumes them)",
+            highlight=False,
+        )
+        return EXIT_JOBS_FAILED
+    return 0

@@ -43,10 +43,10 @@ GONE = "GONE"
 # Slurm could not be asked (status only: submit refuses to guess).
 UNKNOWN = "UNKNOWN"
 
-LABELS = ("done", "running", "pending", "failed", "cancelled", "corrupt", "unreadable", "not submitted")
+LABELS = ("done", "running", "pending", "failed", "interrupted", "cancelled", "corrupt", "unreadable", "not submitted")
 _STYLE = {
-    "done": "green", "running": "cyan", "pending": "yellow", "failed": "red", "cancelled": "magenta",
-    "corrupt": "bold red", "unreadable": "bold red",
+    "done": "green", "running": "cyan", "pending": "yellow", "failed": "red", "interrupted": "magenta",
+    "cancelled": "magenta", "corrupt": "bold red", "unreadable": "bold red",
 }
 
 Action = Literal["skip", "leave", "submit"]
@@ -87,7 +87,7 @@ def display_state(state: Mapping[str, Any] | None, complete: bool, scheduler_sta
 
     ``state`` is its state.json (None if absent), ``complete`` whether metrics.json says
     complete, ``scheduler_state`` as in ``decide``. Labels: done, running, pending,
-    failed, cancelled, not submitted.
+    failed, interrupted (Ctrl-C; resumes when started again), cancelled, not submitted.
     """
     if complete:
         return "done", ""
@@ -105,12 +105,16 @@ def display_state(state: Mapping[str, Any] | None, complete: bool, scheduler_sta
             return "running", progress
         if job_state == "failed":
             return "failed", last_line(state.get("error")) if state else ""
+        if job_state == "interrupted":
+            return "interrupted", f"after {progress}" if progress else ""
         return "failed", "state.json says done but metrics.json is not complete"
     # Submitted, and the scheduler says it ended (or no longer knows it) without complete metrics.
     if scheduler_state == "CANCELLED":
         return "cancelled", progress
     if job_state == "failed" and state and state.get("error"):
         return "failed", last_line(state["error"])
+    if job_state == "interrupted":
+        return "interrupted", f"after {progress}" if progress else ""
     reason = {GONE: "ended without finishing", "COMPLETED": "exited without finishing"}.get(
         scheduler_state, scheduler_state
     )

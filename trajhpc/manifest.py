@@ -423,12 +423,16 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
 # ---------------------------------------------------------------- checks across fields
 
 
-def arm_name(item: str | ConditionEntry) -> str:
-    """The arm a ``conditions`` entry produces (``JobSpec.arm``, so the two never disagree)."""
+def arm_name(item: str | ConditionEntry, tool_docs: str = "none") -> str:
+    """The arm a ``conditions`` entry produces (``JobSpec.arm``, so the two never disagree);
+    ``tool_docs`` is the manifest's ``data.tool_docs``, which an entry may override."""
+    fields: dict[str, Any] = {"data": DataSpec(tool_docs=tool_docs)}
     if isinstance(item, str):
-        fields: dict[str, Any] = {"condition": item}
+        fields["condition"] = item
     else:
-        fields = {"condition": item.condition, "condition_k": item.k, "token_budget": item.token_budget}
+        fields.update(condition=item.condition, condition_k=item.k, token_budget=item.token_budget)
+        if item.tool_docs is not None:
+            fields["data"] = DataSpec(tool_docs=item.tool_docs)
     return JobSpec(order=("_",), **fields).arm
 
 
@@ -466,7 +470,7 @@ def check_manifest(manifest: Manifest) -> None:
     # their units twice); equal entries are the same jobs and collapse.
     seen: dict[str, tuple[int, str | ConditionEntry]] = {}
     for i, item in enumerate(manifest.conditions):
-        arm = arm_name(item)
+        arm = arm_name(item, manifest.data.tool_docs)
         first = seen.setdefault(arm, (i, item))
         if first[1] != item and _entry(first[1]) != _entry(item):
             raise manifest.error(

@@ -26,8 +26,10 @@ def test_grid_manifest_is_the_60_job_study():
     assert (m.resources.gpus_per_node, m.resources.cpus_per_task, m.resources.mem_gb) == (1, 8, 64)
     assert (m.resources.timeout_min, m.resources.array_parallelism) == (480, 20)
     assert (m.lora.r, m.lora.alpha, m.train.lr, m.train.epochs) == (16, 32, 2e-4, 2)
-    assert (m.train.batch_size, m.train.grad_accum, m.train.max_seq_len) == (8, 2, 2048)
-    assert m.train.gradient_checkpointing and (m.eval.batch_size, m.eval.max_new_tokens) == (32, 160)
+    # Token batches of ~16 lv3 examples in one forward (the pilot's batch 8 x accumulation 2).
+    assert (m.train.tokens_per_batch, m.train.grad_accum, m.train.max_seq_len) == (6144, 1, 2048)
+    assert m.train.gradient_checkpointing == "auto" and m.eval.max_new_tokens == 160
+    assert (m.eval.tokens_per_batch, m.eval.backend) == (65536, "merged")
     jobs = expand(m)
     assert len(jobs) == 60
     assert sorted({j.spec.arm for j in jobs}) == ["A", "A@B", "B"]

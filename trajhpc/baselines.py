@@ -17,11 +17,10 @@ Diagnostics of one held-out example (``predictions/stage-K.jsonl``): ``target_ki
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any, Callable, Mapping, Sequence
 
-from trajhpc.data.apibank import CALL_PREFIX, Record
+from trajhpc.data.apibank import CALL_PREFIX, Record, description_name
 from trajhpc.scoring import TOOL_SEARCHER, parse_gold, gold_name, score
 
 BASELINES = ("always-toolsearcher", "most-frequent-api", "first-listed-api", "repeat-last-call")
@@ -29,15 +28,7 @@ BASELINES = ("always-toolsearcher", "most-frequent-api", "first-listed-api", "re
 
 def first_listed_api(record: Record) -> str | None:
     """Name of the first API the record's system message describes."""
-    for line in record.api_descriptions:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        name = obj.get("name", obj.get("apiCode")) if isinstance(obj, dict) else None
-        if isinstance(name, str):
-            return name
-    return None
+    return next((n for n in map(description_name, record.api_descriptions) if n), None)
 
 
 def last_call(record: Record) -> str | None:

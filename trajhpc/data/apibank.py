@@ -282,6 +282,16 @@ def load_records(path: str | Path, *, root: str | Path | None = None) -> list[Re
     return [record_from_json(obj, path=path, source=source, index=i) for i, obj in enumerate(data)]
 
 
+def description_name(line: str) -> str | None:
+    """The API an ``API descriptions`` line describes: its ``name`` (level-1/2) or ``apiCode`` (lv3)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    name = obj.get("name", obj.get("apiCode")) if isinstance(obj, dict) else None
+    return name if isinstance(name, str) else None
+
+
 @cache
 def bundled_descriptions() -> dict[str, str]:
     """API name -> description line, from the bundled level-1/level-2 test prompts.

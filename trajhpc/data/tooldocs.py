@@ -27,7 +27,7 @@ from dataclasses import replace
 from functools import cache
 from typing import Iterable, Mapping, Sequence
 
-from trajhpc.data.apibank import CALL_PREFIX, Record, bundled_descriptions, bundled_root
+from trajhpc.data.apibank import CALL_PREFIX, Record, bundled_descriptions, bundled_root, description_name
 from trajhpc.data.blocks import CATALOGUE_FILE
 from trajhpc.scoring import gold_name
 
@@ -92,17 +92,7 @@ def called_apis(record: Record) -> set[str]:
 
 def described(record: Record) -> set[str]:
     """Names of the APIs the record's own system message already describes."""
-    names = set()
-    for line in record.api_descriptions:
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        # lv3 prompts name their tool "apiCode", level-1/2 prompts "name".
-        name = obj.get("name", obj.get("apiCode")) if isinstance(obj, dict) else None
-        if isinstance(name, str):
-            names.add(name)
-    return names
+    return {n for n in map(description_name, record.api_descriptions) if n}
 
 
 def doc_names(blocks: Mapping[str, Sequence[Record]], mode: str) -> dict[str, tuple[str, ...]]:

@@ -18,6 +18,7 @@ import pytest
 from rich.console import Console
 
 from trajhpc.grid import expand
+from trajhpc.job import FAULT_ENV
 from trajhpc.launch import submit_command
 from trajhpc.manifest import load_manifest
 from trajhpc.status import collect_rows
@@ -149,11 +150,15 @@ SIX_BLOCKS = (
 
 
 @pytest.mark.slow
-def test_time_limit_shorter_than_the_work_requeues_and_gives_the_same_metrics(study_dir):
+def test_time_limit_shorter_than_the_work_requeues_and_gives_the_same_metrics(study_dir, monkeypatch):
     # Slurm warns (USR2) `signal_delay_s` plus its ~30 s timer slack before the 1-min
-    # limit, i.e. 25-35 s in; the job needs ~50 s (6 stages of ~6 s after ~8 s of
-    # imports), so it is interrupted at least once and resumes from its last stage.
-    common = {"order": "[k0, k1, k2, k3, k4, k5]", "train": 16, "steps": 350, "blocks": SIX_BLOCKS}
+    # limit, i.e. 25-35 s in; the job needs ~60 s (6 stages of 50 steps, each step
+    # followed by 0.12 s of sleep: ~7-9 s a stage whatever the CPU, after ~10 s of
+    # imports), so it is interrupted at least once, and every attempt has time to
+    # finish a stage and resume from it. The sleep (test-only, TRAJHPC_FAULT_INJECT)
+    # reaches the Slurm job through sbatch's exported environment.
+    monkeypatch.setenv(FAULT_ENV, "slow:120")
+    common = {"order": "[k0, k1, k2, k3, k4, k5]", "train": 16, "steps": 50, "blocks": SIX_BLOCKS}
     short = _write(study_dir / "short.yaml", study="short", **common,
                    resources="{cpus_per_task: 1, mem_gb: 1, timeout_min: 1, signal_delay_s: 5, max_requeues: 10}")
     ref = _write(study_dir / "ref.yaml", study="ref", **common)

@@ -21,7 +21,9 @@ chosen points: ``after-stage:K`` raises :class:`InjectedFault` once stage K's
 outputs are written; ``after-checkpoint:K`` once stage K's checkpoint is written
 (before its evaluation); ``stage:K:step:S`` after optimizer step S of training
 stage K (before its checkpoint). :class:`InjectedFault` is a BaseException, so
-like a real SIGKILL it leaves ``state.json`` at "running".
+like a real SIGKILL it leaves ``state.json`` at "running". ``slow:MS`` sleeps MS
+milliseconds after every optimizer step (a job whose wall time does not depend on
+the machine, for time-limit tests).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import time
 import signal
 import sys
 import threading
@@ -257,13 +260,14 @@ def last_line(err: BaseException) -> str:
 
 
 def parse_fault(value: str | None) -> tuple[str, int, int | None] | None:
-    """``after-stage:K`` -> ("after-stage", K, None); ``stage:K:step:S`` -> ("step", K, S); unset -> None."""
+    """``after-stage:K`` -> ("after-stage", K, None); ``stage:K:step:S`` -> ("step", K, S);
+    ``slow:MS`` -> ("slow", MS, None); unset -> None."""
     if not value:
         return None
-    m = re.fullmatch(r"(after-stage|after-checkpoint):(\d+)|stage:(\d+):step:(\d+)", value)
+    m = re.fullmatch(r"(after-stage|after-checkpoint|slow):(\d+)|stage:(\d+):step:(\d+)", value)
     if m is None:
         raise TrajhpcError(
-            f"{FAULT_ENV}: expected 'after-stage:K', 'after-checkpoint:K' or 'stage:K:step:S', got {value!r}"
+            f"{FAULT_ENV}: expected 'after-stage:K', 'after-checkpoint:K', 'stage:K:step:S' or 'slow:MS', got {value!r}"
         )
     if m.group(1):
         return m.group(1), int(m.group(2)), None
@@ -574,6 +578,8 @@ class _Run:
             progress.update(step, n_steps, loss, tokens)
             if self.fault == ("step", stage, step):
                 raise InjectedFault(f"stage {stage} step {step}")
+            if self.fault is not None and self.fault[0] == "slow":
+                time.sleep(self.fault[1] / 1000)  # wall time that does not depend on the CPU
 
         return hook
 

@@ -461,3 +461,23 @@ def test_run_job_by_hand_sets_the_thread_count(tmp_path, monkeypatch, done_job):
 def test_adapter_config_lists_target_modules_sorted(done_job):
     config = read(done_job / "checkpoint" / "adapter", "adapter_config.json")
     assert isinstance(config["target_modules"], list) and config["target_modules"] == sorted(config["target_modules"])
+
+
+def test_the_job_reads_its_own_files_without_hanging_on_a_fifo_or_dying_on_damage(tmp_path):
+    import os
+
+    from trajhpc.errors import InputError
+    from trajhpc.job import read_json
+
+    fifo = tmp_path / "metrics.json"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        read_json(fifo)  # returns at once instead of blocking on open()
+    deep = tmp_path / "state.json"
+    deep.write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(InputError, match="nested deeper"):
+        read_json(deep)
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(InputError, match="expected a JSON object"):
+        read_json(tmp_path / "list.json")
+    assert read_json(tmp_path / "missing.json") is None

@@ -202,17 +202,15 @@ class JobTask(submitit.helpers.Checkpointable):
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON file of the job directory, or None if absent; a corrupt one is an InputError."""
-    import json
+    """A JSON object file of the job directory, or None if absent; a corrupt or unreadable one
+    (a FIFO, too large, too deep, not JSON) is an InputError, read through trajhpc.jobdir's
+    bounded reader so a damaged job directory can never hang or crash the job."""
+    from trajhpc.jobdir import FileProblem, read_json_object
 
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError as err:
-        raise InputError(
-            path, None, f"not valid JSON ({err.msg}); delete the job directory to start over", err.lineno
-        ) from None
+        return read_json_object(path)
+    except FileProblem as problem:
+        raise InputError(path, None, f"{problem.detail}; delete the job directory to start over") from None
 
 
 def claim_job_dir(spec: JobSpec, job_dir: Path) -> None:

@@ -725,5 +725,6 @@ def test_local_submit_with_a_failed_job_exits_3(tmp_path, monkeypatch):
         timeout=300,
     )
     assert out.returncode == 3, out.stdout + out.stderr
-    assert "1 job: 1 failed" in out.stdout and "1 job did not finish" in out.stdout
+    # Its metrics.json is damaged, so status calls it corrupt (with the reason), and it did not finish.
+    assert "1 job: 1 corrupt" in out.stdout and "1 job did not finish" in out.stdout
     assert "Traceback" not in out.stderr

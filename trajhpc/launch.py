@@ -75,8 +75,8 @@ LOCAL_POLL_S = 1.0
 # Exit statuses of `submit` that waited for its jobs (trajhpc.cli documents them all).
 EXIT_JOBS_FAILED = 3
 EXIT_INTERRUPTED = 130
-# Labels of jobs that ended without finishing.
-UNFINISHED = ("failed", "interrupted", "cancelled")
+# A job that ended without finishing, or whose files are damaged (it did not finish either).
+UNFINISHED = ("failed", "interrupted", "cancelled", "corrupt", "unreadable")
 WRITE_THREADS = 8
 
 

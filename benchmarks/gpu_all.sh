@@ -5,7 +5,7 @@
 #   QUICK=1 bash benchmarks/gpu_all.sh /tmp/out   # the same steps on the tiny model on CPU (seconds)
 #
 # Needs torch with CUDA, transformers, peft, bitsandbytes, pydantic and submitit importable
-# (e.g. wheels unpacked on PYTHONPATH). Builds a random-weight Llama-3.1-8B folder once
+# (scripts/gpu-carry.sh packs the ones a GPU node without network lacks). Builds a random-weight Llama-3.1-8B folder once
 # (TRAJHPC_BENCH_FOLDER, default /tmp/llama31-8b-random, ~16 GB). Writes OUT_DIR/gpu_all.log
 # (everything printed) and OUT_DIR/rates.json (for `trajhpc submit MANIFEST --dry-run --rates`).
 set -uo pipefail

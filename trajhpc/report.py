@@ -202,7 +202,9 @@ def _compute_section(result: StudyResult) -> list[str]:
         _table(header, rows), "", flops_note, "",
         "### At equal compute", "",
         f"Exact accuracy interpolated at {_int(budget.get('supervised'))} supervised / "
-        f"{_int(budget.get('total'))} total tokens.", "",
+        f"{_int(budget.get('total'))} total tokens. Caveat: the budget is the smallest arm's final count, "
+        "so an arm that reads more tokens is read before it has trained its last block: this mixes "
+        "compute with domain coverage. The token-matched arm (e.g. A@B) is the cleaner compute control.", "",
         _table(["arm", "exact @ supervised budget", "exact @ total budget"], at_budget), "",
     ]
 

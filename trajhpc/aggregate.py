@@ -693,7 +693,7 @@ def _aggregate(roots: Sequence[Path], *, strict: bool, resamples: int, seed: int
     ]
 
 
-def read_items(records: Sequence[JobRecord]) -> pl.DataFrame:
+def read_items(records: Sequence[JobRecord]) -> pl.DataFrame | None:
     """The final-stage prediction rows of the ``ok`` jobs (those whose predictions are readable)."""
     from trajhpc.itemtables import read_final_predictions
 

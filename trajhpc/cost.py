@@ -11,14 +11,13 @@ are an upper bound on evaluation time.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from trajhpc.errors import InputError
+from trajhpc.errors import InputError, read_json_input
 from trajhpc.spec import JobSpec
 
 RATES_SCHEMA = "trajhpc.rates/1"
@@ -41,14 +40,7 @@ class Rates(BaseModel):
 def load_rates(path: str | Path) -> Rates:
     """Read a rates file; errors name the file and the field."""
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, None, "rates file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(path, None, f"cannot read rates file ({err})") from None
-    except json.JSONDecodeError as err:
-        raise InputError(path, None, f"not valid JSON ({err.msg})", line=err.lineno) from None
+    obj = read_json_input(path, "rates")
     try:
         return Rates.model_validate(obj)
     except ValidationError as err:

@@ -26,3 +26,23 @@ class InputError(TrajhpcError):
         if field:
             where += f": {field}"
         super().__init__(f"{where}: {message}")
+
+
+def read_json_input(path: str | Path, noun: str) -> object:
+    """The JSON value of a file the user names (a spec, a rates file); each failure is one
+    InputError naming the file: ``<noun> file not found``, not UTF-8, not valid JSON (with its line)."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, None, f"{noun} file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, None, f"is a folder, expected a {noun} JSON file") from None
+    except UnicodeDecodeError as err:
+        raise InputError(path, None, f"not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise InputError(path, None, f"cannot read {noun} file ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(path, None, f"not valid JSON ({err.msg})", line=err.lineno) from None

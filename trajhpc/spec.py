@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError
 from pydantic import model_serializer, model_validator
 
-from trajhpc.errors import InputError
+from trajhpc.errors import InputError, read_json_input
 
 SPEC_SCHEMA = "trajhpc.spec/1"
 # What the prompt keeps of the earlier API turns (trajhpc.data.conditions renders each).
@@ -235,17 +235,4 @@ def spec_from_dict(obj: Any, source: str | Path | None = None) -> JobSpec:
 
 def load_spec(path: str | Path) -> JobSpec:
     """Read and validate a spec JSON file."""
-    path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, None, "spec file not found") from None
-    except IsADirectoryError:
-        raise InputError(path, None, "is a folder, expected a spec JSON file") from None
-    except UnicodeDecodeError as err:
-        raise InputError(path, None, f"not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise InputError(path, None, f"cannot read spec file ({err.strerror or err})") from None
-    except json.JSONDecodeError as err:
-        raise InputError(path, None, f"not valid JSON ({err.msg})", line=err.lineno) from None
-    return spec_from_dict(obj, path)
+    return spec_from_dict(read_json_input(path, "spec"), Path(path))

@@ -64,3 +64,14 @@ def pytest_runtest_setup(item):
     if os.environ.get("CI"):
         pytest.fail(f"CI must run the Slurm integration tests: {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(folder, tokenizer) of the offline tiny model, built once per session."""
+    from transformers import AutoTokenizer
+
+    from trajhpc.models import resolve_model
+
+    path = resolve_model("tiny")
+    return path, AutoTokenizer.from_pretrained(str(path))

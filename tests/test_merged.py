@@ -15,20 +15,11 @@ from trajhpc.data.conditions import tokenize_examples
 from trajhpc.data.study import load_study_data
 from trajhpc.evaluate import end_of_turn_ids, eval_batches, generate_greedy
 from trajhpc.merged import MergedEvalModel
-from trajhpc.models import resolve_model
 from trajhpc.spec import DataSpec, LoraSpec, TrainSpec
 
 CPU = torch.device("cpu")
 BLOCK = "care-appointments"
 MAX_NEW = 16
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from transformers import AutoTokenizer
-
-    path = resolve_model("tiny")
-    return path, AutoTokenizer.from_pretrained(str(path))
 
 
 @pytest.fixture(scope="module")

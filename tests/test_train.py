@@ -15,20 +15,11 @@ from trajhpc import train
 from trajhpc.data.conditions import IGNORE_INDEX, tokenize_examples
 from trajhpc.data.study import load_study_data
 from trajhpc.evaluate import generate_greedy
-from trajhpc.models import resolve_model
 from trajhpc.progress import StageProgress
 from trajhpc.spec import DataSpec, LoraSpec, TrainSpec
 
 CPU = torch.device("cpu")
 BLOCK = "care-appointments"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from transformers import AutoTokenizer
-
-    path = resolve_model("tiny")
-    return path, AutoTokenizer.from_pretrained(str(path))
 
 
 @pytest.fixture(scope="module")

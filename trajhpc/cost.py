@@ -130,16 +130,12 @@ class WorkPlanner:
     def _stage_counts(self, spec: JobSpec, condition: str, k: int | None) -> list[tuple[int, int]]:
         """(total, supervised) tokens of each stage's unbudgeted plan."""
         from trajhpc.data.tokens import count_tokens
-        from trajhpc.train import plan_stage
+        from trajhpc.train import plan_for
 
-        t, out = spec.train, []
+        out = []
         for stage, block in enumerate(spec.order, start=1):
             examples = self._block_examples(spec, block, condition, k)
-            plan = plan_stage(
-                [len(e.input_ids) for e in examples], batch_size=t.batch_size, grad_accum=t.grad_accum,
-                seed=spec.seed, stage=stage, epochs=t.epochs, max_steps=t.max_steps,
-                tokens_per_batch=t.tokens_per_batch,
-            )
+            plan = plan_for(spec.train, [len(e.input_ids) for e in examples], seed=spec.seed, stage=stage)
             counts = count_tokens(examples[i] for i in plan.consumed())
             out.append((counts.total_tokens, counts.supervised_tokens))
         return out

@@ -523,17 +523,13 @@ class _Run:
         )
 
     def _plan(self, examples, lengths, stage: int, budget: int | None):
-        from trajhpc.train import plan_stage
+        from trajhpc.train import plan_for
 
-        t = self.spec.train
         counts = None
         if budget is not None:
             key = f"{self.spec.token_budget.count}_tokens"
             counts = [self._count([e])[key] for e in examples]
-        return plan_stage(
-            lengths, batch_size=t.batch_size, grad_accum=t.grad_accum, seed=self.spec.seed, stage=stage,
-            epochs=t.epochs, max_steps=t.max_steps, budget=budget, counts=counts, tokens_per_batch=t.tokens_per_batch,
-        )
+        return plan_for(self.spec.train, lengths, seed=self.spec.seed, stage=stage, budget=budget, counts=counts)
 
     def _budgets(self, tokenizer, data, own_examples) -> list[int]:
         """Cumulative count the matched condition consumes through each stage (same plans, same seeds).

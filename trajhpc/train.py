@@ -420,6 +420,23 @@ def plan_stage(
     return StagePlan(tuple(batches), tuple(steps), planned[-1][0] + 1 if planned else 0)
 
 
+def plan_for(
+    cfg: TrainSpec,
+    lengths: Sequence[int],
+    *,
+    seed: int,
+    stage: int,
+    budget: int | None = None,
+    counts: Sequence[int] | None = None,
+) -> StagePlan:
+    """:func:`plan_stage` with a job's training settings: the one plan the job, the budget
+    matching and the cost estimate all use."""
+    return plan_stage(
+        lengths, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=seed, stage=stage, epochs=cfg.epochs,
+        max_steps=cfg.max_steps, budget=budget, counts=counts, tokens_per_batch=cfg.tokens_per_batch,
+    )
+
+
 def collate(examples: Sequence[TrainExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a batch; labels are -100 on padding (and wherever the example already had -100)."""
     ids = [torch.tensor(list(e.input_ids), dtype=torch.long) for e in examples]

@@ -25,6 +25,10 @@ sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 import synthetic_jobs as sj  # noqa: E402
 
 from trajhpc import aggregate as agg  # noqa: E402
+from trajhpc.bulk import gc_paused  # noqa: E402
+from trajhpc.jobrecords import collect_jobs, group_by_study  # noqa: E402
+from trajhpc.results import StudyResult  # noqa: E402
+from trajhpc.tables import analyze_study  # noqa: E402
 
 BLOCKS = ("care", "meds", "fitness", "cost")
 
@@ -53,14 +57,14 @@ def _clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def run_once(root: Path) -> agg.StudyResult:
+def run_once(root: Path) -> StudyResult:
     """One aggregation without plots, as `trajhpc aggregate --no-plots` does it, phase by phase."""
     w0, c0 = _clock()
-    with agg._gc_paused():  # as aggregate() does
-        records = agg.collect_jobs([root])
+    with gc_paused():  # as aggregate() does
+        records = collect_jobs([root])
         w1, c1 = _clock()
-        ((folder, recs),) = agg.group_by_study(records).items()
-        result = agg.analyze_study(folder.name, folder, recs)
+        ((folder, recs),) = group_by_study(records).items()
+        result = analyze_study(folder.name, folder, recs)
     w2, c2 = _clock()
     agg.write_outputs(result, plots=False)
     w3, c3 = _clock()
@@ -77,7 +81,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--keep", type=Path, default=None, help="Write the jobs here and keep them.")
+    parser.add_argument("--quick", action="store_true", help="50 jobs, one run (the test suite's check that it runs)")
     args = parser.parse_args()
+    if args.quick:
+        args.jobs, args.repeat = 50, 1
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         t0 = time.perf_counter()

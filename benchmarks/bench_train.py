@@ -29,7 +29,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: one epoch)")
     parser.add_argument("--max-seq-len", type=int, default=1024)
     parser.add_argument("--quantization", nargs="+", default=["nf4", "none"])
+    parser.add_argument("--quick", action="store_true", help="2 steps, no quantization (the test suite's check)")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.quantization = 2, ["none"]
 
     import torch
     from transformers import AutoTokenizer

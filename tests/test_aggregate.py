@@ -11,6 +11,8 @@ import pytest
 from rich.console import Console
 
 from trajhpc import aggregate as agg
+from trajhpc import tables as tbl
+from trajhpc.results import StudyResult
 from trajhpc import stats
 from trajhpc.errors import TrajhpcError
 
@@ -20,7 +22,7 @@ import synthetic_jobs as sj  # noqa: E402
 ORDERS = [("a", "b", "c"), ("c", "b", "a")]
 
 
-def _result(root: Path, **kwargs) -> agg.StudyResult:
+def _result(root: Path, **kwargs) -> StudyResult:
     (result,) = agg.aggregate([root], resamples=500, **kwargs)
     return result
 
@@ -287,11 +289,11 @@ def test_arms_differing_only_by_budget_count_are_kept_apart(tmp_path, monkeypatc
 def test_compare_arms_refuses_to_cross_multiply_duplicate_units():
     units = pl.DataFrame({
         "arm": ["A", "B", "B"], "seed": [0, 0, 0], "order": ["a>b", "a>b", "a>b"], "job_id": ["1", "2", "3"],
-        **{m: [0.1, 0.2, 0.3] for m in agg.PAIRED_METRICS},
+        **{m: [0.1, 0.2, 0.3] for m in tbl.PAIRED_METRICS},
     })
     with pytest.raises(ValueError, match=r"arm 'B' has 2 units for seed 0, order a>b .* would count them twice"):
-        agg.compare_arms(units, resamples=100)
-    assert agg.compare_arms(units.filter(pl.col("job_id") != "3"), resamples=100)["pairs"].to_list() == [1] * len(agg.PAIRED_METRICS)
+        tbl.compare_arms(units, resamples=100)
+    assert tbl.compare_arms(units.filter(pl.col("job_id") != "3"), resamples=100)["pairs"].to_list() == [1] * len(tbl.PAIRED_METRICS)
 
 
 def test_failed_job_reason_quotes_its_state(study):
@@ -382,7 +384,7 @@ def test_mixed_settings_split_arms_by_variant(tmp_path):
     r = _result(tmp_path)
     arms = sorted(r.units["arm"].unique().to_list())
     assert len(arms) == 2 and all(a.startswith("A (") for a in arms)
-    assert r.paired.height == len(agg.PAIRED_METRICS)  # the two variants of A are compared
+    assert r.paired.height == len(tbl.PAIRED_METRICS)  # the two variants of A are compared
 
 
 # ---------------------------------------------------------------- outputs and the command
@@ -399,7 +401,7 @@ def test_outputs_are_written_and_consistent(study):
     assert pl.read_parquet(out / "long.parquet").equals(r.long)
     summary = pl.read_csv(out / "summary.csv")
     assert summary.columns == ["arm", "metric", "mean", "sd", "ci_lo", "ci_hi", "n", "ratio_vs_A"]
-    assert summary.height == 3 * len(agg.SUMMARY_METRICS)
+    assert summary.height == 3 * len(tbl.SUMMARY_METRICS)
     # A second run over the same root ignores the aggregate folder it wrote.
     assert _result(study).jobs.height == 18
 
@@ -432,7 +434,7 @@ def test_arms_without_common_seed_and_order_have_zero_pairs(tmp_path):
     sj.write_job(tmp_path / "s", sj.spec_for("A", seed=0), [[0.1] * 3] * 4)
     sj.write_job(tmp_path / "s", sj.spec_for("B", seed=1), [[0.2] * 3] * 4)
     r = _result(tmp_path)
-    assert r.paired["pairs"].to_list() == [0] * len(agg.PAIRED_METRICS)
+    assert r.paired["pairs"].to_list() == [0] * len(tbl.PAIRED_METRICS)
     assert r.paired["mean_diff"].is_null().all() and r.paired["p_value"].is_null().all()
     assert "| B − A | exact | 0 | – | – |" in agg.write_outputs(r, plots=True).joinpath("report.md").read_text()
 

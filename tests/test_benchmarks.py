@@ -1,5 +1,5 @@
-"""The GPU benchmark script runs every step end to end at a tiny size on CPU, so it cannot rot
-before the next time a GPU is available."""
+"""Every benchmark runs at a tiny size on CPU and prints its figures, so none can rot (the GPU one
+until the next time a GPU is available)."""
 
 from __future__ import annotations
 
@@ -29,3 +29,31 @@ def test_gpu_all_quick_runs_every_step_and_writes_rates(tmp_path):
     assert "MFU" in log and "ratio: the job's loop is" in log and "agreement merged" in log
     rates = load_rates(tmp_path / "rates.json")
     assert rates.train_tokens_per_s > 0 and rates.eval_prompts_per_s > 0
+
+
+# Each CPU benchmark at its smallest size, and the figure line that says it measured something.
+QUICK = {
+    "bench_aggregate.py --quick": "TOTAL without plots:",
+    "bench_train.py --quick": "tok/s",
+    "bench_eval.py --quick": "agreement",
+    "bench_examples.py": "M tok/s",
+    "bench_grid.py": "status over 1,000 job directories",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(QUICK))
+def test_every_benchmark_runs_at_its_quick_size_and_prints_its_figures(command):
+    script, *args = command.split()
+    out = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert QUICK[command] in out.stdout, out.stdout[-2000:]
+
+
+def test_every_benchmark_script_is_run_by_the_suite():
+    scripts = {p.name for p in (REPO / "benchmarks").glob("bench_*.py")}
+    covered = {c.split()[0] for c in QUICK} | {"bench_gpu_qlora.py"}  # gpu_all.sh runs the GPU one
+    assert scripts == covered

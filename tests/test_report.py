@@ -9,6 +9,7 @@ import pytest
 from rich.console import Console
 
 from trajhpc import aggregate as agg
+from trajhpc.results import StudyResult
 from trajhpc import report
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
@@ -18,7 +19,7 @@ GOLDEN = Path(__file__).parent / "golden" / "report.md"
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory) -> agg.StudyResult:
+def result(tmp_path_factory) -> StudyResult:
     """The fixed synthetic study: 18 complete jobs, one stopped early, one with damaged metrics."""
     root = tmp_path_factory.mktemp("runs")
     sj.write_study(root, "golden")

@@ -167,6 +167,8 @@ def synthetic(args, folder: Path) -> None:
     import torch
 
     from trajhpc import train
+
+    from trajhpc import batching
     from trajhpc.spec import LoraSpec, TrainSpec
 
     device, dtype = device_and_dtype()
@@ -192,7 +194,7 @@ def synthetic(args, folder: Path) -> None:
     autocast = dtype if device.type == "cuda" else None
 
     def run(steps: int, stage: int):
-        plan = train.plan_stage(lengths, batch_size=args.batch_size, grad_accum=1, seed=0, stage=stage, max_steps=steps)
+        plan = batching.plan_stage(lengths, batch_size=args.batch_size, grad_accum=1, seed=0, stage=stage, max_steps=steps)
         return train.train_stage(model, optimizer, examples, plan, cfg, pad_id=0, autocast_dtype=autocast)
 
     run(2, 1)  # warm-up: kernels, allocator, cuBLAS handles
@@ -278,7 +280,7 @@ def job_loop(folder: Path, tokenizer, examples, tokens_per_batch: int) -> float:
     """The job's own recipe on the same examples: token batches, checkpointing auto, logits on targets only."""
     import torch
 
-    from trajhpc import train
+    from trajhpc import batching, train
     from trajhpc.spec import LoraSpec, TrainSpec
 
     device, dtype = device_and_dtype()
@@ -299,15 +301,15 @@ def job_loop(folder: Path, tokenizer, examples, tokens_per_batch: int) -> float:
     model = train.attach_lora(base, LoraSpec(r=16, alpha=32, dropout=0.05))
     optimizer = train.build_optimizer(model, cfg)
     autocast = dtype if device.type == "cuda" else None
-    warm = train.plan_stage(lengths, stage=1, max_steps=1, **plan_kw)
+    warm = batching.plan_stage(lengths, stage=1, max_steps=1, **plan_kw)
     train.train_stage(model, optimizer, examples, warm, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=autocast)
     sync()
-    plan = train.plan_stage(lengths, stage=2, epochs=1, **plan_kw)
+    plan = batching.plan_stage(lengths, stage=2, epochs=1, **plan_kw)
     result = train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id,
                                autocast_dtype=autocast)
     sync()
     real = sum(lengths[i] for i in plan.consumed())
-    padding = 1 - real / train.padded_tokens(plan, lengths)
+    padding = 1 - real / batching.padded_tokens(plan, lengths)
     print(f"job loop (tokens_per_batch {tokens_per_batch}, accum {cfg.grad_accum}, checkpointing "
           f"{'on' if ckpt else 'off'} by auto): {result.tokens / result.seconds:,.0f} tok/s ({result.tokens} tokens "
           f"in {result.seconds:.1f} s, {len(plan.batches)} batches), padding {padding:.1%}, peak {peak_gib():.1f} GiB",

@@ -38,6 +38,8 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from trajhpc import train
+
+    from trajhpc import batching
     from trajhpc.data.conditions import tokenize_examples
     from trajhpc.data.study import load_study_data
     from trajhpc.models import resolve_model
@@ -52,12 +54,12 @@ def main() -> None:
         batch_size=args.batch_size, max_steps=args.steps, max_seq_len=args.max_seq_len,
         tokens_per_batch=args.tokens_per_batch,
     )
-    plan = train.plan_stage(
+    plan = batching.plan_stage(
         lengths, batch_size=cfg.batch_size, grad_accum=1, seed=0, stage=1, max_steps=args.steps,
         tokens_per_batch=cfg.tokens_per_batch,
     )
     real = sum(lengths[i] for i in plan.consumed())
-    padded = train.padded_tokens(plan, lengths)
+    padded = batching.padded_tokens(plan, lengths)
     print(
         f"model {args.model}, block {args.block} ({len(examples)} examples, condition {args.condition}), "
         f"batch {cfg.tokens_per_batch or cfg.batch_size} {'tokens' if cfg.tokens_per_batch else 'examples'}, "

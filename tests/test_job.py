@@ -271,7 +271,7 @@ def test_truncated_examples_are_counted_per_stage(done_job):
     from trajhpc.data.conditions import tokenize_examples
     from trajhpc.data.study import load_study_data
     from trajhpc.models import resolve_model
-    from trajhpc.train import plan_stage
+    from trajhpc.batching import plan_stage
 
     spec = spec_of()
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny")))

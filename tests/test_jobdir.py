@@ -363,7 +363,7 @@ def _content():
 @settings(max_examples=100, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(st.tuples(st.sampled_from(NAMES), _content()), min_size=1, max_size=3))
 def test_random_content_never_breaks_status_or_aggregate(tmp_path_factory, monkeypatch, writes):
-    monkeypatch.setattr("trajhpc.status._run", lambda cmd: None)  # random Slurm ids: never ask a real cluster
+    monkeypatch.setattr("trajhpc.slurmquery._run", lambda cmd: None)  # random Slurm ids: never ask a real cluster
     root = tmp_path_factory.mktemp("prop")
     spec = sj.spec_for("A", order=("a", "b"))
     job = sj.write_job(root / "s", spec, [[0.5, 0.5]] * 3)

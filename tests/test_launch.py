@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,13 @@ from trajhpc.errors import InputError, TrajhpcError
 from trajhpc.grid import expand
 from trajhpc.launch import (
     Launch,
-    default_binds,
-    local_slots,
     make_slurm_executor,
     render_sbatch,
     resolve_executor,
     slurm_parameters,
     submit_command,
 )
+from trajhpc.localrun import local_slots
 from trajhpc.manifest import Resources, load_manifest, parse_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -266,7 +264,7 @@ def test_default_binds_only_existing(tmp_path):
     (tmp_path / "hf").mkdir()
     m = parse_manifest(f"study: s\nconditions: [A]\nmodel: {tmp_path}\n")
     env = {"HF_HOME": str(tmp_path / "hf"), "TRAJHPC_CACHE": str(tmp_path / "missing")}
-    assert default_binds(m, tmp_path / "runs", env, tmp_path / "home") == [
+    assert ctr.default_binds(tmp_path / "runs", m.data.root, m.model, env, tmp_path / "home") == [
         str(tmp_path / "runs"), str(tmp_path / "hf"), str(tmp_path)
     ]
 
@@ -585,9 +583,9 @@ def test_concurrent_submits_send_each_job_once(queued_slurm, tmp_path, monkeypat
 def test_a_held_lock_makes_submit_wait_then_fail_clearly(queued_slurm, tmp_path, monkeypatch):
     from filelock import FileLock
 
-    import trajhpc.launch as launch_mod
+    import trajhpc.submission as submission_mod
 
-    monkeypatch.setattr(launch_mod, "LOCK_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(submission_mod, "LOCK_TIMEOUT_S", 0.3)
     (tmp_path / "jobs" / "st").mkdir(parents=True)
     out = io.StringIO()
     with FileLock(tmp_path / "jobs" / "st" / ".submit.lock"):

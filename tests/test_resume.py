@@ -205,7 +205,7 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     import numpy as np
     import torch
 
-    from trajhpc.train import _torch_bytes, load_tensors, rng_state, set_rng_state
+    from trajhpc.checkpoint import _torch_bytes, load_tensors, rng_state, set_rng_state
 
     random.random(), np.random.standard_normal(), torch.rand(1)  # numpy now has a cached gaussian
     path = tmp_path / "checkpoint" / "rng.pt"
@@ -220,7 +220,7 @@ def test_a_pickled_or_damaged_checkpoint_file_is_refused_without_running_it(tmp_
     import torch
 
     from trajhpc.errors import TrajhpcError
-    from trajhpc.train import load_tensors
+    from trajhpc.checkpoint import load_tensors
 
     ckpt = tmp_path / "job" / "checkpoint"
     ckpt.mkdir(parents=True)
@@ -274,7 +274,7 @@ def test_a_checkpoint_write_that_fails_leaves_no_temp_folder_and_the_old_checkpo
     import os
 
     from trajhpc.errors import TrajhpcError
-    from trajhpc.train import save_checkpoint
+    from trajhpc.checkpoint import save_checkpoint
 
     class FullDisk:
         def save_pretrained(self, folder):
@@ -291,7 +291,7 @@ def test_a_checkpoint_write_that_fails_leaves_no_temp_folder_and_the_old_checkpo
 
 
 def test_target_modules_are_written_sorted(tmp_path):
-    from trajhpc.train import _sort_target_modules
+    from trajhpc.checkpoint import _sort_target_modules
 
     (tmp_path / "adapter_config.json").write_text(json.dumps({"target_modules": ["v_proj", "k_proj", "q_proj"]}))
     _sort_target_modules(tmp_path)

@@ -14,6 +14,8 @@ import pytest
 from rich.console import Console
 
 from trajhpc.errors import TrajhpcError
+from trajhpc.errors import last_line
+from trajhpc.slurmquery import normalize_slurm_state, query_slurm
 from trajhpc.status import (
     GONE,
     UNKNOWN,
@@ -24,10 +26,7 @@ from trajhpc.status import (
     elapsed_seconds,
     find_job_dirs,
     format_duration,
-    last_line,
     local_alive,
-    normalize_slurm_state,
-    query_slurm,
     read_job_dir,
     render_table,
     status_command,

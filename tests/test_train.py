@@ -12,6 +12,10 @@ import torch
 from rich.console import Console
 
 from trajhpc import train
+
+from trajhpc import checkpoint
+
+from trajhpc import batching
 from trajhpc.data.conditions import IGNORE_INDEX, tokenize_examples
 from trajhpc.data.study import load_study_data
 from trajhpc.evaluate import generate_greedy
@@ -47,9 +51,9 @@ def lora_weights(model) -> dict[str, torch.Tensor]:
 
 def test_length_grouped_batches_cover_every_example_once_and_are_seeded():
     lengths = [int(x) for x in np.random.default_rng(0).integers(10, 500, size=101)]
-    a = train.length_grouped_batches(lengths, 8, np.random.default_rng(1))
-    b = train.length_grouped_batches(lengths, 8, np.random.default_rng(1))
-    c = train.length_grouped_batches(lengths, 8, np.random.default_rng(2))
+    a = batching.length_grouped_batches(lengths, 8, np.random.default_rng(1))
+    b = batching.length_grouped_batches(lengths, 8, np.random.default_rng(1))
+    c = batching.length_grouped_batches(lengths, 8, np.random.default_rng(2))
     assert sorted(i for batch in a for i in batch) == list(range(101))
     assert a == b and a != c
     assert max(lengths[i] for i in a[0]) == max(lengths)  # longest batch first
@@ -61,24 +65,24 @@ def test_padding_is_under_5_percent_on_a_real_block(tiny):
     records = load_study_data(DataSpec()).train[BLOCK]
     lengths = [len(e.input_ids) for e in tokenize_examples(tokenizer, records, "B", max_seq_len=1024)]
     assert len(lengths) > 100
-    plan = train.plan_stage(lengths, batch_size=8, grad_accum=1, seed=0, stage=1)
+    plan = batching.plan_stage(lengths, batch_size=8, grad_accum=1, seed=0, stage=1)
     real = sum(lengths[i] for i in plan.consumed())
-    padded = train.padded_tokens(plan, lengths)
+    padded = batching.padded_tokens(plan, lengths)
     assert padded >= real
     assert (padded - real) / padded < 0.05
 
 
 def test_plan_epochs_and_passes():
     lengths = list(range(20, 40))  # 20 examples, 5 batches of 4
-    one = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=1)
+    one = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=1)
     assert sorted(one.consumed()) == list(range(20)) and one.passes == 1
     assert one.steps == (2, 2, 1)
-    two = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=2)
+    two = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=2)
     assert Counter(two.consumed()) == Counter({i: 2 for i in range(20)}) and two.passes == 2
     assert two.batches[:5] == one.batches and two.batches[5:] != one.batches  # fresh shuffle per pass
-    other_stage = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=2, epochs=1)
+    other_stage = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=2, epochs=1)
     assert other_stage.batches != one.batches
-    steps = train.plan_stage(lengths, batch_size=4, grad_accum=3, seed=0, stage=1, max_steps=4)
+    steps = batching.plan_stage(lengths, batch_size=4, grad_accum=3, seed=0, stage=1, max_steps=4)
     assert len(steps.batches) == 12 and steps.steps == (3, 3, 3, 3) and steps.passes == 3
 
 
@@ -86,10 +90,10 @@ def test_plan_with_budget_lands_within_one_batch():
     lengths = [int(x) for x in np.random.default_rng(3).integers(20, 200, size=30)]
     counts = [n // 3 for n in lengths]
     for budget in (1, 500, sum(counts), 3 * sum(counts) + 7):
-        plan = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=budget, counts=counts)
+        plan = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=budget, counts=counts)
         consumed = [sum(counts[i] for i in b) for b in plan.batches]
         assert sum(consumed) >= budget > sum(consumed) - consumed[-1]
-    empty = train.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=0, counts=counts)
+    empty = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=0, counts=counts)
     assert empty.batches == () and empty.steps == () and empty.passes == 0
 
 
@@ -107,23 +111,23 @@ def test_plans_by_batch_size_are_unchanged():
     ]
     for stage in (1, 2):
         for kw in cases:
-            plan = train.plan_stage(lengths, seed=11, stage=stage, **kw)
-            h.update(repr((plan.batches, plan.steps, plan.passes, train.padded_tokens(plan, lengths))).encode())
+            plan = batching.plan_stage(lengths, seed=11, stage=stage, **kw)
+            h.update(repr((plan.batches, plan.steps, plan.passes, batching.padded_tokens(plan, lengths))).encode())
     assert h.hexdigest() == "fb99a729c511a676986f5125f8176bf8c36a0ff024ea5d4533fd0c8ed53a78ca"
 
 
 def test_token_batches_cover_every_example_once_within_the_limit_and_are_seeded():
     lengths = [int(x) for x in np.random.default_rng(0).integers(10, 700, size=301)] + [2500, 3000]
     limit = 2048
-    a = train.token_batches(lengths, limit, np.random.default_rng(1))
-    assert a == train.token_batches(lengths, limit, np.random.default_rng(1))
-    assert a != train.token_batches(lengths, limit, np.random.default_rng(2))
+    a = batching.token_batches(lengths, limit, np.random.default_rng(1))
+    assert a == batching.token_batches(lengths, limit, np.random.default_rng(1))
+    assert a != batching.token_batches(lengths, limit, np.random.default_rng(2))
     assert sorted(i for batch in a for i in batch) == list(range(len(lengths)))
     for batch in a:
         longest = max(lengths[i] for i in batch)
         assert len(batch) * longest <= limit or len(batch) == 1  # over-long examples alone
     padded = sum(len(b) * max(lengths[i] for i in b) for b in a)
-    assert padded - sum(lengths) <= train.MAX_PADDING_SHARE * padded  # bounded over the pass
+    assert padded - sum(lengths) <= batching.MAX_PADDING_SHARE * padded  # bounded over the pass
     assert a[0] == (302,)  # longest batch first
 
 
@@ -131,20 +135,20 @@ def test_token_batches_split_where_padding_is_saved_and_keep_dense_batches_whole
     # Twelve 100s, then twelve 400s: one 4800-token batch of all 24 would be 37% padding;
     # the split goes between the two groups, and each group stays one batch.
     lengths = [100] * 12 + [400] * 12
-    batches = train.token_batches(lengths, 9600, np.random.default_rng(0))
+    batches = batching.token_batches(lengths, 9600, np.random.default_rng(0))
     assert sorted(map(sorted, batches)) == [list(range(12)), list(range(12, 24))]
     # Padding already within the bound: no split at all.
-    assert len(train.token_batches([100] * 30 + [102] * 30, 8192, np.random.default_rng(0))) == 1
+    assert len(batching.token_batches([100] * 30 + [102] * 30, 8192, np.random.default_rng(0))) == 1
 
 
 def test_token_batches_keep_padding_under_3_percent_on_a_real_block(tiny):
     _, tokenizer = tiny
     records = load_study_data(DataSpec()).train[BLOCK]
     lengths = [len(e.input_ids) for e in tokenize_examples(tokenizer, records, "B", max_seq_len=1024)]
-    plan = train.plan_stage(lengths, batch_size=8, grad_accum=1, seed=0, stage=1, tokens_per_batch=8192)
+    plan = batching.plan_stage(lengths, batch_size=8, grad_accum=1, seed=0, stage=1, tokens_per_batch=8192)
     assert sorted(plan.consumed()) == list(range(len(lengths))) and plan.passes == 1
     real = sum(lengths[i] for i in plan.consumed())
-    padded = train.padded_tokens(plan, lengths)
+    padded = batching.padded_tokens(plan, lengths)
     assert (padded - real) / padded < 0.03
     assert all(len(b) * max(lengths[i] for i in b) <= 8192 for b in plan.batches)
     # 15 batches of ~12 rows (~4k padded tokens) at 2.9% padding: lengths 100..733 are spread,
@@ -155,21 +159,21 @@ def test_token_batches_keep_padding_under_3_percent_on_a_real_block(tiny):
 def test_token_plan_epochs_steps_and_budget():
     lengths = [int(x) for x in np.random.default_rng(4).integers(20, 300, size=60)]
     kw = dict(batch_size=8, grad_accum=2, seed=0, stage=1, tokens_per_batch=1024)
-    one = train.plan_stage(lengths, **kw)
+    one = batching.plan_stage(lengths, **kw)
     assert sorted(one.consumed()) == list(range(60)) and one.passes == 1
-    assert one == train.plan_stage(lengths, **kw)
-    assert one.batches != train.plan_stage(lengths, **(kw | {"stage": 2})).batches
-    passes = [train.token_batches(lengths, 1024, np.random.default_rng([0, 1, p])) for p in range(3)]
+    assert one == batching.plan_stage(lengths, **kw)
+    assert one.batches != batching.plan_stage(lengths, **(kw | {"stage": 2})).batches
+    passes = [batching.token_batches(lengths, 1024, np.random.default_rng([0, 1, p])) for p in range(3)]
     assert one.batches == tuple(passes[0])
-    more = train.plan_stage(lengths, **kw, epochs=2.5)
+    more = batching.plan_stage(lengths, **kw, epochs=2.5)
     assert more.batches == tuple(passes[0] + passes[1] + passes[2][: math.ceil(len(passes[2]) / 2)])
     assert more.passes == 3 and sum(more.steps) == len(more.batches)
     assert set(Counter(more.consumed()).values()) <= {2, 3}
-    steps = train.plan_stage(lengths, **kw, max_steps=len(passes[0]))  # 2 micro-batches a step: two passes
+    steps = batching.plan_stage(lengths, **kw, max_steps=len(passes[0]))  # 2 micro-batches a step: two passes
     assert steps.steps == (2,) * len(passes[0]) and steps.passes == 2
     counts = [n // 3 for n in lengths]
     budget = 2 * sum(counts) + 5
-    plan = train.plan_stage(lengths, **kw, budget=budget, counts=counts)
+    plan = batching.plan_stage(lengths, **kw, budget=budget, counts=counts)
     consumed = [sum(counts[i] for i in b) for b in plan.batches]
     assert sum(consumed) >= budget > sum(consumed) - consumed[-1] and plan.passes == 3
 
@@ -186,7 +190,7 @@ def test_compute_dtype_auto_is_fp32_on_cpu_and_bf16_on_cuda():
 def test_only_target_tokens_carry_labels(tiny, examples):
     _, tokenizer = tiny
     batch_examples = examples[:4]
-    batch = train.collate(batch_examples, tokenizer.pad_token_id)
+    batch = batching.collate(batch_examples, tokenizer.pad_token_id)
     width = max(len(e.input_ids) for e in batch_examples)
     assert batch["input_ids"].shape == (4, width)
     for row, ex in enumerate(batch_examples):
@@ -205,7 +209,7 @@ def test_no_attention_across_examples_in_a_batch(tiny, examples):
     path, tokenizer = tiny
     model = lora_model(path, quantization="none").eval()
     batch_examples = sorted(examples[:3], key=lambda e: len(e.input_ids))
-    batch = train.collate(batch_examples, tokenizer.pad_token_id)
+    batch = batching.collate(batch_examples, tokenizer.pad_token_id)
     with torch.no_grad():
         together = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         for row, ex in enumerate(batch_examples):
@@ -227,7 +231,7 @@ def test_4bit_path_runs_on_cpu_and_loss_falls(tiny, examples):
 
     cfg = TrainSpec(lr=1e-2, batch_size=4, schedule="constant", warmup_ratio=0.0)
     subset = examples[:8]
-    plan = train.plan_stage([len(e.input_ids) for e in subset], batch_size=4, grad_accum=1, seed=0, stage=1, max_steps=12)
+    plan = batching.plan_stage([len(e.input_ids) for e in subset], batch_size=4, grad_accum=1, seed=0, stage=1, max_steps=12)
     losses: list[float] = []
     result = train.train_stage(
         model, train.build_optimizer(model, cfg), subset, plan, cfg,
@@ -248,12 +252,12 @@ def test_adapter_carries_over_blocks_and_reloads_bit_identically(tmp_path, tiny,
     lengths = [len(e.input_ids) for e in examples]
 
     def stage(k):
-        plan = train.plan_stage(lengths, batch_size=4, grad_accum=1, seed=0, stage=k, max_steps=2)
+        plan = batching.plan_stage(lengths, batch_size=4, grad_accum=1, seed=0, stage=k, max_steps=2)
         return train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
 
     stage(1)
     after_1 = lora_weights(model)
-    ckpt = train.save_checkpoint(tmp_path, model, optimizer, {"stage": 1})
+    ckpt = checkpoint.save_checkpoint(tmp_path, model, optimizer, {"stage": 1})
     assert any(not torch.equal(initial[k], after_1[k]) for k in initial)
     stage(2)
     after_2 = lora_weights(model)
@@ -270,7 +274,7 @@ def test_adapter_carries_over_blocks_and_reloads_bit_identically(tmp_path, tiny,
     assert all(p.requires_grad for n, p in reloaded.named_parameters() if "lora_" in n)
 
     # Restoring in place (what the job does at every stage boundary) gives the same bytes.
-    train.restore_checkpoint(ckpt, model, optimizer)
+    checkpoint.restore_checkpoint(ckpt, model, optimizer)
     assert all(torch.equal(v, after_1[k]) for k, v in lora_weights(model).items())
     assert (tmp_path / "checkpoint" / "trainer_state.json").exists()
     assert not (tmp_path / ".checkpoint.tmp").exists() and not (tmp_path / ".checkpoint.old").exists()
@@ -339,8 +343,8 @@ def test_gradient_checkpointing_with_4bit_weights_gives_the_same_step(tiny, exam
     """QLoRA with gradient checkpointing: the layers really are recomputed, and one step's loss
     and adapter gradients equal those without checkpointing."""
     path, tokenizer = tiny
-    batch = train.collate(examples[:4], tokenizer.pad_token_id)
-    n_target = sum(train.target_tokens(e) for e in examples[:4])
+    batch = batching.collate(examples[:4], tokenizer.pad_token_id)
+    n_target = sum(batching.target_tokens(e) for e in examples[:4])
     results = {}
     for checkpointing in (False, True):
         torch.manual_seed(0)
@@ -387,9 +391,9 @@ def test_supervised_loss_equals_the_models_own_loss_and_gradients(tiny, examples
                 p.normal_(0, 0.02)
     model.train()
     batch_examples = examples[:5]
-    batch = train.collate(batch_examples, tokenizer.pad_token_id)
+    batch = batching.collate(batch_examples, tokenizer.pad_token_id)
     assert (batch["attention_mask"] == 0).any()  # right padding present
-    n_target = sum(train.target_tokens(e) for e in batch_examples) + 7  # a step's count, not this batch's
+    n_target = sum(batching.target_tokens(e) for e in batch_examples) + 7  # a step's count, not this batch's
 
     def run(loss_fn):
         model.zero_grad(set_to_none=True)

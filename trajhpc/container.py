@@ -18,10 +18,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Literal, Mapping, Sequence
+from typing import BinaryIO, Callable, Iterable, Literal, Mapping, Sequence
 
-from submitit.local.local import LocalJobEnvironment
-from submitit.slurm.slurm import SlurmJobEnvironment
+from trajhpc.submitit_adapter import job_environment_names
 
 Runtime = Literal["apptainer", "docker", "none"]
 
@@ -46,8 +45,7 @@ PARTIAL_HASH_BYTES = 64 * 1024**2
 # host environment): submitit's own job-environment variables plus the caches and switches.
 _PASSED_ENV = (
     "SUBMITIT_EXECUTOR",
-    *LocalJobEnvironment._env.values(),
-    *SlurmJobEnvironment._env.values(),
+    *job_environment_names(),
     "CUDA_VISIBLE_DEVICES",
     "OMP_NUM_THREADS",
     "HF_HUB_OFFLINE",
@@ -274,6 +272,70 @@ def python_command(
     # The image's entrypoint is `trajhpc`; submitit needs the interpreter instead.
     args += ["--entrypoint", "python3"]
     return shlex.join([*args, image])
+
+
+# ---------------------------------------------------------------- the task command of a submission
+
+
+def default_binds(
+    run_root: Path, data_root: str | None, model: str, env: Mapping[str, str], home: Path
+) -> list[str]:
+    """What every containerised job needs to see: the run root, the data, the model caches, a local model."""
+    binds = [str(run_root)]
+    candidates = [data_root, *cache_dirs(env, home).values(), model]
+    # Apptainer and Docker refuse a bind whose source is missing: bind only what exists.
+    binds += [str(Path(c).expanduser()) for c in candidates if c and Path(c).expanduser().exists()]
+    return binds
+
+
+def cache_dirs(env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """The model caches a job uses: ``TRAJHPC_CACHE`` and ``HF_HOME``, defaults under ``home``."""
+    return {
+        "TRAJHPC_CACHE": str(Path(env.get("TRAJHPC_CACHE") or home / ".cache" / "trajhpc").expanduser()),
+        "HF_HOME": str(Path(env.get("HF_HOME") or home / ".cache" / "huggingface").expanduser()),
+    }
+
+
+def docker_env(env: Mapping[str, str], home: Path) -> dict[str, str]:
+    """Variables set inside ``docker run`` (which, unlike Apptainer, passes no host environment):
+    HOME and the caches at the host's paths, so ``~`` and the default caches resolve as outside."""
+    return {"HOME": str(home), **cache_dirs(env, home)}
+
+
+def task_python(
+    runtime: Runtime,
+    image: str | None,
+    binds: Sequence[str],
+    *,
+    slurm: bool,
+    gpus: bool,
+    cwd: Path,
+    env: Mapping[str, str],
+    home: Path,
+    slurm_client: Callable[[], SlurmClientPaths],
+) -> str | None:
+    """The command that starts a task's ``python`` inside the container (None without one).
+
+    ``binds``: the defaults and the manifest's, expanded. Docker gets HOME and the caches
+    at the host's paths, runs as the submitting user in ``cwd``; Apptainer under Slurm
+    gets the host's Slurm client (submitit requeues a timed-out task with ``scontrol``).
+    """
+    binds = list(binds)
+    inner_env: dict[str, str] = {}
+    if runtime == "docker":
+        inner_env = docker_env(env, home)
+    elif runtime == "apptainer" and slurm:
+        client_binds, inner_env = slurm_client_binds(slurm_client())
+        binds += client_binds
+    return python_command(
+        runtime,
+        image,
+        unique_binds(binds, cwd),
+        gpus=gpus,
+        uid_gid=(os.getuid(), os.getgid()),
+        env=inner_env,
+        workdir=cwd if runtime == "docker" else None,
+    )
 
 
 # ---------------------------------------------------------------- Slurm client inside Apptainer

@@ -130,7 +130,7 @@ class WorkPlanner:
     def _stage_counts(self, spec: JobSpec, condition: str, k: int | None) -> list[tuple[int, int]]:
         """(total, supervised) tokens of each stage's unbudgeted plan."""
         from trajhpc.data.tokens import count_tokens
-        from trajhpc.train import plan_for
+        from trajhpc.batching import plan_for
 
         out = []
         for stage, block in enumerate(spec.order, start=1):

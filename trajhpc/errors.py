@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class TrajhpcError(Exception):
@@ -46,3 +47,11 @@ def read_json_input(path: str | Path, noun: str) -> object:
         raise InputError(path, None, f"cannot read {noun} file ({err.strerror or err})") from None
     except json.JSONDecodeError as err:
         raise InputError(path, None, f"not valid JSON ({err.msg})", line=err.lineno) from None
+
+
+def last_line(text: Any, width: int = 120) -> str:
+    """Last non-empty line of an error message, shortened to ``width``."""
+    text = text if isinstance(text, str) else "" if text is None else str(text)
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    line = lines[-1] if lines else ""
+    return line if len(line) <= width else line[: width - 1] + "…"

@@ -12,7 +12,7 @@ the checkpoint's stage if that evaluation is missing, then trains on. To make a
 resumed run EQUAL to an uninterrupted one, the uninterrupted run takes the same
 path at every stage boundary: before training stage k+1 it restores adapter,
 optimizer and RNG state from the checkpoint it just wrote
-(:func:`trajhpc.train.restore_checkpoint`), exactly as a resumed run does after
+(:func:`trajhpc.checkpoint.restore_checkpoint`), exactly as a resumed run does after
 ``PeftModel.from_pretrained``. Data order is seeded by (seed, stage, pass), not by
 global RNG state, and greedy evaluation draws no random numbers.
 
@@ -51,9 +51,6 @@ TOKENS_SCHEMA = "trajhpc.tokens/1"
 FAULT_ENV = "TRAJHPC_FAULT_INJECT"
 LOCK_FILE = ".lock"  # held by the process running the job (trajhpc.locks)
 SUMMARY_KEYS = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
-TOKEN_KEYS = (
-    "examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes", "truncated_examples",
-)
 
 
 class InjectedFault(BaseException):
@@ -285,14 +282,6 @@ def final_summary(per_block: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def zero_tokens(stage: int = 0, *, budget: int | None = None) -> dict[str, Any]:
-    """Stage 0's token entry (nothing trained); ``budget_cumulative`` 0 when the job has a budget."""
-    entry: dict[str, Any] = {"stage": stage, "block": None, **{k: 0 for k in TOKEN_KEYS}}
-    if budget is not None:
-        entry["budget_cumulative"] = budget
-    return entry
-
-
 def resources(
     stages: Sequence[Mapping[str, Any]],
     token_stages: Sequence[Mapping[str, Any]],
@@ -321,7 +310,8 @@ def resources(
 
 
 class _Run:
-    """State of one attempt; :meth:`run` reads top to bottom as the protocol."""
+    """One attempt at a job: the recipe's phases (:mod:`trajhpc.recipe`) driven through the
+    job directory's checkpoints; :meth:`run` reads top to bottom as the protocol."""
 
     def __init__(
         self, spec: JobSpec, job_dir: Path, study: str | None, context: Mapping[str, Any] | None, console: Console
@@ -329,110 +319,59 @@ class _Run:
         self.spec, self.job_dir, self.study, self.console = spec, job_dir, study, console
         self.provenance = provenance.collect(context)
         self.fault = parse_fault(os.environ.get(FAULT_ENV))
-        self.merged = None  # eval.backend "merged": the dense copy, built at the first evaluation
 
     def run(self, metrics: dict[str, Any] | None) -> dict[str, Any]:
-        from trajhpc.data.study import load_study_data
-        from trajhpc.models import resolve_model
+        from trajhpc import recipe
 
         spec, job_dir, n = self.spec, self.job_dir, len(self.spec.order)
-        # Data and model folder first: bad input fails before torch is even imported.
-        data = load_study_data(spec.data)
-        data.check_order(spec.order)
-        model_path = resolve_model(spec.model)
+        prep = self.prep = recipe.prepare(spec, self.console)
+        if prep.device.type == "cuda":
+            import torch
 
-        import torch
-        from transformers import AutoTokenizer, set_seed
+            self.provenance["gpu"] = torch.cuda.get_device_name(prep.device)
 
         from trajhpc import train
+
+        from trajhpc import checkpoint
         from trajhpc.progress import StageProgress, log
 
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.device = device
-        if device.type == "cuda":
-            self.provenance["gpu"] = torch.cuda.get_device_name(device)
-        dtype = train.resolve_compute_dtype(spec.compute_dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        self.blocks = data.blocks
-        train_examples = {
-            b: self._tokenize(tokenizer, data.train[b], spec.condition, spec.condition_k) for b in spec.order
-        }
-        heldout = self._heldout(tokenizer, data)
-        self.truncated_gold = self._check_gold_lengths(heldout)
-        budgets = self._budgets(tokenizer, data, train_examples) if spec.token_budget else None
-
-        stages, token_stages, found = self._earlier_attempts(metrics, train.find_checkpoint(job_dir))
+        stages, token_stages, found = self._earlier_attempts(metrics, checkpoint.find_checkpoint(job_dir))
         if stages:
             log(self.console, f"job {spec.job_id}: resuming after stage {len(stages) - 1}")
         done = len(stages) - 1
         self.provenance["resumed_after_stage"] = done if done >= 0 else None
 
         # The model: quantized base + adapter (fresh, or the checkpoint's).
-        self.gradient_checkpointing = self._gradient_checkpointing(model_path, train_examples, dtype, device)
-        set_seed(spec.seed)
-        base = train.load_base_model(
-            model_path,
-            quantization=spec.quantization,
-            compute_dtype=dtype,
-            device=device,
-            gradient_checkpointing=self.gradient_checkpointing,
-        )
-        model = train.attach_lora(base, spec.lora, found[0] / "adapter" if found else None)
-        optimizer = train.build_optimizer(model, spec.train)
+        model, optimizer = recipe.load_model(prep, found[0] / "adapter" if found else None)
         self.params = train.parameter_counts(model)
         if found is None:  # stage 0's checkpoint: the freshly initialized adapter
-            meta = {"job_id": spec.job_id, "stage": 0, "consumed": 0, "train_loss": None, "train_seconds": 0.0,
-                    "tokens": zero_tokens(budget=0 if budgets else None)}
-            ckpt = train.save_checkpoint(job_dir, model, optimizer, meta)
+            meta = recipe.start_meta(prep)
+            ckpt = checkpoint.save_checkpoint(job_dir, model, optimizer, meta)
         else:
             ckpt, meta = found
-        # Mixed precision only on CUDA; on CPU the weights already are in the compute dtype.
-        autocast = self.autocast = dtype if device.type == "cuda" else None
+        evaluate = recipe.Evaluator(prep)
 
         k = meta["stage"]
         while True:
             if k > done:  # evaluate the checkpoint's stage
-                log(self.console, f"stage {k}/{n}: evaluating {len(heldout)} held-out examples")
-                stages.append(self._evaluate(model, tokenizer, heldout, k, meta))
+                log(self.console, f"stage {k}/{n}: evaluating {len(prep.heldout)} held-out examples")
+                entry, rows = evaluate(model, k, meta)
+                atomic_write_jsonl(job_dir / "predictions" / f"stage-{k}.jsonl", rows)
+                stages.append(entry)
                 token_stages.append(meta["tokens"])
                 done = k
-                self._write_outputs(stages, token_stages, meta["consumed"], budgets, complete=k == n)
+                self._write_outputs(stages, token_stages, meta["consumed"], prep.budgets, complete=k == n)
                 if self.fault == ("after-stage", k, None):
                     raise InjectedFault(f"after stage {k}")
             if k == n:
                 break
             # Both fresh and resumed runs continue from the checkpoint's bytes.
-            train.restore_checkpoint(ckpt, model, optimizer)
+            checkpoint.restore_checkpoint(ckpt, model, optimizer)
             k += 1
-            block = spec.order[k - 1]
-            examples = train_examples[block]
-            lengths = [len(e.input_ids) for e in examples]
-            plan = self._plan(examples, lengths, k, budgets[k - 1] - meta["consumed"] if budgets else None)
-            with StageProgress(f"stage {k}/{n} {block}", len(plan.steps), self.console) as progress:
-                result = train.train_stage(
-                    model, optimizer, examples, plan, spec.train,
-                    pad_id=tokenizer.pad_token_id, autocast_dtype=autocast, on_step=self._step_hook(k, progress),
-                )
-            consumed = [examples[i] for i in plan.consumed()]
-            counts = self._count(consumed)
-            stage_tokens = {
-                "stage": k, "block": block, **counts,
-                "padded_tokens": train.padded_tokens(plan, lengths), "passes": plan.passes,
-                "truncated_examples": sum(e.is_truncated for e in consumed),
-            }
-            if budgets:
-                stage_tokens["budget_cumulative"] = budgets[k - 1]
-            meta = {
-                "job_id": spec.job_id,
-                "stage": k,
-                "consumed": meta["consumed"] + self._budget_count(counts),
-                "train_loss": result.loss,
-                "train_seconds": result.seconds,
-                "tokens": stage_tokens,
-            }
-            ckpt = train.save_checkpoint(job_dir, model, optimizer, meta, result.scheduler_state)
+            plan = recipe.stage_plan(prep, k, meta)
+            with StageProgress(f"stage {k}/{n} {spec.order[k - 1]}", len(plan.steps), self.console) as progress:
+                meta, scheduler_state = recipe.train_stage(prep, model, optimizer, plan, meta, self._step_hook(k, progress))
+            ckpt = checkpoint.save_checkpoint(job_dir, model, optimizer, meta, scheduler_state)
             if self.fault == ("after-checkpoint", k, None):
                 raise InjectedFault(f"after checkpoint {k}")
         return read_json(job_dir / "metrics.json")
@@ -455,118 +394,6 @@ class _Run:
             raise TrajhpcError(f"{self.job_dir}: metrics.json lists stages 0..{done} but checkpoint/ is missing")
         return stages, token_stages, found
 
-    # -- data
-
-    def _tokenize(self, tokenizer, records, condition: str, k: int | None):
-        from trajhpc.data.conditions import tokenize_examples
-
-        return tokenize_examples(tokenizer, records, condition, k=k, max_seq_len=self.spec.train.max_seq_len)
-
-    def _heldout(self, tokenizer, data) -> list:
-        from trajhpc.baselines import diagnostics
-        from trajhpc.evaluate import HeldOut, gold_token_count
-
-        special = set(tokenizer.all_special_ids)
-        items = []
-        for block in data.blocks:
-            records = data.heldout[block]
-            for r, ex in zip(records, self._tokenize(tokenizer, records, self.spec.condition, self.spec.condition_k)):
-                gold = gold_token_count(ex.input_ids[len(ex.prompt_ids) :], special)
-                seen = diagnostics(r.target, tokenizer.decode(ex.prompt_ids))  # the prompt as the model sees it
-                items.append(HeldOut(block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold, seen))
-        return items
-
-    def _check_gold_lengths(self, heldout) -> dict[str, int]:
-        """Per block, held-out examples whose gold call is longer than eval.max_new_tokens (never exact)."""
-        from trajhpc.evaluate import truncated_gold
-        from trajhpc.progress import log
-
-        limit = self.spec.eval.max_new_tokens
-        counts = truncated_gold(heldout, self.blocks, limit)
-        if any(counts.values()):
-            longest = max(it.gold_tokens for it in heldout)
-            log(
-                self.console,
-                f"warning: {sum(counts.values())} of {len(heldout)} held-out gold calls are longer than "
-                f"eval.max_new_tokens={limit} tokens (longest {longest}) and can never be generated exactly; "
-                "raise eval.max_new_tokens (counted per stage as eval_truncated_gold in metrics.json)",
-            )
-        return counts
-
-    def _count(self, examples) -> dict[str, int]:
-        from trajhpc.data.tokens import count_tokens
-
-        return count_tokens(examples).to_dict()
-
-    def _budget_count(self, counts: Mapping[str, int]) -> int:
-        if self.spec.token_budget is None:
-            return 0
-        return counts[f"{self.spec.token_budget.count}_tokens"]
-
-    def _gradient_checkpointing(self, model_path, train_examples, dtype, device) -> bool:
-        """The spec's choice; ``auto`` decided before the model loads, for the job's largest batch."""
-        from trajhpc import train
-
-        t = self.spec.train
-        if isinstance(t.gradient_checkpointing, bool):
-            return t.gradient_checkpointing
-        from transformers import AutoConfig
-
-        lengths = [len(e.input_ids) for examples in train_examples.values() for e in examples]
-        return train.resolve_gradient_checkpointing(
-            t.gradient_checkpointing,
-            config=AutoConfig.from_pretrained(str(model_path)),
-            batch_tokens=train.largest_batch_tokens(lengths, t.batch_size, t.tokens_per_batch),
-            compute_dtype=dtype,
-            quantization=self.spec.quantization,
-            free_bytes=train.free_memory_bytes(device),
-        )
-
-    def _plan(self, examples, lengths, stage: int, budget: int | None):
-        from trajhpc.train import plan_for
-
-        counts = None
-        if budget is not None:
-            key = f"{self.spec.token_budget.count}_tokens"
-            counts = [self._count([e])[key] for e in examples]
-        return plan_for(self.spec.train, lengths, seed=self.spec.seed, stage=stage, budget=budget, counts=counts)
-
-    def _budgets(self, tokenizer, data, own_examples) -> list[int]:
-        """Cumulative count the matched condition consumes through each stage (same plans, same seeds).
-
-        Warns when that equals what this job's own condition consumes without a budget:
-        the arm would then train exactly like its condition (e.g. ``count: supervised``
-        across A/B, whose supervised tokens are the same gold calls).
-        """
-        from trajhpc.progress import log
-
-        budget = self.spec.token_budget
-        k = self.spec.condition_k if budget.match == "last-k" else None  # JobSpec: match last-k => condition last-k
-        matched = [self._tokenize(tokenizer, data.train[block], budget.match, k) for block in self.spec.order]
-        cumulative = self._cumulative(matched)
-        own = self._cumulative([own_examples[block] for block in self.spec.order])
-        if cumulative == own:
-            log(
-                self.console,
-                f"warning: token_budget of arm {self.spec.arm} (match {budget.match}, count: {budget.count}) "
-                f"equals what condition {self.spec.condition} consumes without a budget at every stage "
-                f"({cumulative[-1]} {budget.count} tokens): this arm trains exactly like {self.spec.condition}"
-                + ("; supervised tokens are the gold calls, the same under every condition: use count: total"
-                   if budget.count == "supervised" else ""),
-            )
-        return cumulative
-
-    def _cumulative(self, examples_per_stage) -> list[int]:
-        """Cumulative budget count through each stage of the unbudgeted plans over these examples."""
-        out, total = [], 0
-        for stage, examples in enumerate(examples_per_stage, start=1):
-            plan = self._plan(examples, [len(e.input_ids) for e in examples], stage, None)
-            total += self._budget_count(self._count([examples[i] for i in plan.consumed()]))
-            out.append(total)
-        return out
-
-    # -- stages
-
     def _step_hook(self, stage: int, progress):
         def hook(step: int, n_steps: int, loss: float, tokens: int) -> None:
             progress.update(step, n_steps, loss, tokens)
@@ -576,32 +403,6 @@ class _Run:
                 time.sleep(self.fault[1] / 1000)  # wall time that does not depend on the CPU
 
         return hook
-
-    def _evaluate(self, model, tokenizer, heldout, stage: int, meta: Mapping[str, Any]) -> dict[str, Any]:
-        from trajhpc.evaluate import evaluate
-
-        cfg = self.spec.eval
-        if cfg.backend == "merged":
-            from trajhpc.merged import MergedEvalModel
-
-            # Built once per attempt; later stages only re-merge the adapter into it.
-            self.merged = self.merged.sync(model) if self.merged else MergedEvalModel.from_peft(model)
-        ev = evaluate(
-            model, tokenizer, heldout, self.blocks,
-            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, autocast_dtype=self.autocast,
-            tokens_per_batch=cfg.tokens_per_batch, backend=cfg.backend, merged=self.merged,
-        )
-        atomic_write_jsonl(self.job_dir / "predictions" / f"stage-{stage}.jsonl", ev.rows)
-        return {
-            "stage": stage,
-            "trained_block": self.spec.order[stage - 1] if stage else None,
-            "train_loss": meta["train_loss"],
-            "train_seconds": meta["train_seconds"],
-            "eval_seconds": ev.seconds,
-            "eval_backend": cfg.backend,
-            "per_block": ev.per_block,
-            "eval_truncated_gold": dict(self.truncated_gold),
-        }
 
     def _write_outputs(self, stages, token_stages, consumed: int, budgets, *, complete: bool) -> None:
         spec, n = self.spec, len(self.spec.order)
@@ -632,13 +433,13 @@ class _Run:
                 "order": list(spec.order),
                 "model": spec.model,
                 "quantization": spec.quantization,
-                "device": self.device.type,
+                "device": self.prep.device.type,
                 "complete": complete,
                 "stages": stages,
                 "final": final_summary(stages[-1]["per_block"]) if complete else None,
                 "resources": resources(
-                    stages, token_stages, provenance.peak_memory_bytes(self.device.type), self.params,
-                    self.gradient_checkpointing,
+                    stages, token_stages, provenance.peak_memory_bytes(self.prep.device.type), self.params,
+                    self.prep.gradient_checkpointing,
                 ),
                 "provenance": self.provenance,
             },

@@ -26,6 +26,9 @@ MAX_BYTES = 16 * 2**20
 MAX_DEPTH = 64
 # A folder holding any of these is a job directory (spec.json missing is then an error).
 JOB_FILES = ("spec.json", "metrics.json", "tokens.json")
+# How the job was last submitted (trajhpc.submission writes it; status reads it).
+RECORD = "submission.json"
+RECORD_SCHEMA = "trajhpc.submission/1"
 
 Kind = Literal["missing", "corrupt", "unreadable"]
 

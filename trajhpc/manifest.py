@@ -6,18 +6,16 @@ first problem into one ``InputError`` naming the file, line and field path::
 
     manifests/x.yaml:12: train.lr: Input should be greater than 0
 
-The schema is documented for users in docs/MANIFEST.md.
+The schema is documented for users in README.md ("Manifests: a study in one YAML file").
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -39,6 +37,7 @@ from trajhpc.container import (
     check_manifest_image,
 )
 from trajhpc.errors import InputError
+from trajhpc.fielderrors import UNION_TAG, line_map, line_of, to_input_error
 from trajhpc.spec import CONDITIONS, SEED_MAX, ConditionName, DataSpec, EvalSpec, Float, Int, JobSpec, LoraSpec, Seed, TokenBudget
 from trajhpc.spec import TrainSpec
 from trajhpc.yamlread import MAX_BYTES, decode, read_yaml
@@ -71,9 +70,6 @@ _SBATCH_RESERVED = {
     "export": "trajhpc passes the submit environment (set variables before trajhpc submit)",
     "chdir": "jobs start in the folder trajhpc submit runs in",
 }
-# Tags of the discriminated unions below; they appear in pydantic's error locations
-# and are dropped from the field path shown to the user.
-_TAG = "~"
 
 
 def _one_line(value: str) -> str:
@@ -101,13 +97,13 @@ def _sbatch_option(name: str) -> str:
 SbatchOption = Annotated[str, AfterValidator(_sbatch_option)]
 SbatchValue = Annotated[
     Union[
-        Annotated[bool, Tag(_TAG + "bool")],
-        Annotated[int, Tag(_TAG + "int")],
-        Annotated[float, Tag(_TAG + "float")],
-        Annotated[OneLine, Tag(_TAG + "str")],
+        Annotated[bool, Tag(UNION_TAG + "bool")],
+        Annotated[int, Tag(UNION_TAG + "int")],
+        Annotated[float, Tag(UNION_TAG + "float")],
+        Annotated[OneLine, Tag(UNION_TAG + "str")],
     ],
     Discriminator(
-        lambda v: _TAG + type(v).__name__ if type(v) in (bool, int, float, str) else None,
+        lambda v: UNION_TAG + type(v).__name__ if type(v) in (bool, int, float, str) else None,
         custom_error_type="sbatch_value",
         custom_error_message="expected a string, number or true/false",
     ),
@@ -161,10 +157,10 @@ def _kind(mapping: str, **others: type) -> Any:
 
     def pick(value: Any) -> str | None:
         if isinstance(value, dict):
-            return _TAG + mapping
+            return UNION_TAG + mapping
         for tag, kind in others.items():
             if isinstance(value, kind) and not isinstance(value, bool):
-                return _TAG + tag
+                return UNION_TAG + tag
         return None
 
     return pick
@@ -172,8 +168,8 @@ def _kind(mapping: str, **others: type) -> Any:
 
 ConditionItem = Annotated[
     Union[
-        Annotated[Annotated[str, AfterValidator(_condition_name)], Tag(_TAG + "name")],
-        Annotated[ConditionEntry, Tag(_TAG + "entry")],
+        Annotated[Annotated[str, AfterValidator(_condition_name)], Tag(UNION_TAG + "name")],
+        Annotated[ConditionEntry, Tag(UNION_TAG + "entry")],
     ],
     Discriminator(
         _kind("entry", name=str),
@@ -201,8 +197,8 @@ class SeedRange(_Strict):
 
 Seeds = Annotated[
     Union[
-        Annotated[list[Seed], Field(min_length=1), Tag(_TAG + "list")],
-        Annotated[SeedRange, Tag(_TAG + "range")],
+        Annotated[list[Seed], Field(min_length=1), Tag(UNION_TAG + "list")],
+        Annotated[SeedRange, Tag(UNION_TAG + "range")],
     ],
     Discriminator(
         _kind("range", list=list),
@@ -221,9 +217,9 @@ class RandomOrders(_Strict):
 
 Orders = Annotated[
     Union[
-        Annotated[list[Annotated[list[str], Field(min_length=1)]], Field(min_length=1), Tag(_TAG + "list")],
-        Annotated[Literal["all", "latin"], Tag(_TAG + "name")],
-        Annotated[RandomOrders, Tag(_TAG + "random")],
+        Annotated[list[Annotated[list[str], Field(min_length=1)]], Field(min_length=1), Tag(UNION_TAG + "list")],
+        Annotated[Literal["all", "latin"], Tag(UNION_TAG + "name")],
+        Annotated[RandomOrders, Tag(UNION_TAG + "random")],
     ],
     Discriminator(
         _kind("random", list=list, name=str),
@@ -318,90 +314,10 @@ class Manifest(_Strict):
     def error(self, field: str, message: str) -> InputError:
         """An InputError at ``field`` (dotted path) of this manifest, with its file and line."""
         path = tuple(int(p) if p.isdigit() else p for p in field.split("."))
-        return InputError(self._source, field, message, _line_of(path, self._lines))
+        return InputError(self._source, field, message, line_of(path, self._lines))
 
 
 # ---------------------------------------------------------------- loading
-
-
-def _line_map(
-    node: yaml.Node, source: str, path: tuple[str | int, ...] = (), lines: dict | None = None
-) -> dict[tuple[str | int, ...], int]:
-    """Field path -> 1-based line of its key (mappings) or item (sequences).
-
-    The tree has no aliases and a bounded depth (``yamlread``), so this walk is linear.
-    """
-    lines = {} if lines is None else lines
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            sub = path + (key,)
-            if key in seen:
-                raise InputError(source, field_path(sub), "duplicate key", key_node.start_mark.line + 1)
-            seen.add(key)
-            _line_map(value_node, source, sub, lines)
-            lines[sub] = key_node.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _line_map(item, source, path + (i,), lines)
-    return lines
-
-
-def field_path(parts: tuple[str | int, ...]) -> str:
-    """``train.lr``; a key that is empty or holds control characters or dots shows quoted, keeping the message one line."""
-    return ".".join(
-        repr(p) if isinstance(p, str) and (not p or "." in p or any(ord(c) < 32 or ord(c) == 127 for c in p)) else str(p)
-        for p in parts
-    )
-
-
-def _line_of(path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
-    """Line of the longest prefix of ``path`` present in the YAML (a missing key -> its parent)."""
-    for end in range(len(path), -1, -1):
-        if path[:end] in lines:
-            return lines[path[:end]]
-    return None
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models an annotation can hold (through Optional, Union, list, dict, Annotated)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in get_args(annotation) for m in _models_in(arg)]
-
-
-def _valid_keys(loc: tuple[str | int, ...]) -> list[str]:
-    """Field names allowed in the mapping at ``loc`` (walked from the Manifest model)."""
-    models: list[type[BaseModel]] = [Manifest]
-    for part in loc:
-        for model in models:
-            if isinstance(part, str) and part in model.model_fields:
-                models = _models_in(model.model_fields[part].annotation)
-                break
-        # list indexes and dict keys don't change the candidate models
-    return sorted({name for model in models for name in model.model_fields})
-
-
-def _to_input_error(err: ValidationError, source: str, lines: dict[tuple[str | int, ...], int]) -> InputError:
-    """The most useful pydantic error as one InputError (unknown keys first: they explain the rest)."""
-    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-    # Drop union tags and pydantic's "[key]" marker (a dict key's own error) from the path.
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and (p.startswith(_TAG) or p == "[key]")))
-    field = field_path(loc) or None
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
-        message = "required key is missing"
-    elif first["type"] == "extra_forbidden":
-        key = str(loc[-1])
-        valid = _valid_keys(loc[:-1])
-        close = difflib.get_close_matches(key, valid, n=1) or [v for v in valid if key in v or v in key][:1]
-        message = f"unknown key {key!r}" + (
-            f" (did you mean {close[0]!r}?)" if close else f"; valid keys: {', '.join(valid)}"
-        )
-    return InputError(source, field, message, _line_of(loc, lines))
 
 
 def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
@@ -409,11 +325,11 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
     node, data = read_yaml(text, source)
     if not isinstance(data, dict):
         raise InputError(source, None, "a manifest must be a YAML mapping (study: ..., conditions: ...)", 1)
-    lines = _line_map(node, source)
+    lines = line_map(node, source)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as err:
-        raise _to_input_error(err, source, lines) from None
+        raise to_input_error(err, Manifest, source, lines) from None
     manifest._source = source
     manifest._lines = lines
     check_manifest(manifest)

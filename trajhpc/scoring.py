@@ -6,7 +6,7 @@ Arguments are parsed with :mod:`ast` when the call is valid Python and with a
 tolerant scanner otherwise, because ~8% of the gold strings are not valid Python
 (``attendees='['John']'``, ``location=New York``). Both paths give the same
 result on valid Python. Values are compared as whitespace-stripped strings.
-See docs/METRIC.md for how this differs from upstream's execution-based metric.
+README.md ("How calls are scored") says how this differs from upstream's execution-based metric.
 """
 
 from __future__ import annotations

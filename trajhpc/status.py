@@ -11,26 +11,22 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import shutil
-import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-from submitit.slurm.slurm import SlurmInfoWatcher
 
-from trajhpc.errors import TrajhpcError
-from trajhpc.jobdir import FileProblem, dir_problem, find_job_dirs, open_regular, read_json_object
+from trajhpc.errors import TrajhpcError, last_line
+from trajhpc.jobdir import RECORD, FileProblem, dir_problem, find_job_dirs, open_regular, read_json_object
+from trajhpc.slurmquery import GONE, SlurmInfo, ask_slurm
 from trajhpc.spec import SPEC_SCHEMA, spec_from_dict
 
-RECORD = "submission.json"
-RECORD_SCHEMA = "trajhpc.submission/1"
 
 # Slurm job states (squeue/sacct names) grouped by what they mean for a job.
 PENDING_STATES = frozenset(
@@ -38,8 +34,6 @@ PENDING_STATES = frozenset(
 )
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "SIGNALING", "STAGE_OUT", "RESIZING"})
 ACTIVE_STATES = PENDING_STATES | RUNNING_STATES
-# A recorded job its scheduler no longer knows (purged from Slurm, local process gone).
-GONE = "GONE"
 # Slurm could not be asked (status only: submit refuses to guess).
 UNKNOWN = "UNKNOWN"
 
@@ -55,11 +49,6 @@ Action = Literal["skip", "leave", "submit"]
 # ---------------------------------------------------------------- pure rules
 
 
-def normalize_slurm_state(raw: str) -> str:
-    """``CANCELLED by 0`` -> ``CANCELLED``; ``RUNNING+`` -> ``RUNNING``."""
-    return raw.strip().split(" ")[0].rstrip("+").upper() if raw.strip() else GONE
-
-
 def decide(complete: bool, scheduler_state: str | None) -> Action:
     """What ``trajhpc submit`` does with a job: skip it (done), leave it (queued or running), or submit it.
 
@@ -72,14 +61,6 @@ def decide(complete: bool, scheduler_state: str | None) -> Action:
     if scheduler_state in ACTIVE_STATES or scheduler_state == UNKNOWN:
         return "leave"
     return "submit"
-
-
-def last_line(text: Any, width: int = 120) -> str:
-    """Last non-empty line of an error message, shortened to ``width``."""
-    text = text if isinstance(text, str) else "" if text is None else str(text)
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    line = lines[-1] if lines else ""
-    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def display_state(state: Mapping[str, Any] | None, complete: bool, scheduler_state: str | None) -> tuple[str, str]:
@@ -255,100 +236,6 @@ def read_job_dir(run_dir: Path, spec: Mapping[str, Any] | None = None) -> JobFil
 # ---------------------------------------------------------------- schedulers (I/O)
 
 
-def _run(cmd: list[str]) -> subprocess.CompletedProcess[str] | None:
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-class SlurmInfo(NamedTuple):
-    """What Slurm says about one job id: its state and its job name."""
-
-    state: str
-    name: str
-
-
-_SLURM_COLUMNS = "JobID|State|NodeList|JobName"
-
-
-def _parse_table(text: str) -> dict[str, SlurmInfo]:
-    """``JobID|State|...`` lines -> {job id or array task id: info}, ranges expanded (submitit's parser)."""
-    return {
-        jid: SlurmInfo(normalize_slurm_state(info.get("State", "")), info.get("JobName", ""))
-        for jid, info in SlurmInfoWatcher().read_info(text).items()
-    }
-
-
-def _squeue_ok(out: subprocess.CompletedProcess[str] | None) -> bool:
-    # squeue -j exits 1 when none of the ids is known any more: an answer, not a failure.
-    return out is not None and (out.returncode == 0 or "Invalid job id" in out.stderr)
-
-
-def query_slurm(ids: Iterable[str]) -> dict[str, SlurmInfo]:
-    """Slurm's view of job ids (``123`` or ``123_4``): one ``sacct`` call, then ``squeue`` for the rest.
-
-    Ids neither knows are left out. Raises TrajhpcError when Slurm can't be asked at all.
-    """
-    return _ask_slurm(ids)[0]
-
-
-def _ask_slurm(ids: Iterable[str]) -> tuple[dict[str, SlurmInfo], set[str]]:
-    """:func:`query_slurm`, plus the job (array) ids Slurm listed any task of."""
-    ids = sorted(set(ids))
-    if not ids:
-        return {}, set()
-    masters = sorted({i.split("_")[0] for i in ids})
-    found: dict[str, SlurmInfo] = {}
-    sacct = _run(["sacct", "-X", "--parsable2", "-o", _SLURM_COLUMNS.replace("|", ","), "-j", ",".join(masters)])
-    sacct_ok = sacct is not None and sacct.returncode == 0
-    if sacct_ok:
-        found.update(_parse_table(sacct.stdout))
-    # sacct lags slurmctld by seconds and needs accounting; squeue knows every live job
-    # (and recently ended ones) straight from the controller. It is asked for the
-    # recorded ids, whoever submitted them: in a shared study a colleague's jobs count too.
-    if not sacct_ok or any(i not in found for i in ids):
-        squeue = _run(["squeue", "-h", "--states=all", "-j", ",".join(masters), "-o", "%i|%T|%N|%j"])
-        if _squeue_ok(squeue):
-            live = _parse_table(_SLURM_COLUMNS + "\n" + squeue.stdout)
-            found.update({i: info for i, info in live.items() if i.split("_")[0] in masters})
-        elif not sacct_ok:
-            why = (sacct.stderr if sacct else "sacct not found").strip() or "no output"
-            raise TrajhpcError(f"cannot ask Slurm about the recorded jobs ({last_line(why)}); is the cluster up?")
-    seen = {i.split("_")[0] for i in found}
-    return {i: found[i] for i in ids if i in found}, seen
-
-
-def find_submission(job_name: str, folder: str | Path, since: dt.datetime) -> str | None:
-    """The Slurm job (array) id submitted from submitit folder ``folder``, "" when Slurm has none.
-
-    For a submission interrupted between ``sbatch`` and its records: submitit's batch
-    script lives in that folder, and squeue shows it as the job's command, sacct in its
-    SubmitLine. Raises TrajhpcError when Slurm can't be asked at all.
-    """
-    marker = str(folder).rstrip("/") + "/"
-    squeue = _run(["squeue", "-h", "--states=all", f"--name={job_name}", "-o", "%i|%o"])
-    squeue_ok = _squeue_ok(squeue)
-    for line in squeue.stdout.splitlines() if squeue_ok and squeue else []:
-        jid, _, command = line.partition("|")
-        if command.strip().startswith(marker):
-            return jid.strip().split("_")[0]
-    start = (since - dt.timedelta(minutes=5)).astimezone().strftime("%Y-%m-%dT%H:%M:%S")  # sacct: local time
-    sacct = _run(["sacct", "-X", "-n", "--parsable2", f"--name={job_name}", "-S", start, "-o", "JobID,SubmitLine"])
-    if sacct is not None and sacct.returncode == 0:
-        for line in sacct.stdout.splitlines():
-            jid, _, submit_line = line.partition("|")
-            if marker in submit_line:
-                return jid.strip().split("_")[0]
-        return ""
-    if squeue_ok:
-        return ""
-    why = (squeue.stderr if squeue else "squeue not found").strip() or "no output"
-    raise TrajhpcError(f"cannot ask Slurm whether the interrupted submission reached it ({last_line(why)})")
-
-
 def local_alive(pid: int, folder: str) -> bool:
     """Is this submitit local controller still running (and not a reused pid)?"""
     try:
@@ -388,7 +275,7 @@ def scheduler_states(jobs: Sequence[JobFiles], strict: bool = True) -> dict[str,
     seen: set[str] = set()
     try:
         slurm: dict[str, SlurmInfo] | None
-        slurm, seen = _ask_slurm(slurm_ids.values())
+        slurm, seen = ask_slurm(slurm_ids.values())
     except TrajhpcError:
         if strict:
             raise

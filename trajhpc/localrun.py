@@ -1,0 +1,132 @@
+"""Running a study's jobs on this machine: submitit's local executor, a few jobs at a time.
+
+The local executor has no queue, so trajhpc keeps the slots busy itself: CPU jobs share
+the cores (and memory), GPU jobs get disjoint visible GPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections import deque
+from typing import Any, Sequence
+
+from rich.console import Console
+
+from trajhpc.errors import TrajhpcError, last_line
+from trajhpc.grid import GridJob
+from trajhpc.manifest import Resources
+from trajhpc.status import GONE, display_state, read_job_dir
+from trajhpc.submission import Submitter, jobs_phrase, write_record
+
+POLL_S = 1.0
+
+
+def local_slots(
+    resources: Resources, cpu_count: int, gpu_ids: Sequence[int], memory_gb: float = float("inf")
+) -> list[tuple[int, ...]]:
+    """GPU ids of each concurrent local job: CPU jobs share the cores (and memory), GPU jobs get disjoint GPUs."""
+    limit = resources.array_parallelism
+    if memory_gb != float("inf"):
+        limit = min(limit, max(1, int(memory_gb // resources.mem_gb)))
+    if resources.gpus_per_node == 0:
+        return [()] * max(1, min(limit, cpu_count // resources.cpus_per_task))
+    g = resources.gpus_per_node
+    groups = [tuple(gpu_ids[i : i + g]) for i in range(0, len(gpu_ids) - g + 1, g)]
+    if not groups:
+        raise TrajhpcError(
+            f"resources.gpus_per_node asks for {g} GPU(s) per job but {len(gpu_ids)} are visible here; "
+            "use the Slurm executor or a CPU manifest (gpus_per_node: 0)"
+        )
+    return groups[:limit]
+
+
+
+
+def _visible_gpus() -> list[int]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [int(x) for x in env.split(",") if x.strip().isdigit()]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return list(range(sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))))
+
+
+def _failure_line(exc: BaseException | None) -> str:
+    """The remote exception line of a submitit FailedJobError (its trace sits between dashed rules)."""
+    text = str(exc or "")
+    parts = text.split("-" * 22)
+    return last_line(parts[1] if len(parts) > 2 else text, width=400)
+
+
+def run_local(
+    console: Console,
+    jobs: Sequence[GridJob],
+    task_args: Sequence[tuple[Any, ...]],
+    *,
+    submitter: Submitter,
+    python: str,
+    resources: Resources,
+) -> None:
+    """Run the jobs with submitit's local executor, at most one per slot at a time; blocks until all end.
+
+    The local executor has no queue, so trajhpc itself keeps the slots busy. Ctrl-C cancels
+    the running jobs (a later ``submit`` resumes them from their last completed stage).
+    """
+    import submitit
+    from submitit.helpers import environment_variables
+
+    from trajhpc.job import JobTask
+
+    res = resources
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    slots = local_slots(res, len(os.sched_getaffinity(0)), _visible_gpus(), memory_gb)
+    console.print(
+        f"running {jobs_phrase(len(jobs))} locally, {len(slots)} at a time (logs in {submitter.folder})",
+        highlight=False,
+    )
+    waiting = deque(zip(jobs, task_args))
+    running: dict[int, tuple[GridJob, Any]] = {}
+    finished = 0
+    try:
+        while waiting or running:
+            for slot, gpus in enumerate(slots):
+                if slot in running or not waiting:
+                    continue
+                job, args = waiting.popleft()
+                executor = submitit.LocalExecutor(
+                    folder=submitter.folder, max_num_timeout=res.max_requeues, python=python
+                )
+                executor.update_parameters(
+                    timeout_min=res.timeout_min,
+                    signal_delay_s=res.signal_delay_s,
+                    gpus_per_node=len(gpus),
+                    visible_gpus=gpus,
+                )
+                # The controller copies this process's environment when it starts.
+                with environment_variables(OMP_NUM_THREADS=res.cpus_per_task):
+                    handle = executor.submit(JobTask(), *args)
+                write_record(job, submitter, slurm_job_id=None, local_pid=int(handle.job_id))
+                running[slot] = (job, handle)
+            time.sleep(POLL_S)
+            for slot, (job, handle) in list(running.items()):
+                if handle.done():
+                    del running[slot]
+                    finished += 1
+                    files = read_job_dir(job.run_dir)
+                    label, detail = display_state(files.state, files.complete, GONE)
+                    if label == "failed" and not (files.state or {}).get("error"):
+                        # died before writing state.json: submitit's captured exception says why
+                        detail = _failure_line(handle.exception()) or detail
+                    line = f"[{finished}/{len(jobs)}] {job.job_id} {job.spec.arm} seed {job.spec.seed}: {label}"
+                    console.print(line + (f" ({detail})" if detail else ""), highlight=False, soft_wrap=True)
+    except BaseException:  # Ctrl-C, or a record that could not be written (disk full)
+        for _, handle in running.values():
+            handle.cancel()
+        raise

@@ -20,6 +20,7 @@ import torch
 
 from trajhpc.atomic import atomic_write_bytes, atomic_write_json
 from trajhpc.errors import TrajhpcError
+from trajhpc.jobdir import CHECKPOINT
 
 
 RNG_SCHEMA = "trajhpc.rng/1"
@@ -81,7 +82,6 @@ def load_tensors(path: Path) -> Any:
         raise TrajhpcError(f"{path}: damaged, not a readable torch file ({type(err).__name__}); {start_over}") from None
 
 
-CHECKPOINT = "checkpoint"
 _TMP, _OLD = ".checkpoint.tmp", ".checkpoint.old"
 _STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 

@@ -26,7 +26,7 @@ import polars as pl
 from trajhpc import itemstats
 from trajhpc.errors import TrajhpcError
 from trajhpc.factorial import factorial_rows
-from trajhpc.jobdir import FileProblem, read_bytes
+from trajhpc.jobdir import FileProblem, JobDir, read_bytes
 
 STRATA = ("target_kind", "gold_name_in_prompt", "gold_values_in_prompt")
 ITEM_METRICS = ("exact", "name")
@@ -40,7 +40,7 @@ _ITEM_SCHEMA = {
 
 def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[pl.DataFrame, str | None]:
     """The final stage's prediction rows of one job, and why they could not be read (None when fine)."""
-    path = job_dir / "predictions" / f"stage-{n_stages}.jsonl"
+    path = JobDir(job_dir).predictions(n_stages)
     try:
         raw = read_bytes(path, max_bytes=MAX_PREDICTION_BYTES)
         rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]

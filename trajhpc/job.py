@@ -44,12 +44,11 @@ from rich.console import Console
 from trajhpc import locks, provenance
 from trajhpc.atomic import atomic_write_json, atomic_write_jsonl
 from trajhpc.errors import InputError, TrajhpcError
+from trajhpc.jobdir import JobDir
+from trajhpc.jobdocs import METRICS_SCHEMA, TOKENS_SCHEMA, MetricsDoc, TokensDoc, checked
 from trajhpc.spec import JobSpec, load_spec, spec_from_dict
 
-METRICS_SCHEMA = "trajhpc.metrics/1"
-TOKENS_SCHEMA = "trajhpc.tokens/1"
 FAULT_ENV = "TRAJHPC_FAULT_INJECT"
-LOCK_FILE = ".lock"  # held by the process running the job (trajhpc.locks)
 SUMMARY_KEYS = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
 
 
@@ -106,9 +105,9 @@ def run_job(
     second run-job, a duplicate array task) is refused before it writes anything.
     """
     job_dir = Path(job_dir)
-    with locks.exclusive(job_dir / LOCK_FILE) as held:
+    with locks.exclusive(JobDir(job_dir).lock) as held:
         if not held:
-            who = locks.holder(job_dir / LOCK_FILE)
+            who = locks.holder(JobDir(job_dir).lock)
             raise TrajhpcError(
                 f"{job_dir} is in use by another trajhpc job process{f' ({who})' if who else ''}; "
                 "refusing to run it twice: wait for it to end, or stop it first"
@@ -120,7 +119,7 @@ def _run_locked(
     spec: JobSpec, job_dir: Path, study: str | None, context: Mapping[str, Any] | None, console: Console | None
 ) -> dict[str, Any]:
     claim_job_dir(spec, job_dir)
-    metrics = read_json(job_dir / "metrics.json")
+    metrics = read_json(JobDir(job_dir).metrics)
     n = len(spec.order)
     if metrics is not None and metrics.get("complete"):
         _mark_done(job_dir, metrics, n)
@@ -136,7 +135,7 @@ def _run_locked(
         # Ctrl-C (SIGINT) is no failure: "interrupted" resumes like a killed job when started again.
         # A library may turn the KeyboardInterrupt into another error (one landing mid-import does).
         interrupted = isinstance(err, KeyboardInterrupt) or bool(sigint)
-        stage = len((read_json(job_dir / "metrics.json") or {"stages": [None]})["stages"]) - 1
+        stage = len((read_json(JobDir(job_dir).metrics) or {"stages": [None]})["stages"]) - 1
         error = None if interrupted else last_line(err)
         write_state(job_dir, "interrupted" if interrupted else "failed", max(stage, 0), n, started=started, error=error)
         if interrupted and not isinstance(err, KeyboardInterrupt):
@@ -170,7 +169,7 @@ def _mark_done(job_dir: Path, metrics: Mapping[str, Any], n_stages: int) -> None
     """A complete job whose state.json does not say "done" (killed between the final
     metrics.json write and the state write, or state.json lost): write it now."""
     try:
-        state = read_json(job_dir / "state.json")
+        state = read_json(JobDir(job_dir).state)
     except InputError:  # damaged: rewritten below
         state = None
     if state is not None and state.get("state") == "done":
@@ -185,7 +184,7 @@ class JobTask(submitit.helpers.Checkpointable):
     def __call__(
         self, spec_dict: dict[str, Any], job_dir: str | Path, study: str | None = None, context: dict | None = None
     ) -> dict[str, Any]:
-        spec = spec_from_dict(spec_dict, source=Path(job_dir) / "spec.json")
+        spec = spec_from_dict(spec_dict, source=JobDir(Path(job_dir)).spec)
         return run_job(spec, Path(job_dir), study=study, context=context)
 
     def checkpoint(
@@ -212,7 +211,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def claim_job_dir(spec: JobSpec, job_dir: Path) -> None:
     """Write spec.json, or check that the one there is this job's; never overwrite another job."""
-    path = job_dir / "spec.json"
+    path = JobDir(job_dir).spec
     existing = read_json(path)
     if existing is None:
         atomic_write_json(path, spec.to_dict())
@@ -235,7 +234,7 @@ def write_state(
     error: str | None = None,
 ) -> None:
     atomic_write_json(
-        job_dir / "state.json",
+        JobDir(job_dir).state,
         {
             "state": state,
             "stage": stage,
@@ -356,7 +355,7 @@ class _Run:
             if k > done:  # evaluate the checkpoint's stage
                 log(self.console, f"stage {k}/{n}: evaluating {len(prep.heldout)} held-out examples")
                 entry, rows = evaluate(model, k, meta)
-                atomic_write_jsonl(job_dir / "predictions" / f"stage-{k}.jsonl", rows)
+                atomic_write_jsonl(JobDir(job_dir).predictions(k), rows)
                 stages.append(entry)
                 token_stages.append(meta["tokens"])
                 done = k
@@ -374,13 +373,13 @@ class _Run:
             ckpt = checkpoint.save_checkpoint(job_dir, model, optimizer, meta, scheduler_state)
             if self.fault == ("after-checkpoint", k, None):
                 raise InjectedFault(f"after checkpoint {k}")
-        return read_json(job_dir / "metrics.json")
+        return read_json(JobDir(job_dir).metrics)
 
     def _earlier_attempts(self, metrics, found):
         """(stage entries, token entries, checkpoint) that earlier attempts left, checked for consistency."""
         stages = list(metrics["stages"]) if metrics else []
         done = len(stages) - 1
-        tokens_doc = read_json(self.job_dir / "tokens.json")
+        tokens_doc = read_json(JobDir(self.job_dir).tokens)
         # tokens.json is written before metrics.json: drop a stage metrics does not list yet.
         token_stages = list(tokens_doc["stages"][: done + 1]) if tokens_doc else []
         if found is not None:
@@ -415,15 +414,15 @@ class _Run:
                 "consumed": consumed,
             }
         atomic_write_json(
-            self.job_dir / "tokens.json",
-            {"schema": TOKENS_SCHEMA, "job_id": spec.job_id, "condition": spec.condition, "arm": spec.arm,
-             "budget": budget, "stages": token_stages},
+            JobDir(self.job_dir).tokens,
+            checked(TokensDoc, {"schema": TOKENS_SCHEMA, "job_id": spec.job_id, "condition": spec.condition,
+                                "arm": spec.arm, "budget": budget, "stages": token_stages}),
         )
         if complete:
             self.provenance["ended"] = provenance.now_iso()
         atomic_write_json(
-            self.job_dir / "metrics.json",
-            {
+            JobDir(self.job_dir).metrics,
+            checked(MetricsDoc, {
                 "schema": METRICS_SCHEMA,
                 "job_id": spec.job_id,
                 "study": self.study,
@@ -442,7 +441,7 @@ class _Run:
                     self.prep.gradient_checkpointing,
                 ),
                 "provenance": self.provenance,
-            },
+            }),
         )
         write_state(self.job_dir, "done" if complete else "running", len(stages) - 1, n,
                     started=self.provenance["started"])

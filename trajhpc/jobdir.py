@@ -1,4 +1,5 @@
-"""The job directory as readers see it: one safe JSON reader and one way to find job directories.
+"""The job directory: the names of its files (:class:`JobDir`), one safe JSON reader and one way
+to find job directories.
 
 ``trajhpc status`` and ``trajhpc aggregate`` both list jobs with :func:`find_job_dirs`
 and read their files with :func:`read_json_file`, so they agree on which jobs exist
@@ -15,6 +16,7 @@ import json
 import os
 import re
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Literal
 
@@ -24,11 +26,57 @@ from trajhpc.errors import TrajhpcError
 # spec.json nests about 4 levels, metrics.json 6).
 MAX_BYTES = 16 * 2**20
 MAX_DEPTH = 64
-# A folder holding any of these is a job directory (spec.json missing is then an error).
-JOB_FILES = ("spec.json", "metrics.json", "tokens.json")
-# How the job was last submitted (trajhpc.submission writes it; status reads it).
-RECORD = "submission.json"
+# The files of <run_root>/<study>/<job id>/ (docs/ARCHITECTURE.md says who writes each).
+SPEC = "spec.json"
+STATE = "state.json"
+METRICS = "metrics.json"
+TOKENS = "tokens.json"
+RECORD = "submission.json"  # how the job was last submitted
+PREDICTIONS = "predictions"
+CHECKPOINT = "checkpoint"
+LOCK = ".lock"  # held by the process running the job (trajhpc.locks)
 RECORD_SCHEMA = "trajhpc.submission/1"
+# A folder holding any of these is a job directory (spec.json missing is then an error).
+JOB_FILES = (SPEC, METRICS, TOKENS)
+
+
+@dataclass(frozen=True)
+class JobDir:
+    """Where each file of one job directory lives; the one place that spells their names."""
+
+    path: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.path / SPEC
+
+    @property
+    def state(self) -> Path:
+        return self.path / STATE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def tokens(self) -> Path:
+        return self.path / TOKENS
+
+    @property
+    def record(self) -> Path:
+        return self.path / RECORD
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    @property
+    def lock(self) -> Path:
+        return self.path / LOCK
+
+    def predictions(self, stage: int) -> Path:
+        """The prediction rows of the evaluation after ``stage``."""
+        return self.path / PREDICTIONS / f"stage-{stage}.jsonl"
 
 Kind = Literal["missing", "corrupt", "unreadable"]
 

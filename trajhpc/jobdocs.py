@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trajhpc.errors import InputError
 from trajhpc.jobdir import JOB_FILES, MAX_DEPTH, FileProblem, dir_problem, nested_deeper_than, parse_json, read_bytes
-from trajhpc.jobdir import read_json_object
+from trajhpc.jobdir import METRICS, SPEC, TOKENS, JobDir, read_json_object
 from trajhpc.spec import SPEC_SCHEMA, JobSpec, spec_from_dict
 
 METRICS_SCHEMA = "trajhpc.metrics/1"
@@ -86,6 +86,13 @@ class TokensDoc(_Doc):
     stages: list[TokenStage]
 
 
+def checked(model: type[BaseModel], doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` once it validates as ``model``: writers (the job, the test fixtures) check what they write
+    against the models the aggregate reads with, so a renamed field fails where it is written."""
+    model.model_validate(doc)
+    return doc
+
+
 class JobProblem(Exception):
     """Why a job is excluded: its status, the file's name ("" for the folder itself) and what is wrong."""
 
@@ -139,7 +146,7 @@ def _classify(raw: bytes, path: Path, schema: str, err: ValidationError) -> NoRe
         raise JobProblem(CORRUPT, name, "expected a JSON object")
     if obj.get("schema") != schema:
         raise JobProblem(FOREIGN, name, f"schema {obj.get('schema')!r} is not {schema!r}")
-    if name == "spec.json":  # the spec module words its own errors
+    if name == SPEC:  # the spec module words its own errors
         try:
             spec_from_dict(obj, name)
         except InputError as spec_err:
@@ -152,7 +159,7 @@ def _classify(raw: bytes, path: Path, schema: str, err: ValidationError) -> NoRe
 def _state_note(job_dir: Path) -> str:
     """' (state.json: failed: ...)' when the job says it failed; best effort, never raises."""
     try:
-        state = read_json_object(job_dir / "state.json")
+        state = read_json_object(JobDir(job_dir).state)
     except FileProblem:
         return ""
     if state is not None and state.get("state") == "failed":
@@ -170,63 +177,63 @@ def read_job_docs(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
 
 
 def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
-    spec: JobSpec | None = _load(job_dir, "spec.json", JobSpec, SPEC_SCHEMA)
+    spec: JobSpec | None = _load(job_dir, SPEC, JobSpec, SPEC_SCHEMA)
     if spec is None:  # the folder has results but no spec: nothing says what they are
         present = [name for name in JOB_FILES[1:] if (job_dir / name).exists()]
-        raise JobProblem(CORRUPT, "spec.json", f"missing (the folder has {' and '.join(present) or 'no job files'})")
+        raise JobProblem(CORRUPT, SPEC, f"missing (the folder has {' and '.join(present) or 'no job files'})")
     job_id = spec.job_id
     if job_dir.name != job_id:
-        raise JobProblem(MISMATCH, "spec.json", f"hashes to {job_id} but the folder is named {job_dir.name}")
+        raise JobProblem(MISMATCH, SPEC, f"hashes to {job_id} but the folder is named {job_dir.name}")
     order = list(spec.order)
     n_stages = len(order)
 
-    metrics: MetricsDoc | None = _load(job_dir, "metrics.json", MetricsDoc, METRICS_SCHEMA)
+    metrics: MetricsDoc | None = _load(job_dir, METRICS, MetricsDoc, METRICS_SCHEMA)
     if metrics is None:
-        raise JobProblem(INCOMPLETE, "metrics.json", f"missing, no stage evaluated yet{_state_note(job_dir)}")
+        raise JobProblem(INCOMPLETE, METRICS, f"missing, no stage evaluated yet{_state_note(job_dir)}")
     expected = {"job_id": job_id, "condition": spec.condition, "arm": spec.arm, "seed": spec.seed, "order": order}
     for key, value in expected.items():
         if (got := getattr(metrics, key)) != value:
-            raise JobProblem(MISMATCH, "metrics.json", f"{key} {got!r} does not match spec.json ({value!r})")
+            raise JobProblem(MISMATCH, METRICS, f"{key} {got!r} does not match spec.json ({value!r})")
     if metrics.study is not None and metrics.study != job_dir.parent.name:
         folder = job_dir.parent.name
-        raise JobProblem(MISMATCH, "metrics.json", f"study {metrics.study!r} does not match its folder {folder!r}")
+        raise JobProblem(MISMATCH, METRICS, f"study {metrics.study!r} does not match its folder {folder!r}")
     _check_stages(metrics.stages, order)
     if not metrics.complete or len(metrics.stages) < n_stages + 1:
         done = f"stage {len(metrics.stages) - 1} of {n_stages}" if metrics.stages else "no stage evaluated yet"
         complete = str(metrics.complete).lower()
-        raise JobProblem(INCOMPLETE, "metrics.json", f"{done} (complete: {complete}){_state_note(job_dir)}")
+        raise JobProblem(INCOMPLETE, METRICS, f"{done} (complete: {complete}){_state_note(job_dir)}")
 
-    tokens: TokensDoc | None = _load(job_dir, "tokens.json", TokensDoc, TOKENS_SCHEMA)
+    tokens: TokensDoc | None = _load(job_dir, TOKENS, TokensDoc, TOKENS_SCHEMA)
     if tokens is None:
-        raise JobProblem(INCOMPLETE, "tokens.json", "missing")
+        raise JobProblem(INCOMPLETE, TOKENS, "missing")
     if tokens.job_id != job_id:
-        raise JobProblem(MISMATCH, "tokens.json", f"job_id {tokens.job_id!r} does not match spec.json ({job_id!r})")
+        raise JobProblem(MISMATCH, TOKENS, f"job_id {tokens.job_id!r} does not match spec.json ({job_id!r})")
     for t, stage in enumerate(tokens.stages):
         block = order[t - 1] if 0 < t <= n_stages else None
         if stage.stage != t or stage.block != block:
             got = f"stage {stage.stage} on {stage.block!r}"
-            raise JobProblem(CORRUPT, "tokens.json", f"stages.{t}: expected stage {t} on block {block!r}, got {got}")
+            raise JobProblem(CORRUPT, TOKENS, f"stages.{t}: expected stage {t} on block {block!r}, got {got}")
     if len(tokens.stages) != n_stages + 1:
-        raise JobProblem(INCOMPLETE, "tokens.json", f"{len(tokens.stages)} stages, expected {n_stages + 1}")
+        raise JobProblem(INCOMPLETE, TOKENS, f"{len(tokens.stages)} stages, expected {n_stages + 1}")
     return spec, metrics, tokens
 
 
 def _check_stages(stages: list[MetricsStage], order: list[str]) -> None:
     """Stage t must follow training block order[t-1] and evaluate the same blocks as stage 0."""
     if len(stages) > len(order) + 1:
-        raise JobProblem(CORRUPT, "metrics.json", f"stages: {len(stages)} stages for an order of {len(order)} blocks")
+        raise JobProblem(CORRUPT, METRICS, f"stages: {len(stages)} stages for an order of {len(order)} blocks")
     blocks = set(stages[0].per_block) if stages else set()
     for t, stage in enumerate(stages):
         trained = order[t - 1] if t else None
         if stage.stage != t or stage.trained_block != trained:
             got = f"stage {stage.stage} after {stage.trained_block!r}"
             expected = f"expected stage {t} after training {trained!r}"
-            raise JobProblem(CORRUPT, "metrics.json", f"stages.{t}: {expected}, got {got}")
+            raise JobProblem(CORRUPT, METRICS, f"stages.{t}: {expected}, got {got}")
         if set(stage.per_block) != blocks:
             evaluated = f"evaluates {sorted(stage.per_block)}, stage 0 evaluates {sorted(blocks)}"
-            raise JobProblem(CORRUPT, "metrics.json", f"stages.{t}.per_block: {evaluated}")
+            raise JobProblem(CORRUPT, METRICS, f"stages.{t}.per_block: {evaluated}")
     missing = [b for b in order if stages and b not in blocks]
     if missing:
-        raise JobProblem(CORRUPT, "metrics.json", f"stages.0.per_block: trained blocks {missing} are never evaluated")
+        raise JobProblem(CORRUPT, METRICS, f"stages.0.per_block: trained blocks {missing} are never evaluated")
 
 

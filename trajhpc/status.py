@@ -23,7 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from trajhpc.errors import TrajhpcError, last_line
-from trajhpc.jobdir import RECORD, FileProblem, dir_problem, find_job_dirs, open_regular, read_json_object
+from trajhpc.jobdir import FileProblem, JobDir, dir_problem, find_job_dirs, open_regular, read_json_object
 from trajhpc.slurmquery import GONE, SlurmInfo, ask_slurm
 from trajhpc.spec import SPEC_SCHEMA, spec_from_dict
 
@@ -189,7 +189,7 @@ def _read(path: Path, problems: list[FileProblem]) -> dict[str, Any] | None:
 
 def _spec_problem(spec: Any, run_dir: Path) -> FileProblem | None:
     """Is spec.json a valid spec, and (when trajhpc wrote it: it names its schema) this folder's?"""
-    path = run_dir / "spec.json"
+    path = JobDir(run_dir).spec
     try:
         job_id = spec_from_dict(spec).job_id
     except TrajhpcError as err:
@@ -209,26 +209,26 @@ def read_job_dir(run_dir: Path, spec: Mapping[str, Any] | None = None) -> JobFil
     folder = dir_problem(run_dir)
     if folder is not None:
         return JobFiles(run_dir.name, run_dir, dict(spec) if spec else None, None, False, None, (folder,))
-    metrics = _read(run_dir / "metrics.json", problems)
+    metrics = _read(JobDir(run_dir).metrics, problems)
     complete = bool(metrics) and metrics.get("complete") is True
     if metrics is not None and not isinstance(metrics.get("complete", False), bool):
         got = _JSON_TYPES.get(type(metrics["complete"]), "null")
-        problems.append(FileProblem(run_dir / "metrics.json", "corrupt", f"complete: expected true or false, got {got}"))
-    own_spec = _read(run_dir / "spec.json", problems)
+        problems.append(FileProblem(JobDir(run_dir).metrics, "corrupt", f"complete: expected true or false, got {got}"))
+    own_spec = _read(JobDir(run_dir).spec, problems)
     if own_spec is not None:
         if (bad := _spec_problem(own_spec, run_dir)) is not None:
             problems.append(bad)
-    elif spec is None and os.path.isdir(run_dir) and not os.path.lexists(run_dir / "spec.json"):
-        problems.append(FileProblem(run_dir / "spec.json", "missing"))
-    state = _read(run_dir / "state.json", problems)
-    record = _read(run_dir / RECORD, problems)
+    elif spec is None and os.path.isdir(run_dir) and not os.path.lexists(JobDir(run_dir).spec):
+        problems.append(FileProblem(JobDir(run_dir).spec, "missing"))
+    state = _read(JobDir(run_dir).state, problems)
+    record = _read(JobDir(run_dir).record, problems)
     return JobFiles(
         job_id=run_dir.name,
         run_dir=run_dir,
         spec=own_spec or (dict(spec) if spec else None),
-        state=_checked(state, run_dir / "state.json", STATE_FIELDS, problems) if state is not None else None,
+        state=_checked(state, JobDir(run_dir).state, STATE_FIELDS, problems) if state is not None else None,
         complete=complete,
-        record=_checked(record, run_dir / RECORD, RECORD_FIELDS, problems) if record is not None else None,
+        record=_checked(record, JobDir(run_dir).record, RECORD_FIELDS, problems) if record is not None else None,
         problems=tuple(problems),
     )
 

@@ -23,7 +23,7 @@ from trajhpc import locks
 from trajhpc.atomic import atomic_write_json
 from trajhpc.errors import TrajhpcError
 from trajhpc.grid import GridJob
-from trajhpc.jobdir import RECORD, RECORD_SCHEMA
+from trajhpc.jobdir import RECORD_SCHEMA, JobDir
 from trajhpc.provenance import now_iso
 from trajhpc.slurmquery import find_submission
 from trajhpc.status import read_job_dir
@@ -47,8 +47,9 @@ def jobs_phrase(n: int) -> str:
 
 def write_spec(job: GridJob) -> None:
     """``spec.json`` if absent (the job checks it is its own when it starts)."""
-    if not (job.run_dir / "spec.json").exists():
-        atomic_write_json(job.run_dir / "spec.json", job.spec.to_dict())
+    path = JobDir(job.run_dir).spec
+    if not path.exists():
+        atomic_write_json(path, job.spec.to_dict())
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def _write_record(
     previous = ([{k: v for k, v in old.items() if k != "previous"}] + old.get("previous", [])) if old else []
     stdout, stderr = log_paths(folder, slurm_job_id or str(local_pid))
     atomic_write_json(
-        run_dir / RECORD,
+        JobDir(run_dir).record,
         {
             "schema": RECORD_SCHEMA,
             "job_id": run_dir.name,

@@ -468,3 +468,36 @@ def test_factorial_effects_from_synthetic_job_directories_with_a_planted_interac
     assert set(r.factorial["family"].to_list()) == {"plain", "docs-dialogue"}
     docs = r.factorial.filter((pl.col("family") == "docs-dialogue") & (pl.col("metric") == "exact"))
     assert dict(docs.select("effect", "estimate").iter_rows())["interaction"] == pytest.approx(0.15)
+
+
+def test_compute_table_compares_arms_after_the_same_blocks(tmp_path):
+    """compute.csv: at the end of stage k, each arm's mean cumulative tokens and accuracy, ratio to A there."""
+    exact = {"A": [[0.0] * 3, [0.3, 0.0, 0.0], [0.3, 0.6, 0.0], [0.3, 0.6, 0.9]],
+             "B": [[0.0] * 3, [0.6, 0.0, 0.0], [0.6, 0.6, 0.0], [0.6, 0.6, 0.6]]}
+    supervised = {"A": [100, 100, 100], "B": [100, 100, 100]}
+    total = {"A": [400, 400, 400], "B": [600, 500, 400]}
+    for arm in ("A", "B"):
+        for seed in (0, 1):
+            sj.write_job(tmp_path / "s", sj.spec_for(arm, seed=seed, order=ORDERS[0]), exact[arm],
+                         supervised=supervised[arm], total=total[arm])
+    result = _result(tmp_path)
+    c = {(r["arm"], r["stage"]): r for r in result.compute.to_dicts()}
+    assert [a for a, _ in list(c)[::4]] == result.arms  # arms in the report's order, stages 0..3 each
+    assert c[("B", 1)]["total_tokens"] == 600 and c[("A", 1)]["total_tokens"] == 400
+    assert c[("B", 1)]["total_ratio_vs_A"] == pytest.approx(1.5)
+    assert c[("B", 3)]["total_ratio_vs_A"] == pytest.approx(1500 / 1200)
+    assert c[("A", 2)]["acc_exact"] == pytest.approx(0.3) and c[("B", 2)]["acc_exact"] == pytest.approx(0.4)
+    assert c[("A", 2)]["acc_seen_exact"] == pytest.approx(0.45)  # blocks a, b trained: (0.3 + 0.6) / 2
+    assert c[("B", 3)]["units"] == 2
+    out = agg.write_outputs(result, plots=False)
+    assert pl.read_csv(out / "compute.csv").columns[:5] == ["arm", "stage", "supervised_tokens", "total_tokens",
+                                                            "total_ratio_vs_A"]
+    report = (out / "report.md").read_text()
+    assert "### Stage by stage (the same blocks trained)" in report
+    assert "| 1 | B | 600 | 1.500 |" in report
+    assert "No token-matched arm in this study" in report
+
+
+def test_report_names_the_token_matched_arm_as_the_compute_control(study):
+    report = agg.write_outputs(_result(study), plots=False).joinpath("report.md").read_text()
+    assert "Compute control: B − A@B in final exact accuracy" in report

@@ -197,13 +197,48 @@ def _compute_section(result: StudyResult) -> list[str]:
     return [
         "## Compute", "", "Mean cumulative tokens per unit after the last stage; ratio = arm mean / A mean.", "",
         _table(header, rows), "", flops_note, "",
-        "### At equal compute", "",
+        *_stage_compute_lines(result),
+        "### Interpolated to equal compute", "",
         f"Exact accuracy interpolated at {_int(budget.get('supervised'))} supervised / "
         f"{_int(budget.get('total'))} total tokens. Caveat: the budget is the smallest arm's final count, "
         "so an arm that reads more tokens is read before it has trained its last block: this mixes "
-        "compute with domain coverage. The token-matched arm (e.g. A@B) is the cleaner compute control.", "",
+        "compute with domain coverage. The stage-by-stage table and the token-matched arm compare like with like.", "",
         _table(["arm", "exact @ supervised budget", "exact @ total budget"], at_budget), "",
     ]
+
+
+def _stage_compute_lines(result: StudyResult) -> list[str]:
+    """Tokens and accuracy at the end of each stage (the same blocks trained), and the token-matched control."""
+    c = result.compute
+    if c.height == 0:
+        return []
+    rows = [
+        [str(r["stage"]), r["arm"], _int(r["total_tokens"]), _num(r["total_ratio_vs_A"]),
+         _ci({"mean": r["acc_exact"], "ci_lo": r["acc_exact_ci_lo"], "ci_hi": r["acc_exact_ci_hi"]}),
+         _num(r["acc_seen_exact"])]
+        for r in c.sort("stage").to_dicts() if r["stage"] > 0
+    ]
+    out = [
+        "### Stage by stage (the same blocks trained)", "",
+        "After stage k every arm has trained the same k blocks: cumulative total tokens (mean per unit), the "
+        "ratio to A at that stage, exact accuracy over all blocks and over the blocks trained so far.", "",
+        _table(["stage", "arm", "total tokens", "ratio vs A", "exact (all blocks)", "exact (trained blocks)"], rows),
+        "",
+    ]
+    matched = [a for a in result.arms if "@" in a]
+    if not matched:
+        out += ["No token-matched arm in this study: add one (e.g. `A@B`, A trained on B's token budget) for a "
+                "compute control that needs no interpolation.", ""]
+        return out
+    p = result.paired
+    for arm in matched:
+        for r in p.filter((pl.col("metric") == "exact") & (
+                ((pl.col("arm") == "B") & (pl.col("baseline") == arm)) |
+                ((pl.col("arm") == arm) & (pl.col("baseline") == "B")))).to_dicts():
+            out += [f"Compute control: {r['arm']} − {r['baseline']} in final exact accuracy {_diff(r)} over "
+                    f"{r['pairs']} pairs ({arm} trains on B's token budget, so this difference is not one of compute).",
+                    ""]
+    return out
 
 
 def _paired_section(result: StudyResult) -> list[str]:

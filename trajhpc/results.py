@@ -26,6 +26,7 @@ class StudyResult:
     stages: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x metric
     paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric
     rmatrix: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block position
+    compute: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage: tokens and accuracy, like with like
     # Example-level tables (trajhpc.itemtables): empty when the jobs' predictions are not read.
     item_paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric, mcnemar-cmh
     strata: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stratum x metric

@@ -69,7 +69,9 @@ class BlocksSpec(_Strict):
     ``kind="lv3-rules"``: ordered regexes over the lower-cased first user utterance
     (``rules`` overrides the built-in ones; ``default`` catches the rest).
     ``kind="scenario"``: scenario of the dialogue's lead API from all_apis.csv
-    (``scenarios`` maps block name -> list of scenario names, overriding the built-in map).
+    (``scenarios`` maps block name -> list of scenario names, overriding the built-in map);
+    records without a lead API (lv3, the lv1/lv2 training sets) go by ``rules`` when given
+    (unmatched: ``default``), so one partition can hold a mix of levels.
     """
 
     kind: Literal["lv3-rules", "scenario"] = "lv3-rules"

@@ -3,21 +3,17 @@ every run directory a user already has (new spec fields must hash out at their d
 
 manifests/paper.yaml reads bundled files, so its ids are pinned like the others; data from
 the Hugging Face cache (``data.source``), which the tests do not have, is pinned on the
-fixture dataset below."""
+fixture dataset below (the hub_cache fixture, tests/fixtures/hub_api_bank.py)."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from trajhpc.grid import expand
 from trajhpc.manifest import load_manifest, parse_manifest
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import hub_api_bank as hub  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = json.loads((REPO / "tests" / "fixtures" / "golden" / "manifest_job_ids.json").read_text())
@@ -48,15 +44,11 @@ HUB_IDS = [
 ]
 
 
-def test_job_ids_of_a_hub_source_are_pinned(tmp_path, monkeypatch):
+def test_job_ids_of_a_hub_source_are_pinned(hub_cache):
     """Data from the Hugging Face cache enter the id by repository and content fingerprint:
     pinned on the fixture dataset, so a change to how a source is identified (which would
     orphan every run directory made from one) shows here. Rebuilding the fixture with other
     content changes these values; the shipped manifests' ids above do not depend on it."""
-    import huggingface_hub.constants
-
-    hub.write_hub_cache(tmp_path / "hub", hub.write_api_bank(tmp_path / "api-bank"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     jobs = expand(parse_manifest(HUB_MANIFEST), Path("jobs"))
     assert {job.spec.data.fingerprint for job in jobs} == {HUB_FINGERPRINT}
     assert sorted(job.job_id for job in jobs) == HUB_IDS

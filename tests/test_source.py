@@ -8,7 +8,6 @@ hub cache in a temporary folder (tests/fixtures/hub_api_bank.py): no network.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,26 +20,9 @@ from trajhpc.grid import expand
 from trajhpc.manifest import parse_manifest
 from trajhpc.spec import DataSpec, HubSource, JobSpec
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import hub_api_bank as hub  # noqa: E402
+import hub_api_bank as hub
 
 FILES = (hub.LV1, hub.LV2, hub.LV3)
-
-
-@pytest.fixture(scope="module")
-def api_bank(tmp_path_factory) -> Path:
-    return hub.write_api_bank(tmp_path_factory.mktemp("api-bank"))
-
-
-@pytest.fixture
-def cache(tmp_path, api_bank, monkeypatch) -> Path:
-    """A hub cache holding the fixture dataset, made the one huggingface_hub uses."""
-    import huggingface_hub.constants
-
-    cache = tmp_path / "hub"
-    hub.write_hub_cache(cache, api_bank)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
-    return cache
 
 
 def _hub_data(**fields) -> DataSpec:
@@ -60,15 +42,15 @@ HUB_MANIFEST = f"""data:
 # ---------------------------------------------------------------- loading
 
 
-def test_hub_source_reads_the_cached_snapshot_with_datasets(cache, api_bank, monkeypatch):
+def test_hub_source_reads_the_cached_snapshot_with_datasets(hub_cache, hub_api_bank_files, monkeypatch):
     read: list[Path] = []
     real = data_source._read_with_datasets
     monkeypatch.setattr(data_source, "_read_with_datasets", lambda path: read.append(path) or real(path))
     folder, records = load_data(_hub_data())
-    assert folder == cache / f"datasets--liminghao1630--API-Bank/snapshots/{hub.COMMIT}"
+    assert folder == hub_cache / f"datasets--liminghao1630--API-Bank/snapshots/{hub.COMMIT}"
     assert [p.relative_to(folder).as_posix() for p in read] == list(FILES)
     # The same records, field for field, as trajhpc's own reader makes of the same folder.
-    assert records == load_data(DataSpec(root=str(api_bank), files=FILES))[1]
+    assert records == load_data(DataSpec(root=str(hub_api_bank_files), files=FILES))[1]
     n1, n2 = len(hub.training_records(1)), len(hub.training_records(2))
     assert len(records) == n1 + n2 + hub.N_LV3
     lv1 = records[1]
@@ -79,7 +61,7 @@ def test_hub_source_reads_the_cached_snapshot_with_datasets(cache, api_bank, mon
     assert json.loads(lv1.api_descriptions[0])["apiCode"] == "FlightPrice"
 
 
-def test_level_1_and_2_training_sets_block_and_split_like_lv3(cache):
+def test_level_1_and_2_training_sets_block_and_split_like_lv3(hub_cache):
     study = load_study_data(_hub_data())
     block_of = {r.dialogue_key: b for b in study.blocks for r in study.train[b] + study.heldout[b]}
     # lv3-rules over the first user utterance, whichever level the dialogue comes from.
@@ -89,7 +71,7 @@ def test_level_1_and_2_training_sets_block_and_split_like_lv3(cache):
     assert block_of["Book a dentist appointment on Friday. (L2-3)"] == "care-appointments"
 
 
-def test_revision_by_commit_hash_and_a_revision_not_cached(cache):
+def test_revision_by_commit_hash_and_a_revision_not_cached(hub_cache):
     folder, _ = load_data(DataSpec(source=HubSource(hf=hub.REPO, revision=hub.COMMIT), files=(hub.LV3,)))
     assert folder.name == hub.COMMIT
     with pytest.raises(SourceError) as err:
@@ -98,8 +80,8 @@ def test_revision_by_commit_hash_and_a_revision_not_cached(cache):
     assert "revision 'v2'" in str(err.value) and "not in the local Hugging Face cache" in str(err.value)
 
 
-def test_a_bad_json_file_in_the_snapshot_names_the_file(cache):
-    snapshot = cache / f"datasets--liminghao1630--API-Bank/snapshots/{hub.COMMIT}"
+def test_a_bad_json_file_in_the_snapshot_names_the_file(hub_cache):
+    snapshot = hub_cache / f"datasets--liminghao1630--API-Bank/snapshots/{hub.COMMIT}"
     bad = snapshot / "training-data" / "broken.json"
     bad.write_text('[{"instruction": "i", "input": "x"', encoding="utf-8")
     with pytest.raises(InputError, match=r"broken\.json: cannot be read as a JSON list of records"):
@@ -125,8 +107,9 @@ def test_dataset_not_in_the_cache_is_an_error_at_the_manifest_line(tmp_path, mon
     assert "hf download --repo-type dataset liminghao1630/API-Bank" in message
 
 
-def test_a_file_the_snapshot_lacks_is_an_error_at_its_entry(cache):
-    manifest = _manifest(f"data:\n  source: {{hf: {hub.REPO}}}\n  files:\n    - {hub.LV3}\n    - training-data/lv9.json\n")
+def test_a_file_the_snapshot_lacks_is_an_error_at_its_entry(hub_cache):
+    files = f"  files:\n    - {hub.LV3}\n    - training-data/lv9.json\n"
+    manifest = _manifest(f"data:\n  source: {{hf: {hub.REPO}}}\n" + files)
     with pytest.raises(InputError) as err:
         expand(manifest)
     message = str(err.value)
@@ -153,7 +136,7 @@ def test_bad_source_fields_are_refused_at_load(data, field, message):
 # ---------------------------------------------------------------- identity: fingerprint and job ids
 
 
-def test_job_specs_carry_source_and_content_fingerprint(cache):
+def test_job_specs_carry_source_and_content_fingerprint(hub_cache):
     jobs = expand(_manifest(HUB_MANIFEST))
     expected = fingerprint(_hub_data())
     assert expected.startswith("sha256:") and len(expected) == 7 + 64
@@ -166,13 +149,15 @@ def test_job_specs_carry_source_and_content_fingerprint(cache):
     assert load_study_data(jobs[0].spec.data).blocks
 
 
-def test_same_content_elsewhere_same_ids_changed_content_new_ids(cache, api_bank, tmp_path, monkeypatch):
+def test_same_content_elsewhere_same_ids_changed_content_new_ids(
+    hub_cache, hub_api_bank_files, tmp_path, monkeypatch
+):
     import huggingface_hub.constants
 
     ids = sorted(j.job_id for j in expand(_manifest(HUB_MANIFEST)))
     # A copy of the cache in another place (another user's HF_HOME): the same jobs.
     moved = tmp_path / "elsewhere"
-    hub.write_hub_cache(moved, api_bank)
+    hub.write_hub_cache(moved, hub_api_bank_files)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(moved))
     assert sorted(j.job_id for j in expand(_manifest(HUB_MANIFEST))) == ids
     # One changed record: other data, other jobs.
@@ -190,7 +175,7 @@ def test_bundled_data_spec_has_no_source_nor_fingerprint():
     assert pin_fingerprint(DataSpec()) == DataSpec()
 
 
-def test_a_manifest_can_pin_the_fingerprint(cache):
+def test_a_manifest_can_pin_the_fingerprint(hub_cache):
     good = fingerprint(_hub_data())
     jobs = expand(_manifest(HUB_MANIFEST + f"  fingerprint: '{good}'\n"))
     assert {j.spec.data.fingerprint for j in jobs} == {good}
@@ -201,9 +186,9 @@ def test_a_manifest_can_pin_the_fingerprint(cache):
     assert good in str(err.value)
 
 
-def test_the_job_refuses_data_that_changed_since_submit(cache):
+def test_the_job_refuses_data_that_changed_since_submit(hub_cache):
     spec_data = pin_fingerprint(_hub_data())
-    lv2 = cache / f"datasets--liminghao1630--API-Bank/snapshots/{hub.COMMIT}" / hub.LV2
+    lv2 = hub_cache / f"datasets--liminghao1630--API-Bank/snapshots/{hub.COMMIT}" / hub.LV2
     lv2.write_text(lv2.read_text(encoding="utf-8").replace("Berlin", "Munich"), encoding="utf-8")
     with pytest.raises(TrajhpcError, match=r"^data\.fingerprint: the data files in .* hash to sha256:"):
         load_study_data(spec_data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,8 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# Fixture helper modules (synthetic_jobs, hub_api_bank) import by name.
+sys.path.insert(0, str(FIXTURES))
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +78,24 @@ def tiny():
 
     path = resolve_model("tiny")
     return path, AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="session")
+def hub_api_bank_files(tmp_path_factory) -> Path:
+    """A small API-Bank in the Hugging Face dataset's layout (tests/fixtures/hub_api_bank.py)."""
+    import hub_api_bank
+
+    return hub_api_bank.write_api_bank(tmp_path_factory.mktemp("api-bank"))
+
+
+@pytest.fixture
+def hub_cache(tmp_path, hub_api_bank_files, monkeypatch) -> Path:
+    """A Hugging Face hub cache holding that dataset as liminghao1630/API-Bank, made the
+    one huggingface_hub reads (what `hf download --repo-type dataset` leaves; no network)."""
+    import huggingface_hub.constants
+    import hub_api_bank
+
+    cache = tmp_path / "hub"
+    hub_api_bank.write_hub_cache(cache, hub_api_bank_files)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache

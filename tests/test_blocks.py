@@ -122,6 +122,29 @@ def test_custom_scenarios_accept_english_names(records):
     assert [len(v) for v in blocks.values()] == [109, 399 - 109]
 
 
+def test_scenario_partition_places_records_without_lead_api_by_its_rules(records):
+    """A mix of levels in one partition: level-1/2 by scenario, lv3 by the rules (as manifests/paper.yaml)."""
+    from trajhpc.data.blocks import LV3_RULES
+
+    to_scenario = {"cost-insurance-other": "account-finance", "mental-wellness-fitness": "info-home-travel",
+                   "medication-treatment": "health"}
+    rules = tuple(BlockRule(block=to_scenario[r.block], regex=r.regex) for r in LV3_RULES)
+    mixed = BlocksSpec(kind="scenario", rules=rules, default="schedule")
+    assert block_names(mixed) == block_names(SCENARIO)
+    blocks = assign_blocks(records[LV3] + records[LEVEL1], mixed)
+    got = _block_of(blocks)
+    by_scenario = _block_of(assign_blocks(records[LEVEL1], SCENARIO))
+    by_rules = _block_of(assign_blocks(records[LV3], BlocksSpec()))
+    to_scenario["care-appointments"] = "schedule"
+    assert got == by_scenario | {uid: to_scenario[block] for uid, block in by_rules.items()}
+    # Rule blocks outside the scenario map and the default come after the map's blocks.
+    extra = BlocksSpec(kind="scenario", rules=(BlockRule(block="lv3-x", regex="x"),), default="lv3-rest")
+    assert block_names(extra) == block_names(SCENARIO) + ("lv3-x", "lv3-rest")
+    no_default = BlocksSpec(kind="scenario", rules=(BlockRule(block="health", regex="^zzz"),))
+    with pytest.raises(TrajhpcError, match=r"lv3-api-train\.json: record 0 \(dialogue .*\): matches no rule"):
+        assign_blocks(records[LV3], no_default)
+
+
 def test_partition_errors(records):
     bad = BlocksSpec(rules=(BlockRule(block="a", regex="("),))
     with pytest.raises(InputError, match=r"data\.blocks\.rules\[0\]\.regex: invalid regex"):

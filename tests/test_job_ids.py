@@ -1,5 +1,9 @@
 """Every job id of the shipped manifests is pinned: a spec change that moves one orphans
-every run directory a user already has (new spec fields must hash out at their default)."""
+every run directory a user already has (new spec fields must hash out at their default).
+
+manifests/paper.yaml reads bundled files, so its ids are pinned like the others; data from
+the Hugging Face cache (``data.source``), which the tests do not have, is pinned on the
+fixture dataset below (the hub_cache fixture, tests/fixtures/hub_api_bank.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from trajhpc.grid import expand
-from trajhpc.manifest import load_manifest
+from trajhpc.manifest import load_manifest, parse_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = json.loads((REPO / "tests" / "fixtures" / "golden" / "manifest_job_ids.json").read_text())
@@ -23,3 +27,28 @@ def test_every_shipped_manifest_is_pinned():
 def test_job_ids_of_shipped_manifests_are_unchanged(name):
     jobs = expand(load_manifest(REPO / "manifests" / name), Path("jobs"))
     assert sorted(job.job_id for job in jobs) == GOLDEN[name]
+
+
+HUB_MANIFEST = """study: hub
+model: tiny
+conditions: [A, B]
+data:
+  source: {hf: liminghao1630/API-Bank}
+  files: [training-data/lv1-api-train.json, training-data/lv2-api-train.json, training-data/lv3-api-train.json]
+"""
+# The fixture dataset's fingerprint and the ids it gives (tests/fixtures/hub_api_bank.py).
+HUB_FINGERPRINT = "sha256:3b862b8df0a04a1897728ee0bf3a032d0acdc97e0e86e6873ed68c67e5de0648"
+HUB_IDS = [
+    "4ef8a6414b2c", "870b6087acbc", "99cbb8620683", "9ac5e33ee03b",
+    "d362dcf4c2b0", "f2634b35ecf5", "f54864ed7750", "f560c592cf39",
+]
+
+
+def test_job_ids_of_a_hub_source_are_pinned(hub_cache):
+    """Data from the Hugging Face cache enter the id by repository and content fingerprint:
+    pinned on the fixture dataset, so a change to how a source is identified (which would
+    orphan every run directory made from one) shows here. Rebuilding the fixture with other
+    content changes these values; the shipped manifests' ids above do not depend on it."""
+    jobs = expand(parse_manifest(HUB_MANIFEST), Path("jobs"))
+    assert {job.spec.data.fingerprint for job in jobs} == {HUB_FINGERPRINT}
+    assert sorted(job.job_id for job in jobs) == HUB_IDS

@@ -36,16 +36,41 @@ def data_inspect(
     source: Optional[Path] = typer.Option(
         None, "--source", help="API-Bank folder (default: the bundled copy)."
     ),
+    hf: Optional[str] = typer.Option(
+        None, "--hf", help="Hugging Face dataset in the local cache, e.g. liminghao1630/API-Bank (never downloaded)."
+    ),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit hash of --hf."),
     file: list[str] = typer.Option(
         None, "--file", help="Record file(s) relative to the source (default: lv3-api-train)."
     ),
-    blocks: str = typer.Option("lv3-rules", "--blocks", help="Partition: lv3-rules or scenario."),
-    heldout_fraction: float = typer.Option(0.2, "--heldout-fraction"),
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Partition: lv3-rules (default) or scenario."),
+    heldout_fraction: Optional[float] = typer.Option(None, "--heldout-fraction", help="Default 0.2."),
+    manifest: Optional[Path] = typer.Option(
+        None, "--manifest", help="Take the data settings (and train.max_seq_len) from this manifest."
+    ),
+    tokens: Optional[str] = typer.Option(
+        None, "--tokens", metavar="MODEL",
+        help="Also count training tokens with this model's tokenizer: B/A per level and block, and per mix of levels.",
+    ),
+    max_seq_len: Optional[int] = typer.Option(
+        None, "--max-seq-len", help="Truncation for --tokens (default: the manifest's, else 2048 as in grid.yaml)."
+    ),
 ) -> None:
     """Per block: dialogues, train/held-out records, distinct API names, ToolSearcher share."""
     from trajhpc.data.inspect import inspect_command
 
-    inspect_command(console, source=source, files=file, blocks=blocks, heldout_fraction=heldout_fraction)
+    inspect_command(
+        console,
+        source=source,
+        files=file,
+        blocks=blocks,
+        heldout_fraction=heldout_fraction,
+        hf=hf,
+        revision=revision,
+        manifest=manifest,
+        tokens=tokens,
+        max_seq_len=max_seq_len,
+    )
 
 
 @app.command("run-job")

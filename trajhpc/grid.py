@@ -1,7 +1,9 @@
 """Manifest -> jobs: every (arm, seed, order) of a study as a JobSpec with its run directory.
 
-Pure and deterministic: the same manifest always gives the same jobs in the same
-order, and equal specs collapse to one job (one id, one directory).
+Deterministic: the same manifest (and data) always gives the same jobs in the same
+order, and equal specs collapse to one job (one id, one directory). The only I/O is
+hashing the files of a hub data source (``data.source``), whose fingerprint is part of
+every job's spec.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trajhpc.data.blocks import block_names
+from trajhpc.data.source import SourceError, pin_fingerprint
 from trajhpc.manifest import ConditionEntry, Manifest, RandomOrders, SeedRange
-from trajhpc.spec import JobSpec
+from trajhpc.spec import DataSpec, JobSpec
 
 Order = tuple[str, ...]
 
@@ -144,6 +147,16 @@ def _count(n: int) -> str:
     return f"{n:,}" if n < 10**15 else f"about {float(n):.1e}" if n < 10**300 else f"a {len(str(n))}-digit number"
 
 
+def pinned_data(manifest: Manifest) -> DataSpec:
+    """The manifest's ``data`` as every job's spec holds it: with the fingerprint of a hub
+    source's files (``trajhpc.data.source``), so job ids follow the data's contents. Data
+    that is not in the local cache is an InputError at the manifest's line."""
+    try:
+        return pin_fingerprint(manifest.data)
+    except SourceError as err:
+        raise manifest.error(err.field, err.message) from None
+
+
 def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJob]:
     """All jobs of the manifest: arms x seeds x orders, in that nesting, duplicates collapsed.
 
@@ -153,11 +166,12 @@ def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJ
     check_grid_size(manifest, len(blocks))
     orders = resolve_orders(manifest, blocks)
     study_dir = Path(run_root if run_root is not None else manifest.run_root) / manifest.study
+    pinned = pinned_data(manifest)
     shared = {
         "model": manifest.model,
         "quantization": manifest.quantization,
         "compute_dtype": manifest.compute_dtype,
-        "data": manifest.data,
+        "data": pinned,
         "lora": manifest.lora,
         "train": manifest.train,
         "eval": manifest.eval,
@@ -167,7 +181,7 @@ def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJ
         arm = arm_fields(item)
         for seed in resolve_seeds(manifest):
             for order in orders:
-                data = manifest.data
+                data = pinned
                 if isinstance(item, ConditionEntry) and item.tool_docs is not None:
                     data = data.model_copy(update={"tool_docs": item.tool_docs})
                 spec = JobSpec(seed=seed, order=order, **arm, **{**shared, "data": data})

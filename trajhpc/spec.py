@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError
-from pydantic import model_serializer, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler
+from pydantic import ValidationError, model_serializer, model_validator
 
 from trajhpc.errors import InputError, read_json_input
 
@@ -69,7 +70,9 @@ class BlocksSpec(_Strict):
     ``kind="lv3-rules"``: ordered regexes over the lower-cased first user utterance
     (``rules`` overrides the built-in ones; ``default`` catches the rest).
     ``kind="scenario"``: scenario of the dialogue's lead API from all_apis.csv
-    (``scenarios`` maps block name -> list of scenario names, overriding the built-in map).
+    (``scenarios`` maps block name -> list of scenario names, overriding the built-in map);
+    records without a lead API (lv3, the lv1/lv2 training sets) go by ``rules`` when given
+    (unmatched: ``default``), so one partition can hold a mix of levels.
     """
 
     kind: Literal["lv3-rules", "scenario"] = "lv3-rules"
@@ -78,10 +81,38 @@ class BlocksSpec(_Strict):
     scenarios: dict[str, tuple[str, ...]] | None = None
 
 
+def _hub_id(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", value):
+        raise ValueError(f"expected a Hugging Face dataset id like liminghao1630/API-Bank, got {value!r}")
+    return value
+
+
+def _revision(value: str | None) -> str | None:
+    if value is not None and (
+        not re.fullmatch(r"[\w.-]+(/[\w.-]+)*", value) or any(set(part) == {"."} for part in value.split("/"))
+    ):
+        raise ValueError(f"expected a branch, tag or commit hash, got {value!r}")
+    return value
+
+
+def _fingerprint(value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", value):
+        raise ValueError("expected 'sha256:' and 64 lower-case hex digits (as `trajhpc data inspect` prints it)")
+    return value
+
+
+class HubSource(_Strict):
+    """A Hugging Face dataset repository, read from the local cache only (trajhpc.data.source)."""
+
+    hf: Annotated[str, AfterValidator(_hub_id)]  # e.g. liminghao1630/API-Bank
+    # A branch, tag or full commit hash of the cached snapshot; None = main.
+    revision: Annotated[str | None, AfterValidator(_revision)] = None
+
+
 class DataSpec(_Strict):
     """Where the records come from and how they are blocked and split."""
 
-    root: str | None = None  # None = the copy bundled in the package
+    root: str | None = None  # None = the copy bundled in the package (or ``source``)
     files: tuple[str, ...] = ("training-data/lv3-api-train.json",)
     blocks: BlocksSpec = BlocksSpec()
     heldout_fraction: Float = Field(0.2, gt=0.0, lt=1.0)
@@ -91,8 +122,20 @@ class DataSpec(_Strict):
     # Tool documentation added to the system message (trajhpc.data.tooldocs): "dialogue" =
     # every API the dialogue calls, "block" = every API called in the dialogue's block.
     tool_docs: Literal["none", "dialogue", "block"] = "none"
+    # The full API-Bank from the local Hugging Face cache instead of a folder (``root``).
+    source: HubSource | None = None
+    # sha256 of the data files' contents (trajhpc.data.source.fingerprint): set by the grid
+    # for a ``source`` (so two different caches never share a job id) and checked by the
+    # job; a manifest may pin it. None for the bundled copy and ``root``, as before.
+    fingerprint: Annotated[str | None, AfterValidator(_fingerprint)] = None
 
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tool_docs"})
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tool_docs", "source", "fingerprint"})
+
+    @model_validator(mode="after")
+    def _check_source(self) -> "DataSpec":
+        if self.source is not None and self.root is not None:
+            raise ValueError("set either root (a folder) or source (a Hugging Face dataset), not both")
+        return self
 
 
 class LoraSpec(_Strict):

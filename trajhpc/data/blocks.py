@@ -9,7 +9,9 @@ Built-in partitions (FORMAT.md section 3 of the project notes):
 * ``lv3-rules``: ordered regexes over the lower-cased dialogue key (the first user
   utterance); the first match wins, unmatched dialogues go to the default block.
 * ``scenario``: the ``应用场景`` (scenario) of the dialogue's lead API in
-  ``data/all_apis.csv``, mapped to four blocks (level-1/level-2 records).
+  ``data/all_apis.csv``, mapped to four blocks (level-1/level-2 records); with
+  ``rules``, records that have no lead API (lv3, the lv1/lv2 training sets) are placed
+  by those rules, so a mix of levels fits one partition.
 """
 
 from __future__ import annotations
@@ -90,10 +92,11 @@ def block_names(blocks_spec: BlocksSpec) -> tuple[str, ...]:
     """The partition's block names in partition order, without loading any data.
 
     Built-in lv3 rules: L1..L4. Custom rules: rule blocks in first-appearance order,
-    then the default block. Scenarios: the map's keys in order (then ``default``, if set).
+    then the default block. Scenarios: the map's keys in order, then blocks only ``rules``
+    name, then ``default``, if set.
     """
     if blocks_spec.kind == "scenario":
-        names = list(blocks_spec.scenarios or SCENARIO_BLOCKS)
+        names = list(blocks_spec.scenarios or SCENARIO_BLOCKS) + [r.block for r in blocks_spec.rules or ()]
         return tuple(dict.fromkeys(names + ([blocks_spec.default] if blocks_spec.default else [])))
     rules, default = _rules_and_default(blocks_spec)
     if blocks_spec.rules is None:
@@ -101,9 +104,8 @@ def block_names(blocks_spec: BlocksSpec) -> tuple[str, ...]:
     return tuple(dict.fromkeys([r.block for r in rules] + [default]))
 
 
-def rule_assigner(blocks_spec: BlocksSpec) -> Callable[[str], str]:
-    """dialogue key -> block by the first matching regex (on the lower-cased key)."""
-    rules, default = _rules_and_default(blocks_spec)
+def _rule_matcher(rules: tuple[BlockRule, ...]) -> Callable[[str], str | None]:
+    """dialogue key -> block of the first matching regex (on the lower-cased key), or None."""
     compiled: list[tuple[re.Pattern[str], str]] = []
     for i, rule in enumerate(rules):
         try:
@@ -111,12 +113,24 @@ def rule_assigner(blocks_spec: BlocksSpec) -> Callable[[str], str]:
         except re.error as err:
             raise InputError(None, f"data.blocks.rules[{i}].regex", f"invalid regex {rule.regex!r} ({err})") from None
 
-    def assign(key: str) -> str:
+    def match(key: str) -> str | None:
         lowered = key.lower()
         for pattern, block in compiled:
             if pattern.search(lowered):
                 return block
-        return default
+        return None
+
+    return match
+
+
+def rule_assigner(blocks_spec: BlocksSpec) -> Callable[[str], str]:
+    """dialogue key -> block by the first matching regex (on the lower-cased key)."""
+    rules, default = _rules_and_default(blocks_spec)
+    match = _rule_matcher(rules)
+
+    def assign(key: str) -> str:
+        block = match(key)
+        return default if block is None else block
 
     return assign
 
@@ -133,14 +147,29 @@ def _scenario_to_block(blocks_spec: BlocksSpec) -> dict[str, str]:
 
 
 def scenario_assigner(blocks_spec: BlocksSpec, catalogue: Mapping[str, str]) -> Callable[[Record], str]:
-    """record -> block via the scenario of its dialogue's lead API (``catalogue``: API -> scenario)."""
+    """record -> block via the scenario of its dialogue's lead API (``catalogue``: API -> scenario).
+
+    A record without a lead API (lv3, the lv1/lv2 training sets) goes by ``blocks_spec.rules``
+    over its dialogue key, when the partition has rules (unmatched: ``default``).
+    """
     to_block = _scenario_to_block(blocks_spec)
+    by_rules = _rule_matcher(blocks_spec.rules) if blocks_spec.rules else None
 
     def assign(record: Record) -> str:
+        if record.lead_api is None and by_rules is not None:
+            block = by_rules(record.dialogue_key)
+            block = blocks_spec.default if block is None else block
+            if block is None:
+                raise TrajhpcError(
+                    f"{record.source}: record {record.index} (dialogue {record.dialogue_key[:60]!r}): "
+                    "matches no rule of data.blocks.rules; add a rule or set data.blocks.default"
+                )
+            return block
         if record.lead_api is None:
             raise TrajhpcError(
                 f"{record.source}: record {record.index}: scenario blocks need level-1/level-2 records "
-                "(with a 'file' field naming the lead API); use blocks kind 'lv3-rules' for lv3 data"
+                "(with a 'file' field naming the lead API); use blocks kind 'lv3-rules' for lv3 data, "
+                "or give the scenario partition rules for the records without one"
             )
         api = LEAD_API_ALIASES.get(record.lead_api, record.lead_api)
         scenario = catalogue.get(api)

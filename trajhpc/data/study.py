@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
-from trajhpc.data.apibank import Record, bundled_root, load_any, missing_file_error
+from trajhpc.data.apibank import Record
 from trajhpc.data.blocks import CATALOGUE_FILE, assign_blocks, bundled_catalogue, load_catalogue, split_heldout
+from trajhpc.data.source import load_data
 from trajhpc.data.tooldocs import doc_names, searched_descriptions, with_docs
 from trajhpc.errors import TrajhpcError
 from trajhpc.scoring import parse_call
@@ -45,27 +45,6 @@ class StudyData:
             raise TrajhpcError(f"order: unknown block(s) {unknown}; this partition has {list(self.blocks)}")
 
 
-def resolve_root(root: str | Path | None) -> Path:
-    """The data folder: ``root`` if given (must exist), else the bundled copy."""
-    if root is None:
-        return bundled_root()
-    path = Path(root).expanduser()
-    if not path.is_dir():
-        raise TrajhpcError(f"data.root: folder {path} not found")
-    return path
-
-
-def load_files(root: Path, files: Iterable[str]) -> list[Record]:
-    """Records of every file (JSON list, .jsonl, or folder of .jsonl), in the given order."""
-    records: list[Record] = []
-    for name in files:
-        path = root / name
-        if not path.exists():
-            raise missing_file_error(path)
-        records.extend(load_any(path, root=root))
-    return records
-
-
 def exclusion_reason(record: Record) -> str | None:
     """Why a record cannot be used (its gold call cannot be scored), or None."""
     return UNPARSEABLE_GOLD if parse_call(record.target) is None else None
@@ -77,13 +56,13 @@ def _cap(records: list[Record], cap: int | None) -> list[Record]:
 
 
 def load_study_data(data: DataSpec) -> StudyData:
-    """Load ``data.files`` under ``data.root`` (default: bundled), block, split and cap them.
+    """Load ``data.files`` from ``data.source``, ``data.root`` or the bundled copy
+    (``trajhpc.data.source``), block, split and cap them.
 
     Records whose gold call does not parse (2 bracket-less lv3 targets) are excluded
     from both train and held-out and listed in ``excluded``.
     """
-    root = resolve_root(data.root)
-    records = load_files(root, data.files)
+    root, records = load_data(data)
     catalogue = None
     if data.blocks.kind == "scenario":
         local = root / CATALOGUE_FILE

@@ -206,10 +206,15 @@ def _compute_section(result: StudyResult) -> list[str]:
     ]
 
 
+def _is_primary(result: StudyResult, row: dict[str, Any]) -> bool:
+    p = result.primary
+    return (row["arm"], row["baseline"], row["metric"]) == (p.arm, p.baseline, p.metric)
+
+
 def _paired_section(result: StudyResult) -> list[str]:
     rows = [
-        [f"{r['arm']} − {r['baseline']}", METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r),
-         _p(r["p_value"], r["p_exact"])]
+        [f"{r['arm']} − {r['baseline']}" + (" (primary)" if _is_primary(result, r) else ""),
+         METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r), _p(r["p_value"], r["p_exact"])]
         for r in result.paired.to_dicts()
     ]
     header = ["comparison", "metric", "pairs", "mean difference [95% CI]", "p"]
@@ -231,7 +236,7 @@ def _evidence_section(result: StudyResult) -> list[str]:
     paired = paired_table(result)
     if paired.height:
         lines = []
-        shown = paired.filter(pl.col("metric").is_in(["exact", "name"]))  # the rest: paired.csv
+        shown = paired.filter(pl.col("metric").is_in(["exact", "name"]) | pl.col("primary"))  # the rest: paired.csv
         for r in shown.sort("primary", descending=True).to_dicts():
             kind = r["p_kind"] + (f", {r['draws']} draws" if r.get("draws") else "")
             size = f"{r['pairs']} units" + (f" x {r['items']} items" if r.get("items") else "")
@@ -241,9 +246,8 @@ def _evidence_section(result: StudyResult) -> list[str]:
         pairs = int(result.paired["pairs"].max() or 0) if result.paired.height else 0
         out += ["Every comparison: sign-flip over (seed, order) units, and an exact McNemar test over the "
                 "held-out items stratified by unit, with a CI that resamples units and held-out dialogues. "
-                "The primary comparison (declared in advance) is not adjusted; Holm adjusts all other rows "
-                f"of paired.csv. With {pairs} pairs the smallest sign-flip p is "
-                f"{smallest_sign_flip_p(pairs):.4g}.", "",
+                f"{_primary_sentence(result, paired)} Holm adjusts all other rows of paired.csv. With {pairs} "
+                f"pairs the smallest sign-flip p is {smallest_sign_flip_p(pairs):.4g}.", "",
                 _table(["comparison", "metric", "test", "n", "difference [95% CI]", "p", "p (Holm)"], lines), ""]
     if result.baselines.height:
         pooled = result.baselines.filter(pl.col("block") == "all")
@@ -269,6 +273,18 @@ def _evidence_section(result: StudyResult) -> list[str]:
                 _table(["family", "effect", "metric", "estimate [95% CI]", "p", "units"], rows), ""]
     out += [f"Note: {n}" for n in result.notes]
     return out
+
+
+def _primary_sentence(result: StudyResult, paired: pl.DataFrame) -> str:
+    """What the primary comparison is, where it was declared, and whether the study has it."""
+    p = result.primary
+    metric = METRIC_LABELS[p.metric]
+    what = f"{p.label} in {metric}" if "@" in metric else f"{p.label} in final {metric} accuracy"
+    where = "declared in the manifest's `analysis.primary`" if result.primary_declared else (
+        "the default; a manifest's `analysis.primary` declares another")
+    if not paired.filter(pl.col("primary")).height:
+        return f"The primary comparison, {what} ({where}), is not in this study: it lacks arm {p.arm} or {p.baseline}."
+    return f"The primary comparison, {what} ({where}), sign-flip over units, is not adjusted;"
 
 
 def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:

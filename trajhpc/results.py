@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from trajhpc import stats
+from trajhpc.analysis import DEFAULT_PRIMARY, Primary
 from trajhpc.jobrecords import arm_order
 
 OUTPUT_DIR = "aggregate"
@@ -35,7 +36,13 @@ class StudyResult:
     budgets: dict[str, float | None] = field(default_factory=dict)
     resamples: int = stats.RESAMPLES
     seed: int = stats.SEED
+    # From the study's manifest (trajhpc.jobrecords.study_manifest), when it was found:
+    listed_arms: tuple[str, ...] = ()  # its conditions' arms, in its order
+    primary: Primary = DEFAULT_PRIMARY  # its analysis.primary (default B − A, exact)
+    primary_declared: bool = False  # whether the manifest sets analysis (else the default)
+    manifest: str | None = None  # where it was read from
 
     @property
     def arms(self) -> list[str]:
-        return arm_order(self.units["arm"].unique().to_list()) if self.units.height else []
+        """The arms with complete units, in the manifest's order (then the others)."""
+        return arm_order(self.units["arm"].unique().to_list(), self.listed_arms) if self.units.height else []

@@ -17,7 +17,7 @@ FLOORS = {
     2: {"analysis", "manifest", "grid"},
     3: {"batching", "train", "checkpoint", "evaluate", "merged", "recipe", "job", "progress", "cost"},
     4: {"status", "slurmquery", "submission", "localrun", "launch"},
-    5: {"jobrecords", "results", "stats", "itemstats", "factorial", "itemtables", "tables", "report", "plots",
+    5: {"losscurves", "jobrecords", "results", "stats", "itemstats", "factorial", "itemtables", "tables", "report", "plots",
         "aggregate"},
     6: {"cli"},
 }

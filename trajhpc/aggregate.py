@@ -24,7 +24,8 @@ from trajhpc.atomic import atomic_write_bytes, atomic_write_text
 from trajhpc.bulk import gc_paused
 from trajhpc.errors import TrajhpcError
 from trajhpc.jobdocs import OK
-from trajhpc.jobrecords import collect_jobs, group_by_study, read_items, resolve_targets_and_manifests, study_manifest
+from trajhpc.jobrecords import collect_jobs, group_by_study, read_items, read_logs, resolve_targets_and_manifests
+from trajhpc.jobrecords import study_manifest
 from trajhpc.manifest import Manifest
 from trajhpc.results import OUTPUT_DIR, StudyResult
 from trajhpc.tables import analyze_study, paired_table
@@ -48,6 +49,7 @@ def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
     atomic_write_text(out / "jobs.csv", _csv(result.jobs.drop("path")))
     for name in ("units", "summary", "stages", "rmatrix", "strata", "baselines", "factorial"):
         atomic_write_text(out / f"{name}.csv", _csv(getattr(result, name)))
+    atomic_write_text(out / "loss_curves.csv", _csv(result.loss))
     atomic_write_text(out / "paired.csv", _csv(paired_table(result)))
     figures = plots_module.write_plots(result, out) if plots and result.units.height else []
     atomic_write_text(out / "report.md", report.render_markdown(result, figures))
@@ -83,6 +85,7 @@ def _aggregate(
         manifest = study_manifest(folder, recs, manifests.get(folder))
         results.append(analyze_study(
             folder.name, folder, recs, resamples=resamples, seed=seed, items=read_items(recs), manifest=manifest,
+            train_logs=read_logs(recs),
         ))
     return results
 

@@ -18,6 +18,7 @@ import polars as pl
 from trajhpc.errors import TrajhpcError
 from trajhpc.jobdir import RECORD, FileProblem, find_job_dirs, read_json_object
 from trajhpc.jobdocs import OK, JobProblem, MetricsDoc, TokensDoc, read_job_docs
+from trajhpc.losscurves import TrainLogs, read_train_logs
 from trajhpc.manifest import Manifest, load_manifest
 from trajhpc.spec import JobSpec
 
@@ -148,6 +149,11 @@ def read_items(records: Sequence[JobRecord]) -> pl.DataFrame | None:
             frame, _problem = read_final_predictions(r.path, len(r.spec.order), r.path.name)
             frames.append(frame)
     return pl.concat(frames) if frames else None
+
+
+def read_logs(records: Sequence[JobRecord]) -> TrainLogs:
+    """The ``train_log.jsonl`` of the ``ok`` jobs (missing or damaged ones noted, never raised)."""
+    return read_train_logs([(r.path.name, r.path, len(r.spec.order)) for r in records if r.status == OK and r.spec])
 
 
 # ---------------------------------------------------------------- arms

@@ -18,6 +18,7 @@ from trajhpc import itemstats, itemtables, stats
 from trajhpc.analysis import DEFAULT_PRIMARY, PAIRED_METRICS, Primary
 from trajhpc.jobdocs import OK, BlockScores
 from trajhpc.jobrecords import PARAMS_SCHEMA, JobRecord, arm_labels, arm_order, jobs_frame, pair_direction, params_frame
+from trajhpc.losscurves import TrainLogs, loss_frame, loss_notes
 from trajhpc.manifest import Manifest
 from trajhpc.results import StudyResult
 
@@ -374,6 +375,7 @@ def analyze_study(
     seed: int = stats.SEED,
     items: pl.DataFrame | None = None,
     manifest: Manifest | None = None,
+    train_logs: TrainLogs | None = None,
 ) -> StudyResult:
     """All statistics of one study folder (pure apart from the already-read records and ``items``,
     the jobs' final prediction rows from :func:`read_items`).
@@ -381,6 +383,7 @@ def analyze_study(
     The study's ``manifest`` (:func:`trajhpc.jobrecords.study_manifest`), when known, orders
     the arms of every table as its ``conditions`` list them, and its ``analysis.primary``
     is the comparison ``paired.csv`` marks primary (default B - A in final exact accuracy).
+    ``train_logs`` (:func:`trajhpc.jobrecords.read_logs`) give the loss curves per arm.
     """
     long = _label_variants(build_long_table(records))
     result = StudyResult(study, folder, jobs_frame(records), long, resamples=resamples, seed=seed)
@@ -401,6 +404,9 @@ def analyze_study(
     result.summary, result.stages = _summary_frames(arms, stage_cols, estimates[: len(arms)])
     result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed)
     result.rmatrix = in_arm_order(mean_rmatrix(long), arms, "stage", "block_pos")
+    if train_logs is not None:
+        result.loss = in_arm_order(loss_frame(train_logs.rows, units), arms, "global_step")
+        result.notes += loss_notes(train_logs, units.height)
     _add_item_tables(result, records, items, pairs)
     return result
 

@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from trajhpc import aggregate as agg
-from trajhpc import report
+from trajhpc import plots, report
 from trajhpc import tables as tbl
 from trajhpc.results import StudyResult
 from trajhpc import stats
@@ -382,6 +382,8 @@ def test_arms_follow_the_manifest_order_everywhere(study, tmp_path):
     report.print_summary(console, r)
     rows = [line.split()[1] for line in console.export_text().splitlines() if line.startswith(("│ A", "│ B"))]
     assert rows[:3] == ["A", "B", "A@B"]
+    for ax in plots.stages_figure(r).axes:
+        assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == ["A", "B", "A@B"]
     # Comparisons keep their direction (B minus the others, anything minus A), in the arms' order.
     assert r.paired.select("arm", "baseline").unique(maintain_order=True).rows() == [
         ("B", "A"), ("A@B", "A"), ("B", "A@B")]
@@ -497,7 +499,7 @@ def test_aggregate_command_prints_a_summary_and_writes_plots(study):
     text = console.export_text()
     assert "study s1" in text and "18 complete jobs, 0 excluded" in text and "B − A" in text
     out = study / "s1" / "aggregate"
-    for png in ("accuracy_by_stage.png", "accuracy_vs_tokens.png", "rmatrix.png", "paired_forest.png"):
+    for png in plots.PLOT_FILES:  # the figures' content: tests/test_plots.py
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in (out / "report.md").read_text()
 

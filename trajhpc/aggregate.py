@@ -47,7 +47,7 @@ def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
     atomic_write_bytes(out / "long.parquet", buf.getvalue())
     atomic_write_text(out / "long.csv", _csv(result.long))
     atomic_write_text(out / "jobs.csv", _csv(result.jobs.drop("path")))
-    for name in ("units", "summary", "stages", "rmatrix", "strata", "baselines", "factorial"):
+    for name in ("units", "summary", "stages", "rmatrix", "rmatrix_blocks", "strata", "baselines", "factorial"):
         atomic_write_text(out / f"{name}.csv", _csv(getattr(result, name)))
     atomic_write_text(out / "loss_curves.csv", _csv(result.loss))
     atomic_write_text(out / "paired.csv", _csv(paired_table(result)))

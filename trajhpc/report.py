@@ -28,6 +28,16 @@ STATIC_CAVEAT = (
     "which is stricter than upstream for free-text, date and ToolSearcher arguments."
 )
 MAX_EXCLUDED_ROWS = 50
+PLOT_CAPTIONS = {
+    "accuracy_by_stage.png": "Accuracy after each stage: mean over units, shaded 95% bootstrap CI (the legend "
+                             "says when a band has zero width); points dodged sideways so arms that coincide show.",
+    "accuracy_vs_tokens.png": "Exact accuracy against cumulative tokens; the dashed line is the common budget.",
+    "rmatrix.png": "R[stage][block] by position: column k is the block each unit trained k-th.",
+    "rmatrix_by_block.png": "R[stage][block] by domain: each block's accuracy after each stage, mean over "
+                            "seeds and orders.",
+    "paired_forest.png": "Paired differences with 95% CIs; the primary comparison is marked.",
+    "loss_curves.png": "Training loss per optimizer step, mean over units, stages marked.",
+}
 
 
 # ---------------------------------------------------------------- formatting helpers
@@ -301,7 +311,10 @@ def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
     out += _paired_section(result)
     out += _evidence_section(result)
     if figures:
-        out += ["## Plots", "", *(f"![{Path(f).stem.replace('_', ' ')}]({f})" for f in figures), ""]
+        out += ["## Plots", ""]
+        for f in figures:
+            caption = PLOT_CAPTIONS.get(f)
+            out += [*([f"*{caption}*", ""] if caption else []), f"![{Path(f).stem.replace('_', ' ')}]({f})", ""]
     return "\n".join(out).rstrip() + "\n"
 
 

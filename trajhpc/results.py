@@ -27,6 +27,7 @@ class StudyResult:
     stages: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x metric
     paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric
     rmatrix: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block position
+    rmatrix_blocks: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block (name)
     loss: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x global step: mean training loss
     # Example-level tables (trajhpc.itemtables): empty when the jobs' predictions are not read.
     item_paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric, mcnemar-cmh

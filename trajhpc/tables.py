@@ -365,6 +365,16 @@ def mean_rmatrix(long: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def mean_rmatrix_by_block(long: pl.DataFrame) -> pl.DataFrame:
+    """arm x stage x block (by name): mean exact and name accuracy over units, i.e. over seeds and
+    orders, so each column is one domain whatever its position in each order."""
+    return (
+        long.group_by("arm", "stage", "block")
+        .agg(pl.col("exact").mean(), pl.col("name").mean(), pl.col("job_id").n_unique().alias("units"))
+        .sort("arm", "stage", "block")
+    )
+
+
 def analyze_study(
     study: str,
     folder: Path,
@@ -404,6 +414,7 @@ def analyze_study(
     result.summary, result.stages = _summary_frames(arms, stage_cols, estimates[: len(arms)])
     result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed)
     result.rmatrix = in_arm_order(mean_rmatrix(long), arms, "stage", "block_pos")
+    result.rmatrix_blocks = in_arm_order(mean_rmatrix_by_block(long), arms, "stage", "block")
     if train_logs is not None:
         result.loss = in_arm_order(loss_frame(train_logs.rows, units), arms, "global_step")
         result.notes += loss_notes(train_logs, units.height)

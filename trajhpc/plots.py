@@ -112,7 +112,8 @@ def _curve(ax, result: StudyResult, arm: str, x: np.ndarray, curve: pl.DataFrame
     style = arm_style(result, arm)
     mean = curve["mean"].fill_null(float("nan")).to_numpy()
     lo, hi = (curve[c].fill_null(float("nan")).to_numpy() for c in ("ci_lo", "ci_hi"))
-    ax.plot(x, mean, label=arm, linewidth=1.6, markersize=6, zorder=3, **style)
+    # Not clipped: a point at accuracy 0 shows whole on the axis, not half a marker.
+    ax.plot(x, mean, label=arm, linewidth=1.6, markersize=6, zorder=3, clip_on=False, **style)
     ax.fill_between(x, lo, hi, color=style["color"], alpha=0.18, linewidth=0, zorder=1)
     for edge in (lo, hi):
         ax.plot(x, edge, color=style["color"], linewidth=0.6, alpha=0.6, linestyle=style["linestyle"],

@@ -11,10 +11,12 @@ import pytest
 from rich.console import Console
 
 from trajhpc import aggregate as agg
+from trajhpc import plots, report
 from trajhpc import tables as tbl
 from trajhpc.results import StudyResult
 from trajhpc import stats
 from trajhpc.errors import TrajhpcError
+from trajhpc.jobdir import RECORD, RECORD_SCHEMA
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import synthetic_jobs as sj  # noqa: E402
@@ -349,6 +351,91 @@ def test_a_manifest_target_means_its_run_root_and_study(tmp_path, monkeypatch):
     assert r.study == "s2" and r.units["arm"].unique().to_list() == ["B"]
 
 
+# ---------------------------------------------------------------- the study's manifest: arm order, primary
+
+ARMS_AB = "conditions: [A, B, {condition: A, token_budget: {match: B}}]\n"
+
+
+def _manifest(path: Path, root: Path, study: str = "s1", extra: str = "") -> Path:
+    path.write_text(f"study: {study}\nrun_root: {root}\n{ARMS_AB}{extra}")
+    return path
+
+
+def _record_manifest(study_dir: Path, manifest: Path) -> None:
+    for job in study_dir.iterdir():
+        if (job / "spec.json").exists():
+            (job / RECORD).write_text(json.dumps({"schema": RECORD_SCHEMA, "manifest": str(manifest)}))
+
+
+def test_arms_follow_the_manifest_order_everywhere(study, tmp_path):
+    (r,) = agg.aggregate([_manifest(tmp_path / "m.yaml", study)], resamples=100)
+    assert r.arms == ["A", "B", "A@B"] and r.listed_arms == ("A", "B", "A@B")
+    out = agg.write_outputs(r, plots=False)
+    assert pl.read_csv(out / "summary.csv")["arm"].unique(maintain_order=True).to_list() == ["A", "B", "A@B"]
+    assert pl.read_csv(out / "units.csv")["arm"].unique(maintain_order=True).to_list() == ["A", "B", "A@B"]
+    assert pl.read_csv(out / "stages.csv")["arm"].unique(maintain_order=True).to_list() == ["A", "B", "A@B"]
+    text = (out / "report.md").read_text()
+    final = text.split("## Final accuracy")[1].split("##")[0]
+    assert [line.split(" | ")[0] for line in final.splitlines() if line.startswith(("| A", "| B"))] == [
+        "| A", "| B", "| A@B"]
+    console = Console(record=True, width=200)
+    report.print_summary(console, r)
+    rows = [line.split()[1] for line in console.export_text().splitlines() if line.startswith(("│ A", "│ B"))]
+    assert rows[:3] == ["A", "B", "A@B"]
+    for ax in plots.stages_figure(r).axes:
+        assert [t.get_text() for t in ax.get_legend().get_texts()][:3] == ["A", "B", "A@B"]
+    # Comparisons keep their direction (B minus the others, anything minus A), in the arms' order.
+    assert r.paired.select("arm", "baseline").unique(maintain_order=True).rows() == [
+        ("B", "A"), ("A@B", "A"), ("B", "A@B")]
+
+
+def test_the_manifest_recorded_by_submit_is_found_when_it_names_the_study(study, tmp_path):
+    other = _manifest(tmp_path / "other.yaml", study, study="another-study")
+    _record_manifest(study / "s1", other)
+    assert _result(study).arms == ["B", "A@B", "A"]  # names another study: not this one's
+    _record_manifest(study / "s1", tmp_path / "gone.yaml")
+    assert _result(study).arms == ["B", "A@B", "A"]  # no longer there: today's order, quietly
+    (tmp_path / "broken.yaml").write_text("study: s1\nconditions: [\n")
+    _record_manifest(study / "s1", tmp_path / "broken.yaml")
+    r = _result(study)
+    assert r.arms == ["B", "A@B", "A"] and r.manifest is None and not r.notes
+    _record_manifest(study / "s1", _manifest(tmp_path / "m.yaml", study))
+    r = _result(study)
+    assert r.arms == ["A", "B", "A@B"] and r.manifest == str(tmp_path / "m.yaml")
+    # A manifest named as the target wins over the recorded one.
+    given = tmp_path / "given.yaml"
+    given.write_text(f"study: s1\nrun_root: {study}\nconditions: [B, A]\n")
+    (r,) = agg.aggregate([given], resamples=100)
+    assert r.arms == ["B", "A", "A@B"]  # A@B is not among its conditions: after them
+
+
+def test_analysis_primary_from_the_manifest_marks_paired_csv_and_the_report(study, tmp_path):
+    extra = "analysis: {primary: {arm: A@B, baseline: B, metric: exact_at_budget_total}}\n"
+    (r,) = agg.aggregate([_manifest(tmp_path / "m.yaml", study, extra=extra)], resamples=100)
+    out = agg.write_outputs(r, plots=False)
+    paired = pl.read_csv(out / "paired.csv")
+    assert paired.filter(pl.col("primary")).select("arm", "baseline", "metric", "test").rows() == [
+        ("A@B", "B", "exact_at_budget_total", "sign-flip")]
+    # The declared direction holds for its two arms (A@B − B rather than B − A@B), with the sign it implies.
+    default = _result(study).paired
+    flipped = r.paired.filter((pl.col("arm") == "A@B") & (pl.col("baseline") == "B"))
+    assert flipped["mean_diff"].to_list() == pytest.approx(
+        [-d for d in default.filter((pl.col("arm") == "B") & (pl.col("baseline") == "A@B"))["mean_diff"]])
+    primary = paired.filter(pl.col("primary")).row(0, named=True)
+    assert primary["p_holm"] == primary["p_value"]  # the primary is not adjusted
+    text = (out / "report.md").read_text()
+    assert ("The primary comparison, A@B − B in exact @ total-token budget (declared in the manifest's "
+            "`analysis.primary`), sign-flip over units, is not adjusted;") in text
+    assert "| A@B − B (primary) | exact @ total-token budget |" in text
+    assert "| B − A (primary)" not in text
+
+
+def test_the_default_primary_says_it_is_the_default(study):
+    text = agg.write_outputs(_result(study), plots=False).joinpath("report.md").read_text()
+    assert ("The primary comparison, B − A in final exact accuracy (the default; a manifest's "
+            "`analysis.primary` declares another), sign-flip over units, is not adjusted;") in text
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -412,7 +499,7 @@ def test_aggregate_command_prints_a_summary_and_writes_plots(study):
     text = console.export_text()
     assert "study s1" in text and "18 complete jobs, 0 excluded" in text and "B − A" in text
     out = study / "s1" / "aggregate"
-    for png in ("accuracy_by_stage.png", "accuracy_vs_tokens.png", "rmatrix.png", "paired_forest.png"):
+    for png in plots.PLOT_FILES:  # the figures' content: tests/test_plots.py
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in (out / "report.md").read_text()
 
@@ -436,7 +523,7 @@ def test_arms_without_common_seed_and_order_have_zero_pairs(tmp_path):
     r = _result(tmp_path)
     assert r.paired["pairs"].to_list() == [0] * len(tbl.PAIRED_METRICS)
     assert r.paired["mean_diff"].is_null().all() and r.paired["p_value"].is_null().all()
-    assert "| B − A | exact | 0 | – | – |" in agg.write_outputs(r, plots=True).joinpath("report.md").read_text()
+    assert "| B − A (primary) | exact | 0 | – | – |" in agg.write_outputs(r, plots=True).joinpath("report.md").read_text()
 
 
 def test_factorial_effects_from_synthetic_job_directories_with_a_planted_interaction(tmp_path):

@@ -14,10 +14,11 @@ MAX_LINES = 500
 FLOORS = {
     0: {"errors", "atomic", "locks", "bulk", "provenance", "yamlread", "fielderrors", "submitit_adapter"},
     1: {"spec", "data", "scoring", "baselines", "models", "container", "jobdir", "jobdocs"},
-    2: {"manifest", "grid", "data.inspect"},  # `trajhpc data inspect` reads a manifest
+    2: {"analysis", "manifest", "grid", "data.inspect"},  # `trajhpc data inspect` reads a manifest
     3: {"batching", "train", "checkpoint", "evaluate", "merged", "recipe", "job", "progress", "cost"},
     4: {"status", "slurmquery", "submission", "localrun", "launch"},
-    5: {"jobrecords", "results", "stats", "itemstats", "factorial", "itemtables", "tables", "report", "plots",
+    5: {"losscurves", "jobrecords", "results", "stagetables", "stats", "itemstats", "factorial", "itemtables", "tables",
+        "report", "plots",
         "aggregate"},
     6: {"cli"},
 }

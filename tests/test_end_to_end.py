@@ -31,7 +31,7 @@ def _trajhpc(*args, cwd):
 def smoke_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     _trajhpc("submit", str(REPO / "manifests" / "smoke.yaml"), "--run-root", str(root), "--executor", "local", cwd=root)
-    _trajhpc("aggregate", str(root), "--no-plots", cwd=root)
+    _trajhpc("aggregate", str(root), cwd=root)  # with plots
     return root
 
 
@@ -53,6 +53,8 @@ def test_aggregate_of_the_real_smoke_output(smoke_root):
     # 8 jobs x 5 stages (zero-shot + 4 blocks) x 4 evaluated blocks
     assert long.height == 8 * 5 * 4
     assert sorted(long["arm"].unique().to_list()) == ["A", "B"]
+    # The manifest submit recorded lists [A, B]: the aggregate keeps that order.
+    assert pl.read_csv(out / "summary.csv")["arm"].unique(maintain_order=True).to_list() == ["A", "B"]
     per_arm = long.group_by("arm").agg(pl.col("job_id").n_unique().alias("units"))
     assert dict(per_arm.iter_rows()) == {"A": 4, "B": 4}
     # B keeps the trajectory in the prompt, so it reads more tokens than A on the same data
@@ -96,3 +98,43 @@ def test_example_level_tables_of_the_real_smoke_output(smoke_root):
                               & (pl.col("metric") == "name"))
     assert always["n"].to_list() == [24] and 0.2 < always["value"][0] < 0.8
     assert pl.read_csv(out / "factorial.csv").height == 0  # only A and B: no factorial
+
+
+def test_plots_of_the_real_smoke_output(smoke_root):
+    from trajhpc import aggregate as agg
+    from trajhpc import plots
+
+    out = smoke_root / "smoke" / "aggregate"
+    report = (out / "report.md").read_text()
+    (result,) = agg.aggregate([smoke_root], resamples=200)
+    figures = plots.figures(result)
+    has_logs = all((job / "train_log.jsonl").exists() for job in (smoke_root / "smoke").iterdir()
+                   if (job / "spec.json").exists())
+    expected = [f for f in plots.PLOT_FILES if f != "loss_curves.png" or has_logs]
+    assert list(figures) == expected
+    for name in expected:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({name})" in report
+    assert result.arms == ["A", "B"]
+    for name in ("accuracy_by_stage.png", "accuracy_vs_tokens.png"):
+        fig = figures[name]
+        assert fig.get_suptitle() == "smoke: n = 4 (2 seeds × 2 orders) per arm"
+        for ax in fig.axes:
+            low, high = ax.get_ylim()
+            assert low == 0.0 and 0.1 <= high <= 1.0  # never below 0, never centred on noise
+            arms = [line.get_label() for line in ax.get_lines() if not line.get_label().startswith(("_", "budget"))]
+            assert arms == ["A", "B"]
+            assert ax.get_legend().get_texts()[-1].get_text().startswith("shaded: 95% bootstrap CI over units")
+    blocks = ["care-appointments", "cost-insurance-other", "medication-treatment", "mental-wellness-fitness"]
+    heatmaps = [ax for ax in figures["rmatrix_by_block.png"].axes if ax.images]
+    assert len(heatmaps) == 2
+    for ax, arm in zip(heatmaps, ["A", "B"]):
+        assert [t.get_text() for t in ax.get_xticklabels()] == blocks
+        assert ax.get_title() == f"{arm}: exact R[stage][block]\nn = 4 (2 seeds × 2 orders)"
+        by_hand = (result.long.filter(pl.col("arm") == arm).group_by("stage", "block").agg(pl.col("exact").mean())
+                   .sort("stage", "block")["exact"].to_numpy().reshape(5, 4))
+        assert (abs(ax.images[0].get_array() - by_hand) < 1e-12).all()
+    if has_logs:
+        loss = figures["loss_curves.png"].axes[0]
+        assert [line.get_label() for line in loss.get_lines() if not line.get_label().startswith("_")] == ["A", "B"]
+    else:
+        assert "Note: no loss curves: none of the 8 jobs has train_log.jsonl" in report

@@ -164,6 +164,22 @@ def test_conditions_whose_arms_would_collide_are_refused(monkeypatch):
     assert parse_manifest("study: s\nconditions: [A, {condition: A}]\n").conditions == ["A", ConditionEntry(condition="A")]
 
 
+def test_analysis_primary_defaults_to_b_minus_a_and_changes_no_job_id():
+    plain = parse_manifest("study: s\nconditions: [A, B, calls-only]\n")
+    p = plain.analysis.primary
+    assert (p.arm, p.baseline, p.metric) == ("B", "A", "exact") and plain.arms() == ["A", "B", "calls-only"]
+    # Unset, the default B - A is not checked against the arms (a study without B keeps working).
+    assert parse_manifest("study: s\nconditions: [A, calls-only]\n").analysis.primary.arm == "B"
+    declared = parse_manifest(
+        "study: s\nconditions: [A, B, calls-only]\nanalysis: {primary: {arm: calls-only, metric: name}}\n"
+    )
+    p = declared.analysis.primary
+    assert (p.arm, p.baseline, p.metric) == ("calls-only", "A", "name")
+    assert [j.job_id for j in expand(declared)] == [j.job_id for j in expand(plain)]
+    with pytest.raises(InputError, match=r"m\.yaml:3: analysis\.primary: .*both 'A'"):
+        parse_manifest(HEAD + "analysis: {primary: {arm: A}}\n", "m.yaml")
+
+
 # ---------------------------------------------------------------- errors: file, line, field, message
 
 ERRORS = [
@@ -173,8 +189,16 @@ ERRORS = [
     (HEAD + "seeds: {cont: 3}\n", "m.yaml:3: seeds.cont: unknown key 'cont' (did you mean 'count'?)"),
     (HEAD + "data:\n  blocks:\n    rulez: []\n", "m.yaml:5: data.blocks.rulez: unknown key 'rulez' (did you mean 'rules'?)"),
     (HEAD + "resources:\n  gpus: 1\n", "m.yaml:4: resources.gpus: unknown key 'gpus' (did you mean 'gpus_per_node'?)"),
-    (HEAD + "zzz: 1\n", "m.yaml:3: zzz: unknown key 'zzz'; valid keys: compute_dtype, conditions, container, data, "
+    (HEAD + "zzz: 1\n", "m.yaml:3: zzz: unknown key 'zzz'; valid keys: analysis, compute_dtype, conditions, container, data, "
      "eval, executor, lora, max_jobs, model, orders, quantization, resources, run_root, seeds, study, train"),
+    # analysis.primary: arms of this manifest, a paired metric, two different arms
+    (HEAD + "analysis: {primary: {arm: C}}\n", "m.yaml:3: analysis.primary.arm: arm 'C' is not an arm of this "
+     "manifest; use one of A"),
+    (HEAD + "analysis:\n  primary:\n    arm: A\n    baseline: B\n",
+     "m.yaml:6: analysis.primary.baseline: baseline 'B' is not an arm of this manifest; use one of A"),
+    (HEAD + "analysis:\n  primary:\n    metric: acc\n", "m.yaml:5: analysis.primary.metric: unknown "
+     "metric 'acc'; use one of exact, name, name_excl_toolsearcher, exact_at_budget_supervised, exact_at_budget_total"),
+    (HEAD + "analysis: {primry: {}}\n", "m.yaml:3: analysis.primry: unknown key 'primry' (did you mean 'primary'?)"),
     # bad values
     (HEAD + "train:\n  batch_size: 8\n  lr: 0\n", "m.yaml:5: train.lr: Input should be greater than 0"),
     (HEAD + "executor: slurmm\n", "m.yaml:3: executor: Input should be 'slurm', 'local' or 'auto'"),

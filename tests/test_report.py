@@ -50,6 +50,10 @@ def test_methods_paragraph_is_built_from_the_data(result):
 def test_report_links_only_the_plots_it_is_given(result):
     assert "## Plots" not in report.render_markdown(result)
     assert "![rmatrix](rmatrix.png)" in report.render_markdown(result, ["rmatrix.png"])
+    text = report.render_markdown(result, ["rmatrix.png", "rmatrix_by_block.png", "loss_curves.png"])
+    assert "*R[stage][block] by domain: each block's accuracy after each stage, mean over seeds and orders.*\n\n" \
+        "![rmatrix by block](rmatrix_by_block.png)" in text
+    assert text.index("rmatrix.png") < text.index("rmatrix_by_block.png") < text.index("loss_curves.png")
 
 
 def test_numbers_never_show_a_negative_zero():

@@ -24,7 +24,9 @@ from trajhpc.atomic import atomic_write_bytes, atomic_write_text
 from trajhpc.bulk import gc_paused
 from trajhpc.errors import TrajhpcError
 from trajhpc.jobdocs import OK
-from trajhpc.jobrecords import collect_jobs, group_by_study, read_items, resolve_targets
+from trajhpc.jobrecords import collect_jobs, group_by_study, read_items, read_logs, resolve_targets_and_manifests
+from trajhpc.jobrecords import study_manifest
+from trajhpc.manifest import Manifest
 from trajhpc.results import OUTPUT_DIR, StudyResult
 from trajhpc.tables import analyze_study, paired_table
 
@@ -45,8 +47,10 @@ def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
     atomic_write_bytes(out / "long.parquet", buf.getvalue())
     atomic_write_text(out / "long.csv", _csv(result.long))
     atomic_write_text(out / "jobs.csv", _csv(result.jobs.drop("path")))
-    for name in ("units", "summary", "stages", "rmatrix", "compute", "strata", "baselines", "factorial"):
+    tables = ("units", "summary", "stages", "rmatrix", "rmatrix_blocks", "compute", "strata", "baselines", "factorial")
+    for name in tables:
         atomic_write_text(out / f"{name}.csv", _csv(getattr(result, name)))
+    atomic_write_text(out / "loss_curves.csv", _csv(result.loss))
     atomic_write_text(out / "paired.csv", _csv(paired_table(result)))
     figures = plots_module.write_plots(result, out) if plots and result.units.height else []
     atomic_write_text(out / "report.md", report.render_markdown(result, figures))
@@ -57,11 +61,14 @@ def aggregate(
     targets: Sequence[Path], *, strict: bool = False, resamples: int = stats.RESAMPLES, seed: int = stats.SEED
 ) -> list[StudyResult]:
     """Discover, validate and analyse every study under the targets (no files written)."""
+    roots, manifests = resolve_targets_and_manifests(targets)
     with gc_paused():
-        return _aggregate(resolve_targets(targets), strict=strict, resamples=resamples, seed=seed)
+        return _aggregate(roots, manifests, strict=strict, resamples=resamples, seed=seed)
 
 
-def _aggregate(roots: Sequence[Path], *, strict: bool, resamples: int, seed: int) -> list[StudyResult]:
+def _aggregate(
+    roots: Sequence[Path], manifests: dict[Path, Manifest], *, strict: bool, resamples: int, seed: int
+) -> list[StudyResult]:
     records = collect_jobs(roots)
     if not records:
         where = ", ".join(str(r) for r in roots)
@@ -72,10 +79,16 @@ def _aggregate(roots: Sequence[Path], *, strict: bool, resamples: int, seed: int
         detail = (first.reason or "").split(": ", 1)[-1]  # the reason starts with the file name
         more = f" (and {len(bad) - 1} more bad jobs)" if len(bad) > 1 else ""
         raise TrajhpcError(f"{first.file}: {first.status}: {detail}{more}")
-    return [
-        analyze_study(folder.name, folder, recs, resamples=resamples, seed=seed, items=read_items(recs))
-        for folder, recs in group_by_study(records).items()
-    ]
+    results = []
+    for folder, recs in group_by_study(records).items():
+        # The study's manifest orders the arms and names the primary comparison; without one
+        # the aggregate keeps its own order (B first, A last) and B − A.
+        manifest = study_manifest(folder, recs, manifests.get(folder))
+        results.append(analyze_study(
+            folder.name, folder, recs, resamples=resamples, seed=seed, items=read_items(recs), manifest=manifest,
+            train_logs=read_logs(recs),
+        ))
+    return results
 
 
 def aggregate_command(console: Any, targets: list[Path], *, strict: bool, plots: bool) -> list[StudyResult]:

@@ -93,13 +93,16 @@ _PAIRED_ITEM_SCHEMA = {
 
 
 def item_paired_frame(units: pl.DataFrame, items: pl.DataFrame, arms: Sequence[str], *,
-                      resamples: int = itemstats.RESAMPLES, seed: int = itemstats.SEED) -> pl.DataFrame:
-    """Per pair of arms and metric: stratified exact McNemar over shared units, two-level bootstrap CI."""
+                      resamples: int = itemstats.RESAMPLES, seed: int = itemstats.SEED,
+                      pairs: Sequence[tuple[str, str]] | None = None) -> pl.DataFrame:
+    """Per pair of arms and metric: stratified exact McNemar over shared units, two-level bootstrap CI.
+
+    ``pairs`` are the (arm, baseline) comparisons (default: every pair of ``arms``, first minus later)."""
     cols: dict[str, list[Any]] = {k: [] for k in _PAIRED_ITEM_SCHEMA}
     if items.height == 0:
         return pl.DataFrame(cols, schema=_PAIRED_ITEM_SCHEMA)
     keyed = items.join(units.select("job_id", "seed", "order"), on="job_id", how="inner")
-    for arm, baseline in itertools.combinations(arms, 2):
+    for arm, baseline in pairs if pairs is not None else itertools.combinations(arms, 2):
         x = keyed.filter(pl.col("arm") == arm)
         y = keyed.filter(pl.col("arm") == baseline)
         joined = x.join(y, on=["seed", "order", "item"], how="inner", suffix="_base")

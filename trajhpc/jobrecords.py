@@ -8,6 +8,7 @@ documents), so every table downstream can list it and leave it out.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -15,8 +16,10 @@ from typing import Any, Iterable, Sequence
 import polars as pl
 
 from trajhpc.errors import TrajhpcError
-from trajhpc.jobdir import find_job_dirs
+from trajhpc.jobdir import RECORD, FileProblem, find_job_dirs, read_json_object
 from trajhpc.jobdocs import OK, JobProblem, MetricsDoc, TokensDoc, read_job_docs
+from trajhpc.losscurves import TrainLogs, read_train_logs
+from trajhpc.manifest import Manifest, load_manifest
 from trajhpc.spec import JobSpec
 
 # Base-model size and LoRA parameters per rank (all-linear targets) of known models,
@@ -24,6 +27,7 @@ from trajhpc.spec import JobSpec
 # projection adds r * (d_in + d_out) parameters; summed over q, k, v, o, gate, up, down:
 # SmolLM2-135M (30 layers, hidden 576, MLP 1536, KV 3 x 64): 10,176 per layer and rank;
 # Llama-3.1-8B (32 layers, hidden 4096, MLP 14336, KV 8 x 128): 81,920 per layer and rank.
+MAX_RECORD_BYTES = 2**20  # a submission.json is a few kB
 MODEL_PARAMS: dict[str, dict[str, float]] = {
     "smollm2-135m-instruct": {"base": 134_515_008, "lora_per_rank_all_linear": 30 * 10_176},
     "meta-llama/Llama-3.1-8B-Instruct": {"base": 8_030_261_248, "lora_per_rank_all_linear": 32 * 81_920},
@@ -53,30 +57,64 @@ class JobRecord:
 
 def resolve_targets(targets: Sequence[Path]) -> list[Path]:
     """Run roots as given; a manifest (.yaml/.yml) stands for its ``run_root/study`` folder."""
-    roots = []
+    return resolve_targets_and_manifests(targets)[0]
+
+
+def resolve_targets_and_manifests(targets: Sequence[Path]) -> tuple[list[Path], dict[Path, Manifest]]:
+    """:func:`resolve_targets`, and the manifests given as targets by their study folder (resolved)."""
+    roots, manifests = [], {}
     for target in targets:
         target = Path(target)
         if target.is_file() and target.suffix in (".yaml", ".yml"):
-            roots.append(_manifest_study_dir(target))
+            folder, manifest = _manifest_study_dir(target)
+            roots.append(folder)
+            manifests[Path(os.path.realpath(folder))] = manifest
         elif target.is_dir():
             roots.append(target)
         elif target.exists():
             raise TrajhpcError(f"{target}: not a run root (folder) or a manifest (.yaml)")
         else:
             raise TrajhpcError(f"{target}: no such run root or manifest")
-    return roots
+    return roots, manifests
 
 
-def _manifest_study_dir(path: Path) -> Path:
+def _manifest_study_dir(path: Path) -> tuple[Path, Manifest]:
     # The manifest module validates the file (errors name file, field and line);
     # a relative run_root is taken from the current folder, as `trajhpc submit` does.
-    from trajhpc.manifest import load_manifest
-
     manifest = load_manifest(path)
     folder = Path(manifest.run_root) / manifest.study
     if not folder.is_dir():
         raise TrajhpcError(f"{folder}: no jobs yet for manifest {path} (study folder missing)")
-    return folder
+    return folder, manifest
+
+
+def study_manifest(folder: Path, records: Sequence[JobRecord], given: Manifest | None = None) -> Manifest | None:
+    """The manifest of the study in ``folder``: ``given`` (a manifest named as the aggregate's
+    target) if any; else the manifest the jobs' ``submission.json`` records, when it still
+    exists, parses and names this study (the most often recorded first); else None.
+
+    Never raises: a manifest that moved, changed or broke since the jobs were submitted is
+    simply not used (the aggregate then falls back to its own arm order and primary).
+    """
+    if given is not None:
+        return given
+    counts: dict[str, int] = {}
+    for r in records:
+        try:
+            record = read_json_object(r.path / RECORD, max_bytes=MAX_RECORD_BYTES)
+        except FileProblem:
+            continue
+        path = record.get("manifest") if record else None
+        if isinstance(path, str) and path:
+            counts[path] = counts.get(path, 0) + 1
+    for path in sorted(counts, key=lambda p: (-counts[p], p)):
+        try:
+            manifest = load_manifest(path)
+        except (TrajhpcError, OSError, ValueError):
+            continue
+        if manifest.study == folder.name:
+            return manifest
+    return None
 
 
 def collect_jobs(roots: Iterable[Path]) -> list[JobRecord]:
@@ -111,6 +149,11 @@ def read_items(records: Sequence[JobRecord]) -> pl.DataFrame | None:
             frame, _problem = read_final_predictions(r.path, len(r.spec.order), r.path.name)
             frames.append(frame)
     return pl.concat(frames) if frames else None
+
+
+def read_logs(records: Sequence[JobRecord]) -> TrainLogs:
+    """The ``train_log.jsonl`` of the ``ok`` jobs (missing or damaged ones noted, never raised)."""
+    return read_train_logs([(r.path.name, r.path, len(r.spec.order)) for r in records if r.status == OK and r.spec])
 
 
 # ---------------------------------------------------------------- arms
@@ -181,8 +224,19 @@ def arm_rank(arm: str) -> tuple[int, str]:
     return (0 if base == "B" else 2 if base == "A" else 1, arm)
 
 
-def arm_order(arms: Iterable[str]) -> list[str]:
-    return sorted(set(arms), key=arm_rank)
+def arm_order(arms: Iterable[str], listed: Sequence[str] = ()) -> list[str]:
+    """The arms in display order: those the manifest lists (``listed``) in its order, then the
+    others (variant-labelled arms, or every arm when no manifest is known) by :func:`arm_rank`."""
+    position = {arm: i for i, arm in enumerate(listed)}
+    return sorted(set(arms), key=lambda a: (0, position[a], "") if a in position else (1, *arm_rank(a)))
+
+
+def pair_direction(x: str, y: str, primary: tuple[str, str] = ("B", "A")) -> tuple[str, str]:
+    """(arm, baseline) of the comparison of two arms: the declared primary's direction for its
+    two arms, else by :func:`arm_rank` (B minus the others, anything minus A)."""
+    if {x, y} == set(primary):
+        return primary
+    return (x, y) if arm_rank(x) <= arm_rank(y) else (y, x)
 
 
 def params_frame(records: Sequence[JobRecord]) -> pl.DataFrame:

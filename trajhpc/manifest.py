@@ -29,6 +29,7 @@ from pydantic import (
     model_validator,
 )
 
+from trajhpc.analysis import Analysis
 from trajhpc.container import (
     DOCKER_ONLY_BIND_OPTS,
     bind_options,
@@ -295,6 +296,8 @@ class Manifest(_Strict):
     # A guard against a typo that would expand into millions of jobs; like study and
     # run_root it is not in any job's spec, so changing it changes no job id.
     max_jobs: Int = Field(DEFAULT_MAX_JOBS, ge=1)
+    # How `trajhpc aggregate` reads the study (the primary comparison): in no job's spec either.
+    analysis: Analysis = Analysis()
 
     # Where the manifest came from, so later checks (grid expansion) can name file and line.
     _source: str | None = PrivateAttr(None)
@@ -310,6 +313,15 @@ class Manifest(_Strict):
     def written(self, field: str) -> bool:
         """Whether the manifest file sets ``field`` (a top-level key), rather than leaving its default."""
         return (field,) in self._lines
+
+    @property
+    def source(self) -> str | None:
+        """The file (or source name) the manifest was read from."""
+        return self._source
+
+    def arms(self) -> list[str]:
+        """The arms of ``conditions`` in the order the manifest lists them (equal entries once)."""
+        return list(dict.fromkeys(arm_name(item, self.data.tool_docs) for item in self.conditions))
 
     def error(self, field: str, message: str) -> InputError:
         """An InputError at ``field`` (dotted path) of this manifest, with its file and line."""
@@ -393,6 +405,13 @@ def check_manifest(manifest: Manifest) -> None:
                 f"conditions.{i}",
                 f"this entry's arm {arm!r} is also the arm of conditions.{first[0]}, which trains differently; "
                 "arms must have distinct names",
+            )
+    primary = manifest.analysis.primary
+    for key in ("arm", "baseline"):
+        if manifest.written("analysis") and getattr(primary, key) not in seen:
+            raise manifest.error(
+                f"analysis.primary.{key}",
+                f"{key} {getattr(primary, key)!r} is not an arm of this manifest; use one of {', '.join(seen)}",
             )
 
 

@@ -28,6 +28,16 @@ STATIC_CAVEAT = (
     "which is stricter than upstream for free-text, date and ToolSearcher arguments."
 )
 MAX_EXCLUDED_ROWS = 50
+PLOT_CAPTIONS = {
+    "accuracy_by_stage.png": "Accuracy after each stage: mean over units, shaded 95% bootstrap CI (the legend "
+                             "says when a band has zero width); points dodged sideways so arms that coincide show.",
+    "accuracy_vs_tokens.png": "Exact accuracy against cumulative tokens; the dashed line is the common budget.",
+    "rmatrix.png": "R[stage][block] by position: column k is the block each unit trained k-th.",
+    "rmatrix_by_block.png": "R[stage][block] by domain: each block's accuracy after each stage, mean over "
+                            "seeds and orders.",
+    "paired_forest.png": "Paired differences with 95% CIs; the primary comparison is marked.",
+    "loss_curves.png": "Training loss per optimizer step, mean over units, stages marked.",
+}
 
 
 # ---------------------------------------------------------------- formatting helpers
@@ -241,10 +251,15 @@ def _stage_compute_lines(result: StudyResult) -> list[str]:
     return out
 
 
+def _is_primary(result: StudyResult, row: dict[str, Any]) -> bool:
+    p = result.primary
+    return (row["arm"], row["baseline"], row["metric"]) == (p.arm, p.baseline, p.metric)
+
+
 def _paired_section(result: StudyResult) -> list[str]:
     rows = [
-        [f"{r['arm']} − {r['baseline']}", METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r),
-         _p(r["p_value"], r["p_exact"])]
+        [f"{r['arm']} − {r['baseline']}" + (" (primary)" if _is_primary(result, r) else ""),
+         METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r), _p(r["p_value"], r["p_exact"])]
         for r in result.paired.to_dicts()
     ]
     header = ["comparison", "metric", "pairs", "mean difference [95% CI]", "p"]
@@ -266,7 +281,7 @@ def _evidence_section(result: StudyResult) -> list[str]:
     paired = paired_table(result)
     if paired.height:
         lines = []
-        shown = paired.filter(pl.col("metric").is_in(["exact", "name"]))  # the rest: paired.csv
+        shown = paired.filter(pl.col("metric").is_in(["exact", "name"]) | pl.col("primary"))  # the rest: paired.csv
         for r in shown.sort("primary", descending=True).to_dicts():
             kind = r["p_kind"] + (f", {r['draws']} draws" if r.get("draws") else "")
             size = f"{r['pairs']} units" + (f" x {r['items']} items" if r.get("items") else "")
@@ -276,9 +291,8 @@ def _evidence_section(result: StudyResult) -> list[str]:
         pairs = int(result.paired["pairs"].max() or 0) if result.paired.height else 0
         out += ["Every comparison: sign-flip over (seed, order) units, and an exact McNemar test over the "
                 "held-out items stratified by unit, with a CI that resamples units and held-out dialogues. "
-                "The primary comparison (declared in advance) is not adjusted; Holm adjusts all other rows "
-                f"of paired.csv. With {pairs} pairs the smallest sign-flip p is "
-                f"{smallest_sign_flip_p(pairs):.4g}.", "",
+                f"{_primary_sentence(result, paired)} Holm adjusts all other rows of paired.csv. With {pairs} "
+                f"pairs the smallest sign-flip p is {smallest_sign_flip_p(pairs):.4g}.", "",
                 _table(["comparison", "metric", "test", "n", "difference [95% CI]", "p", "p (Holm)"], lines), ""]
     if result.baselines.height:
         pooled = result.baselines.filter(pl.col("block") == "all")
@@ -306,6 +320,18 @@ def _evidence_section(result: StudyResult) -> list[str]:
     return out
 
 
+def _primary_sentence(result: StudyResult, paired: pl.DataFrame) -> str:
+    """What the primary comparison is, where it was declared, and whether the study has it."""
+    p = result.primary
+    metric = METRIC_LABELS[p.metric]
+    what = f"{p.label} in {metric}" if "@" in metric else f"{p.label} in final {metric} accuracy"
+    where = "declared in the manifest's `analysis.primary`" if result.primary_declared else (
+        "the default; a manifest's `analysis.primary` declares another")
+    if not paired.filter(pl.col("primary")).height:
+        return f"The primary comparison, {what} ({where}), is not in this study: it lacks arm {p.arm} or {p.baseline}."
+    return f"The primary comparison, {what} ({where}), sign-flip over units, is not adjusted;"
+
+
 def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
     """report.md for one study: methods, exclusions, accuracy, continual metrics, compute, paired tests."""
     out = [f"# Study `{result.study}`", ""]
@@ -320,7 +346,10 @@ def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
     out += _paired_section(result)
     out += _evidence_section(result)
     if figures:
-        out += ["## Plots", "", *(f"![{Path(f).stem.replace('_', ' ')}]({f})" for f in figures), ""]
+        out += ["## Plots", ""]
+        for f in figures:
+            caption = PLOT_CAPTIONS.get(f)
+            out += [*([f"*{caption}*", ""] if caption else []), f"![{Path(f).stem.replace('_', ' ')}]({f})", ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from trajhpc import stats
+from trajhpc.analysis import DEFAULT_PRIMARY, Primary
 from trajhpc.jobrecords import arm_order
 
 OUTPUT_DIR = "aggregate"
@@ -27,6 +28,8 @@ class StudyResult:
     paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric
     rmatrix: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block position
     compute: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage: tokens and accuracy, like with like
+    rmatrix_blocks: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block (name)
+    loss: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x global step: mean training loss
     # Example-level tables (trajhpc.itemtables): empty when the jobs' predictions are not read.
     item_paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric, mcnemar-cmh
     strata: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stratum x metric
@@ -36,7 +39,13 @@ class StudyResult:
     budgets: dict[str, float | None] = field(default_factory=dict)
     resamples: int = stats.RESAMPLES
     seed: int = stats.SEED
+    # From the study's manifest (trajhpc.jobrecords.study_manifest), when it was found:
+    listed_arms: tuple[str, ...] = ()  # its conditions' arms, in its order
+    primary: Primary = DEFAULT_PRIMARY  # its analysis.primary (default B − A, exact)
+    primary_declared: bool = False  # whether the manifest sets analysis (else the default)
+    manifest: str | None = None  # where it was read from
 
     @property
     def arms(self) -> list[str]:
-        return arm_order(self.units["arm"].unique().to_list()) if self.units.height else []
+        """The arms with complete units, in the manifest's order (then the others)."""
+        return arm_order(self.units["arm"].unique().to_list(), self.listed_arms) if self.units.height else []

@@ -15,9 +15,13 @@ import numpy as np
 import polars as pl
 
 from trajhpc import itemstats, itemtables, stats
+from trajhpc.analysis import DEFAULT_PRIMARY, PAIRED_METRICS, Primary
 from trajhpc.jobdocs import OK, BlockScores
-from trajhpc.jobrecords import PARAMS_SCHEMA, JobRecord, arm_labels, arm_order, jobs_frame, params_frame
+from trajhpc.jobrecords import PARAMS_SCHEMA, JobRecord, arm_labels, arm_order, jobs_frame, pair_direction, params_frame
+from trajhpc.losscurves import TrainLogs, loss_frame, loss_notes
+from trajhpc.manifest import Manifest
 from trajhpc.results import StudyResult
+from trajhpc.stagetables import mean_rmatrix, mean_rmatrix_by_block, stage_compute
 
 # Scores averaged over blocks into a unit's final score.
 SCORES = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
@@ -33,8 +37,8 @@ SUMMARY_METRICS = (
     "exact_pooled", "exact_macro", "name_pooled", "name_macro",
 )
 TOKEN_METRICS = ("supervised_tokens", "total_tokens", "padded_tokens", "flops")
-# Metrics compared between arms on units matched by (seed, order).
-PAIRED_METRICS = ("exact", "name", "name_excl_toolsearcher", "exact_at_budget_supervised", "exact_at_budget_total")
+# Metrics compared between arms on units matched by (seed, order): PAIRED_METRICS, defined in
+# trajhpc.analysis, where the manifest's analysis.primary is checked against them.
 # Per-stage curves summarised per arm x stage.
 STAGE_METRICS = (
     "acc_exact", "acc_name", "acc_seen_exact", "acc_seen_name", "cum_supervised_tokens", "cum_total_tokens",
@@ -204,22 +208,24 @@ def _estimates_frame(keys: dict[str, list[Any]], estimates: Sequence[stats.Estim
 
 
 def summarize_arms(
-    units: pl.DataFrame, curves: pl.DataFrame, *, resamples: int = stats.RESAMPLES, seed: int = stats.SEED
+    units: pl.DataFrame, curves: pl.DataFrame, *, resamples: int = stats.RESAMPLES, seed: int = stats.SEED,
+    listed: Sequence[str] = (),
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Per arm: mean, sd, bootstrap CI and n over units of every unit metric and stage curve.
 
     Returns (summary, stages): ``summary`` is arm x metric with ``ratio_vs_A`` for
     tokens and FLOPs (arm mean / mean of plain A); ``stages`` is arm x stage x metric.
     """
-    arms, matrices, stage_cols = _arm_matrices(units, curves)
+    arms, matrices, stage_cols = _arm_matrices(units, curves, listed)
     return _summary_frames(arms, stage_cols, stats.describe_many(matrices, resamples=resamples, seed=seed))
 
 
 def _arm_matrices(
-    units: pl.DataFrame, curves: pl.DataFrame
+    units: pl.DataFrame, curves: pl.DataFrame, listed: Sequence[str] = ()
 ) -> tuple[list[str], list[np.ndarray], dict[str, list[str]]]:
-    """Per arm: the units x (unit metrics, stage metrics) matrix, rows in job id order, and its stage columns."""
-    arms = arm_order(units["arm"].to_list())
+    """Per arm (in :func:`arm_order`): the units x (unit metrics, stage metrics) matrix, rows in
+    job id order, and its stage columns."""
+    arms = arm_order(units["arm"].to_list(), listed)
     matrices, stage_cols = [], {}
     for arm in arms:
         sub = units.filter(pl.col("arm") == arm).sort("job_id")
@@ -263,18 +269,28 @@ def _summary_frames(
         .drop("ref_arm", "ref_mean")
         .sort(*(pl.col(c).replace_strict(r, return_dtype=pl.Int64) for c, r in rank.items()))  # joins may reorder
     )
-    return summary, pl.concat(stage_parts).sort("arm", "metric", "stage")
+    return summary, in_arm_order(pl.concat(stage_parts), arms, "metric", "stage")
 
 
-def compare_arms(units: pl.DataFrame, *, resamples: int = stats.RESAMPLES, seed: int = stats.SEED) -> pl.DataFrame:
-    """Paired differences ``arm - baseline`` on units matched by (seed, order), for every pair of arms.
+def in_arm_order(frame: pl.DataFrame, arms: Sequence[str], *by: str) -> pl.DataFrame:
+    """``frame`` sorted by arm in the order of ``arms`` (arms not in it last), then by ``by``."""
+    rank = pl.col("arm").replace_strict({a: i for i, a in enumerate(arms)}, default=len(arms), return_dtype=pl.Int64)
+    return frame.sort(rank, "arm", *by)
+
+
+def compare_arms(
+    units: pl.DataFrame, *, resamples: int = stats.RESAMPLES, seed: int = stats.SEED, listed: Sequence[str] = (),
+    primary: Primary = DEFAULT_PRIMARY,
+) -> pl.DataFrame:
+    """Paired differences ``arm - baseline`` on units matched by (seed, order), for every pair of arms
+    (rows in the arms' display order; direction: :func:`trajhpc.jobrecords.pair_direction`).
 
     Per comparison x metric: pairs, mean difference, sd, bootstrap CI, and the
     two-sided sign-flip permutation p-value (``p_exact``: all patterns enumerated).
     An arm with two units of one (seed, order) is refused (ValueError): matching on
     (seed, order) would pair each of them with the other arm's unit, counting it twice.
     """
-    pairs, diffs = _paired_diffs(units)
+    pairs, diffs = _paired_diffs(units, arm_order(units["arm"].to_list(), listed), primary)
     estimates = stats.describe_many(diffs, resamples=resamples, seed=seed)
     return _paired_frame(pairs, diffs, estimates, resamples=resamples, seed=seed)
 
@@ -288,7 +304,15 @@ def duplicate_units(units: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _paired_diffs(units: pl.DataFrame) -> tuple[list[tuple[str, str]], list[np.ndarray]]:
+def arm_pairs(arms: Sequence[str], primary: Primary = DEFAULT_PRIMARY) -> list[tuple[str, str]]:
+    """(arm, baseline) of every pair of ``arms``, in their display order, each directed by
+    :func:`trajhpc.jobrecords.pair_direction` (the primary's own direction for its two arms)."""
+    return [pair_direction(x, y, (primary.arm, primary.baseline)) for x, y in itertools.combinations(arms, 2)]
+
+
+def _paired_diffs(
+    units: pl.DataFrame, arms: Sequence[str], primary: Primary = DEFAULT_PRIMARY
+) -> tuple[list[tuple[str, str]], list[np.ndarray]]:
     """Every pair of arms and its (pairs x PAIRED_METRICS) differences, rows in (seed, order) order."""
     duplicated = duplicate_units(units)
     if duplicated.height:
@@ -298,7 +322,7 @@ def _paired_diffs(units: pl.DataFrame) -> tuple[list[tuple[str, str]], list[np.n
             f"({duplicated.height} such (seed, order) in all): pairing on (seed, order) would count them twice; "
             "keep the arms apart (distinct arm names) first"
         )
-    pairs = list(itertools.combinations(arm_order(units["arm"].to_list()), 2))
+    pairs = arm_pairs(arms, primary)
     diffs = []
     for arm, baseline in pairs:
         x = units.filter(pl.col("arm") == arm).select("seed", "order", *PAIRED_METRICS)
@@ -332,54 +356,6 @@ _PAIRED_SCHEMA = {
 }
 
 
-def stage_compute(stages: pl.DataFrame) -> pl.DataFrame:
-    """compute.csv: per arm and stage, the mean cumulative tokens and accuracy after the same blocks.
-
-    Like with like: at the end of stage k every arm has trained the same k blocks, so
-    its tokens and accuracy there compare without interpolating across stages.
-    ``total_ratio_vs_A`` is the arm's mean cumulative total tokens / plain A's at that stage.
-    """
-    wanted = ("cum_supervised_tokens", "cum_total_tokens", "acc_exact", "acc_seen_exact")
-    schema = {"arm": pl.String, "stage": pl.Int64, "supervised_tokens": pl.Float64, "total_tokens": pl.Float64,
-              "total_ratio_vs_A": pl.Float64, "acc_exact": pl.Float64, "acc_exact_ci_lo": pl.Float64,
-              "acc_exact_ci_hi": pl.Float64, "acc_seen_exact": pl.Float64, "units": pl.Int64}
-    if stages.height == 0:
-        return pl.DataFrame(schema=schema)
-    long = stages.filter(pl.col("metric").is_in(wanted))
-    wide = long.pivot(on="metric", index=["arm", "stage"], values="mean")
-    acc = long.filter(pl.col("metric") == "acc_exact").select(
-        "arm", "stage", pl.col("ci_lo").alias("acc_exact_ci_lo"), pl.col("ci_hi").alias("acc_exact_ci_hi"),
-        pl.col("n").alias("units"))
-    # The reference is plain A of the same variant: "A" or "A (<variant>)" (as in summary.csv).
-    variant = pl.col("arm").str.split(" (").list.get(1, null_on_oob=True)
-    ref_arm = pl.when(variant.is_null()).then(pl.lit("A")).otherwise(pl.lit("A (") + variant)
-    ref = wide.select(pl.col("arm").alias("ref_arm"), "stage", pl.col("cum_total_tokens").alias("ref_total"))
-    ratio = pl.when(pl.col("ref_total") > 0).then(pl.col("cum_total_tokens") / pl.col("ref_total"))
-    arms = arm_order(stages["arm"].to_list())
-    return (
-        wide.with_columns(ref_arm.alias("ref_arm"))
-        .join(ref, on=["ref_arm", "stage"], how="left")
-        .join(acc, on=["arm", "stage"], how="left")
-        .select(
-            "arm", "stage", pl.col("cum_supervised_tokens").alias("supervised_tokens"),
-            pl.col("cum_total_tokens").alias("total_tokens"), ratio.alias("total_ratio_vs_A"), "acc_exact",
-            "acc_exact_ci_lo", "acc_exact_ci_hi", "acc_seen_exact", "units",
-        )
-        .cast(schema)
-        .sort(pl.col("arm").replace_strict({a: i for i, a in enumerate(arms)}, return_dtype=pl.Int64), "stage")
-    )
-
-
-def mean_rmatrix(long: pl.DataFrame) -> pl.DataFrame:
-    """arm x stage x block position: mean exact and name accuracy over units (position 0 = never trained)."""
-    return (
-        long.with_columns(pl.col("block_pos").fill_null(0))
-        .group_by("arm", "stage", "block_pos")
-        .agg(pl.col("exact").mean(), pl.col("name").mean(), pl.col("job_id").n_unique().alias("units"))
-        .sort("arm", "stage", "block_pos")
-    )
-
-
 def analyze_study(
     study: str,
     folder: Path,
@@ -389,30 +365,48 @@ def analyze_study(
     resamples: int = stats.RESAMPLES,
     seed: int = stats.SEED,
     items: pl.DataFrame | None = None,
+    manifest: Manifest | None = None,
+    train_logs: TrainLogs | None = None,
 ) -> StudyResult:
     """All statistics of one study folder (pure apart from the already-read records and ``items``,
-    the jobs' final prediction rows from :func:`read_items`)."""
+    the jobs' final prediction rows from :func:`read_items`).
+
+    The study's ``manifest`` (:func:`trajhpc.jobrecords.study_manifest`), when known, orders
+    the arms of every table as its ``conditions`` list them, and its ``analysis.primary``
+    is the comparison ``paired.csv`` marks primary (default B - A in final exact accuracy).
+    ``train_logs`` (:func:`trajhpc.jobrecords.read_logs`) give the loss curves per arm.
+    """
     long = _label_variants(build_long_table(records))
     result = StudyResult(study, folder, jobs_frame(records), long, resamples=resamples, seed=seed)
+    if manifest is not None:
+        result.listed_arms, result.primary = tuple(manifest.arms()), manifest.analysis.primary
+        result.primary_declared, result.manifest = manifest.written("analysis"), manifest.source
+    listed_arms, primary = result.listed_arms, result.primary
     if long.height == 0:
         return result
     units, curves, result.budgets = unit_table(long, params_frame(records), budgets)
-    units = units.join(itemtables.pooled_units(long), on="job_id", how="left").sort("arm", "seed", "order", "job_id")
-    result.units = units
+    units = units.join(itemtables.pooled_units(long), on="job_id", how="left")
+    result.units = units = in_arm_order(units, arm_order(units["arm"].to_list(), listed_arms), "seed", "order", "job_id")
     # One bootstrap for the arms and the paired differences: samples of one size share
     # their resample indices (stats.describe_many), whichever table they feed.
-    arms, matrices, stage_cols = _arm_matrices(units, curves)
-    pairs, diffs = _paired_diffs(units)
+    arms, matrices, stage_cols = _arm_matrices(units, curves, listed_arms)
+    pairs, diffs = _paired_diffs(units, arms, primary)
     estimates = stats.describe_many([*matrices, *diffs], resamples=resamples, seed=seed)
     result.summary, result.stages = _summary_frames(arms, stage_cols, estimates[: len(arms)])
     result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed)
-    result.rmatrix = mean_rmatrix(long)
-    result.compute = stage_compute(result.stages)
-    _add_item_tables(result, records, items)
+    result.rmatrix = in_arm_order(mean_rmatrix(long), arms, "stage", "block_pos")
+    result.rmatrix_blocks = in_arm_order(mean_rmatrix_by_block(long), arms, "stage", "block")
+    if train_logs is not None:
+        result.loss = in_arm_order(loss_frame(train_logs.rows, units), arms, "global_step")
+        result.notes += loss_notes(train_logs, units.height)
+    result.compute = in_arm_order(stage_compute(result.stages), arms, "stage")
+    _add_item_tables(result, records, items, pairs)
     return result
 
 
-def _add_item_tables(result: StudyResult, records: Sequence[JobRecord], items: pl.DataFrame | None) -> None:
+def _add_item_tables(
+    result: StudyResult, records: Sequence[JobRecord], items: pl.DataFrame | None, pairs: list[tuple[str, str]]
+) -> None:
     """Pooled accuracy, strata, item-level tests, baselines and factorial effects (trajhpc.itemtables)."""
     result.factorial = itemtables.factorial_frame(result.units)
     specs = [r.spec for r in records if r.status == OK and r.spec is not None]
@@ -420,15 +414,18 @@ def _add_item_tables(result: StudyResult, records: Sequence[JobRecord], items: p
     result.notes += [note] if note else []
     if items is not None and items.height:
         items = items.join(result.units.select("job_id", "arm"), on="job_id", how="inner")
-        result.strata = itemtables.strata_frame(items)
-        result.item_paired = itemtables.item_paired_frame(result.units, items, result.arms, seed=result.seed)
+        result.strata = in_arm_order(itemtables.strata_frame(items), result.arms, "stratum", "metric")
+        result.item_paired = itemtables.item_paired_frame(result.units, items, result.arms, seed=result.seed,
+                                                          pairs=pairs)
 
 
 def paired_table(result: StudyResult) -> pl.DataFrame:
     """paired.csv: unit-level sign-flip rows and item-level McNemar rows, Holm-adjusted over all of them.
 
-    ``primary`` marks B - A in final exact accuracy (sign-flip over units): the comparison the
-    study is designed for, left unadjusted; Holm adjusts over every other (secondary) row.
+    ``primary`` marks the study's primary comparison (``result.primary``, the manifest's
+    ``analysis.primary``; default B - A in final exact accuracy), sign-flip over units: the
+    comparison the study is designed for, left unadjusted; Holm adjusts over every other
+    (secondary) row.
     """
     if result.paired.width == 0:  # a study without ok jobs
         return result.paired
@@ -438,7 +435,8 @@ def paired_table(result: StudyResult) -> pl.DataFrame:
         pl.when(pl.col("p_exact")).then(pl.lit(None, pl.Int64)).otherwise(pl.lit(result.resamples)).alias("draws"),
     )
     frame = pl.concat([unit, result.item_paired], how="diagonal_relaxed") if result.item_paired.height else unit
-    primary = (pl.col("arm") == "B") & (pl.col("baseline") == "A") & (pl.col("metric") == "exact") & (
+    p = result.primary
+    primary = (pl.col("arm") == p.arm) & (pl.col("baseline") == p.baseline) & (pl.col("metric") == p.metric) & (
         pl.col("test") == "sign-flip")
     frame = frame.with_columns(primary.alias("primary"))
     # The primary comparison is declared in advance and tested at full level; Holm

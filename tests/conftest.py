@@ -99,3 +99,17 @@ def hub_cache(tmp_path, hub_api_bank_files, monkeypatch) -> Path:
     hub_api_bank.write_hub_cache(cache, hub_api_bank_files)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """The aggregate (200 resamples, no manifest: arms B, A@B, A) of synthetic_jobs.write_study: 18 complete
+    jobs, arms A, B, A@B x seeds 0-2 x two orders, each with a train_log.jsonl of 3 steps per stage."""
+    import synthetic_jobs as sj
+
+    from trajhpc import aggregate as agg
+
+    root = tmp_path_factory.mktemp("synthetic-runs")
+    sj.write_study(root, "s1")
+    (result,) = agg.aggregate([root], resamples=200)
+    return result

@@ -24,14 +24,6 @@ def _result(root: Path) -> StudyResult:
     return result
 
 
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> StudyResult:
-    """18 complete jobs, each with a train_log.jsonl of 3 steps per stage (synthetic_jobs.train_log_rows)."""
-    root = tmp_path_factory.mktemp("runs")
-    sj.write_study(root, "s1")
-    return _result(root)
-
-
 def test_loss_curves_are_the_mean_over_units_per_global_step(synthetic):
     b = synthetic.loss.filter(pl.col("arm") == "B").sort("global_step")
     assert b["global_step"].to_list() == list(range(1, 10)) and set(b["units"]) == {6}

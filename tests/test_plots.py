@@ -25,14 +25,6 @@ def _result(root: Path) -> StudyResult:
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory) -> StudyResult:
-    """18 complete jobs: arms A, B, A@B x seeds 0-2 x two orders (no manifest: B, A@B, A)."""
-    root = tmp_path_factory.mktemp("runs")
-    sj.write_study(root, "s1")
-    return _result(root)
-
-
-@pytest.fixture(scope="module")
 def figures(synthetic):
     return plots.figures(synthetic)
 

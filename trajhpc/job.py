@@ -45,7 +45,7 @@ from trajhpc import locks, provenance
 from trajhpc.atomic import atomic_write_json, atomic_write_jsonl
 from trajhpc.errors import InputError, TrajhpcError
 from trajhpc.jobdir import JobDir
-from trajhpc.jobdocs import METRICS_SCHEMA, TOKENS_SCHEMA, MetricsDoc, TokensDoc, checked
+from trajhpc.jobdocs import METRICS_SCHEMA, TOKENS_SCHEMA, MetricsDoc, TokensDoc, checked, identity
 from trajhpc.spec import JobSpec, load_spec, spec_from_dict
 
 FAULT_ENV = "TRAJHPC_FAULT_INJECT"
@@ -424,14 +424,8 @@ class _Run:
             JobDir(self.job_dir).metrics,
             checked(MetricsDoc, {
                 "schema": METRICS_SCHEMA,
-                "job_id": spec.job_id,
+                **identity(spec),
                 "study": self.study,
-                "condition": spec.condition,
-                "arm": spec.arm,
-                "seed": spec.seed,
-                "order": list(spec.order),
-                "model": spec.model,
-                "quantization": spec.quantization,
                 "device": self.prep.device.type,
                 "complete": complete,
                 "stages": stages,

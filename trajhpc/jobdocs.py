@@ -86,6 +86,14 @@ class TokensDoc(_Doc):
     stages: list[TokenStage]
 
 
+def identity(spec: JobSpec) -> dict[str, Any]:
+    """The fields that tie a metrics document to its spec (the aggregate checks them against spec.json)."""
+    return {
+        "job_id": spec.job_id, "condition": spec.condition, "arm": spec.arm, "seed": spec.seed,
+        "order": list(spec.order), "model": spec.model, "quantization": spec.quantization,
+    }
+
+
 def checked(model: type[BaseModel], doc: dict[str, Any]) -> dict[str, Any]:
     """``doc`` once it validates as ``model``: writers (the job, the test fixtures) check what they write
     against the models the aggregate reads with, so a renamed field fails where it is written."""

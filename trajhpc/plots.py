@@ -192,35 +192,35 @@ def _heatmap(ax, grid: pl.DataFrame, labels: Callable[[str], str]) -> Any:
 
 def rmatrix_figure(result: StudyResult):
     """Per arm: mean exact R[stage][block position] (position in each unit's order; 0 = never trained)."""
-    arms = result.arms
-    fig, axes = _figure(len(arms), width=4.0, height=3.8)
-    image = None
-    for ax, arm in zip(axes, arms):
-        r = result.rmatrix.filter(pl.col("arm") == arm)
-        grid = r.pivot(on="block_pos", index="stage", values="exact", sort_columns=True).sort("stage")
-        image = _heatmap(ax, grid, lambda c: "untrained" if c == "0" else f"block {c}")
-        ax.set(xlabel="block (position in order)", ylabel="after stage",
-               title=f"{arm}: exact R[stage][position]\n{units_text(result, arm)}")
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8)
-    fig.suptitle("by position: column k is the block each unit trained k-th (a different domain per order)")
-    return fig
+    return _rmatrix_figure(
+        result, result.rmatrix, "block_pos", lambda c: "untrained" if c == "0" else f"block {c}",
+        xlabel="block (position in order)", what="R[stage][position]",
+        suptitle="by position: column k is the block each unit trained k-th (a different domain per order)",
+    )
 
 
 def rmatrix_block_figure(result: StudyResult):
     """Per arm: mean exact R[stage][block] by block name, the mean over orders taken per domain."""
+    return _rmatrix_figure(
+        result, result.rmatrix_blocks, "block", str, xlabel="block (domain)", what="R[stage][block]",
+        suptitle="by domain: mean over seeds and orders of each block's exact accuracy after each stage",
+    )
+
+
+def _rmatrix_figure(result: StudyResult, frame: pl.DataFrame, column: str, label, *, xlabel: str, what: str,
+                    suptitle: str):
+    """One heatmap per arm of ``frame``'s mean exact accuracy, rows = after stage, columns = ``column``."""
     arms = result.arms
     fig, axes = _figure(len(arms), width=4.0, height=3.8)
     image = None
     for ax, arm in zip(axes, arms):
-        r = result.rmatrix_blocks.filter(pl.col("arm") == arm)
-        grid = r.pivot(on="block", index="stage", values="exact", sort_columns=True).sort("stage")
-        image = _heatmap(ax, grid, str)
-        ax.set(xlabel="block (domain)", ylabel="after stage",
-               title=f"{arm}: exact R[stage][block]\n{units_text(result, arm)}")
+        r = frame.filter(pl.col("arm") == arm)
+        grid = r.pivot(on=column, index="stage", values="exact", sort_columns=True).sort("stage")
+        image = _heatmap(ax, grid, label)
+        ax.set(xlabel=xlabel, ylabel="after stage", title=f"{arm}: exact {what}\n{units_text(result, arm)}")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8)
-    fig.suptitle("by domain: mean over seeds and orders of each block's exact accuracy after each stage")
+    fig.suptitle(suptitle)
     return fig
 
 

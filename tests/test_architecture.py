@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "trajhpc"
 MAX_LINES = 500
 
 FLOORS = {
-    0: {"errors", "atomic", "locks", "bulk", "provenance", "yamlread", "fielderrors", "submitit_adapter", "quiet"},
+    0: {"errors", "atomic", "locks", "bulk", "provenance", "yamlread", "fielderrors", "submitit_adapter", "termtable",
+        "quiet"},
     1: {"spec", "data", "scoring", "baselines", "models", "container", "jobdir", "jobdocs", "trainlog"},
     2: {"manifest", "grid"},
     3: {"batching", "train", "checkpoint", "evaluate", "merged", "recipe", "job", "progress", "cost"},

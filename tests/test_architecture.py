@@ -17,7 +17,7 @@ FLOORS = {
     1: {"spec", "data", "scoring", "baselines", "models", "container", "jobdir", "jobdocs", "trainlog"},
     2: {"manifest", "grid"},
     3: {"batching", "train", "checkpoint", "evaluate", "merged", "recipe", "job", "progress", "cost"},
-    4: {"status", "slurmquery", "submission", "localrun", "launch"},
+    4: {"status", "slurmquery", "submission", "liveview", "statusview", "localrun", "launch"},
     5: {"jobrecords", "results", "stats", "itemstats", "factorial", "itemtables", "tables", "report", "plots",
         "aggregate"},
     6: {"cli"},

@@ -139,7 +139,7 @@ def bench_status(root: Path) -> None:
     def run():
         rows = collect_rows(dirs)
         console = Console(file=io.StringIO(), width=160, color_system=None)
-        console.print(render_table(rows, "study bench"))
+        console.print(render_table(rows, "study bench", width=console.width))
         console.print(counts_line(rows))
         return rows
 

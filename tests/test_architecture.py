@@ -12,11 +12,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "trajhpc"
 MAX_LINES = 500
 
 FLOORS = {
-    0: {"errors", "atomic", "locks", "bulk", "provenance", "yamlread", "fielderrors", "submitit_adapter"},
-    1: {"spec", "data", "scoring", "baselines", "models", "container", "jobdir", "jobdocs"},
+    0: {"errors", "atomic", "locks", "bulk", "provenance", "yamlread", "fielderrors", "submitit_adapter", "termtable",
+        "quiet"},
+    1: {"spec", "data", "scoring", "baselines", "models", "container", "jobdir", "jobdocs", "trainlog"},
     2: {"analysis", "manifest", "grid", "data.inspect"},  # `trajhpc data inspect` reads a manifest
     3: {"batching", "train", "checkpoint", "evaluate", "merged", "recipe", "job", "progress", "cost"},
-    4: {"status", "slurmquery", "submission", "localrun", "launch"},
+    4: {"status", "slurmquery", "submission", "liveview", "statusview", "localrun", "launch"},
     5: {"losscurves", "jobrecords", "results", "stagetables", "stats", "itemstats", "factorial", "itemtables", "tables",
         "report", "plots",
         "aggregate"},

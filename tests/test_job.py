@@ -137,6 +137,53 @@ def test_job_directory_follows_the_contract(done_job):
     assert read(ckpt, "trainer_state.json")["stage"] == 2
 
 
+def test_train_log_has_one_line_per_optimizer_step(done_job):
+    """train_log.jsonl: the documented keys in order, steps 1-based per stage, tokens = the stage's supervised tokens."""
+    lines = (done_job / "train_log.jsonl").read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    assert [list(e) for e in entries] == [["stage", "step", "loss", "lr", "tokens", "tokens_per_s"]] * 4
+    assert [(e["stage"], e["step"]) for e in entries] == [(1, 1), (1, 2), (2, 1), (2, 2)]  # max_steps 2 per block
+    tokens = read(done_job, "tokens.json")["stages"]
+    for stage in (1, 2):
+        assert sum(e["tokens"] for e in entries if e["stage"] == stage) == tokens[stage]["supervised_tokens"]
+    losses = [s["train_loss"] for s in read(done_job, "metrics.json")["stages"][1:]]
+    for stage, loss in zip((1, 2), losses):  # the stage's loss is the token-weighted mean of its steps'
+        steps = [e for e in entries if e["stage"] == stage]
+        assert sum(e["loss"] * e["tokens"] for e in steps) / sum(e["tokens"] for e in steps) == pytest.approx(loss)
+    assert all(isinstance(e["loss"], float) and e["lr"] >= 0 and e["tokens_per_s"] > 0 for e in entries)
+    assert read(done_job, "state.json")["activity"] is None  # said only while running
+
+
+def test_job_logs_keep_real_warnings_and_drop_library_noise():
+    """bitsandbytes' optional-kernel warning and transformers' checkpointing FutureWarnings (raised inside peft) are
+    filtered by logger/module and message; other warnings of the same loggers still show."""
+    import logging
+    import warnings
+
+    from trajhpc import quiet
+
+    quiet.install()
+    quiet.install()  # idempotent
+    bnb = logging.getLogger(quiet.BNB_LOGGER)
+    assert len(bnb.filters) == 1
+    record = lambda msg: logging.LogRecord(bnb.name, logging.WARNING, __file__, 1, msg, ("x",), None)  # noqa: E731
+    assert not bnb.filters[0].filter(record(quiet.BNB_KERNELS + ": %s. Please make sure you already `pip install kernels`"))
+    assert bnb.filters[0].filter(record("Failed to load the CPU backend: %s"))
+    with warnings.catch_warnings(record=True) as caught:
+        quiet.install()  # inside: catch_warnings restores the filters on exit
+        for module, text in [
+            ("transformers.modeling_utils", "`is_gradient_checkpointing` is deprecated and will be removed in v6."),
+            ("transformers.modeling_utils", "`gradient_checkpointing_enable` is deprecated and will be removed in v6."),
+            ("transformers.modeling_utils", "`use_cache=True` is incompatible with gradient checkpointing."),
+            ("peft.peft_model", "`is_gradient_checkpointing` is deprecated (another library's own)."),
+        ]:
+            warnings.warn_explicit(text, FutureWarning, "x.py", 1, module=module, registry={})
+    assert [str(w.message) for w in caught] == [
+        "`use_cache=True` is incompatible with gradient checkpointing.",
+        "`is_gradient_checkpointing` is deprecated (another library's own).",
+    ]
+
+
 def test_token_matched_arm_reaches_its_budget_within_one_batch(tmp_path, done_job):
     """A@B counts total tokens: A's prompts are shorter, so it needs more examples (extra passes over
     a block are exercised by tests/test_resume.py's token-matched arm)."""

@@ -24,7 +24,8 @@ from trajhpc import aggregate as agg
 from trajhpc import jobdir
 from trajhpc.errors import TrajhpcError
 from trajhpc.jobdir import FileProblem, find_job_dirs, read_json_file, read_json_object
-from trajhpc.status import collect_rows, counts_line, status_command
+from trajhpc.status import collect_rows, counts_line
+from trajhpc.statusview import status_command
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import synthetic_jobs as sj  # noqa: E402

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -478,12 +479,21 @@ def test_local_end_to_end_one_failure_does_not_stop_the_other(tmp_path, monkeypa
     text = _submit(Path("m.yaml"), executor="local")
     assert "running 2 jobs locally" in text
     assert f"{good.job_id} A seed 0: done" in text
+    # Not a terminal: one plain line per finished stage, with the job's last loss and tokens/s.
+    assert re.search(rf"{good.job_id} A seed 0 ca: stage 1/1 done \(loss \d+\.\d{{3}}, [\d,]+ tok/s", text), text
+    assert "\x1b" not in text
     assert f"{bad.job_id} B seed 0: failed (trajhpc.errors.InputError: " in text and "not valid JSON" in text
     metrics = json.loads((good.run_dir / "metrics.json").read_text())
     assert metrics["complete"] is True and metrics["job_id"] == good.job_id
     record = json.loads((good.run_dir / "submission.json").read_text())
     assert record["executor"] == "local" and record["local_pid"] > 0 and record["slurm_job_id"] is None
     assert Path(record["stdout"]).parent == Path(record["submitit_folder"])
+    # The job's log: its own lines, none of the libraries' noise (trajhpc.quiet).
+    log = Path(record["stdout"]).read_text() + Path(record["stderr"]).read_text()
+    assert "stage 1/1: evaluating" in log
+    assert "kernels-community" not in log and "gemm_4bit_forward" not in log
+    assert "is_gradient_checkpointing" not in log and "FutureWarning" not in log
+    assert [(e["stage"], e["step"]) for e in map(json.loads, (good.run_dir / "train_log.jsonl").read_text().splitlines())] == [(1, 1)]
 
     # Again: the done job is skipped, the failed one (fixed now) resubmitted and completed.
     (bad.run_dir / "metrics.json").unlink()
@@ -497,7 +507,12 @@ def test_local_end_to_end_one_failure_does_not_stop_the_other(tmp_path, monkeypa
 def test_missing_image_or_bind_source_fails_at_submit_time(fake_slurm, tmp_path):
     text = MANIFEST + "container:\n  runtime: apptainer\n  image: t.sif\n  binds:\n    - /data\n    - ~/nowhere-xyz\n"
     (tmp_path / "m.yaml").write_text(text)
-    assert "sbatch script for 4 jobs" in _submit(Path("m.yaml"), dry_run=True)  # a dry run does not check
+    dry = _submit(Path("m.yaml"), dry_run=True)  # a dry run only warns, each warning one line
+    assert "sbatch script for 4 jobs" in dry
+    warnings = [line for line in dry.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 3, dry  # the image, and the two bind sources
+    assert re.search(r"m\.yaml:8: container\.image: image file .*t\.sif not found .*a real submit stops here$", warnings[0])
+    assert all(re.search(r"container\.binds\.[01]: .* does not exist .*a real submit stops here$", w) for w in warnings[1:])
     with pytest.raises(InputError, match=r"m\.yaml:8: container\.image: image file .*t\.sif not found"):
         _submit(Path("m.yaml"))
     (tmp_path / "t.sif").write_bytes(b"x")
@@ -726,3 +741,31 @@ def test_local_submit_with_a_failed_job_exits_3(tmp_path, monkeypatch):
     # Its metrics.json is damaged, so status calls it corrupt (with the reason), and it did not finish.
     assert "1 job: 1 corrupt" in out.stdout and "1 job did not finish" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- terminal output that fits
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("name", ["smoke.yaml", "grid.yaml", "factorial.yaml"])
+def test_dry_run_table_and_lines_fit_the_terminal(tmp_path, monkeypatch, name, width):
+    from test_termtable import assert_fits
+
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    console = Console(file=out, width=width, color_system=None)
+    submit_command(console, REPO / "manifests" / name, dry_run=True, run_root=tmp_path / "runs", executor="local", wait=False)
+    text = out.getvalue()
+    table, rest = text.split(" to submit, ", 1)
+    assert_fits(table.rsplit("\n", 1)[0], width, ["arm", "seed", "state", "action"])
+    lines = text.splitlines()
+    counts = next(line for line in lines if " to submit, " in line)
+    assert counts.endswith("queued or running (left alone)")  # one line, whatever the width
+    assert all(line.endswith("a real submit stops here") or line.endswith("would fail")
+               for line in lines if line.startswith("warning: "))
+    jobs = expand(load_manifest(REPO / "manifests" / name))
+    arms = list(dict.fromkeys(job.spec.arm for job in jobs))
+    shown = [line.split("│")[2 if "job id" in table else 1].strip() for line in lines if line.startswith("│")]
+    assert list(dict.fromkeys(shown)) == arms  # in the manifest's order
+    if width == 120:
+        assert "job id" in table and "order" in table and "not shown" not in text

@@ -82,3 +82,22 @@ def test_excluded_table_escapes_cells_and_is_capped(result, monkeypatch):
     text = "\n".join(report._excluded_section(jobs))
     assert "| j1 | corrupt | a \\| b c |" in text
     assert "j3" not in text and "… and 1 more: see jobs.csv." in text
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_terminal_summary_fits_the_width_with_whole_cells(result, width):
+    from test_termtable import assert_fits
+
+    console = Console(record=True, width=width, color_system=None)
+    report.print_summary(console, result)
+    text = console.export_text()
+    tables = "\n".join(line for line in text.splitlines() if line[:1] in "┏┃┡│└")
+    assert_fits(tables, width)
+    for arm in result.arms:
+        cell = report._ci(report._lookup(result.summary, arm, "exact"))
+        assert cell in text  # "mean [lo, hi]" on one line, never wrapped
+    assert "B − A" in text and "p" in text
+    if width == 120:
+        assert "API name excl." in text and "BWT exact" in text and "not shown" not in text
+    else:
+        assert "not shown at 80 columns:" in text

@@ -31,6 +31,12 @@ SPEC = JobSpec.model_validate(
 TIMING_KEYS = ("train_seconds", "eval_seconds")
 
 
+def train_steps(job_dir: Path) -> list[dict]:
+    """train_log.jsonl without its timings: every optimizer step the job took, in order."""
+    lines = (job_dir / "train_log.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "tokens_per_s"} for line in lines]
+
+
 def comparable(job_dir: Path) -> dict:
     """Everything a job computes, minus timings, resources and provenance."""
     metrics = json.loads((job_dir / "metrics.json").read_text())
@@ -47,6 +53,7 @@ def comparable(job_dir: Path) -> dict:
         "predictions": predictions,
         "adapter": (ckpt / "adapter" / "adapter_model.safetensors").read_bytes(),
         "trainer_state": json.loads((ckpt / "trainer_state.json").read_text()) | {"train_seconds": None},
+        "train_log": train_steps(job_dir),
     }
 
 
@@ -62,6 +69,7 @@ def test_reference_run_is_complete_and_trains(reference):
     assert metrics["complete"] is True
     assert [s["stage"] for s in metrics["stages"]] == [0, 1, 2]
     assert all(isinstance(s["train_loss"], float) for s in metrics["stages"][1:])
+    assert [(e["stage"], e["step"]) for e in reference["train_log"]] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
     assert set(reference["predictions"]) == {"stage-0.jsonl", "stage-1.jsonl", "stage-2.jsonl"}
 
 
@@ -87,6 +95,11 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, monkeypatch, reference
     state = json.loads((job_dir / "state.json").read_text())
     assert state["state"] == "running"  # a kill leaves no "failed" mark
     assert not json.loads((job_dir / "metrics.json").read_text())["complete"]
+    if fault.startswith("stage:"):  # killed mid-stage: the log holds that stage's first steps, to be retrained
+        killed = [(e["stage"], e["step"]) for e in train_steps(job_dir)]
+        assert killed == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2)]
+        with (job_dir / "train_log.jsonl").open("a") as f:
+            f.write('{"stage": 2, "step": 3, "lo')  # and a line torn by the kill
 
     monkeypatch.delenv(FAULT_ENV)
     metrics = run_job(SPEC, job_dir, study="resume-test")

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from trajhpc.errors import TrajhpcError
 from trajhpc.errors import last_line
+from trajhpc.jobdir import find_job_dirs
 from trajhpc.slurmquery import normalize_slurm_state, query_slurm
 from trajhpc.status import (
     GONE,
@@ -24,14 +25,13 @@ from trajhpc.status import (
     decide,
     display_state,
     elapsed_seconds,
-    find_job_dirs,
     format_duration,
     local_alive,
     read_job_dir,
     render_table,
-    status_command,
-    watch_rows,
 )
+from trajhpc.liveview import watch_rows
+from trajhpc.statusview import status_command
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = dt.datetime(2026, 1, 2, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -286,7 +286,7 @@ def test_status_table_golden(tmp_path, fake_bin):
     rows = collect_rows(find_job_dirs(study), now=NOW)
     out = io.StringIO()
     console = Console(file=out, width=140, color_system=None, legacy_windows=False)
-    console.print(render_table(rows, "study st"))
+    console.print(render_table(rows, "study st", width=140))
     console.print(counts_line(rows))
     golden = GOLDEN / "status_table.txt"
     if os.environ.get("TRAJHPC_UPDATE_GOLDEN"):
@@ -380,7 +380,7 @@ def test_watch_refreshes_until_no_job_is_active(tmp_path, monkeypatch):
         sleeps.append(seconds)
         (d / "metrics.json").write_text('{"complete": true}')
 
-    monkeypatch.setattr("trajhpc.status.time.sleep", fake_sleep)
+    monkeypatch.setattr("trajhpc.liveview.time.sleep", fake_sleep)
     out = io.StringIO()
     rows = watch_rows(Console(file=out, width=120, color_system=None), lambda: [d], "study st", 2.5, until_idle=True)
     assert sleeps == [2.5] and [r.label for r in rows] == ["done"]
@@ -418,3 +418,74 @@ def test_short_order_uses_block_initials_unless_ambiguous():
 def test_an_interrupted_job_is_shown_as_such(sched, expected):
     assert display_state(_state("interrupted", 2), False, sched) == expected
     assert decide(False, sched) == ("leave" if sched == "RUNNING" else "submit")  # resumed by the next submit
+
+
+# ---------------------------------------------------------------- fits the terminal, grouped by study
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_status_table_fits_the_width_without_squeezing_a_column(tmp_path, fake_bin, width):
+    from test_termtable import assert_fits
+
+    study = _study(tmp_path, fake_bin)
+    long_error = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)"
+    _job(study, "aaaaaaaaaaa8", seed=2, state=_state("failed", 1, error=long_error), record={"executor": "local"})
+    rows = collect_rows(find_job_dirs(study), now=NOW)
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None).print(render_table(rows, "study st", width=width))
+    text = out.getvalue()
+    assert_fits(text, width, ["arm", "state", "detail"])
+    assert all(r.arm in text and r.label in text for r in rows)
+    assert "allocate" in text and "capacity)" in text  # the error folds onto more lines, whole
+    if width == 80:
+        assert "not shown at 80 columns: order, slurm, elapsed" in text and "job id" in text
+    else:
+        assert "not shown" not in text and "elapsed" in text and "job id" in text
+
+
+def test_status_of_a_run_root_is_one_table_per_study_with_arms_in_manifest_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("study: two\nconditions: [B, A]\n")
+    record = {"executor": "local", "local_pid": None, "manifest": str(manifest)}
+    for job_id, condition, seed in [("c1", "A", 1), ("c2", "B", 1), ("c3", "A", 0), ("c4", "B", 0)]:
+        _job(tmp_path / "jobs" / "two", job_id, condition=condition, seed=seed, record=record)
+    for job_id, condition in [("d1", "B", ), ("d2", "A")]:
+        _job(tmp_path / "jobs" / "one", job_id, condition=condition)  # no record: arms by name
+    out = io.StringIO()
+    status_command(Console(file=out, width=80, color_system=None), None, run_root=None, watch=False, interval=1)
+    text = out.getvalue()
+    assert text.index("study one") < text.index("study two")
+    rows = [line.split("│")[1:3] for line in text.splitlines() if line.startswith("│")]
+    assert [(job.strip(), arm.strip()) for job, arm in rows] == [
+        ("d2", "A"), ("d1", "B"), ("c4", "B"), ("c2", "B"), ("c3", "A"), ("c1", "A"),
+    ]
+    assert "2 jobs: 2 not submitted" in text and "4 jobs: 4 not submitted" in text
+    assert text.strip().endswith("jobs: 6 jobs: 6 not submitted")
+    out = io.StringIO()  # one study: one table, titled by it
+    status_command(Console(file=out, width=80, color_system=None), Path("jobs/one"), run_root=None, watch=False,
+                   interval=1)
+    assert "study one (jobs/one)" in out.getvalue() and out.getvalue().strip().endswith("2 jobs: 2 not submitted")
+
+
+def test_watch_on_a_run_root_groups_by_study_and_adds_progress(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    running = _state("running", 1) | {"activity": {"phase": "training", "stage": 2, "steps": 10}}
+    d = _job(tmp_path / "jobs" / "s1", "e1", state=running, record={"executor": "local", "local_pid": os.getpid(),
+                                                                      "submitit_folder": ""})
+    (d / "train_log.jsonl").write_text(json.dumps({"stage": 2, "step": 4, "loss": 1.25, "lr": 0.001, "tokens": 9,
+                                                   "tokens_per_s": 1500.0}) + "\n")
+    _job(tmp_path / "jobs" / "s2", "e2")
+    monkeypatch.setattr("trajhpc.status.local_alive", lambda pid, folder: True)
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("trajhpc.liveview.time.sleep", interrupt)
+    out = io.StringIO()
+    status_command(Console(file=out, width=120, color_system=None), None, run_root=None, watch=True, interval=1)
+    text = out.getvalue()
+    final = text[text.rindex("study s1"):]
+    assert final.index("study s1") < final.index("study s2")
+    assert "2/4" in final and "4/10" in final and "1.250" in final and "1,500" in final
+    assert final.strip().endswith("jobs: 2 jobs: 1 running · 1 not submitted")

@@ -235,7 +235,7 @@ def test_4bit_path_runs_on_cpu_and_loss_falls(tiny, examples):
     losses: list[float] = []
     result = train.train_stage(
         model, train.build_optimizer(model, cfg), subset, plan, cfg,
-        pad_id=tokenizer.pad_token_id, on_step=lambda step, n, loss, tokens: losses.append(loss),
+        pad_id=tokenizer.pad_token_id, on_step=lambda report: losses.append(report.loss),
     )
     assert result.steps == len(losses) == 12
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
@@ -375,7 +375,7 @@ def test_gradient_checkpointing_with_4bit_weights_gives_the_same_step(tiny, exam
 # ---------------------------------------------------------------- logits only where the loss is
 
 
-@pytest.mark.parametrize("quantization, checkpointing", [("none", False), ("nf4", False), ("nf4", True)])
+@pytest.mark.parametrize("quantization, checkpointing", [("none", False), ("none", True), ("nf4", False), ("nf4", True)])
 def test_supervised_loss_equals_the_models_own_loss_and_gradients(tiny, examples, quantization, checkpointing):
     """On a right-padded batch: the same loss and LoRA gradients as ``model(**batch, num_items_in_batch=n)``."""
     path, tokenizer = tiny

@@ -22,8 +22,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: a flag reads as a flag (rich panels print `--dry-run <bool>`), and it fits 80 columns.
+    rich_markup_mode=None,
 )
-data_app = typer.Typer(help="Inspect the API-Bank data: blocks, splits, counts.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Inspect the API-Bank data: blocks, splits, counts.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(data_app, name="data")
 
 console = Console()
@@ -31,7 +35,7 @@ err_console = Console(stderr=True)
 EXIT_INTERRUPTED = 130
 
 
-@data_app.command("inspect")
+@data_app.command("inspect", short_help="Per block: dialogues, records, APIs, ToolSearcher share.")
 def data_inspect(
     source: Optional[Path] = typer.Option(
         None, "--source", help="API-Bank folder (default: the bundled copy)."
@@ -41,10 +45,16 @@ def data_inspect(
     ),
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit hash of --hf."),
     file: list[str] = typer.Option(
-        None, "--file", help="Record file(s) relative to the source (default: lv3-api-train)."
+        None, "--file", metavar="<path>",
+        help="A record file relative to the source (repeatable; default: training-data/lv3-api-train.json).",
     ),
-    blocks: Optional[str] = typer.Option(None, "--blocks", help="Partition: lv3-rules (default) or scenario."),
-    heldout_fraction: Optional[float] = typer.Option(None, "--heldout-fraction", help="Default 0.2."),
+    blocks: Optional[str] = typer.Option(
+        None, "--blocks", metavar="lv3-rules|scenario", help="The block partition (default: lv3-rules)."
+    ),
+    heldout_fraction: Optional[float] = typer.Option(
+        None, "--heldout-fraction",
+        help="Share of dialogues held out for evaluation, by a hash of the dialogue (default: 0.2).",
+    ),
     manifest: Optional[Path] = typer.Option(
         None, "--manifest", help="Take the data settings (and train.max_seq_len) from this manifest."
     ),
@@ -73,10 +83,13 @@ def data_inspect(
     )
 
 
-@app.command("run-job")
+@app.command("run-job", short_help="Run or resume one job from its spec file.")
 def run_job(
     spec: Path = typer.Argument(..., help="Job spec JSON file."),
-    job_dir: Optional[Path] = typer.Option(None, "--job-dir", help="Job directory (default: jobs/<job id>)."),
+    job_dir: Optional[Path] = typer.Option(
+        None, "--job-dir",
+        help="Job directory (default: jobs/<job id>; submitted jobs live in <run root>/<study>/<job id>).",
+    ),
 ) -> None:
     """Train one adapter through the blocks in order, evaluating after every block (resumable)."""
     from trajhpc.job import run_job_command
@@ -84,13 +97,20 @@ def run_job(
     run_job_command(console, spec, job_dir)
 
 
-@app.command("submit")
+@app.command("submit", short_help="Submit a manifest's pending jobs (Slurm array or local run).")
 def submit(
     manifest: Path = typer.Argument(..., help="Manifest YAML file."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the grid and sbatch script; submit nothing."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the grid, what would be submitted and the sbatch script; submit nothing."
+    ),
     run_root: Optional[Path] = typer.Option(None, "--run-root", help="Run root (default: the manifest's, else jobs/)."),
-    executor: Optional[str] = typer.Option(None, "--executor", help="Override the manifest: slurm, local or auto."),
-    wait: bool = typer.Option(False, "--wait", help="Block until every submitted job has ended."),
+    executor: Optional[str] = typer.Option(
+        None, "--executor", metavar="slurm|local|auto", help="Override the manifest's executor."
+    ),
+    wait: bool = typer.Option(
+        False, "--wait",
+        help="Slurm: watch the jobs (stage, loss, tok/s, ETA) until every one has ended. A local run always waits.",
+    ),
     rates: Optional[Path] = typer.Option(
         None, "--rates", help="Rates file from benchmarks/bench_gpu_qlora.py --job: print the estimated GPU-hours."
     ),
@@ -105,22 +125,29 @@ def submit(
         raise typer.Exit(code)
 
 
-@app.command("status")
+@app.command("status", short_help="Where every job stands, one table per study.")
 def status(
-    target: Optional[Path] = typer.Argument(None, help="Manifest YAML or run directory (default: jobs/)."),
-    run_root: Optional[Path] = typer.Option(None, "--run-root"),
-    watch: bool = typer.Option(False, "--watch", help="Refresh until interrupted."),
+    target: Optional[Path] = typer.Argument(
+        None, help="Manifest YAML or run directory (default: the run root; one table per study)."
+    ),
+    run_root: Optional[Path] = typer.Option(
+        None, "--run-root", help="Run root: of the manifest's jobs (default: the manifest's), or to list (default: jobs/)."
+    ),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until interrupted (Ctrl-C), with each job's progress."),
     interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
 ) -> None:
-    """Per job: Slurm state and job-directory state (stage k of n, done, failed); counts per state."""
-    from trajhpc.status import status_command
+    """Per job: Slurm state and job-directory state (stage k of n, done, failed); counts per state.
+
+    A manifest's jobs are listed in its grid's order; a run directory's, one table per study.
+    """
+    from trajhpc.statusview import status_command
 
     status_command(console, target, run_root=run_root, watch=watch, interval=interval)
 
 
-@app.command("aggregate")
+@app.command("aggregate", short_help="Compare the arms of finished studies: CSVs, report.md, plots.")
 def aggregate(
-    targets: list[Path] = typer.Argument(None, help="Run roots or manifests (default: jobs/)."),
+    targets: list[Path] = typer.Argument(None, metavar="TARGET", help="Run roots or manifests (default: jobs/)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any incomplete or corrupt job."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
 ) -> None:

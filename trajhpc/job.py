@@ -41,7 +41,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import submitit
 from rich.console import Console
 
-from trajhpc import locks, provenance
+from trajhpc import locks, provenance, quiet, trainlog
 from trajhpc.atomic import atomic_write_json, atomic_write_jsonl
 from trajhpc.errors import InputError, TrajhpcError
 from trajhpc.jobdir import JobDir
@@ -105,6 +105,7 @@ def run_job(
     second run-job, a duplicate array task) is refused before it writes anything.
     """
     job_dir = Path(job_dir)
+    quiet.install()  # before torch, transformers and bitsandbytes are imported
     with locks.exclusive(JobDir(job_dir).lock) as held:
         if not held:
             who = locks.holder(JobDir(job_dir).lock)
@@ -232,7 +233,9 @@ def write_state(
     *,
     started: str,
     error: str | None = None,
+    activity: Mapping[str, Any] | None = None,
 ) -> None:
+    """``state.json``; while running, ``activity`` says what the job does now (see docs/CONTRACTS.md)."""
     atomic_write_json(
         JobDir(job_dir).state,
         {
@@ -244,6 +247,7 @@ def write_state(
             "updated": provenance.now_iso(),
             "ended": provenance.now_iso() if state != "running" else None,
             "slurm_job_id": provenance.slurm_job_id(),
+            "activity": dict(activity) if activity is not None and state == "running" else None,
         },
     )
 
@@ -322,23 +326,23 @@ class _Run:
     def run(self, metrics: dict[str, Any] | None) -> dict[str, Any]:
         from trajhpc import recipe
 
-        spec, job_dir, n = self.spec, self.job_dir, len(self.spec.order)
+        spec, job_dir = self.spec, self.job_dir
         prep = self.prep = recipe.prepare(spec, self.console)
         if prep.device.type == "cuda":
             import torch
 
             self.provenance["gpu"] = torch.cuda.get_device_name(prep.device)
 
-        from trajhpc import train
-
-        from trajhpc import checkpoint
-        from trajhpc.progress import StageProgress, log
+        from trajhpc import checkpoint, train
+        from trajhpc.progress import log
 
         stages, token_stages, found = self._earlier_attempts(metrics, checkpoint.find_checkpoint(job_dir))
         if stages:
             log(self.console, f"job {spec.job_id}: resuming after stage {len(stages) - 1}")
         done = len(stages) - 1
         self.provenance["resumed_after_stage"] = done if done >= 0 else None
+        # The stage after the checkpoint's is trained from its first step: its logged steps go.
+        trainlog.keep_through(job_dir, found[1]["stage"] if found else 0)
 
         # The model: quantized base + adapter (fresh, or the checkpoint's).
         model, optimizer = recipe.load_model(prep, found[0] / "adapter" if found else None)
@@ -349,10 +353,20 @@ class _Run:
         else:
             ckpt, meta = found
         evaluate = recipe.Evaluator(prep)
+        with trainlog.TrainLog(job_dir) as self.train_log:
+            self._stages(prep, model, optimizer, evaluate, ckpt, meta, stages, token_stages, done)
+        return read_json(JobDir(job_dir).metrics)
 
+    def _stages(self, prep, model, optimizer, evaluate, ckpt, meta, stages, token_stages, done) -> None:
+        """From the checkpoint's stage on: evaluate it (if not yet), train the next stage, checkpoint, repeat."""
+        from trajhpc import checkpoint, recipe
+        from trajhpc.progress import StageProgress, log
+
+        spec, job_dir, n = self.spec, self.job_dir, len(self.spec.order)
         k = meta["stage"]
         while True:
             if k > done:  # evaluate the checkpoint's stage
+                self._activity(done, {"phase": "evaluating", "stage": k})
                 log(self.console, f"stage {k}/{n}: evaluating {len(prep.heldout)} held-out examples")
                 entry, rows = evaluate(model, k, meta)
                 atomic_write_jsonl(JobDir(job_dir).predictions(k), rows)
@@ -368,12 +382,18 @@ class _Run:
             checkpoint.restore_checkpoint(ckpt, model, optimizer)
             k += 1
             plan = recipe.stage_plan(prep, k, meta)
+            self._activity(done, {"phase": "training", "stage": k, "steps": len(plan.steps)})
             with StageProgress(f"stage {k}/{n} {spec.order[k - 1]}", len(plan.steps), self.console) as progress:
                 meta, scheduler_state = recipe.train_stage(prep, model, optimizer, plan, meta, self._step_hook(k, progress))
+            self.train_log.sync()  # the checkpoint's steps are on disk before it is
             ckpt = checkpoint.save_checkpoint(job_dir, model, optimizer, meta, scheduler_state)
             if self.fault == ("after-checkpoint", k, None):
                 raise InjectedFault(f"after checkpoint {k}")
-        return read_json(JobDir(job_dir).metrics)
+
+    def _activity(self, done: int, activity: Mapping[str, Any]) -> None:
+        """state.json says what the job does now (a live view reads it with train_log.jsonl)."""
+        write_state(self.job_dir, "running", max(done, 0), len(self.spec.order), started=self.provenance["started"],
+                    activity=activity)
 
     def _earlier_attempts(self, metrics, found):
         """(stage entries, token entries, checkpoint) that earlier attempts left, checked for consistency."""
@@ -394,10 +414,14 @@ class _Run:
         return stages, token_stages, found
 
     def _step_hook(self, stage: int, progress):
-        def hook(step: int, n_steps: int, loss: float, tokens: int) -> None:
-            progress.update(step, n_steps, loss, tokens)
-            if self.fault == ("step", stage, step):
-                raise InjectedFault(f"stage {stage} step {step}")
+        def hook(r) -> None:  # a trajhpc.train.StepReport
+            progress.update(r.step, r.n_steps, r.loss, r.tokens)
+            self.train_log.append(trainlog.entry(
+                stage=stage, step=r.step, loss=r.loss, lr=r.lr, tokens=r.supervised_tokens,
+                tokens_per_s=r.tokens / r.seconds if r.seconds > 0 else 0.0,
+            ))
+            if self.fault == ("step", stage, r.step):
+                raise InjectedFault(f"stage {stage} step {r.step}")
             if self.fault is not None and self.fault[0] == "slow":
                 time.sleep(self.fault[1] / 1000)  # wall time that does not depend on the CPU
 

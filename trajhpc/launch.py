@@ -32,13 +32,13 @@ from trajhpc.errors import TrajhpcError, last_line
 from trajhpc.grid import GridJob, expand
 from trajhpc.localrun import run_local
 from trajhpc.manifest import Manifest, load_manifest, run_root_problem
-from trajhpc.status import (
-    JobFiles, collect_rows, counts_line, decide, is_active, make_row, observe, render_table, watch_rows,
-)
+from trajhpc.liveview import watch_rows
+from trajhpc.status import JobFiles, collect_rows, counts_line, decide, is_active, make_row, observe, render_table
 from trajhpc.submission import (
     JOURNAL, Submitter, jobs_phrase, recover_interrupted, study_lock, write_journal, write_record, write_spec,
 )
 from trajhpc.submitit_adapter import convert_mem, sbatch_string
+from trajhpc.termtable import Col
 
 SUBMITIT_DIR = ".submitit"
 EXECUTORS = ("slurm", "local", "auto")
@@ -165,18 +165,32 @@ class Launch:
             "submitit_folder": str(self.folder),
         }
 
-    def check_paths(self) -> None:
-        """Before a real submission: the image file and every manifest bind source must exist."""
+    def path_problems(self) -> list[tuple[str, str]]:
+        """(manifest field, message) for the image file and each manifest bind source that does not exist here."""
         box = self.manifest.container
+        problems: list[tuple[str, str]] = []
         if box.runtime == "none":
-            return
+            return problems
         if box.runtime == "apptainer" and self.image and "://" not in self.image and not Path(self.image).is_file():
-            message = f"image file {self.image} not found (apptainer build it first)"
-            raise self.manifest.error("container.image", message)
+            problems.append(("container.image", f"image file {self.image} not found (apptainer build it first)"))
         for i, bind in enumerate(box.binds):
             src = Path(_expand_bind(bind, self.manifest, i).split(":")[0])
             if not src.exists():
-                raise self.manifest.error(f"container.binds.{i}", f"{src} does not exist (the runtime would refuse it)")
+                problems.append((f"container.binds.{i}", f"{src} does not exist (the runtime would refuse it)"))
+        return problems
+
+    def check_paths(self) -> None:
+        """Before a real submission: the image file and every manifest bind source must exist."""
+        for field_name, message in self.path_problems()[:1]:
+            raise self.manifest.error(field_name, message)
+
+    def missing_paths(self) -> list[str]:
+        """What a dry run warns about: what ``check_paths`` would refuse, and a runtime a local run lacks."""
+        out = [f"{self.manifest.error(f, m)}; a real submit stops here" for f, m in self.path_problems()]
+        runtime = self.manifest.container.runtime
+        if self.kind == "local" and runtime != "none" and shutil.which(runtime) is None:
+            out.append(f"{runtime} is not on PATH: the local jobs run in the container and would fail")
+        return out
 
     def digest(self) -> None:
         box = self.manifest.container
@@ -319,22 +333,24 @@ def show_submission(console: Console, sub: Submission, *, dry_run: bool, rates: 
     if dry_run:
         now = dt.datetime.now(dt.timezone.utc)
         rows = [make_row(f, sub.sched.get(f.job_id), now) for f in sub.files]
-        actions = {"action": _action_column(sub.jobs, sub.groups)}
-        console.print(render_table(rows, f"study {sub.manifest.study}", actions))
+        actions = [Col("action", _action_column(sub.jobs, sub.groups))]
+        console.print(render_table(rows, f"study {sub.manifest.study}", actions, width=console.width))
     console.print(
         f"{jobs_phrase(len(sub.jobs))}: {len(sub.todo)} to submit, {len(sub.groups['skip'])} done (skipped), "
         f"{len(sub.groups['leave'])} queued or running (left alone)",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
     if rates is not None:
         print_estimate(console, sub.manifest, sub.jobs, sub.todo, rates)
     if not dry_run:
         return
     launch = sub.launch
+    for warning in launch.missing_paths():
+        console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     if not sub.todo:
         console.print("nothing to submit")
     elif launch.kind == "slurm":
-        console.print(f"sbatch script for {jobs_phrase(len(sub.todo))} ({launch.folder}):", highlight=False)
+        console.print(f"sbatch script for {jobs_phrase(len(sub.todo))} ({launch.folder}):", highlight=False, soft_wrap=True)
         console.out(launch.sbatch(len(sub.todo)), highlight=False)
     else:
         command = submitit_command(launch.python, launch.folder)
@@ -346,7 +362,8 @@ def send_submission(console: Console, sub: Submission) -> None:
     todo, launch = sub.todo, sub.launch
     for job in todo:
         if sub.sched.get(job.job_id):  # submitted before: say why it goes again
-            console.print(f"resubmitting {job.job_id} (was {sub.sched[job.job_id].lower()})", highlight=False)
+            console.print(f"resubmitting {job.job_id} (was {sub.sched[job.job_id].lower()})", highlight=False,
+                          soft_wrap=True)
     if not todo:
         console.print("nothing to submit")
         return
@@ -356,7 +373,8 @@ def send_submission(console: Console, sub: Submission) -> None:
     if launch.kind == "slurm":
         ids = submit_slurm(todo, launch)
         what = f"array {ids[0].split('_')[0]}" if len(ids) > 1 else f"job {ids[0]}"
-        console.print(f"submitted {jobs_phrase(len(ids))} as Slurm {what} (logs in {launch.folder})", highlight=False)
+        console.print(f"submitted {jobs_phrase(len(ids))} as Slurm {what} (logs in {launch.folder})", highlight=False,
+                      soft_wrap=True)
     else:
         run_local(
             console, todo, list(zip(*_task_args(todo, launch))),
@@ -399,7 +417,7 @@ def submit_command(
         rows = watch_rows(console, lambda: dirs, title, 10.0, until_idle=True, specs=sub.specs)
     elif kind == "local" and sub.todo:
         rows = collect_rows(dirs, sub.specs)
-        console.print(counts_line(rows), highlight=False)
+        console.print(counts_line(rows), highlight=False, soft_wrap=True)
         ran = {job.job_id for job in sub.todo}
         rows = [r for r in rows if r.job_id in ran]  # others may still run under another submit
     else:
@@ -411,13 +429,13 @@ def wait_status(console: Console, rows: Sequence[Any]) -> int:
     """Exit status once submit has waited for its jobs: 0 only when none failed (see ``submit_command``)."""
     active = sum(is_active(r) for r in rows)
     if active:  # watch_rows returns early only on Ctrl-C
-        console.print(f"stopped waiting; {jobs_phrase(active)} still queued or running", highlight=False)
+        console.print(f"stopped waiting; {jobs_phrase(active)} still queued or running", highlight=False, soft_wrap=True)
         return EXIT_INTERRUPTED
     unfinished = sum(r.label in UNFINISHED for r in rows)
     if unfinished:
         console.print(
             f"{jobs_phrase(unfinished)} did not finish (`trajhpc status` says why; `trajhpc submit` again resumes them)",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
         return EXIT_JOBS_FAILED
     return 0

@@ -1,11 +1,15 @@
 """Running a study's jobs on this machine: submitit's local executor, a few jobs at a time.
 
 The local executor has no queue, so trajhpc keeps the slots busy itself: CPU jobs share
-the cores (and memory), GPU jobs get disjoint visible GPUs.
+the cores (and memory), GPU jobs get disjoint visible GPUs. Meanwhile every job of the
+run is on a :class:`trajhpc.liveview.Board`: a live table on a terminal (stage, step,
+loss, tok/s, ETA per job), a line per finished stage in a log file.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -18,7 +22,8 @@ from rich.console import Console
 from trajhpc.errors import TrajhpcError, last_line
 from trajhpc.grid import GridJob
 from trajhpc.manifest import Resources
-from trajhpc.status import GONE, display_state, read_job_dir
+from trajhpc.liveview import Board, Progress
+from trajhpc.status import GONE, JobFiles, Row, display_state, make_row, read_job_dir
 from trajhpc.submission import Submitter, jobs_phrase, write_record
 
 POLL_S = 1.0
@@ -89,44 +94,79 @@ def run_local(
     slots = local_slots(res, len(os.sched_getaffinity(0)), _visible_gpus(), memory_gb)
     console.print(
         f"running {jobs_phrase(len(jobs))} locally, {len(slots)} at a time (logs in {submitter.folder})",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
     waiting = deque(zip(jobs, task_args))
     running: dict[int, tuple[GridJob, Any]] = {}
+    ended: dict[str, tuple[JobFiles, Row]] = {}  # job id -> its files and row once it ended
+    not_started = {job.job_id: _waiting(job) for job in jobs}
     finished = 0
-    try:
-        while waiting or running:
-            for slot, gpus in enumerate(slots):
-                if slot in running or not waiting:
-                    continue
-                job, args = waiting.popleft()
-                executor = submitit.LocalExecutor(
-                    folder=submitter.folder, max_num_timeout=res.max_requeues, python=python
-                )
-                executor.update_parameters(
-                    timeout_min=res.timeout_min,
-                    signal_delay_s=res.signal_delay_s,
-                    gpus_per_node=len(gpus),
-                    visible_gpus=gpus,
-                )
-                # The controller copies this process's environment when it starts.
-                with environment_variables(OMP_NUM_THREADS=res.cpus_per_task):
-                    handle = executor.submit(JobTask(), *args)
-                write_record(job, submitter, slurm_job_id=None, local_pid=int(handle.job_id))
-                running[slot] = (job, handle)
-            time.sleep(POLL_S)
-            for slot, (job, handle) in list(running.items()):
-                if handle.done():
-                    del running[slot]
-                    finished += 1
-                    files = read_job_dir(job.run_dir)
-                    label, detail = display_state(files.state, files.complete, GONE)
-                    if label == "failed" and not (files.state or {}).get("error"):
-                        # died before writing state.json: submitit's captured exception says why
-                        detail = _failure_line(handle.exception()) or detail
-                    line = f"[{finished}/{len(jobs)}] {job.job_id} {job.spec.arm} seed {job.spec.seed}: {label}"
-                    console.print(line + (f" ({detail})" if detail else ""), highlight=False, soft_wrap=True)
-    except BaseException:  # Ctrl-C, or a record that could not be written (disk full)
-        for _, handle in running.values():
-            handle.cancel()
-        raise
+    title = f"study {jobs[0].study}" if jobs else "local run"
+    with Board(console, title, labels=False, tables=False) as board:
+        try:
+            while waiting or running:
+                for slot, gpus in enumerate(slots):
+                    if slot in running or not waiting:
+                        continue
+                    job, args = waiting.popleft()
+                    executor = submitit.LocalExecutor(
+                        folder=submitter.folder, max_num_timeout=res.max_requeues, python=python
+                    )
+                    executor.update_parameters(
+                        timeout_min=res.timeout_min,
+                        signal_delay_s=res.signal_delay_s,
+                        gpus_per_node=len(gpus),
+                        visible_gpus=gpus,
+                    )
+                    # The controller copies this process's environment when it starts.
+                    with environment_variables(OMP_NUM_THREADS=res.cpus_per_task):
+                        handle = executor.submit(JobTask(), *args)
+                    write_record(job, submitter, slurm_job_id=None, local_pid=int(handle.job_id))
+                    running[slot] = (job, handle)
+                time.sleep(POLL_S)
+                for slot, (job, handle) in list(running.items()):
+                    if handle.done():
+                        del running[slot]
+                        finished += 1
+                        files, row = ended[job.job_id] = _ended(job, handle)
+                        line = f"[{finished}/{len(jobs)}] {job.job_id} {job.spec.arm} seed {job.spec.seed}: {row.label}"
+                        console.print(line + (f" ({row.detail})" if row.detail else ""), highlight=False,
+                                      soft_wrap=True)
+                _show(board, jobs, {job.job_id for job, _ in running.values()}, ended, not_started)
+        except BaseException:  # Ctrl-C, or a record that could not be written (disk full)
+            for _, handle in running.values():
+                handle.cancel()
+            raise
+
+
+def _ended(job: GridJob, handle: Any) -> tuple[JobFiles, Row]:
+    """The files and row of a job whose process ended, labelled by what the job itself reported
+    (submitit's captured exception says why a job died before writing state.json)."""
+    files = read_job_dir(job.run_dir)
+    label, detail = display_state(files.state, files.complete, GONE)
+    if label == "failed" and not (files.state or {}).get("error"):
+        detail = _failure_line(handle.exception()) or detail
+    return files, dataclasses.replace(make_row(files, GONE, dt.datetime.now(dt.timezone.utc)), label=label, detail=detail)
+
+
+def _show(board: Board, jobs: Sequence[GridJob], running: set[str], ended: dict[str, tuple[JobFiles, Row]],
+          waiting: dict[str, tuple[JobFiles, Row]]) -> None:
+    """Every job of the run on the board: ended, running (its files read now) or waiting for a slot."""
+    now = dt.datetime.now(dt.timezone.utc)
+    files, rows, progress = [], [], []
+    for job in jobs:
+        if job.job_id in running:
+            f = read_job_dir(job.run_dir)
+            row = make_row(f, "RUNNING", now)
+        else:
+            f, row = ended.get(job.job_id) or waiting[job.job_id]
+        files.append(f)
+        rows.append(row)
+        progress.append(board.progress(f) if job.job_id in running or job.job_id in ended else Progress())
+    board.show(files, rows, progress)
+
+
+def _waiting(job: GridJob) -> tuple[JobFiles, Row]:
+    """A job not started yet in this run (its directory, maybe left by an earlier run, is not read)."""
+    files = JobFiles(job.job_id, job.run_dir, job.spec.to_dict(), None, False, None)
+    return files, dataclasses.replace(make_row(files, None, dt.datetime.now(dt.timezone.utc)), label="waiting")

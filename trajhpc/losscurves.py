@@ -1,9 +1,10 @@
 """Training-loss curves per arm from each job's ``train_log.jsonl``.
 
-A job writes one JSON object per optimizer step (docs/CONTRACTS.md):
+A job writes one JSON object per optimizer step (:mod:`trajhpc.trainlog`, docs/CONTRACTS.md):
 ``{"stage": int, "step": int (1-based within the stage), "loss": float, "lr": float,
 "tokens": int, "tokens_per_s": float}``. Reading is tolerant: a missing or damaged log
-means no curve for that job, said in a note, never an exception; files are read with
+means no curve for that job, said in a note, never an exception (stricter than the writer's own
+reader, which skips a line torn by a kill: a study's curves should not hide damage); files are read with
 :mod:`trajhpc.jobdir`'s bounded reader (a FIFO or a huge file is refused, not read).
 
 :func:`loss_frame` is pure: per arm and global step (the job's steps counted across its
@@ -21,8 +22,8 @@ from typing import Any, Sequence
 import polars as pl
 
 from trajhpc.jobdir import FileProblem, read_bytes
+from trajhpc.trainlog import TRAIN_LOG
 
-TRAIN_LOG = "train_log.jsonl"
 MAX_LOG_BYTES = 64 * 2**20  # ~ 500,000 steps of ~120 bytes
 _INT, _FLOAT = "an integer", "a number"
 FIELDS = {"stage": _INT, "step": _INT, "loss": _FLOAT, "lr": _FLOAT, "tokens": _INT, "tokens_per_s": _FLOAT}

@@ -368,10 +368,22 @@ def excluded_lines(bad: pl.DataFrame, limit: int = MAX_EXCLUDED_LINES) -> list[s
     return lines
 
 
-def print_summary(console: Any, result: StudyResult, out: Path | None = None) -> None:
-    """A rich table per study: final accuracy, BWT, tokens per arm; paired differences; exclusions."""
-    from rich.table import Table
+def _fit(title: str, heads: Sequence[tuple[str, int | None]], rows: Sequence[Sequence[str]], width: int,
+         fold: Sequence[str] = ()):
+    """A terminal table no wider than ``width``: (header, keep) per column, None never dropped
+    (trajhpc.termtable); numbers right-aligned, ``fold`` columns wrap."""
+    from trajhpc.termtable import Col, fit_table
 
+    cols = [
+        Col(head, [row[i] for row in rows], keep=keep, fold=head in fold, fold_min=12,
+            justify="left" if i == 0 or head in fold else "right")
+        for i, (head, keep) in enumerate(heads)
+    ]
+    return fit_table(cols, width, title=title)
+
+
+def print_summary(console: Any, result: StudyResult, out: Path | None = None) -> None:
+    """Tables that fit the console: final accuracy, BWT, tokens per arm; paired differences; exclusions."""
     jobs = result.jobs
     bad = jobs.filter(pl.col("status") != "ok")
     console.print(f"[bold]study {result.study}[/]: {jobs.height - bad.height} complete jobs, {bad.height} excluded")
@@ -381,35 +393,31 @@ def print_summary(console: Any, result: StudyResult, out: Path | None = None) ->
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     if result.units.height:
         s = result.summary
-        # Two narrow tables rather than one wide one, so both stay legible in 80 columns.
-        table = Table(title=f"{result.study}: final accuracy, mean [95% CI]")
-        for col in ("arm", "units", "exact", "API name", "API name excl. ToolSearcher", "BWT exact"):
-            table.add_column(col, justify="left" if col == "arm" else "right")
-        for arm in result.arms:
-            table.add_row(
-                arm, str(_lookup(s, arm, "exact").get("n", 0)),
-                *(_ci(_lookup(s, arm, m)) for m in ("exact", "name", "name_excl_toolsearcher", "bwt_exact")),
-            )
-        console.print(table)
-        table = Table(title=f"{result.study}: compute, mean tokens per unit")
-        for col in ("arm", "supervised", "vs A", "total", "vs A", "exact @ total budget"):
-            table.add_column(col, justify="left" if col == "arm" else "right")
+        # Two narrow tables rather than one wide one; at 80 columns the low-value columns go (the caption says which).
+        rows = [
+            [arm, str(_lookup(s, arm, "exact").get("n", 0)),
+             *(_ci(_lookup(s, arm, m)) for m in ("exact", "name", "name_excl_toolsearcher", "bwt_exact"))]
+            for arm in result.arms
+        ]
+        heads = [("arm", None), ("units", 30), ("exact", None), ("API name", 60), ("API name excl.\nToolSearcher", 40),
+                 ("BWT exact", 20)]
+        console.print(_fit(f"{result.study}: final accuracy, mean [95% CI]", heads, rows, console.width))
+        rows = []
         for arm in result.arms:
             sup, tot = _lookup(s, arm, "supervised_tokens"), _lookup(s, arm, "total_tokens")
-            table.add_row(
+            rows.append([
                 arm, _int(sup.get("mean")), _num(sup.get("ratio_vs_A")), _int(tot.get("mean")),
                 _num(tot.get("ratio_vs_A")), _ci(_lookup(s, arm, "exact_at_budget_total")),
-            )
-        console.print(table)
+            ])
+        heads = [("arm", None), ("supervised", 50), ("vs A", 40), ("total", 50), ("vs A", 40), ("exact @ total budget", None)]
+        console.print(_fit(f"{result.study}: compute, mean tokens per unit", heads, rows, console.width))
         shown = ["exact", "exact_at_budget_supervised", "exact_at_budget_total"]
         paired = result.paired.filter(pl.col("metric").is_in(shown))
         if paired.height:
-            table = Table(title="paired differences (matched on seed, order)")
-            for col in ("comparison", "metric", "pairs", "mean [95% CI]", "p"):
-                table.add_column(col)
-            for r in paired.to_dicts():
-                table.add_row(f"{r['arm']} − {r['baseline']}", METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r),
-                              _p(r["p_value"], r["p_exact"]))
-            console.print(table)
+            rows = [[f"{r['arm']} − {r['baseline']}", METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r),
+                     _p(r["p_value"], r["p_exact"])] for r in paired.to_dicts()]
+            heads = [("comparison", None), ("metric", None), ("pairs", 30), ("mean [95% CI]", None), ("p", None)]
+            console.print(_fit("paired differences (matched on seed, order)", heads, rows, console.width,
+                               fold=("comparison", "metric")))
     if out is not None:
         console.print(f"wrote {out}")

@@ -3,7 +3,8 @@
 Pure core: ``display_state`` (state.json, metrics complete?, scheduler state -> label
 and detail) and ``decide`` (the resubmission rule). I/O at the edges: reading job
 directories, one ``sacct`` call for all recorded Slurm ids (``squeue`` for what it
-lacks), rendering with rich.
+lacks), one row per job, and the table that fits the console (:mod:`trajhpc.termtable`).
+The ``status`` command is :mod:`trajhpc.statusview`; the live view :mod:`trajhpc.liveview`.
 """
 
 from __future__ import annotations
@@ -11,21 +12,19 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
-from rich.console import Console, Group
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from trajhpc.errors import TrajhpcError, last_line
-from trajhpc.jobdir import FileProblem, JobDir, dir_problem, find_job_dirs, open_regular, read_json_object
+from trajhpc.jobdir import FileProblem, JobDir, dir_problem, open_regular, read_json_object
 from trajhpc.slurmquery import GONE, SlurmInfo, ask_slurm
 from trajhpc.spec import SPEC_SCHEMA, spec_from_dict
+from trajhpc.termtable import Col, fit_table
 
 
 # Slurm job states (squeue/sacct names) grouped by what they mean for a job.
@@ -37,9 +36,10 @@ ACTIVE_STATES = PENDING_STATES | RUNNING_STATES
 # Slurm could not be asked (status only: submit refuses to guess).
 UNKNOWN = "UNKNOWN"
 
-LABELS = ("done", "running", "pending", "failed", "interrupted", "cancelled", "corrupt", "unreadable", "not submitted")
+# "waiting": a job of a local run waiting for a free slot.
+LABELS = ("done", "running", "pending", "waiting", "failed", "interrupted", "cancelled", "corrupt", "unreadable", "not submitted")
 _STYLE = {
-    "done": "green", "running": "cyan", "pending": "yellow", "failed": "red", "interrupted": "magenta",
+    "done": "green", "running": "cyan", "pending": "yellow", "waiting": "yellow", "failed": "red", "interrupted": "magenta",
     "cancelled": "magenta", "corrupt": "bold red", "unreadable": "bold red",
 }
 
@@ -158,7 +158,7 @@ class JobFiles:
 _STR, _INT = (str,), (int,)
 # The fields status reads, and the JSON types each may have (null always allowed).
 STATE_FIELDS = {"state": _STR, "stage": _INT, "n_stages": _INT, "error": _STR, "started": _STR, "updated": _STR,
-                "ended": _STR, "slurm_job_id": (str, int)}
+                "ended": _STR, "slurm_job_id": (str, int), "activity": (dict,)}
 RECORD_FIELDS = {"slurm_job_id": (str, int), "slurm_job_name": _STR, "local_pid": _INT, "submitit_folder": _STR,
                  "stderr": _STR}
 _JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
@@ -381,18 +381,28 @@ def counts_line(rows: Iterable[Row]) -> str:
     return f"{total} job{'' if total == 1 else 's'}: " + (" · ".join(parts) if parts else "none")
 
 
-def render_table(rows: Sequence[Row], title: str, extra: Mapping[str, Sequence[str]] | None = None) -> Table:
-    """A rich table of rows; ``extra`` adds columns (name -> one value per row)."""
-    table = Table(title=title, title_justify="left")
-    for name in ("job id", "arm", "seed", "order", "slurm", "state", "detail", "elapsed"):
-        table.add_column(name, no_wrap=name in ("job id", "arm", "seed", "order", "slurm", "state"))
-    for name in extra or {}:
-        table.add_column(name, no_wrap=True)
-    for i, row in enumerate(rows):
-        state = Text(row.label, style=_STYLE.get(row.label, ""))
-        more = [values[i] for values in (extra or {}).values()]
-        table.add_row(row.job_id, row.arm, row.seed, row.order, row.slurm, state, row.detail, row.elapsed, *more)
-    return table
+def status_columns(rows: Sequence[Row], keep: Mapping[str, int] | None = None) -> list[Col]:
+    """The status table's columns, each with how it gives way at a narrow width (trajhpc.termtable):
+    blank slurm/detail/elapsed columns go, then slurm, elapsed, order, job id, seed; detail folds.
+    ``keep`` overrides a column's value (the live view needs the job id least)."""
+    value = {"slurm": 20, "elapsed": 30, "order": 35, "job id": 40, "seed": 60, "detail": 70} | dict(keep or {})
+    return [
+        Col("job id", [r.job_id for r in rows], keep=value["job id"]),
+        Col("arm", [r.arm for r in rows]),
+        Col("seed", [r.seed for r in rows], keep=value["seed"]),
+        Col("order", [r.order for r in rows], keep=value["order"]),
+        Col("slurm", [r.slurm for r in rows], keep=value["slurm"], blank_drops=True),
+        Col("state", [Text(r.label, style=_STYLE.get(r.label, "")) for r in rows]),
+        Col("detail", [r.detail for r in rows], keep=value["detail"], fold=True, blank_drops=True),
+        Col("elapsed", [r.elapsed for r in rows], keep=value["elapsed"], blank_drops=True),
+    ]
+
+
+def render_table(
+    rows: Sequence[Row], title: str, extra: Sequence[Col] = (), *, width: int = 80, keep: Mapping[str, int] | None = None
+) -> Table:
+    """The rows as a table at most ``width`` cells wide; ``extra`` columns follow the status columns."""
+    return fit_table([*status_columns(rows, keep), *extra], width, title=title)
 
 
 def observe(
@@ -414,63 +424,4 @@ def collect_rows(
 
 
 def is_active(row: Row) -> bool:
-    return row.label in ("running", "pending")
-
-
-def watch_rows(
-    console: Console,
-    job_dirs: Callable[[], Sequence[Path]],
-    title: str,
-    interval: float,
-    *,
-    until_idle: bool,
-    specs: Mapping[str, Mapping[str, Any]] | None = None,
-) -> list[Row]:
-    """Refresh the table every ``interval`` s (rich Live) until Ctrl-C, or until no job is active."""
-    rows = collect_rows(job_dirs(), specs)
-    view = lambda rs: Group(render_table(rs, title), Text(counts_line(rs)))  # noqa: E731
-    with Live(view(rows), console=console, refresh_per_second=4, transient=False) as live:
-        try:
-            while not (until_idle and not any(is_active(r) for r in rows)):
-                time.sleep(interval)
-                rows = collect_rows(job_dirs(), specs)
-                live.update(view(rows))
-        except KeyboardInterrupt:
-            pass
-    return rows
-
-
-# ---------------------------------------------------------------- command
-
-
-def _target_dirs(
-    target: Path | None, run_root: Path | None
-) -> tuple[Callable[[], list[Path]], str, dict[str, dict[str, Any]]]:
-    """(job directory lister, title, specs by job id) for a manifest, a run directory, or the default run root."""
-    target = target if target is not None else (run_root or Path("jobs"))
-    if target.is_file() or target.suffix in (".yaml", ".yml"):
-        from trajhpc.grid import expand
-        from trajhpc.manifest import load_manifest
-
-        manifest = load_manifest(target)
-        jobs = expand(manifest, run_root)
-        dirs = [job.run_dir for job in jobs]
-        return (lambda: dirs), f"study {manifest.study} ({target})", {j.job_id: j.spec.to_dict() for j in jobs}
-    if not target.is_dir():
-        raise TrajhpcError(f"{target}: no such manifest or run directory")
-    return (lambda: find_job_dirs(target)), str(target), {}
-
-
-def status_command(
-    console: Console, target: Path | None, *, run_root: Path | None, watch: bool, interval: float
-) -> None:
-    """``trajhpc status``: a table per job and counts per state; ``--watch`` refreshes until Ctrl-C."""
-    lister, title, specs = _target_dirs(target, run_root)
-    if watch:
-        if interval <= 0:
-            raise TrajhpcError(f"--interval must be positive, got {interval}")
-        watch_rows(console, lister, title, interval, until_idle=False, specs=specs)
-        return
-    rows = collect_rows(lister(), specs)
-    console.print(render_table(rows, title))
-    console.print(counts_line(rows), highlight=False)
+    return row.label in ("running", "pending", "waiting")

@@ -126,7 +126,7 @@ def study_lock(console: Console, study_dir: Path, timeout_s: float | None = None
                 console.print(
                     f"another trajhpc submit of study {study_dir.name} is running; waiting up to {timeout_s:.0f} s "
                     f"for it ({path})",
-                    highlight=False,
+                    highlight=False, soft_wrap=True,
                 )
                 if not stack.enter_context(locks.exclusive(path, timeout_s)):
                     raise TrajhpcError(
@@ -171,7 +171,7 @@ def recover_interrupted(console: Console, study_dir: Path) -> None:
     except FileNotFoundError:
         return
     except (OSError, ValueError, KeyError, TypeError):
-        console.print(f"ignoring unreadable {path}", highlight=False)
+        console.print(f"ignoring unreadable {path}", highlight=False, soft_wrap=True)
         path.unlink(missing_ok=True)
         return
     try:
@@ -194,12 +194,12 @@ def recover_interrupted(console: Console, study_dir: Path) -> None:
         console.print(
             f"an earlier submit was interrupted after Slurm accepted its {jobs_phrase(len(job_ids))} "
             f"(job {array}): recorded them",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
     else:
         console.print(
             f"an earlier submit was interrupted before Slurm accepted its {jobs_phrase(len(job_ids))}: "
             "they are submitted again",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
     path.unlink(missing_ok=True)

@@ -99,7 +99,7 @@ def load_base_model(
             gradient_checkpointing_kwargs=ckpt_kwargs,
         )
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=ckpt_kwargs)
         model.enable_input_require_grads()
     return model
 
@@ -252,7 +252,20 @@ class StageResult:
     scheduler_state: dict[str, Any] | None
 
 
-StepHook = Callable[[int, int, float, int], None]  # (step, n_steps, step loss, tokens in step)
+@dataclass(frozen=True)
+class StepReport:
+    """One optimizer step, as the loop tells its hook."""
+
+    step: int  # 1-based within the stage
+    n_steps: int
+    loss: float  # the step's loss: summed over its target tokens, divided by their number
+    lr: float  # the learning rate the step used
+    tokens: int  # real (unpadded) tokens the step trained on
+    supervised_tokens: int  # target tokens (the loss is over these)
+    seconds: float  # the step's wall time
+
+
+StepHook = Callable[[StepReport], None]
 
 
 def train_stage(
@@ -285,6 +298,7 @@ def train_stage(
     model.train()
     loss_sum, target_sum, token_sum, first = 0.0, 0, 0, 0
     for step, n_micro in enumerate(plan.steps):
+        step_started = time.perf_counter()
         micro = plan.batches[first : first + n_micro]
         first += n_micro
         n_target = sum(target_tokens(examples[i]) for b in micro for i in b)
@@ -299,6 +313,7 @@ def train_stage(
             step_tokens += int(batch["attention_mask"].sum())
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]  # what this step uses; the scheduler moves it after
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
@@ -307,7 +322,8 @@ def train_stage(
         target_sum += n_target
         token_sum += step_tokens
         if on_step is not None:
-            on_step(step + 1, n_steps, step_loss, step_tokens)
+            seconds = time.perf_counter() - step_started
+            on_step(StepReport(step + 1, n_steps, step_loss, float(lr), step_tokens, n_target, seconds))
     loss = loss_sum / target_sum if target_sum else None
     return StageResult(loss, time.perf_counter() - started, n_steps, token_sum, scheduler.state_dict())
 

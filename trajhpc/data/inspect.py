@@ -243,7 +243,8 @@ def inspect_command(
     if study.excluded:
         console.print(
             f"{study.n_excluded} record(s) excluded (gold call cannot be parsed): "
-            + ", ".join(e.record.uid for e in study.excluded)
+            + ", ".join(e.record.uid for e in study.excluded),
+            highlight=False, soft_wrap=True,
         )
     if spec.source is not None:
         at = f"@{spec.source.revision}" if spec.source.revision else ""

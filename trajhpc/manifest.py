@@ -153,31 +153,27 @@ class ConditionEntry(_Strict):
         return self
 
 
-def _kind(mapping: str, **others: type) -> Any:
-    """Discriminator choosing a union member by the Python type of the raw value."""
+def _by_kind(error: str, message: str, mapping: Any, **others: tuple[type, Any]) -> Any:
+    """A union whose member is chosen by the Python type of the raw value: a mapping is ``mapping``;
+    a value of type T is the annotation of the ``others`` entry ``(T, annotation)``; else ``message``."""
+    members = [Annotated[mapping, Tag(UNION_TAG + "mapping")]]
+    members += [Annotated[annotation, Tag(UNION_TAG + tag)] for tag, (_, annotation) in others.items()]
 
     def pick(value: Any) -> str | None:
         if isinstance(value, dict):
-            return UNION_TAG + mapping
-        for tag, kind in others.items():
+            return UNION_TAG + "mapping"
+        for tag, (kind, _) in others.items():
             if isinstance(value, kind) and not isinstance(value, bool):
                 return UNION_TAG + tag
         return None
 
-    return pick
+    return Annotated[Union[tuple(members)], Discriminator(pick, custom_error_type=error, custom_error_message=message)]
 
 
-ConditionItem = Annotated[
-    Union[
-        Annotated[Annotated[str, AfterValidator(_condition_name)], Tag(UNION_TAG + "name")],
-        Annotated[ConditionEntry, Tag(UNION_TAG + "entry")],
-    ],
-    Discriminator(
-        _kind("entry", name=str),
-        custom_error_type="condition",
-        custom_error_message="expected a condition name (A, B, calls-only) or a mapping like {condition: A, ...}",
-    ),
-]
+ConditionItem = _by_kind(
+    "condition", "expected a condition name (A, B, calls-only) or a mapping like {condition: A, ...}",
+    ConditionEntry, name=(str, Annotated[str, AfterValidator(_condition_name)]),
+)
 
 
 # ---------------------------------------------------------------- seeds and orders
@@ -196,17 +192,10 @@ class SeedRange(_Strict):
         return self
 
 
-Seeds = Annotated[
-    Union[
-        Annotated[list[Seed], Field(min_length=1), Tag(UNION_TAG + "list")],
-        Annotated[SeedRange, Tag(UNION_TAG + "range")],
-    ],
-    Discriminator(
-        _kind("range", list=list),
-        custom_error_type="seeds",
-        custom_error_message="expected a list of seeds like [0, 1, 2] or a mapping like {count: 5, start: 0}",
-    ),
-]
+Seeds = _by_kind(
+    "seeds", "expected a list of seeds like [0, 1, 2] or a mapping like {count: 5, start: 0}",
+    SeedRange, list=(list, Annotated[list[Seed], Field(min_length=1)]),
+)
 
 
 class RandomOrders(_Strict):
@@ -216,18 +205,12 @@ class RandomOrders(_Strict):
     seed: Int = 0
 
 
-Orders = Annotated[
-    Union[
-        Annotated[list[Annotated[list[str], Field(min_length=1)]], Field(min_length=1), Tag(UNION_TAG + "list")],
-        Annotated[Literal["all", "latin"], Tag(UNION_TAG + "name")],
-        Annotated[RandomOrders, Tag(UNION_TAG + "random")],
-    ],
-    Discriminator(
-        _kind("random", list=list, name=str),
-        custom_error_type="orders",
-        custom_error_message="expected a list of block lists, 'all', 'latin' or a mapping like {random: 4, seed: 0}",
-    ),
-]
+Orders = _by_kind(
+    "orders", "expected a list of block lists, 'all', 'latin' or a mapping like {random: 4, seed: 0}",
+    RandomOrders,
+    list=(list, Annotated[list[Annotated[list[str], Field(min_length=1)]], Field(min_length=1)]),
+    name=(str, Literal["all", "latin"]),
+)
 
 
 # ---------------------------------------------------------------- where jobs run

@@ -183,6 +183,9 @@ def _continual_section(result: StudyResult) -> list[str]:
     return out
 
 
+_PARAMS_SOURCES = {"resources": "the counts each job recorded", "model table": "trajhpc's table of known models"}
+
+
 def _compute_section(result: StudyResult) -> list[str]:
     s = result.summary
     rows = []
@@ -196,7 +199,8 @@ def _compute_section(result: StudyResult) -> list[str]:
               "exact per M supervised tokens"]
     sources = result.units["params_source"].drop_nulls().unique().sort().to_list()
     flops_note = (
-        f"FLOPs ≈ (4·N_base + 6·N_LoRA) × padded tokens, parameter counts from: {', '.join(sources)}."
+        f"FLOPs ≈ (4·N_base + 6·N_LoRA) × padded tokens, with parameter counts from "
+        f"{' and '.join(_PARAMS_SOURCES.get(s, s) for s in sources)}."
         if sources
         else "FLOPs are unknown: the jobs did not record parameter counts and the model is not in the table."
     )

@@ -114,10 +114,12 @@ def test_recipe_has_smollm2_weights_wheel(recipe: str) -> None:
 
 
 def test_dockerfile_torch_from_cuda_index_matching_base_image(dockerfile: str, core_pins: dict[str, str]) -> None:
+    # By default the CUDA image; CI passes BASE_IMAGE (Debian) and TORCH_INDEX (CPU) together.
     index = re.search(r"^ARG TORCH_INDEX=(https://download\.pytorch\.org/whl/cu(\d+))$", dockerfile, re.M)
-    base = re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-\S+$", dockerfile, re.M)
-    assert index and base, "Dockerfile must set ARG TORCH_INDEX=.../cuNNN and ARG CUDA_IMAGE=nvidia/cuda:X.Y.Z-..."
+    base = re.search(r"^ARG BASE_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-\S+$", dockerfile, re.M)
+    assert index and base, "Dockerfile must set ARG TORCH_INDEX=.../cuNNN and ARG BASE_IMAGE=nvidia/cuda:X.Y.Z-..."
     assert index.group(2) == base.group(1) + base.group(2), "torch CUDA index and CUDA base image disagree"
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.M), "the one FROM must be the BASE_IMAGE argument"
     assert re.search(
         rf'pip install --index-url "\$\{{TORCH_INDEX\}}" torch=={re.escape(core_pins["torch"])}\s*$', dockerfile, re.M
     ), "torch must be installed from the CUDA index"

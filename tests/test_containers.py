@@ -1,13 +1,17 @@
 """The container recipes (Dockerfile, apptainer.def) agree with pyproject.toml.
 
-Nothing is built here (no Docker engine in CI): the files are parsed. The pins
-in the recipes must equal pyproject's exact pins, so a version bump in one place
-without the others fails here rather than in a multi-GB image build.
+Nothing is built here: the files are parsed (apptainer.def by spython, a real
+parser of Singularity/Apptainer recipes; Apptainer itself cannot be installed on
+CI's machine). The pins in the recipes must equal pyproject's exact pins, so a
+version bump in one place without the others fails here rather than in a
+multi-GB image build. scripts/container-ci.sh (run by .ci/run) builds and runs
+the Dockerfile for real.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -179,3 +183,64 @@ def test_docs_build_commands_use_the_image_name(project: dict) -> None:
     assert f"docker build -t {tag} ." in docs
     assert "apptainer build trajhpc.sif apptainer.def" in docs
     assert f"apptainer build trajhpc.sif docker-daemon://{tag}" in docs
+
+
+# -- apptainer.def read by a real parser of Singularity/Apptainer recipes (spython) --------
+
+
+# Dockerfile variables that only steer the build (apt, pip), not the jobs' run time.
+BUILD_ONLY_ENV = {"DEBIAN_FRONTEND", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK"}
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    # `${PATH}` (Dockerfile) and `$PATH` (shell) are the same reference.
+    return {k: re.sub(r"\$\{(\w+)\}", r"$\1", v) for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def _labels(recipe) -> dict[str, str]:
+    out = {}
+    for entry in recipe.labels:
+        text = (entry[0] if isinstance(entry, list) else entry).rstrip(" \\")
+        key, _, value = text.partition("=") if "=" in text.split(" ", 1)[0] else text.partition(" ")
+        out[key] = value.strip().strip('"')
+    return out
+
+
+@pytest.fixture(scope="module")
+def parsed():
+    from spython.main.parse.parsers import DockerParser, SingularityParser
+
+    (sif,) = SingularityParser(str(REPO / "apptainer.def")).recipe.values()
+    (docker,) = DockerParser(str(REPO / "Dockerfile")).recipe.values()
+    return sif, docker
+
+
+def test_spython_reads_the_def_and_the_dockerfile(parsed) -> None:
+    sif, docker = parsed
+    # the parser resolves `FROM ${BASE_IMAGE}` to the argument's default
+    assert docker.fromHeader.startswith("nvidia/cuda:")
+    assert sif.fromHeader and sif.cmd and sif.environ and sif.test
+
+
+def test_def_derives_from_the_dockerfile_image(parsed, project: dict) -> None:
+    sif, _ = parsed
+    # the tag `docker build -t trajhpc:<version> .` gives (docs/CONTAINERS.md)
+    assert re.fullmatch(rf"(.+/)?trajhpc:{re.escape(project['version'])}", sif.fromHeader), sif.fromHeader
+
+
+def test_def_runscript_is_the_dockerfile_entrypoint(parsed) -> None:
+    sif, docker = parsed
+    assert docker.entrypoint == ["trajhpc"]
+    assert shlex.split(sif.cmd) == ["exec", *docker.entrypoint, "$@"]
+
+
+def test_def_environment_is_the_dockerfile_run_time_environment(parsed) -> None:
+    sif, docker = parsed
+    run_time = {k: v for k, v in _env(docker.environ).items() if k not in BUILD_ONLY_ENV}
+    assert _env(sif.environ) == run_time
+
+
+def test_def_labels_are_the_dockerfile_labels(parsed) -> None:
+    sif, docker = parsed
+    assert _labels(sif) == _labels(docker)
+    assert {"org.opencontainers.image.title", "org.opencontainers.image.version"} <= set(_labels(sif))

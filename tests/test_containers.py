@@ -185,6 +185,28 @@ def test_docs_build_commands_use_the_image_name(project: dict) -> None:
     assert f"apptainer build trajhpc.sif docker-daemon://{tag}" in docs
 
 
+def test_docs_and_readme_show_both_ways_to_a_sif(project: dict) -> None:
+    # From the def file, and from a `docker save`/`podman save` archive (what CI produces).
+    tag = f"trajhpc:{project['version']}"
+    for path in (REPO / "docs" / "CONTAINERS.md", REPO / "README.md"):
+        text = path.read_text()
+        assert "apptainer build trajhpc.sif apptainer.def" in text, path
+        assert "apptainer build trajhpc.sif docker-archive://trajhpc.tar" in text, path
+        assert re.search(rf"(docker|podman) save (--format docker-archive )?-o trajhpc\.tar {re.escape(tag)}", text), path
+
+
+def test_ci_builds_this_dockerfile_on_the_debian_base() -> None:
+    script = (REPO / "scripts" / "container-ci.sh").read_text()
+    assert re.search(r"podman build .*-f Dockerfile \.", script.replace("\\\n", " "), re.S)
+    assert '--build-arg BASE_IMAGE="$BASE"' in script and "BASE=localhost/debian:bookworm" in script
+    assert "debootstrap --variant=minbase bookworm" in script
+    assert "podman save --format docker-archive" in script
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "bash scripts/container-ci.sh" in ci
+    # after the unit tests (README command (2) ends with pytest)
+    assert ci.index("bash scripts/container-ci.sh") > ci.index("-m pytest")
+
+
 # -- apptainer.def read by a real parser of Singularity/Apptainer recipes (spython) --------
 
 

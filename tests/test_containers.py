@@ -1,13 +1,17 @@
 """The container recipes (Dockerfile, apptainer.def) agree with pyproject.toml.
 
-Nothing is built here (no Docker engine in CI): the files are parsed. The pins
-in the recipes must equal pyproject's exact pins, so a version bump in one place
-without the others fails here rather than in a multi-GB image build.
+Nothing is built here: the files are parsed (apptainer.def by spython, a real
+parser of Singularity/Apptainer recipes; Apptainer itself cannot be installed on
+CI's machine). The pins in the recipes must equal pyproject's exact pins, so a
+version bump in one place without the others fails here rather than in a
+multi-GB image build. scripts/container-ci.sh (run by .ci/run) builds and runs
+the Dockerfile for real.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -114,10 +118,12 @@ def test_recipe_has_smollm2_weights_wheel(recipe: str) -> None:
 
 
 def test_dockerfile_torch_from_cuda_index_matching_base_image(dockerfile: str, core_pins: dict[str, str]) -> None:
+    # By default the CUDA image; CI passes BASE_IMAGE (Debian) and TORCH_INDEX (CPU) together.
     index = re.search(r"^ARG TORCH_INDEX=(https://download\.pytorch\.org/whl/cu(\d+))$", dockerfile, re.M)
-    base = re.search(r"^ARG CUDA_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-\S+$", dockerfile, re.M)
-    assert index and base, "Dockerfile must set ARG TORCH_INDEX=.../cuNNN and ARG CUDA_IMAGE=nvidia/cuda:X.Y.Z-..."
+    base = re.search(r"^ARG BASE_IMAGE=nvidia/cuda:(\d+)\.(\d+)\.\d+-\S+$", dockerfile, re.M)
+    assert index and base, "Dockerfile must set ARG TORCH_INDEX=.../cuNNN and ARG BASE_IMAGE=nvidia/cuda:X.Y.Z-..."
     assert index.group(2) == base.group(1) + base.group(2), "torch CUDA index and CUDA base image disagree"
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.M), "the one FROM must be the BASE_IMAGE argument"
     assert re.search(
         rf'pip install --index-url "\$\{{TORCH_INDEX\}}" torch=={re.escape(core_pins["torch"])}\s*$', dockerfile, re.M
     ), "torch must be installed from the CUDA index"
@@ -177,3 +183,86 @@ def test_docs_build_commands_use_the_image_name(project: dict) -> None:
     assert f"docker build -t {tag} ." in docs
     assert "apptainer build trajhpc.sif apptainer.def" in docs
     assert f"apptainer build trajhpc.sif docker-daemon://{tag}" in docs
+
+
+def test_docs_and_readme_show_both_ways_to_a_sif(project: dict) -> None:
+    # From the def file, and from a `docker save`/`podman save` archive (what CI produces).
+    tag = f"trajhpc:{project['version']}"
+    for path in (REPO / "docs" / "CONTAINERS.md", REPO / "README.md"):
+        text = path.read_text()
+        assert "apptainer build trajhpc.sif apptainer.def" in text, path
+        assert "apptainer build trajhpc.sif docker-archive://trajhpc.tar" in text, path
+        assert re.search(rf"(docker|podman) save (--format docker-archive )?-o trajhpc\.tar {re.escape(tag)}", text), path
+
+
+def test_ci_builds_this_dockerfile_on_the_debian_base() -> None:
+    script = (REPO / "scripts" / "container-ci.sh").read_text()
+    assert re.search(r"podman build .*-f Dockerfile \.", script.replace("\\\n", " "), re.S)
+    assert '--build-arg BASE_IMAGE="$BASE"' in script and "BASE=localhost/debian:bookworm" in script
+    assert "debootstrap --variant=minbase bookworm" in script
+    assert "podman save --format docker-archive" in script
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "bash scripts/container-ci.sh" in ci
+    # after the unit tests (README command (2) ends with pytest)
+    assert ci.index("bash scripts/container-ci.sh") > ci.index("-m pytest")
+
+
+# -- apptainer.def read by a real parser of Singularity/Apptainer recipes (spython) --------
+
+
+# Dockerfile variables that only steer the build (apt, pip), not the jobs' run time.
+BUILD_ONLY_ENV = {"DEBIAN_FRONTEND", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK"}
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    # `${PATH}` (Dockerfile) and `$PATH` (shell) are the same reference.
+    return {k: re.sub(r"\$\{(\w+)\}", r"$\1", v) for k, v in (p.split("=", 1) for p in pairs)}
+
+
+def _labels(recipe) -> dict[str, str]:
+    out = {}
+    for entry in recipe.labels:
+        text = (entry[0] if isinstance(entry, list) else entry).rstrip(" \\")
+        key, _, value = text.partition("=") if "=" in text.split(" ", 1)[0] else text.partition(" ")
+        out[key] = value.strip().strip('"')
+    return out
+
+
+@pytest.fixture(scope="module")
+def parsed():
+    from spython.main.parse.parsers import DockerParser, SingularityParser
+
+    (sif,) = SingularityParser(str(REPO / "apptainer.def")).recipe.values()
+    (docker,) = DockerParser(str(REPO / "Dockerfile")).recipe.values()
+    return sif, docker
+
+
+def test_spython_reads_the_def_and_the_dockerfile(parsed) -> None:
+    sif, docker = parsed
+    # the parser resolves `FROM ${BASE_IMAGE}` to the argument's default
+    assert docker.fromHeader.startswith("nvidia/cuda:")
+    assert sif.fromHeader and sif.cmd and sif.environ and sif.test
+
+
+def test_def_derives_from_the_dockerfile_image(parsed, project: dict) -> None:
+    sif, _ = parsed
+    # the tag `docker build -t trajhpc:<version> .` gives (docs/CONTAINERS.md)
+    assert re.fullmatch(rf"(.+/)?trajhpc:{re.escape(project['version'])}", sif.fromHeader), sif.fromHeader
+
+
+def test_def_runscript_is_the_dockerfile_entrypoint(parsed) -> None:
+    sif, docker = parsed
+    assert docker.entrypoint == ["trajhpc"]
+    assert shlex.split(sif.cmd) == ["exec", *docker.entrypoint, "$@"]
+
+
+def test_def_environment_is_the_dockerfile_run_time_environment(parsed) -> None:
+    sif, docker = parsed
+    run_time = {k: v for k, v in _env(docker.environ).items() if k not in BUILD_ONLY_ENV}
+    assert _env(sif.environ) == run_time
+
+
+def test_def_labels_are_the_dockerfile_labels(parsed) -> None:
+    sif, docker = parsed
+    assert _labels(sif) == _labels(docker)
+    assert {"org.opencontainers.image.title", "org.opencontainers.image.version"} <= set(_labels(sif))

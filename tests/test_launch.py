@@ -191,6 +191,7 @@ def test_docker_command_exact_arguments():
         "docker", "run", "--rm", "--init", "--gpus", "all", "--user", "1000:100", "--workdir", "/work/study",
         # a lone path would make Docker create an anonymous volume there: always src:dst
         "--volume", "/runs:/runs", "--volume", "/data:/d:ro",
+        "--volume", "/work/study:/work/study",  # the workdir, bound like Apptainer's current folder
         *passed,
         "--env", "HOME=/home/u", "--env", "TRAJHPC_CACHE=/home/u/.cache/trajhpc", "--env", "HF_HOME=/scratch/hf",
         # the image's entrypoint is `trajhpc`, so the interpreter must replace it

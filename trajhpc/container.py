@@ -52,6 +52,9 @@ _PASSED_ENV = (
     "TRANSFORMERS_OFFLINE",
     "HF_DATASETS_OFFLINE",
     "TOKENIZERS_PARALLELISM",
+    # Test-only fault injection (trajhpc.job.FAULT_ENV): Apptainer passes it with the
+    # rest of the environment; the container CI stage needs it inside Docker too.
+    "TRAJHPC_FAULT_INJECT",
 )
 
 
@@ -204,6 +207,13 @@ def unique_binds(binds: Iterable[str], cwd: Path) -> list[str]:
     return list(out.values())
 
 
+def _holds(bind: str, path: str) -> bool:
+    """Whether an absolute bind mounts something at ``path``, or the host's ``path`` with a folder above it."""
+    parts = bind.split(":")
+    src, dst = parts[0], parts[1] if len(parts) > 1 else parts[0]
+    return path == dst or (src == dst and path.startswith(dst.rstrip("/") + "/"))
+
+
 def docker_volume(bind: str) -> str:
     """An absolute bind as Docker's ``--volume`` needs it: always ``src:dst[:opts]``.
 
@@ -238,7 +248,11 @@ def python_command(
     ``binds`` must already be absolute (``unique_binds``). ``env``: variables set inside
     (values fixed at submit time). Docker runs as ``uid_gid`` so the files the job
     writes stay the user's, in ``workdir`` (the submit folder) so relative paths
-    resolve as on the host; Apptainer already starts in the current folder.
+    resolve as on the host; Apptainer already starts in the current folder. Docker
+    also binds ``workdir`` at its own path (as Apptainer binds the current folder),
+    unless a bind already holds it or it is a system folder: podman refuses a
+    ``--workdir`` that does not exist in the container, and Docker would make an
+    empty one.
     """
     if runtime == "none":
         return None
@@ -261,6 +275,8 @@ def python_command(
         if not workdir.startswith("/"):
             raise ValueError(f"workdir {workdir!r} must be an absolute path")
         args += ["--workdir", workdir]
+        if system_path(workdir) is None and not any(_holds(bind, workdir) for bind in binds):
+            binds = [*binds, workdir]
     for bind in binds:
         args += ["--volume", docker_volume(bind)]
     named = {pair.split("=", 1)[0] for pair in pairs}
@@ -465,8 +481,18 @@ def image_digest(runtime: Runtime, image: str | None, declared: str | None, cwd:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    digest = out.stdout.strip()
-    return digest if out.returncode == 0 and _DIGEST.fullmatch(digest) else None
+    return docker_image_id(out.stdout) if out.returncode == 0 else None
+
+
+def docker_image_id(text: str) -> str | None:
+    """``sha256:<hex>`` from ``docker image inspect --format {{.Id}}`` output, else None.
+
+    Docker prints ``sha256:<hex>``; podman (and so podman-docker's ``docker``) the bare hex.
+    """
+    digest = text.strip()
+    if re.fullmatch(r"[0-9a-f]{64}", digest):
+        digest = "sha256:" + digest
+    return digest if _DIGEST.fullmatch(digest) else None
 
 
 def image_reference(runtime: Runtime, image: str | None, cwd: Path) -> str | None:

@@ -1,0 +1,115 @@
+"""trajhpc.container against what podman (as podman-docker's `docker`) really does.
+
+Found by running the image for real (scripts/container-ci.sh): podman's
+`image inspect --format {{.Id}}` prints the bare hex id, and podman refuses a
+`--workdir` that does not exist in the container (Docker creates an empty one).
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from trajhpc import container as ctr
+
+HEX = "0123456789abcdef" * 4
+
+
+def _volumes(cmd: str) -> list[str]:
+    argv = shlex.split(cmd)
+    return [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
+
+
+@pytest.mark.parametrize(
+    "printed, digest",
+    [
+        (f"sha256:{HEX}\n", f"sha256:{HEX}"),  # Docker
+        (f"{HEX}\n", f"sha256:{HEX}"),  # podman
+        ("", None),
+        ("Error: no such image\n", None),
+        (f"sha256:{HEX[:-1]}\n", None),
+        (HEX.upper(), None),
+    ],
+)
+def test_docker_image_id_from_docker_and_podman(printed, digest):
+    assert ctr.docker_image_id(printed) == digest
+
+
+def test_image_digest_through_a_podman_style_docker_command(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    # podman-docker's `docker`: a notice on stderr, the bare id on stdout
+    fake.write_text(f"#!/bin/sh\necho 'Emulate Docker CLI using podman.' >&2\necho {HEX}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    assert ctr.image_digest("docker", "localhost/trajhpc:0.1.0-cpu", None, tmp_path) == f"sha256:{HEX}"
+
+
+def test_image_digest_none_when_docker_fails(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'Error: image not known' >&2\nexit 125\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    assert ctr.image_digest("docker", "nope:1", None, tmp_path) is None
+
+
+def test_docker_binds_the_workdir_that_no_bind_holds():
+    cmd = ctr.python_command("docker", "t:1", ["/runs"], gpus=False, workdir="/home/u/study")
+    assert _volumes(cmd) == ["/runs:/runs", "/home/u/study:/home/u/study"]
+    assert ("--workdir", "/home/u/study") in set(zip(shlex.split(cmd), shlex.split(cmd)[1:]))
+
+
+@pytest.mark.parametrize(
+    "binds",
+    [
+        ["/home/u/study"],  # the workdir itself
+        ["/home/u"],  # a folder above it, at the same path
+        ["/scratch/x:/home/u/study"],  # something else mounted there: the user's choice
+    ],
+)
+def test_docker_does_not_bind_a_workdir_already_held(binds):
+    cmd = ctr.python_command("docker", "t:1", binds, gpus=False, workdir="/home/u/study")
+    assert _volumes(cmd) == [ctr.docker_volume(b) for b in binds]
+
+
+def test_docker_binds_the_workdir_over_binds_below_it_or_elsewhere():
+    # run root inside the submit folder; a folder above it mounted at another path
+    binds = ["/home/u/study/jobs", "/home/u:/data"]
+    cmd = ctr.python_command("docker", "t:1", binds, gpus=False, workdir="/home/u/study")
+    assert _volumes(cmd) == ["/home/u/study/jobs:/home/u/study/jobs", "/home/u:/data", "/home/u/study:/home/u/study"]
+
+
+@pytest.mark.parametrize("workdir", ["/", "/usr/src/app", "/etc"])
+def test_docker_never_binds_a_system_folder_as_workdir(workdir):
+    cmd = ctr.python_command("docker", "t:1", ["/runs"], gpus=False, workdir=workdir)
+    assert _volumes(cmd) == ["/runs:/runs"]
+
+
+def test_apptainer_binds_no_workdir():
+    # Apptainer binds the current folder itself
+    cmd = ctr.python_command("apptainer", "t.sif", ["/runs"], gpus=False)
+    assert shlex.split(cmd) == ["apptainer", "exec", "--bind", "/runs", "t.sif", "python3"]
+
+
+def test_fault_injection_reaches_the_docker_job():
+    # Test-only (trajhpc.job.FAULT_ENV): the container CI stage slows a job down inside Docker.
+    from trajhpc.job import FAULT_ENV
+
+    argv = shlex.split(ctr.python_command("docker", "t:1", [], gpus=False))
+    assert ("--env", FAULT_ENV) in set(zip(argv, argv[1:]))
+
+
+def test_the_launch_binds_the_submit_folder(tmp_path, monkeypatch):
+    from trajhpc.launch import Launch
+    from trajhpc.manifest import parse_manifest
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TRAJHPC_CACHE", str(tmp_path / "tc"))
+    monkeypatch.delenv("HF_HOME", raising=False)
+    text = "study: s\nconditions: [A]\ncontainer: {runtime: docker, image: t:1}\n"
+    launch = Launch(parse_manifest(text), tmp_path / "m.yaml", Path("/elsewhere/runs"), "local")
+    assert f"{tmp_path}:{tmp_path}" in _volumes(launch.python)

@@ -23,6 +23,7 @@ import pytest
 from rich.console import Console
 
 from trajhpc import container as ctr
+from trajhpc import slurmclient
 from trajhpc.errors import InputError, TrajhpcError
 from trajhpc.grid import expand
 from trajhpc.launch import (
@@ -119,10 +120,10 @@ def test_apptainer_command():
 DEBIAN = "/usr/lib/x86_64-linux-gnu/slurm-wlm/libslurmfull.so"
 CLIENT_BINDS = [
     # (discovered paths) -> (binds, env)
-    (ctr.SlurmClientPaths(), ([], {})),
-    (ctr.SlurmClientPaths(libslurm=(DEBIAN,), munge_dir="/run/munge"), ([], {})),  # no scontrol: nothing
+    (slurmclient.SlurmClientPaths(), ([], {})),
+    (slurmclient.SlurmClientPaths(libslurm=(DEBIAN,), munge_dir="/run/munge"), ([], {})),  # no scontrol: nothing
     (
-        ctr.SlurmClientPaths("/usr/bin/scontrol", (DEBIAN,), "/etc/slurm/slurm.conf", "/run/munge"),
+        slurmclient.SlurmClientPaths("/usr/bin/scontrol", (DEBIAN,), "/etc/slurm/slurm.conf", "/run/munge"),
         (
             ["/usr/bin/scontrol:/usr/bin/scontrol:ro", "/usr/lib/x86_64-linux-gnu/slurm-wlm:/usr/lib/x86_64-linux-gnu/slurm-wlm:ro",
              "/etc/slurm:/etc/slurm:ro", "/run/munge"],
@@ -131,7 +132,7 @@ CLIENT_BINDS = [
     ),
     (
         # a library in a general folder: the file only; a binary off the image's PATH: also in /usr/local/bin
-        ctr.SlurmClientPaths("/opt/slurm/bin/scontrol", ("/usr/lib64/libslurm.so.40",), "/opt/slurm/etc/slurm.conf",
+        slurmclient.SlurmClientPaths("/opt/slurm/bin/scontrol", ("/usr/lib64/libslurm.so.40",), "/opt/slurm/etc/slurm.conf",
                              "/var/run/munge"),
         (
             ["/opt/slurm/bin/scontrol:/opt/slurm/bin/scontrol:ro", "/opt/slurm/bin/scontrol:/usr/local/bin/scontrol:ro",
@@ -140,13 +141,13 @@ CLIENT_BINDS = [
             {"SLURM_CONF": "/opt/slurm/etc/slurm.conf"},
         ),
     ),
-    (ctr.SlurmClientPaths("/usr/local/bin/scontrol"), (["/usr/local/bin/scontrol:/usr/local/bin/scontrol:ro"], {})),
+    (slurmclient.SlurmClientPaths("/usr/local/bin/scontrol"), (["/usr/local/bin/scontrol:/usr/local/bin/scontrol:ro"], {})),
 ]
 
 
 @pytest.mark.parametrize("paths, expected", CLIENT_BINDS)
 def test_slurm_client_binds(paths, expected):
-    assert ctr.slurm_client_binds(paths) == expected
+    assert slurmclient.slurm_client_binds(paths) == expected
     for bind in expected[0]:
         ctr.check_bind(bind)
 
@@ -158,16 +159,16 @@ def test_parse_ldd():
         "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f6a8f000000)\n"
         "\tlibslurm.so.40 => not found\n"
     )
-    assert ctr.parse_ldd(text) == [DEBIAN]
+    assert slurmclient.parse_ldd(text) == [DEBIAN]
 
 
 def test_apptainer_on_slurm_binds_the_slurm_client(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    paths = ctr.SlurmClientPaths("/usr/bin/scontrol", (DEBIAN,), "/etc/slurm/slurm.conf", "/run/munge")
+    paths = slurmclient.SlurmClientPaths("/usr/bin/scontrol", (DEBIAN,), "/etc/slurm/slurm.conf", "/run/munge")
     monkeypatch.setattr("trajhpc.launch.discover_slurm_client", lambda: paths)
     text = "study: s\nconditions: [A]\ncontainer: {runtime: apptainer, image: t.sif}\n"
     slurm = Launch(parse_manifest(text), tmp_path / "m.yaml", Path("runs"), "slurm").python
-    for bind in ctr.slurm_client_binds(paths)[0]:
+    for bind in slurmclient.slurm_client_binds(paths)[0]:
         assert f"--bind {bind}" in slurm
     assert "--env SLURM_CONF=/etc/slurm/slurm.conf" in slurm
     local = Launch(parse_manifest(text), tmp_path / "m.yaml", Path("runs"), "local").python
@@ -175,7 +176,7 @@ def test_apptainer_on_slurm_binds_the_slurm_client(tmp_path, monkeypatch):
 
 
 def test_discover_slurm_client_on_this_host():
-    found = ctr.discover_slurm_client()
+    found = slurmclient.discover_slurm_client()
     assert (found.scontrol is None) == (shutil.which("scontrol") is None)
     assert all(os.path.isabs(p) and "libslurm" in os.path.basename(p) for p in found.libslurm)
 

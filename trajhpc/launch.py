@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 from rich.console import Console
 
 from trajhpc import container as ctr
+from trajhpc import slurmclient
 from trajhpc.errors import TrajhpcError, last_line
 from trajhpc.grid import GridJob, expand
 from trajhpc.localrun import run_local
@@ -121,9 +122,9 @@ def _expand_image(manifest: Manifest) -> str | None:
 # ---------------------------------------------------------------- what to submit (I/O: reads job dirs)
 
 
-def discover_slurm_client() -> ctr.SlurmClientPaths:
+def discover_slurm_client() -> slurmclient.SlurmClientPaths:
     """The host's Slurm client files (a seam for tests)."""
-    return ctr.discover_slurm_client()
+    return slurmclient.discover_slurm_client()
 
 
 def plan(jobs: Sequence[GridJob], files: Sequence[JobFiles], sched: dict[str, str]) -> dict[str, list[GridJob]]:

@@ -340,6 +340,7 @@ class _Run:
         data = load_study_data(spec.data)
         data.check_order(spec.order)
         model_path = resolve_model(spec.model)
+        self._check_pretraining(model_path, data)
 
         import torch
         from transformers import AutoTokenizer, set_seed
@@ -456,6 +457,27 @@ class _Run:
         return stages, token_stages, found
 
     # -- data
+
+    def _check_pretraining(self, model_path: Path, data) -> None:
+        """Warn (and record in the provenance) when held-out dialogues were in the model's
+        pre-training text: tiny pre-trains on the default split, and a study with another
+        ``heldout_fraction`` over the same files holds out some of what it trained on."""
+        from trajhpc.models import pretraining_dialogues
+        from trajhpc.progress import log
+
+        seen = pretraining_dialogues(model_path)
+        if not seen:
+            return
+        heldout = {r.dialogue_key for records in data.heldout.values() for r in records}
+        overlap = len(heldout & seen)
+        self.provenance["heldout_dialogues_in_pretraining"] = overlap
+        if overlap:
+            log(
+                self.console,
+                f"warning: {overlap} of the {len(heldout)} held-out dialogues were in the pre-training text of "
+                f"{self.spec.model} (it pre-trains on the default split, heldout_fraction 0.2): "
+                "their scores do not measure held-out accuracy",
+            )
 
     def _tokenize(self, tokenizer, records, condition: str, k: int | None):
         from trajhpc.data.conditions import tokenize_examples

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from trajhpc.data.blocks import block_names
 from trajhpc.manifest import ConditionEntry, Manifest, RandomOrders, SeedRange
+from trajhpc.models import versioned_model
 from trajhpc.spec import JobSpec
 
 Order = tuple[str, ...]
@@ -154,7 +155,7 @@ def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJ
     orders = resolve_orders(manifest, blocks)
     study_dir = Path(run_root if run_root is not None else manifest.run_root) / manifest.study
     shared = {
-        "model": manifest.model,
+        "model": versioned_model(manifest.model),  # tiny -> tiny-v2: a rebuilt tiny model gets new job ids
         "quantization": manifest.quantization,
         "compute_dtype": manifest.compute_dtype,
         "data": manifest.data,

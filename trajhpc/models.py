@@ -289,7 +289,7 @@ def build_tiny(out: Path, seed: int = 0) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from trajhpc import train
+    from trajhpc import batching, train
     from trajhpc.spec import TrainSpec
 
     started = time.perf_counter()
@@ -315,7 +315,7 @@ def build_tiny(out: Path, seed: int = 0) -> None:
     examples = _lm_examples(tokenizer, records)
     cfg = TrainSpec(**TINY_PRETRAIN, max_seq_len=TINY_MAX_POSITIONS)
     lengths = [len(e.input_ids) for e in examples]
-    plan = train.plan_for(cfg, lengths, seed=seed, stage=0)
+    plan = batching.plan_for(cfg, lengths, seed=seed, stage=0)
     # A private RNG state and one thread: building neither disturbs the caller nor depends on it.
     with torch.random.fork_rng(devices=[]), _one_thread():
         torch.manual_seed(seed)

@@ -89,9 +89,8 @@ def run_local(
 
     from trajhpc.job import JobTask
 
-    res = resources
     memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    slots = local_slots(res, len(os.sched_getaffinity(0)), _visible_gpus(), memory_gb)
+    slots = local_slots(resources, len(os.sched_getaffinity(0)), _visible_gpus(), memory_gb)
     console.print(
         f"running {jobs_phrase(len(jobs))} locally, {len(slots)} at a time (logs in {submitter.folder})",
         highlight=False, soft_wrap=True,
@@ -110,16 +109,16 @@ def run_local(
                         continue
                     job, args = waiting.popleft()
                     executor = submitit.LocalExecutor(
-                        folder=submitter.folder, max_num_timeout=res.max_requeues, python=python
+                        folder=submitter.folder, max_num_timeout=resources.max_requeues, python=python
                     )
                     executor.update_parameters(
-                        timeout_min=res.timeout_min,
-                        signal_delay_s=res.signal_delay_s,
+                        timeout_min=resources.timeout_min,
+                        signal_delay_s=resources.signal_delay_s,
                         gpus_per_node=len(gpus),
                         visible_gpus=gpus,
                     )
                     # The controller copies this process's environment when it starts.
-                    with environment_variables(OMP_NUM_THREADS=res.cpus_per_task):
+                    with environment_variables(OMP_NUM_THREADS=resources.cpus_per_task):
                         handle = executor.submit(JobTask(), *args)
                     write_record(job, submitter, slurm_job_id=None, local_pid=int(handle.job_id))
                     running[slot] = (job, handle)

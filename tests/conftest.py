@@ -71,8 +71,8 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture(scope="session")
 def tiny():
-    """(folder, tokenizer) of the tiny model as users get it: pre-trained offline (about a
-    minute on one core) the first time, then read from the session cache ($TRAJHPC_CACHE,
+    """(folder, tokenizer) of the tiny model as users get it: pre-trained offline (about
+    3 minutes on one core) the first time, then read from the session cache ($TRAJHPC_CACHE,
     kept across sessions on one machine)."""
     from transformers import AutoTokenizer
 

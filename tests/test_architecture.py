@@ -15,7 +15,7 @@ FLOORS = {
     0: {"errors", "atomic", "locks", "bulk", "provenance", "yamlread", "fielderrors", "submitit_adapter", "termtable",
         "quiet"},
     1: {"spec", "data", "scoring", "baselines", "batching", "train", "checkpoint", "models", "container", "slurmclient",
-        "jobdir", "jobdocs", "trainlog"},  # models pre-trains the tiny model with the training loop
+        "jobdir", "jobdocs", "trainlog", "tinycorpus"},  # models pre-trains the tiny model with the training loop
     2: {"analysis", "manifest", "grid", "data.inspect"},  # `trajhpc data inspect` reads a manifest
     3: {"evaluate", "merged", "recipe", "job", "progress", "cost"},
     4: {"status", "slurmquery", "submission", "liveview", "statusview", "localrun", "launch"},

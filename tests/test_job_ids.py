@@ -38,9 +38,9 @@ data:
 """
 # The fixture dataset's fingerprint and the ids it gives (tests/fixtures/hub_api_bank.py).
 HUB_FINGERPRINT = "sha256:3b862b8df0a04a1897728ee0bf3a032d0acdc97e0e86e6873ed68c67e5de0648"
-HUB_IDS = [  # model tiny is tiny-v2 in the spec (the pre-trained tiny model)
-    "0d92464ff1dd", "5168750b199c", "6d5fa2fe51ed", "a49960b347a9",
-    "d4e22d684989", "e9ede8563458", "f27f62e59af2", "f3b8cfbd67e8",
+HUB_IDS = [  # model tiny is tiny-v3 in the spec (the pre-trained tiny model)
+    "321dea248add", "4b16461102d4", "57a44017373f", "7951b4af7131",
+    "7d6316e415ee", "83b389198076", "b7291140e8d6", "cb141c8636c5",
 ]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trajhpc import models
+from trajhpc import models, tinycorpus
 from trajhpc.errors import TrajhpcError
 from trajhpc.models import resolve_model
 
@@ -30,7 +30,8 @@ def tiny_dir(tiny) -> Path:
 def short_pretraining(monkeypatch):
     """The tiny recipe with a few pre-training steps instead of its epochs: the same code
     path for the properties that do not need a trained model (determinism, seeds, RNG)."""
-    monkeypatch.setitem(models.TINY_PRETRAIN, "epochs", 0.03)
+    monkeypatch.setitem(models.TINY_PRETRAIN, "drills", {**models.TINY_PRETRAIN["drills"], "copies": 1, "epochs": 0.05})
+    monkeypatch.setitem(models.TINY_PRETRAIN, "dialogues", {**models.TINY_PRETRAIN["dialogues"], "epochs": 0.03})
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ def test_tiny_is_deterministic_across_cache_dirs_and_thread_counts(short_pretrai
 
 def test_tiny_seed_changes_weights_not_tokenizer(short_pretraining, tmp_path):
     plain, seeded = resolve_model("tiny", tmp_path), resolve_model("tiny-seed1", tmp_path)
-    assert seeded.name == "tiny-v2-seed1" and plain.name == "tiny-v2-seed0"
+    assert seeded.name == "tiny-v3-seed1" and plain.name == "tiny-v3-seed0"
     assert _digest(seeded / "model.safetensors") != _digest(plain / "model.safetensors")
     assert _digest(seeded / "tokenizer.json") == _digest(plain / "tokenizer.json")
 
@@ -150,8 +151,8 @@ def test_tiny_is_pretrained_on_training_dialogues_only(tiny_dir, repo_root):
 
     record = json.loads((tiny_dir / models.PRETRAINING_FILE).read_text())
     seen = models.pretraining_dialogues(tiny_dir)
-    assert record["recipe"] == "tiny-v2" and record["records"] > 600 and len(seen) > 200
-    assert seen == {r.dialogue_key for r in models.tiny_corpus()}
+    assert record["recipe"] == "tiny-v3" and record["records"] > 600 and len(seen) > 200
+    assert seen == {r.dialogue_key for r in tinycorpus.tiny_corpus()}
     for path in sorted((repo_root / "manifests").glob("*.yaml")):
         data = load_manifest(path).data
         split = load_study_data(data.model_copy(update={"max_train_per_block": None, "max_heldout_per_block": None}))
@@ -183,13 +184,45 @@ def test_pretrained_tiny_writes_calls_on_heldout_prompts(tiny):
         assert sum(c is not None for c in parsed) >= 0.9 * len(records), (condition, texts)
 
 
+def test_pretrained_tiny_copies_the_searched_tool_name_under_b_only(tiny):
+    """What the smoke study rests on: before any fine-tuning, on held-out calls of a tool
+    that a ToolSearcher response named, B (which shows that response) often writes the
+    tool's name (0.29 of 103 when measured), A (which does not) never; most of these tools
+    are absent from the pre-training text, so B copies rather than remembers."""
+    from trajhpc.data.conditions import tokenize_examples
+    from trajhpc.data.study import load_study_data
+    from trajhpc.evaluate import generate_greedy
+    from trajhpc.scoring import parse_call
+    from trajhpc.spec import DataSpec
+
+    path, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(path)
+    heldout = load_study_data(DataSpec()).heldout
+    records = [r for block in heldout.values() for r in block if tinycorpus.SEARCHER not in r.target]
+    seen = {name for r in tinycorpus.tiny_corpus() for name in tinycorpus.tool_names(r)}
+    unseen = [r for r in records if not set(tinycorpus.tool_names(r)) & seen]
+    assert len(records) > 80 and len(unseen) > 0.6 * len(records)
+    accuracy = {}
+    for condition in ("A", "B"):
+        examples = tokenize_examples(tok, unseen, condition, max_seq_len=1024)
+        outputs = generate_greedy(
+            model, [e.prompt_ids for e in examples], pad_id=tok.pad_token_id, eos_ids=[tok.eos_token_id],
+            batch_size=16, max_new_tokens=24,
+        )
+        # The name is what is scored here; a call cut off after 24 tokens still shows it.
+        names = [tinycorpus.tool_names_in(tok.decode(ids, skip_special_tokens=True)) for ids in outputs]
+        gold = [parse_call(r.target).name for r in unseen]
+        accuracy[condition] = sum(n[:1] == [g] for n, g in zip(names, gold)) / len(unseen)
+    assert accuracy["A"] == 0.0 and accuracy["B"] >= 0.15, accuracy
+
+
 # ---------------------------------------------------------------- the recipe version in job specs
 
 
 def test_tiny_specs_carry_the_recipe_version(tmp_path):
-    assert models.versioned_model("tiny") == "tiny-v2"
-    assert models.versioned_model("tiny-seed3") == "tiny-v2-seed3"
-    assert models.versioned_model("tiny-v2-seed3") == "tiny-v2-seed3"
+    assert models.versioned_model("tiny") == "tiny-v3"
+    assert models.versioned_model("tiny-seed3") == "tiny-v3-seed3"
+    assert models.versioned_model("tiny-v3-seed3") == "tiny-v3-seed3"
     folder = str(tmp_path)
     for other in ("smollm2-135m-instruct", "meta-llama/Llama-3.1-8B-Instruct", folder, "./tiny"):
         assert models.versioned_model(other) == other
@@ -197,15 +230,16 @@ def test_tiny_specs_carry_the_recipe_version(tmp_path):
 
 def test_versioned_tiny_resolves_to_the_same_folder(tiny_dir):
     cache = tiny_dir.parent
-    assert resolve_model("tiny-v2", cache) == resolve_model("tiny", cache) == tiny_dir
-    assert resolve_model("tiny-v2-seed0", cache) == tiny_dir
+    assert resolve_model("tiny-v3", cache) == resolve_model("tiny", cache) == tiny_dir
+    assert resolve_model("tiny-v3-seed0", cache) == tiny_dir
 
 
 def test_an_older_tiny_recipe_is_refused(tmp_path):
-    with pytest.raises(TrajhpcError, match="builds the tiny recipe v2 only"):
-        resolve_model("tiny-v1", tmp_path)
-    with pytest.raises(TrajhpcError, match="tiny-v1-seed2"):
-        models.versioned_model("tiny-v1-seed2")
+    for older in ("tiny-v1", "tiny-v2"):
+        with pytest.raises(TrajhpcError, match="builds the tiny recipe v3 only"):
+            resolve_model(older, tmp_path)
+    with pytest.raises(TrajhpcError, match="tiny-v2-seed2"):
+        models.versioned_model("tiny-v2-seed2")
 
 
 def test_second_call_uses_the_cache(tiny_dir, monkeypatch):

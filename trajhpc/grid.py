@@ -169,7 +169,7 @@ def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJ
     study_dir = Path(run_root if run_root is not None else manifest.run_root) / manifest.study
     pinned = pinned_data(manifest)
     shared = {
-        "model": versioned_model(manifest.model),  # tiny -> tiny-v2: a rebuilt tiny model gets new job ids
+        "model": versioned_model(manifest.model),  # tiny -> tiny-v3: a rebuilt tiny model gets new job ids
         "quantization": manifest.quantization,
         "compute_dtype": manifest.compute_dtype,
         "data": pinned,

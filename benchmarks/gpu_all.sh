@@ -13,6 +13,10 @@ cd "$(dirname "$0")/.."
 OUT=${1:-gpu-results}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# The tiny model that scripts/gpu-carry.sh built here and carried, if it did (else built below).
+if [ -z "${TRAJHPC_CACHE:-}" ] && [ -d .gpu-carry/cache ]; then
+    mkdir -p /tmp/trajhpc-cache && cp -rn .gpu-carry/cache/. /tmp/trajhpc-cache/
+fi
 export TRAJHPC_CACHE=${TRAJHPC_CACHE:-/tmp/trajhpc-cache}
 FOLDER=${TRAJHPC_BENCH_FOLDER:-/tmp/llama31-8b-random}
 PY=${PYTHON:-python3}
@@ -33,6 +37,9 @@ step() {  # step NAME LIMIT_S ARGS...: one benchmark, its output appended to the
 }
 
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOG"
+# The tiny model, whose API-Bank tokenizer every step uses: ~2.5 min on one core when not
+# cached, longer than a step's limit below.
+step tiny 400 -c "from trajhpc.models import resolve_model; print(resolve_model('tiny'))"
 # MFU on the synthetic 4 x 1024 case, checkpointing off (what `auto` picks on an 80+ GB GPU).
 step synthetic 150 benchmarks/bench_gpu_qlora.py --folder "$FOLDER" --no-gradient-checkpointing "${QUICK_FLAG[@]}"
 # The standard Trainer recipe vs the job's loop on the same real lv3 examples.

@@ -30,7 +30,7 @@ def tiny_dir(tiny) -> Path:
 def short_pretraining(monkeypatch):
     """The tiny recipe with a few pre-training steps instead of its epochs: the same code
     path for the properties that do not need a trained model (determinism, seeds, RNG)."""
-    monkeypatch.setitem(models.TINY_PRETRAIN, "drills", {**models.TINY_PRETRAIN["drills"], "copies": 1, "epochs": 0.05})
+    monkeypatch.setitem(models.TINY_PRETRAIN, "drills", {**models.TINY_PRETRAIN["drills"], "passes": 1, "epochs": 0.05})
     monkeypatch.setitem(models.TINY_PRETRAIN, "dialogues", {**models.TINY_PRETRAIN["dialogues"], "epochs": 0.03})
 
 

@@ -98,3 +98,17 @@ def test_the_loss_is_on_the_calls_only(corpus, tiny):
     # The earlier ToolSearcher call and the gold call, never the response between them.
     assert supervised.startswith("API-Request: [ToolSearcher(") and record.target in supervised
     assert "'name'" not in supervised and "User:" not in supervised
+
+
+def test_phase_records_run_drills_then_dialogues(corpus):
+    phases = tinycorpus.phase_records(corpus[:60], drill_passes=2, renamed_passes=1, seed=0)
+    assert list(phases) == ["drills", "dialogues"]
+    words = tinycorpus.name_words(corpus[:60])
+    assert phases["drills"] == tinycorpus.copy_drills(corpus[:60], 2, words, random.Random(0))
+    dialogues = phases["dialogues"]
+    assert dialogues[:60] == corpus[:60]  # the records themselves, then their renamed copies
+    renamed = dialogues[60:]
+    assert len(renamed) == sum(bool(tinycorpus.tool_names(r)) for r in corpus[:60]) > 0
+    assert all(set(tinycorpus.tool_names(r)).isdisjoint(tinycorpus.tool_names(o)) for r, o in
+               zip(renamed, [o for o in corpus[:60] if tinycorpus.tool_names(o)]))
+    assert phases == tinycorpus.phase_records(corpus[:60], drill_passes=2, renamed_passes=1, seed=0)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import random
 import re
 import shutil
 import sys
@@ -76,8 +75,8 @@ TINY_ARCHITECTURE = dict(
 # (2500 did not; the lv3 records alone, with 3x the parameters or 8x the epochs, never did);
 # then "dialogues" (the records and one renamed copy of each) for the whole prompt's format.
 TINY_PRETRAIN = {
-    "drills": dict(copies=20, epochs=3.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
-    "dialogues": dict(renamed_copies=1, epochs=2.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
+    "drills": dict(passes=20, epochs=3.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
+    "dialogues": dict(renamed_passes=1, epochs=2.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
 }
 # What the build writes beside the weights: the recipe and the dialogues it trained on.
 PRETRAINING_FILE = "pretraining.json"
@@ -225,7 +224,7 @@ def build_tiny(out: Path, seed: int = 0) -> None:
     records = tinycorpus.tiny_corpus()
     print(
         f"building the tiny model (tiny-v{TINY_VERSION}-seed{seed}, once per machine): pre-training on "
-        f"{len(records)} API-Bank lv3 training records, about 2.5 minutes on one core",
+        f"{len(records)} API-Bank lv3 training records, about 2.5-3 minutes on one core",
         file=sys.stderr, flush=True,
     )
     tokenizer = _train_tokenizer(tinycorpus.record_texts(records), TINY_VOCAB)
@@ -241,21 +240,19 @@ def build_tiny(out: Path, seed: int = 0) -> None:
         **TINY_ARCHITECTURE,
         **ids,
     )
-    rng, words = random.Random(seed), tinycorpus.name_words(records)
-    drills, dialogues = TINY_PRETRAIN["drills"], TINY_PRETRAIN["dialogues"]
-    phases = {
-        "drills": (tinycorpus.copy_drills(records, drills["copies"], words, rng), drills),
-        "dialogues": (
-            records + [c for _ in range(dialogues["renamed_copies"]) for c in tinycorpus.renamed_copies(records, words, rng)],
-            dialogues,
-        ),
-    }
+    phases = tinycorpus.phase_records(
+        records,
+        drill_passes=TINY_PRETRAIN["drills"]["passes"],
+        renamed_passes=TINY_PRETRAIN["dialogues"]["renamed_passes"],
+        seed=seed,
+    )
     done = {}
     # A private RNG state and one thread: building neither disturbs the caller nor depends on it.
     with torch.random.fork_rng(devices=[]), _one_thread():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-        for stage, (name, (phase_records, recipe)) in enumerate(phases.items()):
+        for stage, (name, phase_records) in enumerate(phases.items()):
+            recipe = TINY_PRETRAIN[name]
             cfg = TrainSpec(**{k: v for k, v in recipe.items() if k in TrainSpec.model_fields}, max_seq_len=TINY_MAX_POSITIONS)
             examples = tinycorpus.lm_examples(
                 tokenizer, phase_records, max_seq_len=TINY_MAX_POSITIONS, user_header=START_HEADER + "user"

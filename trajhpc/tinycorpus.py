@@ -141,6 +141,18 @@ def copy_drills(records: Sequence[Record], copies: int, words: Sequence[str], rn
     return drills
 
 
+def phase_records(records: Sequence[Record], *, drill_passes: int, renamed_passes: int, seed: int) -> dict[str, list[Record]]:
+    """What each pre-training phase trains on, in the order they run: ``drills`` (that many
+    passes of :func:`copy_drills`), then ``dialogues`` (the records and that many renamed
+    copies of each). One RNG, seeded, makes up every name."""
+    rng, words = random.Random(seed), name_words(records)
+    drills = copy_drills(records, drill_passes, words, rng)
+    dialogues = list(records)
+    for _ in range(renamed_passes):
+        dialogues += renamed_copies(records, words, rng)
+    return {"drills": drills, "dialogues": dialogues}
+
+
 # ---------------------------------------------------------------- what the loss sees
 
 

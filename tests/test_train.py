@@ -238,7 +238,8 @@ def test_4bit_path_runs_on_cpu_and_loss_falls(tiny, examples):
         pad_id=tokenizer.pad_token_id, on_step=lambda report: losses.append(report.loss),
     )
     assert result.steps == len(losses) == 12
-    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
+    # Relative: the pre-trained tiny model starts low (about 0.15 on these examples).
+    assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
     assert result.tokens == sum(len(subset[i].input_ids) for i in plan.consumed())
 
 

@@ -39,6 +39,7 @@ REPO=$PWD
 
 log() { printf 'container-ci: %s\n' "$*"; }
 die() { printf 'container-ci: error: %s\n' "$*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 
 if [[ $EUID -ne 0 ]]; then
     log "not root: the container stage is skipped (it installs podman and builds an image; run: sudo $0)"
@@ -104,20 +105,7 @@ summary() {
 trap summary EXIT
 
 # --- 1. packages and configuration ------------------------------------------------
-install_packages() {
-    local missing=() pkg
-    for pkg in "${PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-    done
-    if ((${#missing[@]})); then
-        log "installing ${missing[*]}"
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq
-        # Without systemd the podman socket units cannot start: harmless, unused.
-        apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >"$WORK/apt.log" 2>&1 ||
-            { tail -n 30 "$WORK/apt.log"; die "apt-get install failed"; }
-    fi
-}
+install_packages() { apt_ensure "$WORK/apt.log" "${PACKAGES[@]}"; }
 
 write_containers_conf() {
     # crun fails on this kind of machine (hybrid cgroups): runc. No systemd:

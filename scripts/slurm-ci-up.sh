@@ -33,6 +33,7 @@ START_NS=$(date +%s%N)
 
 log() { printf 'slurm-ci: %s\n' "$*"; }
 die() { printf 'slurm-ci: error: %s\n' "$*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib/apt.sh"
 elapsed() { awk -v a="$START_NS" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
 
 # pid_alive PIDFILE NAME: the pid file names a live process called NAME (guards
@@ -91,19 +92,9 @@ exec 9>"${DIR%/}.lock"
 flock 9
 
 # --- packages ----------------------------------------------------------------
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
-done
-if ((${#missing[@]})); then
-    log "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # Without systemd, postinst scripts cannot start services ("policy-rc.d denied
-    # execution of start"): harmless, the daemons are started by hand below.
-    # Recommends would pull ~35 more packages (HDF5, ROCm, InfluxDB plugins...).
-    apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
-fi
+# Recommends would pull ~35 more packages (HDF5, ROCm, InfluxDB plugins...); the daemons
+# are started by hand below, not by the packages' postinst scripts.
+apt_ensure "${DIR%/}.apt.log" "${PACKAGES[@]}"
 
 # A sacct shim from an accounting-less setup would shadow the real sacct.
 if [[ -f /usr/local/bin/sacct ]] && grep -qs squeue /usr/local/bin/sacct; then

@@ -30,7 +30,8 @@ def tiny_dir(tiny) -> Path:
 def short_pretraining(monkeypatch):
     """The tiny recipe with a few pre-training steps instead of its epochs: the same code
     path for the properties that do not need a trained model (determinism, seeds, RNG)."""
-    monkeypatch.setitem(models.TINY_PRETRAIN, "drills", {**models.TINY_PRETRAIN["drills"], "passes": 1, "epochs": 0.05})
+    monkeypatch.setattr(models, "TINY_DRILL_PASSES", 1)
+    monkeypatch.setitem(models.TINY_PRETRAIN, "drills", {**models.TINY_PRETRAIN["drills"], "epochs": 0.05})
     monkeypatch.setitem(models.TINY_PRETRAIN, "dialogues", {**models.TINY_PRETRAIN["dialogues"], "epochs": 0.03})
 
 
@@ -192,13 +193,13 @@ def test_pretrained_tiny_copies_the_searched_tool_name_under_b_only(tiny):
     from trajhpc.data.conditions import tokenize_examples
     from trajhpc.data.study import load_study_data
     from trajhpc.evaluate import generate_greedy
-    from trajhpc.scoring import parse_call
+    from trajhpc.scoring import TOOL_SEARCHER, call_names, parse_call
     from trajhpc.spec import DataSpec
 
     path, tok = tiny
     model = AutoModelForCausalLM.from_pretrained(path)
     heldout = load_study_data(DataSpec()).heldout
-    records = [r for block in heldout.values() for r in block if tinycorpus.SEARCHER not in r.target]
+    records = [r for block in heldout.values() for r in block if TOOL_SEARCHER not in r.target]
     seen = {name for r in tinycorpus.tiny_corpus() for name in tinycorpus.tool_names(r)}
     unseen = [r for r in records if not set(tinycorpus.tool_names(r)) & seen]
     assert len(records) > 80 and len(unseen) > 0.6 * len(records)
@@ -210,7 +211,7 @@ def test_pretrained_tiny_copies_the_searched_tool_name_under_b_only(tiny):
             batch_size=16, max_new_tokens=24,
         )
         # The name is what is scored here; a call cut off after 24 tokens still shows it.
-        names = [tinycorpus.tool_names_in(tok.decode(ids, skip_special_tokens=True)) for ids in outputs]
+        names = [call_names(tok.decode(ids, skip_special_tokens=True)) for ids in outputs]
         gold = [parse_call(r.target).name for r in unseen]
         accuracy[condition] = sum(n[:1] == [g] for n, g in zip(names, gold)) / len(unseen)
     assert accuracy["A"] == 0.0 and accuracy["B"] >= 0.15, accuracy

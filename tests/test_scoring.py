@@ -281,3 +281,10 @@ def test_summarize_empty_and_mismatched_lengths():
     assert empty["errors"] == dict.fromkeys(scoring.ERROR_TYPES, 0)
     with pytest.raises(ValueError, match="2 scores but 1 gold names"):
         summarize([Score(True, True, None, 1.0, 1.0)] * 2, ["X"])
+
+
+def test_call_names_lists_every_call_start_in_order():
+    text = "API-Request: [ToolSearcher(keywords='x')]->{'name': 'Y'}\nAPI-Request: [Y(a=1)] then [Z("
+    assert scoring.call_names(text) == ["ToolSearcher", "Y", "Z"]
+    assert scoring.call_names("PharmacyLocator(location=New York)") == []  # bracket-less: not a call start
+    assert scoring.call_names("[Broken (a=1)]") == []

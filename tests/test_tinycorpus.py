@@ -8,7 +8,7 @@ import re
 import pytest
 
 from trajhpc import tinycorpus
-from trajhpc.tinycorpus import SEARCHER
+from trajhpc.scoring import TOOL_SEARCHER as SEARCHER
 
 
 @pytest.fixture(scope="module")

@@ -74,10 +74,12 @@ TINY_ARCHITECTURE = dict(
 # copying a name out of a ToolSearcher response emerges, which takes some 5000 small steps
 # (2500 did not; the lv3 records alone, with 3x the parameters or 8x the epochs, never did);
 # then "dialogues" (the records and one renamed copy of each) for the whole prompt's format.
-TINY_PRETRAIN = {
-    "drills": dict(passes=20, epochs=3.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
-    "dialogues": dict(renamed_passes=1, epochs=2.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
+TINY_PRETRAIN = {  # the TrainSpec of each phase, in the order they run
+    "drills": dict(epochs=3.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
+    "dialogues": dict(epochs=2.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
 }
+TINY_DRILL_PASSES = 20  # renamed passes over the records that the drills are cut from
+TINY_RENAMED_PASSES = 1  # renamed copies of each record beside it in the dialogues phase
 # What the build writes beside the weights: the recipe and the dialogues it trained on.
 PRETRAINING_FILE = "pretraining.json"
 
@@ -242,8 +244,8 @@ def build_tiny(out: Path, seed: int = 0) -> None:
     )
     phases = tinycorpus.phase_records(
         records,
-        drill_passes=TINY_PRETRAIN["drills"]["passes"],
-        renamed_passes=TINY_PRETRAIN["dialogues"]["renamed_passes"],
+        drill_passes=TINY_DRILL_PASSES,
+        renamed_passes=TINY_RENAMED_PASSES,
         seed=seed,
     )
     done = {}
@@ -253,7 +255,7 @@ def build_tiny(out: Path, seed: int = 0) -> None:
         model = LlamaForCausalLM(config)
         for stage, (name, phase_records) in enumerate(phases.items()):
             recipe = TINY_PRETRAIN[name]
-            cfg = TrainSpec(**{k: v for k, v in recipe.items() if k in TrainSpec.model_fields}, max_seq_len=TINY_MAX_POSITIONS)
+            cfg = TrainSpec(**recipe, max_seq_len=TINY_MAX_POSITIONS)
             examples = tinycorpus.lm_examples(
                 tokenizer, phase_records, max_seq_len=TINY_MAX_POSITIONS, user_header=START_HEADER + "user"
             )
@@ -276,6 +278,8 @@ def build_tiny(out: Path, seed: int = 0) -> None:
                 "files": list(tinycorpus.TINY_CORPUS),
                 "split": "records the default split trains on (heldout_fraction 0.2, any blocks and caps)",
                 "records": len(records),
+                "drill_passes": TINY_DRILL_PASSES,
+                "renamed_passes": TINY_RENAMED_PASSES,
                 "phases": done,
                 "seconds": round(time.perf_counter() - started, 1),
                 "dialogues": dialogue_keys,

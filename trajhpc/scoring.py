@@ -246,6 +246,11 @@ def parse_gold(gold: str) -> Call | None:
     return parse_call(f"[{m.group(1)}({m.group(2)})]")
 
 
+def call_names(text: str) -> list[str]:
+    """The API names of the calls (``[Name(``) a text starts, in order; nothing is parsed further."""
+    return _CALL_START.findall(text)
+
+
 def gold_name(gold: str) -> str | None:
     """API name of a gold call (bracket-less gold accepted), for :func:`summarize`."""
     call = parse_gold(gold)

@@ -22,12 +22,11 @@ from typing import Any
 
 from trajhpc.data.apibank import CALL_PREFIX, GENERATE_MARKER, Record
 from trajhpc.errors import TrajhpcError
+from trajhpc.scoring import TOOL_SEARCHER, call_names
 
 # The bundled API-Bank files whose training dialogues pre-train tiny (tokenizer and weights).
 TINY_CORPUS = ("training-data/lv3-api-train.json",)
-SEARCHER = "ToolSearcher"
 
-_CALL_NAME = re.compile(r"\[(\w+)\(")
 _WORD = re.compile(r"[A-Z][a-z]*|[a-z]+|\d+")
 # A ToolSearcher response kept up to its description: "{'name': 'X', 'description': '...'}".
 _NAME_AND_DESCRIPTION = re.compile(r"^(\{'name': '[^']*'(?:, 'description': '[^']*')?).*$", re.S)
@@ -61,15 +60,10 @@ def record_texts(records: Sequence[Record]) -> Iterator[str]:
 # ---------------------------------------------------------------- renamed tools
 
 
-def tool_names_in(text: str) -> list[str]:
-    """The names of the calls ``[Name(`` in a text, in order (ToolSearcher included)."""
-    return _CALL_NAME.findall(text)
-
-
 def tool_names(record: Record) -> list[str]:
     """The tools a record calls (its history and its target), ToolSearcher aside, sorted."""
     calls = [record.target, *(t.call for t in record.history if t.call)]
-    return sorted({name for call in calls for name in _CALL_NAME.findall(call)} - {SEARCHER})
+    return sorted({name for call in calls for name in call_names(call)} - {TOOL_SEARCHER})
 
 
 def name_words(records: Sequence[Record]) -> list[str]:
@@ -114,8 +108,7 @@ def copy_drill(record: Record) -> Record | None:
     """The record cut to what copying a tool's name needs: its last two turns, each
     ToolSearcher response up to its description, no system text. None when the gold call
     is ToolSearcher (nothing to copy)."""
-    gold = _CALL_NAME.search(record.target)
-    if gold is None or gold.group(1) == SEARCHER:
+    if call_names(record.target)[:1] in ([], [TOOL_SEARCHER]):
         return None
 
     def cut(turn):

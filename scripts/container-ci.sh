@@ -392,9 +392,12 @@ smoke_slurm() {
 
 # --- 7. out of time inside the container, resubmitted, resumed --------------------
 # Slurm sends USR2 signal_delay_s (plus up to its ~30 s timer slack) before the
-# 2-minute limit, i.e. 60-90 s in. The job needs longer (the test-only
+# 2-minute limit, i.e. 60-90 s in. The job needs far longer (the test-only
 # TRAJHPC_FAULT_INJECT=slow:MS, passed into the container, sleeps after every
-# optimizer step: 60 s a stage) and has written stage 0 (~20 s in) by then. submitit's own
+# optimizer step: 120 s a stage) and has written stage 0 (~20 s in) by then. When the
+# signal is lost (submitit once swallowed a USR2 that arrived with SIGCONT), Slurm's
+# kill at the limit plus its slack must still come first: at 60 s a stage a job whose
+# signal was lost finished in 2m09s, before the kill, and the step failed. submitit's own
 # requeue (`scontrol requeue`) cannot work inside Docker: the attempt ends there,
 # and `submit --wait` says the job did not finish (exit 3). The next submit, with a
 # longer limit (resources are not part of the job id) and no slow-down, resubmits
@@ -405,7 +408,7 @@ timeout_resume() {
         '{"conditions": ["B"], "resources": {"timeout_min": 2, "signal_delay_s": 30}}'
     write_manifest "$WORK/timeout-longer.yaml" slurm timeout \
         '{"conditions": ["B"], "resources": {"timeout_min": 10, "signal_delay_s": 5}}'
-    TRAJHPC_FAULT_INJECT=slow:20000 "$TRAJHPC" submit "$WORK/timeout.yaml" --wait || rc=$?
+    TRAJHPC_FAULT_INJECT=slow:40000 "$TRAJHPC" submit "$WORK/timeout.yaml" --wait || rc=$?
     echo
     [[ $rc == 3 ]] || die "the first attempt should have run out of time (submit --wait exit 3), got exit $rc"
     dir=$(dirname "$(ls "$WORK"/jobs/timeout/*/spec.json)")

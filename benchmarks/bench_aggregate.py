@@ -24,11 +24,11 @@ sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 
 import synthetic_jobs as sj  # noqa: E402
 
-from trajhpc import aggregate as agg  # noqa: E402
-from trajhpc.bulk import gc_paused  # noqa: E402
-from trajhpc.jobrecords import collect_jobs, group_by_study  # noqa: E402
-from trajhpc.results import StudyResult  # noqa: E402
-from trajhpc.tables import analyze_study  # noqa: E402
+from trajhpc.core.gcpause import gc_paused  # noqa: E402
+from trajhpc.results import aggregate as agg  # noqa: E402
+from trajhpc.results.jobrecords import collect_jobs, group_by_study  # noqa: E402
+from trajhpc.results.studyresult import StudyResult  # noqa: E402
+from trajhpc.results.tables import analyze_study  # noqa: E402
 
 BLOCKS = ("care", "meds", "fitness", "cost")
 

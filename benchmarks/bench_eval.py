@@ -7,7 +7,7 @@ the batch size differs. Prints examples/s for both (best of ``--repeats``) and t
 on CPU), and checks the two give the same predictions.
 
 ``--merged``: today's path (generation through the peft model, ``--batch-size``
-rows) against the merged backend (:mod:`trajhpc.merged`, at ``--batch-size`` rows
+rows) against the merged backend (:mod:`trajhpc.job.merged`, at ``--batch-size`` rows
 and at ``--tokens-per-batch``), on an adapter whose B weights are non-zero. Prints
 new tokens/s, the speedup and the agreement with every disagreeing example. On
 CUDA it runs as the job does (bf16 compute + autocast); ``--model llama31-8b-random``
@@ -50,11 +50,11 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from trajhpc import train
     from trajhpc.data.conditions import tokenize_examples
-    from trajhpc.data.study import load_study_data
-    from trajhpc.evaluate import end_of_turn_ids, generate_greedy
-    from trajhpc.models import resolve_model
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job import train
+    from trajhpc.job.evaluate import end_of_turn_ids, generate_greedy
+    from trajhpc.job.models import resolve_model
     from trajhpc.spec import DataSpec, LoraSpec
 
     path = resolve_model(args.model)
@@ -95,12 +95,12 @@ def bench_merged(args) -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from trajhpc import train
     from trajhpc.data.conditions import tokenize_examples
-    from trajhpc.data.study import load_study_data
-    from trajhpc.evaluate import end_of_turn_ids, generate_greedy
-    from trajhpc.merged import MergedEvalModel
-    from trajhpc.models import resolve_model
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job import train
+    from trajhpc.job.evaluate import end_of_turn_ids, generate_greedy
+    from trajhpc.job.merged import MergedEvalModel
+    from trajhpc.job.models import resolve_model
     from trajhpc.spec import DataSpec, LoraSpec
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -27,7 +27,7 @@ def main() -> None:
     from trajhpc.data.apibank import bundled_root, load_records
     from trajhpc.data.conditions import tokenize_examples
     from trajhpc.data.tokens import count_tokens
-    from trajhpc.models import resolve_model
+    from trajhpc.job.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny"))
 

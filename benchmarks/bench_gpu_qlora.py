@@ -4,7 +4,7 @@ No model hub on the GPU machines, so the Llama-3.1-8B architecture is built with
 random weights from its config (same FLOPs and memory as the real weights), saved
 once as a bf16 folder with the small API-Bank tokenizer of the ``tiny`` model copied
 in (its ids < 2048 are valid for the 128k vocabulary), and loaded through the job's
-own path (``trajhpc.train.load_base_model``: NF4 + double quantization, bf16
+own path (``trajhpc.job.train.load_base_model``: NF4 + double quantization, bf16
 compute), with a LoRA adapter r16 on all linear projections.
 
 Modes (one per run):
@@ -17,7 +17,7 @@ Modes (one per run):
   gradient checkpointing, the grid's batch 8 x accumulation 2) and then the job's own
   loop (``tokens_per_batch``, checkpointing ``auto``) on the same real lv3 examples
   (condition B, one block) in the same process; prints both and their ratio.
-- ``--job``: one real job through ``trajhpc.job.run_job`` at the grid's settings
+- ``--job``: one real job through ``trajhpc.job.run.run_job`` at the grid's settings
   (capped data: ``--train-per-block``, ``--heldout-per-block``); prints stage
   times, train tokens/s, eval prompts/s and peak memory, and writes a rates file
   (``--rates-out``) for ``trajhpc submit MANIFEST --dry-run --rates FILE``.
@@ -99,7 +99,7 @@ def build_random_model(folder: Path) -> None:
 
 def model_folder(args) -> Path:
     """The tiny model (``--quick``) or the random 8B folder with the tiny tokenizer copied in."""
-    from trajhpc.models import resolve_model
+    from trajhpc.job.models import resolve_model
 
     tiny = resolve_model("tiny")
     if args.quick:
@@ -130,7 +130,7 @@ def sync() -> None:
 
 
 def peak_gib() -> float:
-    from trajhpc.provenance import peak_memory_bytes
+    from trajhpc.core.provenance import peak_memory_bytes
 
     return peak_memory_bytes(device_and_dtype()[0].type) / 2**30
 
@@ -147,7 +147,7 @@ def real_examples(folder: Path, n: int | None):
     from transformers import AutoTokenizer
 
     from trajhpc.data.conditions import tokenize_examples
-    from trajhpc.data.study import load_study_data
+    from trajhpc.data.splits import load_study_data
     from trajhpc.spec import DataSpec
 
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -166,9 +166,7 @@ def real_examples(folder: Path, n: int | None):
 def synthetic(args, folder: Path) -> None:
     import torch
 
-    from trajhpc import train
-
-    from trajhpc import batching
+    from trajhpc.job import batching, train
     from trajhpc.spec import LoraSpec, TrainSpec
 
     device, dtype = device_and_dtype()
@@ -217,8 +215,14 @@ def peer_recipe(folder: Path, tokenizer, examples, steps: int, warmup: int) -> f
     """transformers Trainer + peft + bitsandbytes, as the QLoRA tutorials write it; real tokens/s."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, DataCollatorForSeq2Seq, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoModelForCausalLM,
+        BitsAndBytesConfig,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     device, dtype = device_and_dtype()
     cuda = device.type == "cuda"
@@ -280,7 +284,7 @@ def job_loop(folder: Path, tokenizer, examples, tokens_per_batch: int) -> float:
     """The job's own recipe on the same examples: token batches, checkpointing auto, logits on targets only."""
     import torch
 
-    from trajhpc import batching, train
+    from trajhpc.job import batching, train
     from trajhpc.spec import LoraSpec, TrainSpec
 
     device, dtype = device_and_dtype()
@@ -329,11 +333,9 @@ def peer(args, folder: Path) -> None:
 
 
 def job(args, folder: Path) -> None:
-    from trajhpc.job import run_job
-    from trajhpc.spec import JobSpec
-
-    from trajhpc.data.study import load_study_data
-    from trajhpc.spec import DataSpec
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.run import run_job
+    from trajhpc.spec import DataSpec, JobSpec
 
     data = {"max_train_per_block": args.train_per_block, "max_heldout_per_block": args.heldout_per_block}
     train_cfg = {**GRID_TRAIN, **GRID_FAST}

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from trajhpc.grid import expand
-from trajhpc.launch import render_sbatch, submit_command
-from trajhpc.manifest import parse_manifest
-from trajhpc.status import collect_rows, counts_line, render_table
+from trajhpc.launch.status import collect_rows, counts_line, render_table
+from trajhpc.launch.submit import render_sbatch, submit_command
+from trajhpc.study.grid import expand
+from trajhpc.study.manifest import parse_manifest
 
 # 5 arms x 10 seeds x 20 random orders of the 4 lv3 blocks = 1,000 jobs
 MANIFEST = """

@@ -1,6 +1,6 @@
 """Training throughput and padding share of the job's training loop on a bundled block.
 
-Runs the real recipe (trajhpc.train: length-grouped plan, QLoRA or LoRA model,
+Runs the real recipe (trajhpc.job.train: length-grouped plan, QLoRA or LoRA model,
 train_stage) on one lv3 block and prints tokens/s (real tokens, padding excluded),
 the padding share of computed tokens (target < 5%), seconds and peak RSS.
 
@@ -37,12 +37,10 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from trajhpc import train
-
-    from trajhpc import batching
     from trajhpc.data.conditions import tokenize_examples
-    from trajhpc.data.study import load_study_data
-    from trajhpc.models import resolve_model
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job import batching, train
+    from trajhpc.job.models import resolve_model
     from trajhpc.spec import DataSpec, LoraSpec, TrainSpec
 
     path = resolve_model(args.model)

@@ -39,7 +39,7 @@ step() {  # step NAME LIMIT_S ARGS...: one benchmark, its output appended to the
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$LOG"
 # The tiny model, whose API-Bank tokenizer every step uses: ~2.5 min on one core when not
 # cached, longer than a step's limit below.
-step tiny 400 -c "from trajhpc.models import resolve_model; print(resolve_model('tiny'))"
+step tiny 400 -c "from trajhpc.job.models import resolve_model; print(resolve_model('tiny'))"
 # MFU on the synthetic 4 x 1024 case, checkpointing off (what `auto` picks on an 80+ GB GPU).
 step synthetic 150 benchmarks/bench_gpu_qlora.py --folder "$FOLDER" --no-gradient-checkpointing "${QUICK_FLAG[@]}"
 # The standard Trainer recipe vs the job's loop on the same real lv3 examples.

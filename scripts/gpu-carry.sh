@@ -22,7 +22,7 @@ find "$work/site/bitsandbytes" -name 'libbitsandbytes_*.so' \
 tar -C "$work/site" -czf .gpu-carry/site.tar.gz .
 # The tiny model, built here (one CPU thread, the same bytes anywhere): the node skips ~2.5 min.
 if [ -x .venv/bin/python ]; then
-    TRAJHPC_CACHE=$PWD/.gpu-carry/cache .venv/bin/python -c "from trajhpc.models import resolve_model; resolve_model('tiny')"
+    TRAJHPC_CACHE=$PWD/.gpu-carry/cache .venv/bin/python -c "from trajhpc.job.models import resolve_model; resolve_model('tiny')"
 fi
 grep -qx '/.gpu-carry/' .git/info/exclude 2>/dev/null || echo '/.gpu-carry/' >> .git/info/exclude
 ls -la .gpu-carry/site.tar.gz

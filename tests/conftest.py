@@ -76,7 +76,7 @@ def tiny():
     kept across sessions on one machine)."""
     from transformers import AutoTokenizer
 
-    from trajhpc.models import resolve_model
+    from trajhpc.job.models import resolve_model
 
     path = resolve_model("tiny")
     return path, AutoTokenizer.from_pretrained(str(path))
@@ -94,8 +94,8 @@ def hub_api_bank_files(tmp_path_factory) -> Path:
 def hub_cache(tmp_path, hub_api_bank_files, monkeypatch) -> Path:
     """A Hugging Face hub cache holding that dataset as liminghao1630/API-Bank, made the
     one huggingface_hub reads (what `hf download --repo-type dataset` leaves; no network)."""
-    import huggingface_hub.constants
     import hub_api_bank
+    import huggingface_hub.constants
 
     cache = tmp_path / "hub"
     hub_api_bank.write_hub_cache(cache, hub_api_bank_files)
@@ -109,7 +109,7 @@ def synthetic(tmp_path_factory):
     jobs, arms A, B, A@B x seeds 0-2 x two orders, each with a train_log.jsonl of 3 steps per stage."""
     import synthetic_jobs as sj
 
-    from trajhpc import aggregate as agg
+    from trajhpc.results import aggregate as agg
 
     root = tmp_path_factory.mktemp("synthetic-runs")
     sj.write_study(root, "s1")

@@ -10,13 +10,12 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from trajhpc import aggregate as agg
-from trajhpc import plots, report
-from trajhpc import tables as tbl
-from trajhpc.results import StudyResult
-from trajhpc import stats
-from trajhpc.errors import TrajhpcError
-from trajhpc.jobdir import RECORD, RECORD_SCHEMA
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.jobdir.paths import RECORD, RECORD_SCHEMA
+from trajhpc.results import aggregate as agg
+from trajhpc.results import plots, report, stats
+from trajhpc.results import tables as tbl
+from trajhpc.results.studyresult import StudyResult
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import synthetic_jobs as sj  # noqa: E402

@@ -1,9 +1,11 @@
-"""The shape docs/ARCHITECTURE.md promises: floors that import only downwards, no import
-circle, no module above 500 lines."""
+"""The shape docs/ARCHITECTURE.md promises: packages in data-flow order that import only
+from themselves and the packages before them, no import circle (imports inside
+functions included), no module above 500 lines, each package's public names exported."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -11,20 +13,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "trajhpc"
 MAX_LINES = 500
 
-FLOORS = {
-    0: {"errors", "atomic", "locks", "bulk", "provenance", "yamlread", "fielderrors", "submitit_adapter", "termtable",
-        "quiet"},
-    1: {"spec", "data", "scoring", "baselines", "batching", "train", "checkpoint", "models", "container", "slurmclient",
-        "jobdir", "jobdocs", "trainlog", "tinycorpus"},  # models pre-trains the tiny model with the training loop
-    2: {"analysis", "manifest", "grid", "data.inspect"},  # `trajhpc data inspect` reads a manifest
-    3: {"evaluate", "merged", "recipe", "job", "progress", "cost"},
-    4: {"status", "slurmquery", "submission", "liveview", "statusview", "localrun", "launch"},
-    5: {"losscurves", "jobrecords", "results", "stagetables", "stats", "itemstats", "factorial", "itemtables", "tables",
-        "report", "plots",
-        "aggregate"},
-    6: {"cli"},
-}
-FLOOR = {name: floor for floor, names in FLOORS.items() for name in names}
+# The data flow: each package may import from itself and those before it, never after.
+ORDER = ("core", "spec", "data", "jobdir", "job", "study", "launch", "results", "cli")
+RANK = {name: rank for rank, name in enumerate(ORDER)}
+FOLDERS = tuple(name for name in ORDER if (PACKAGE / name).is_dir())
 
 
 def _modules() -> dict[str, Path]:
@@ -35,46 +27,52 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(path: Path, *, top_level_only: bool) -> set[str]:
-    """trajhpc modules imported by the file (``from trajhpc import x`` counts as ``x``)."""
-    tree = ast.parse(path.read_text())
-    nodes = tree.body if top_level_only else list(ast.walk(tree))
-    if top_level_only:  # include `if TYPE_CHECKING:` blocks: a typing-only circle is still a circle
-        nodes = nodes + [n for node in tree.body if isinstance(node, ast.If) for n in node.body]
+def _imports(path: Path, *, module: str) -> set[str]:
+    """trajhpc modules the file imports anywhere in it, at the top or inside a function
+    (``from trajhpc.job import train`` counts as ``job.train``, ``from trajhpc.job.train import x``
+    as ``job.train``); a package's own ``__init__`` importing its modules is not counted."""
+    modules = _modules()
     found = set()
-    for node in nodes:
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "trajhpc":
             base = node.module.removeprefix("trajhpc").lstrip(".")
             for alias in node.names:
-                found.add(f"{base}.{alias.name}".lstrip(".") if not base or base == "data" else base)
+                sub = f"{base}.{alias.name}".lstrip(".")
+                found.add(sub if sub in modules else base)
         elif isinstance(node, ast.Import):
             found |= {a.name.removeprefix("trajhpc.") for a in node.names if a.name.startswith("trajhpc.")}
-    modules = _modules()
-    return {m if m in modules else m.rsplit(".", 1)[0] for m in found} & set(modules)
+    return {m for m in found if m in modules and m != module}
 
 
-def _top(name: str) -> str:
-    """The FLOORS entry a module belongs to: itself when listed (``data.inspect``), else its package."""
-    return name if name in FLOOR else name.split(".")[0]
+def _package(module: str) -> str:
+    return module.split(".")[0]
 
 
-def test_every_module_has_a_floor():
-    assert {_top(m) for m in _modules()} - {"__init__"} == set(FLOOR)
+def test_the_top_level_holds_only_cli_spec_and_the_packages():
+    loose = {p.name for p in PACKAGE.iterdir() if p.suffix == ".py"}
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert loose <= {"__init__.py", "cli.py", "spec.py"}
+    assert folders == set(FOLDERS)
+
+
+def test_every_module_belongs_to_a_package_in_the_order():
+    assert {_package(m) for m in _modules()} - {"__init__"} <= set(ORDER)
 
 
 @pytest.mark.parametrize("module", sorted(_modules()))
-def test_imports_go_only_down_or_across(module):
-    if _top(module) not in FLOOR:
+def test_imports_go_only_to_earlier_packages(module):
+    if module == "__init__":
         return
-    up = {
-        dep for dep in _imports(_modules()[module], top_level_only=False)
-        if _top(dep) in FLOOR and FLOOR[_top(dep)] > FLOOR[_top(module)]
+    later = {
+        dep for dep in _imports(_modules()[module], module=module)
+        if RANK[_package(dep)] > RANK[_package(module)]
     }
-    assert not up, f"{module} (floor {FLOOR[_top(module)]}) imports from a floor above: {sorted(up)}"
+    assert not later, f"{module} ({_package(module)}) imports from a later package: {sorted(later)}"
 
 
 def test_no_import_circle():
-    graph = {m: _imports(p, top_level_only=True) - {m} for m, p in _modules().items()}
+    graph = {m: _imports(p, module=m) for m, p in _modules().items() if not p.name == "__init__.py"}
+    graph = {m: deps & set(graph) for m, deps in graph.items()}
     state: dict[str, int] = {}
 
     def visit(module: str, stack: list[str]) -> None:
@@ -95,3 +93,13 @@ def test_no_import_circle():
 def test_no_module_above_500_lines(module):
     lines = len(_modules()[module].read_text().splitlines())
     assert lines <= MAX_LINES, f"{module}: {lines} lines; split it along its concerns"
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_each_package_says_what_it_is_and_exports_its_public_names(folder):
+    package = importlib.import_module(f"trajhpc.{folder}")
+    doc = (package.__doc__ or "").strip()
+    assert doc and len(doc.splitlines()) <= 2, f"trajhpc/{folder}/__init__.py: a docstring of one or two lines"
+    assert package.__all__, f"trajhpc/{folder}/__init__.py exports nothing"
+    for name in package.__all__:
+        assert getattr(package, name) is not None, f"trajhpc.{folder}.{name}"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from trajhpc import atomic
+from trajhpc.core import atomic
 
 
 def test_write_json_creates_parents_and_sorts(tmp_path):
@@ -53,7 +53,7 @@ def test_a_refused_write_is_a_clean_error_naming_the_file(tmp_path, monkeypatch)
     import errno
     import os
 
-    from trajhpc.errors import TrajhpcError
+    from trajhpc.core.errors import TrajhpcError
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

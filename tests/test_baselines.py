@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trajhpc.baselines import baseline_rows, diagnostics, first_listed_api, last_call, most_frequent_api
 from trajhpc.data.apibank import Record, Turn
-from trajhpc.data.study import load_study_data
+from trajhpc.data.splits import load_study_data
+from trajhpc.job.baselines import baseline_rows, diagnostics, first_listed_api, last_call, most_frequent_api
 from trajhpc.spec import DataSpec
 
 

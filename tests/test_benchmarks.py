@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from trajhpc.cost import load_rates
+from trajhpc.launch.cost import load_rates
 
 REPO = Path(__file__).resolve().parent.parent
 

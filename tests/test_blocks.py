@@ -9,6 +9,7 @@ import os
 import pytest
 from rich.console import Console
 
+from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.data.apibank import bundled_root, load_records
 from trajhpc.data.blocks import (
     LV3_ORDER,
@@ -18,10 +19,9 @@ from trajhpc.data.blocks import (
     is_heldout,
     load_catalogue,
 )
-from trajhpc.data.inspect import block_rows, inspect_command
-from trajhpc.data.study import load_study_data
-from trajhpc.errors import InputError, TrajhpcError
+from trajhpc.data.splits import load_study_data
 from trajhpc.spec import BlockRule, BlocksSpec, DataSpec
+from trajhpc.study.inspect import block_rows, inspect_command
 
 LV3 = "training-data/lv3-api-train.json"
 LEVEL1 = "test-data/level-1-api.json"

@@ -45,13 +45,13 @@ def test_run_job_on_a_folder_is_one_line_not_a_traceback(tmp_path):
 def test_ctrl_c_in_any_command_exits_130_with_a_message(monkeypatch, capsys):
     import pytest
 
-    import trajhpc.statusview
+    import trajhpc.launch.statusview
     from trajhpc import cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trajhpc.statusview, "status_command", interrupted)
+    monkeypatch.setattr(trajhpc.launch.statusview, "status_command", interrupted)
     monkeypatch.setattr(sys, "argv", ["trajhpc", "status"])
     with pytest.raises(SystemExit) as exit_:
         cli.main()
@@ -62,10 +62,10 @@ def test_ctrl_c_in_any_command_exits_130_with_a_message(monkeypatch, capsys):
 def test_an_exit_status_raised_by_a_command_reaches_the_shell(monkeypatch):
     import pytest
 
-    import trajhpc.launch
+    import trajhpc.launch.submit
     from trajhpc import cli
 
-    monkeypatch.setattr(trajhpc.launch, "submit_command", lambda *a, **k: 3)
+    monkeypatch.setattr(trajhpc.launch.submit, "submit_command", lambda *a, **k: 3)
     monkeypatch.setattr(sys, "argv", ["trajhpc", "submit", "m.yaml"])
     with pytest.raises(SystemExit) as exit_:
         cli.main()

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from trajhpc.core.errors import TrajhpcError
 from trajhpc.data.apibank import CALL_PREFIX, GENERATE_MARKER, bundled_root, load_records
 from trajhpc.data.conditions import (
     CONDITIONS,
@@ -15,7 +16,6 @@ from trajhpc.data.conditions import (
     tokenize_examples,
 )
 from trajhpc.data.tokens import TokenCounts, count_by_condition_block, count_tokens
-from trajhpc.errors import TrajhpcError
 from trajhpc.spec import CONDITIONS as SPEC_CONDITIONS
 
 FILES = ("training-data/lv3-api-train.json", "test-data/level-1-api.json", "test-data/level-2-api.json")
@@ -36,7 +36,7 @@ def with_calls(records) -> list:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from trajhpc.models import resolve_model
+    from trajhpc.job.models import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model("tiny"))
 

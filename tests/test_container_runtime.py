@@ -1,4 +1,4 @@
-"""trajhpc.container against what podman (as podman-docker's `docker`) really does.
+"""trajhpc.launch.container against what podman (as podman-docker's `docker`) really does.
 
 Found by running the image for real (scripts/container-ci.sh): podman's
 `image inspect --format {{.Id}}` prints the bare hex id, and podman refuses a
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trajhpc import container as ctr
+from trajhpc.launch import container as ctr
 
 HEX = "0123456789abcdef" * 4
 
@@ -95,16 +95,16 @@ def test_apptainer_binds_no_workdir():
 
 
 def test_fault_injection_reaches_the_docker_job():
-    # Test-only (trajhpc.job.FAULT_ENV): the container CI stage slows a job down inside Docker.
-    from trajhpc.job import FAULT_ENV
+    # Test-only (trajhpc.job.run.FAULT_ENV): the container CI stage slows a job down inside Docker.
+    from trajhpc.job.run import FAULT_ENV
 
     argv = shlex.split(ctr.python_command("docker", "t:1", [], gpus=False))
     assert ("--env", FAULT_ENV) in set(zip(argv, argv[1:]))
 
 
 def test_the_launch_binds_the_submit_folder(tmp_path, monkeypatch):
-    from trajhpc.launch import Launch
-    from trajhpc.manifest import parse_manifest
+    from trajhpc.launch.submit import Launch
+    from trajhpc.study.manifest import parse_manifest
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from trajhpc.cost import JobWork, Rates, WorkPlanner, format_estimate, job_seconds, load_rates
-from trajhpc.errors import InputError
-from trajhpc.job import run_job
-from trajhpc.launch import submit_command
+from trajhpc.core.errors import InputError
+from trajhpc.job.run import run_job
+from trajhpc.launch.cost import JobWork, Rates, WorkPlanner, format_estimate, job_seconds, load_rates
+from trajhpc.launch.submit import submit_command
 from trajhpc.spec import JobSpec, TokenBudget
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.data.apibank import (
     GENERATE_MARKER,
     Turn,
@@ -18,7 +19,6 @@ from trajhpc.data.apibank import (
     parse_input,
     split_call,
 )
-from trajhpc.errors import InputError, TrajhpcError
 
 LV3 = "training-data/lv3-api-train.json"
 LEVEL1 = "test-data/level-1-api.json"

@@ -12,7 +12,6 @@ import sys
 
 import polars as pl
 import pytest
-
 from conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -101,8 +100,8 @@ def test_example_level_tables_of_the_real_smoke_output(smoke_root):
 
 
 def test_plots_of_the_real_smoke_output(smoke_root):
-    from trajhpc import aggregate as agg
-    from trajhpc import plots
+    from trajhpc.results import aggregate as agg
+    from trajhpc.results import plots
 
     out = smoke_root / "smoke" / "aggregate"
     report = (out / "report.md").read_text()

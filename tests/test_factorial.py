@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trajhpc.factorial import factorial_rows
+from trajhpc.results.factorial import factorial_rows
 
 
 def plant(calls: float, responses: float, interaction: float, units: int = 6) -> dict:

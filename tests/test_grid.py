@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from trajhpc.errors import InputError
-from trajhpc.grid import all_orders, expand, latin_orders, random_orders, resolve_seeds
-from trajhpc.manifest import parse_manifest
+from trajhpc.core.errors import InputError
 from trajhpc.spec import JobSpec
+from trajhpc.study.grid import all_orders, expand, latin_orders, random_orders, resolve_seeds
+from trajhpc.study.manifest import parse_manifest
 
 BLOCKS = ("care-appointments", "medication-treatment", "mental-wellness-fitness", "cost-insurance-other")
 

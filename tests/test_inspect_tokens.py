@@ -10,17 +10,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hub_api_bank as hub
 import pytest
 from rich.console import Console
 
-from trajhpc.data.inspect import PILOT_RATIO, inspect_command, mix_rows, token_rows
+from trajhpc.core.errors import TrajhpcError
 from trajhpc.data.source import fingerprint, pin_fingerprint
-from trajhpc.data.study import load_study_data
+from trajhpc.data.splits import load_study_data
 from trajhpc.data.tokens import count_by_condition_block
-from trajhpc.errors import TrajhpcError
 from trajhpc.spec import DataSpec, HubSource
-
-import hub_api_bank as hub
+from trajhpc.study.inspect import PILOT_RATIO, inspect_command, mix_rows, token_rows
 
 FILES = (hub.LV1, hub.LV2, hub.LV3)
 HUB_MANIFEST = f"""data:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trajhpc.itemstats import (
+from trajhpc.results.itemstats import (
     discordant,
     holm,
     mcnemar_exact,

@@ -15,9 +15,9 @@ import pytest
 import submitit
 from rich.console import Console
 
-from trajhpc import provenance
-from trajhpc.errors import TrajhpcError
-from trajhpc.job import JobTask, final_summary, run_job, run_job_command
+from trajhpc.core import provenance
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.job.run import JobTask, final_summary, run_job, run_job_command
 from trajhpc.spec import JobSpec
 
 ORDER = ["cost-insurance-other", "care-appointments"]
@@ -103,7 +103,7 @@ def test_job_directory_follows_the_contract(done_job):
     assert res["peak_memory_bytes"] > 10**7 and res["train_tokens_per_s"] > 0 and res["eval_examples_per_s"] > 0
     from transformers import AutoModelForCausalLM
 
-    from trajhpc.models import resolve_model
+    from trajhpc.job.models import resolve_model
 
     unquantized = AutoModelForCausalLM.from_pretrained(str(resolve_model("tiny"))).num_parameters()
     assert res["params_base"] == unquantized  # 4-bit weights counted as the matrices they stand for
@@ -160,17 +160,17 @@ def test_job_logs_keep_real_warnings_and_drop_library_noise():
     import logging
     import warnings
 
-    from trajhpc import quiet
+    from trajhpc.job import logfilters
 
-    quiet.install()
-    quiet.install()  # idempotent
-    bnb = logging.getLogger(quiet.BNB_LOGGER)
+    logfilters.install()
+    logfilters.install()  # idempotent
+    bnb = logging.getLogger(logfilters.BNB_LOGGER)
     assert len(bnb.filters) == 1
     record = lambda msg: logging.LogRecord(bnb.name, logging.WARNING, __file__, 1, msg, ("x",), None)  # noqa: E731
-    assert not bnb.filters[0].filter(record(quiet.BNB_KERNELS + ": %s. Please make sure you already `pip install kernels`"))
+    assert not bnb.filters[0].filter(record(logfilters.BNB_KERNELS + ": %s. Please make sure you already `pip install kernels`"))
     assert bnb.filters[0].filter(record("Failed to load the CPU backend: %s"))
     with warnings.catch_warnings(record=True) as caught:
-        quiet.install()  # inside: catch_warnings restores the filters on exit
+        logfilters.install()  # inside: catch_warnings restores the filters on exit
         for module, text in [
             ("transformers.modeling_utils", "`is_gradient_checkpointing` is deprecated and will be removed in v6."),
             ("transformers.modeling_utils", "`gradient_checkpointing_enable` is deprecated and will be removed in v6."),
@@ -190,8 +190,8 @@ def test_token_matched_arm_reaches_its_budget_within_one_batch(tmp_path, done_jo
     from transformers import AutoTokenizer
 
     from trajhpc.data.conditions import tokenize_examples
-    from trajhpc.data.study import load_study_data
-    from trajhpc.models import resolve_model
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.models import resolve_model
 
     spec = spec_of(condition="A", token_budget={"match": "B", "count": "total"})
     assert spec.arm == "A@B"
@@ -232,9 +232,9 @@ def test_a_directory_holding_another_spec_is_refused(tmp_path):
 
 
 def test_unknown_block_fails_before_the_model_loads_and_marks_the_job_failed(tmp_path, monkeypatch):
-    import trajhpc.train
+    import trajhpc.job.train
 
-    monkeypatch.setattr(trajhpc.train, "load_base_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(trajhpc.job.train, "load_base_model", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(TrajhpcError, match=r"order: unknown block\(s\) \['nope'\].*care-appointments"):
         run_job(spec_of(order=["nope"]), tmp_path / "job")
     state = read(tmp_path / "job", "state.json")
@@ -316,9 +316,9 @@ def test_truncated_examples_are_counted_per_stage(done_job):
     from transformers import AutoTokenizer
 
     from trajhpc.data.conditions import tokenize_examples
-    from trajhpc.data.study import load_study_data
-    from trajhpc.models import resolve_model
-    from trajhpc.batching import plan_stage
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.batching import plan_stage
+    from trajhpc.job.models import resolve_model
 
     spec = spec_of()
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny")))
@@ -342,9 +342,9 @@ def test_lv3_gold_calls_fit_the_default_max_new_tokens():
     from transformers import AutoTokenizer
 
     from trajhpc.data.conditions import tokenize_examples
-    from trajhpc.data.study import load_study_data
-    from trajhpc.evaluate import gold_token_count
-    from trajhpc.models import resolve_model
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.evaluate import gold_token_count
+    from trajhpc.job.models import resolve_model
     from trajhpc.spec import DataSpec, EvalSpec
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny")))
@@ -362,9 +362,9 @@ def test_lv3_gold_calls_fit_the_default_max_new_tokens():
 def test_heldout_dialogues_in_the_pretraining_text_are_warned_about(tmp_path, done_job):
     """tiny pre-trains on the default split (heldout_fraction 0.2): a study that holds out
     another fraction of the same dialogues evaluates on some the model has read."""
-    from trajhpc.data.study import load_study_data
-    from trajhpc.models import resolve_model
-    from trajhpc.recipe import _check_pretraining
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.models import resolve_model
+    from trajhpc.job.recipe import _check_pretraining
 
     assert read(done_job, "metrics.json")["provenance"]["heldout_dialogues_in_pretraining"] == 0
     assert "pre-training text" not in LOGS["done_job"]
@@ -394,14 +394,14 @@ def test_supervised_matched_arm_warns_that_it_equals_its_own_condition(tmp_path)
 
 def test_complete_job_still_marked_running_is_marked_done(tmp_path, monkeypatch, done_job):
     """Killed between the final metrics.json and the state.json 'done' write: the next start repairs state.json."""
-    import trajhpc.train
+    import trajhpc.job.train
 
     job_dir = tmp_path / "job"
     shutil.copytree(done_job, job_dir)
     state = read(job_dir, "state.json")
     running = state | {"state": "running", "ended": None}
     (job_dir / "state.json").write_text(json.dumps(running))
-    monkeypatch.setattr(trajhpc.train, "load_base_model", lambda *a, **k: pytest.fail("model loaded"))
+    monkeypatch.setattr(trajhpc.job.train, "load_base_model", lambda *a, **k: pytest.fail("model loaded"))
     assert run_job(spec_of(), job_dir) == read(done_job, "metrics.json")
     repaired = read(job_dir, "state.json")
     assert repaired["state"] == "done" and repaired["stage"] == 2 and repaired["n_stages"] == 2
@@ -464,7 +464,7 @@ def _state(job_dir: Path) -> str | None:
 def test_second_run_job_exits_2_and_ctrl_c_exits_130_leaving_the_job_interrupted(tmp_path):
     import signal
 
-    from trajhpc.status import display_state
+    from trajhpc.launch.status import display_state
 
     spec_file, job_dir = tmp_path / "spec.json", tmp_path / "job"
     spec_file.write_text(json.dumps(BASE | {"train": BASE["train"] | {"max_steps": 50}}))
@@ -494,7 +494,7 @@ def test_second_run_job_exits_2_and_ctrl_c_exits_130_leaving_the_job_interrupted
 
 
 def test_job_threads_follow_the_launcher_then_the_allocation_then_the_affinity():
-    from trajhpc.job import job_threads
+    from trajhpc.job.run import job_threads
 
     assert job_threads({"OMP_NUM_THREADS": "3", "SLURM_CPUS_PER_TASK": "8"}, 16) == 3
     assert job_threads({"SLURM_CPUS_PER_TASK": "8"}, 16) == 8
@@ -505,7 +505,7 @@ def test_job_threads_follow_the_launcher_then_the_allocation_then_the_affinity()
 def test_run_job_by_hand_sets_the_thread_count(tmp_path, monkeypatch, done_job):
     import torch
 
-    import trajhpc.job as job_mod
+    import trajhpc.job.run as job_mod
 
     monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset, and restored after the test
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
@@ -530,8 +530,8 @@ def test_adapter_config_lists_target_modules_sorted(done_job):
 def test_the_job_reads_its_own_files_without_hanging_on_a_fifo_or_dying_on_damage(tmp_path):
     import os
 
-    from trajhpc.errors import InputError
-    from trajhpc.job import read_json
+    from trajhpc.core.errors import InputError
+    from trajhpc.job.run import read_json
 
     fifo = tmp_path / "metrics.json"
     os.mkfifo(fifo)

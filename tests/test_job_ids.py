@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from trajhpc.grid import expand
-from trajhpc.manifest import load_manifest, parse_manifest
+from trajhpc.study.grid import expand
+from trajhpc.study.manifest import load_manifest, parse_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = json.loads((REPO / "tests" / "fixtures" / "golden" / "manifest_job_ids.json").read_text())

@@ -20,12 +20,12 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from trajhpc import aggregate as agg
-from trajhpc import jobdir
-from trajhpc.errors import TrajhpcError
-from trajhpc.jobdir import FileProblem, find_job_dirs, read_json_file, read_json_object
-from trajhpc.status import collect_rows, counts_line
-from trajhpc.statusview import status_command
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.jobdir import paths as jobdir
+from trajhpc.jobdir.paths import FileProblem, find_job_dirs, read_json_file, read_json_object
+from trajhpc.launch.status import collect_rows, counts_line
+from trajhpc.launch.statusview import status_command
+from trajhpc.results import aggregate as agg
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import synthetic_jobs as sj  # noqa: E402
@@ -364,7 +364,7 @@ def _content():
 @settings(max_examples=100, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(writes=st.lists(st.tuples(st.sampled_from(NAMES), _content()), min_size=1, max_size=3))
 def test_random_content_never_breaks_status_or_aggregate(tmp_path_factory, monkeypatch, writes):
-    monkeypatch.setattr("trajhpc.slurmquery._run", lambda cmd: None)  # random Slurm ids: never ask a real cluster
+    monkeypatch.setattr("trajhpc.launch.slurmquery._run", lambda cmd: None)  # random Slurm ids: never ask a real cluster
     root = tmp_path_factory.mktemp("prop")
     spec = sj.spec_for("A", order=("a", "b"))
     job = sj.write_job(root / "s", spec, [[0.5, 0.5]] * 3)

@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from trajhpc import container as ctr
-from trajhpc import slurmclient
-from trajhpc.errors import InputError, TrajhpcError
-from trajhpc.grid import expand
-from trajhpc.launch import (
+from trajhpc.core.errors import InputError, TrajhpcError
+from trajhpc.launch import container as ctr
+from trajhpc.launch import slurmclient
+from trajhpc.launch.localrun import local_slots
+from trajhpc.launch.submit import (
     Launch,
     make_slurm_executor,
     render_sbatch,
@@ -34,8 +34,9 @@ from trajhpc.launch import (
     slurm_parameters,
     submit_command,
 )
-from trajhpc.localrun import local_slots
-from trajhpc.manifest import Resources, load_manifest, parse_manifest
+from trajhpc.study import containerfields as fields
+from trajhpc.study.grid import expand
+from trajhpc.study.manifest import Resources, load_manifest, parse_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).parent / "golden"
@@ -149,7 +150,7 @@ CLIENT_BINDS = [
 def test_slurm_client_binds(paths, expected):
     assert slurmclient.slurm_client_binds(paths) == expected
     for bind in expected[0]:
-        ctr.check_bind(bind)
+        fields.check_bind(bind)
 
 
 def test_parse_ldd():
@@ -165,7 +166,7 @@ def test_parse_ldd():
 def test_apptainer_on_slurm_binds_the_slurm_client(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     paths = slurmclient.SlurmClientPaths("/usr/bin/scontrol", (DEBIAN,), "/etc/slurm/slurm.conf", "/run/munge")
-    monkeypatch.setattr("trajhpc.launch.discover_slurm_client", lambda: paths)
+    monkeypatch.setattr("trajhpc.launch.submit.discover_slurm_client", lambda: paths)
     text = "study: s\nconditions: [A]\ncontainer: {runtime: apptainer, image: t.sif}\n"
     slurm = Launch(parse_manifest(text), tmp_path / "m.yaml", Path("runs"), "slurm").python
     for bind in slurmclient.slurm_client_binds(paths)[0]:
@@ -239,23 +240,23 @@ def test_paths_with_spaces_and_quotes_are_quoted():
 )
 def test_bind_validation(bind, message):
     with pytest.raises(ValueError, match=message):
-        ctr.check_bind(bind)
+        fields.check_bind(bind)
 
 
 @pytest.mark.parametrize("bind", ["/data", "data", "./d:/d", "/a:/b:ro", "/a:/b:rw,z", "~/.cache"])
 def test_valid_binds(bind):
-    assert ctr.check_bind(bind) == bind
+    assert fields.check_bind(bind) == bind
 
 
 @pytest.mark.parametrize("image", ["-it", "img;rm -rf /", "a b", "img\n", "$(id)", ""])
 def test_image_validation(image):
     with pytest.raises(ValueError):
-        ctr.check_image(image)
+        fields.check_image(image)
 
 
 @pytest.mark.parametrize("image", ["trajhpc.sif", "/p/t.sif", "docker://ghcr.io/o/t:1", "o/t@sha256:" + "a" * 64])
 def test_valid_images(image):
-    assert ctr.check_image(image) == image
+    assert fields.check_image(image) == image
 
 
 def test_unique_binds_absolute_and_deduplicated(tmp_path):
@@ -298,7 +299,7 @@ def test_manifest_image_env_and_home_expansion(tmp_path, monkeypatch):
         Launch(parse_manifest(text.replace("${IMAGES}", "$NOPE"), "m.yaml"), tmp_path / "m.yaml", Path("runs"), "local")
     for bad in ("$(id)/t.sif", "${A/t.sif", "a;$B"):
         with pytest.raises(ValueError):
-            ctr.check_manifest_image(bad)
+            fields.check_manifest_image(bad)
 
 
 def test_image_digest(tmp_path):
@@ -484,13 +485,13 @@ def test_local_end_to_end_one_failure_does_not_stop_the_other(tmp_path, monkeypa
     # Not a terminal: one plain line per finished stage, with the job's last loss and tokens/s.
     assert re.search(rf"{good.job_id} A seed 0 ca: stage 1/1 done \(loss \d+\.\d{{3}}, [\d,]+ tok/s", text), text
     assert "\x1b" not in text
-    assert f"{bad.job_id} B seed 0: failed (trajhpc.errors.InputError: " in text and "not valid JSON" in text
+    assert f"{bad.job_id} B seed 0: failed (trajhpc.core.errors.InputError: " in text and "not valid JSON" in text
     metrics = json.loads((good.run_dir / "metrics.json").read_text())
     assert metrics["complete"] is True and metrics["job_id"] == good.job_id
     record = json.loads((good.run_dir / "submission.json").read_text())
     assert record["executor"] == "local" and record["local_pid"] > 0 and record["slurm_job_id"] is None
     assert Path(record["stdout"]).parent == Path(record["submitit_folder"])
-    # The job's log: its own lines, none of the libraries' noise (trajhpc.quiet).
+    # The job's log: its own lines, none of the libraries' noise (trajhpc.job.logfilters).
     log = Path(record["stdout"]).read_text() + Path(record["stderr"]).read_text()
     assert "stage 1/1: evaluating" in log
     assert "kernels-community" not in log and "gemm_4bit_forward" not in log
@@ -600,7 +601,7 @@ def test_concurrent_submits_send_each_job_once(queued_slurm, tmp_path, monkeypat
 def test_a_held_lock_makes_submit_wait_then_fail_clearly(queued_slurm, tmp_path, monkeypatch):
     from filelock import FileLock
 
-    import trajhpc.submission as submission_mod
+    import trajhpc.launch.submission as submission_mod
 
     monkeypatch.setattr(submission_mod, "LOCK_TIMEOUT_S", 0.3)
     (tmp_path / "jobs" / "st").mkdir(parents=True)
@@ -617,7 +618,7 @@ def test_a_held_lock_makes_submit_wait_then_fail_clearly(queued_slurm, tmp_path,
 
 
 def test_submit_killed_after_sbatch_is_recovered_not_resubmitted(queued_slurm, tmp_path, monkeypatch):
-    import trajhpc.launch as launch_mod
+    import trajhpc.launch.submit as launch_mod
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # the process dies between sbatch and the records
@@ -639,7 +640,7 @@ def test_submit_killed_after_sbatch_is_recovered_not_resubmitted(queued_slurm, t
 
 
 def test_submit_killed_before_sbatch_submits_again(queued_slurm, tmp_path, monkeypatch):
-    import trajhpc.launch as launch_mod
+    import trajhpc.launch.submit as launch_mod
 
     def killed(launch):
         raise KeyboardInterrupt  # the process dies before sbatch
@@ -655,7 +656,7 @@ def test_submit_killed_before_sbatch_submits_again(queued_slurm, tmp_path, monke
 
 
 def test_an_interrupted_submit_is_never_guessed_when_slurm_is_down(queued_slurm, tmp_path, monkeypatch):
-    import trajhpc.launch as launch_mod
+    import trajhpc.launch.submit as launch_mod
 
     def killed(launch):
         raise KeyboardInterrupt  # the process dies before sbatch
@@ -686,7 +687,7 @@ def test_a_refused_submit_leaves_no_lock_file_and_no_empty_study_folder(fake_slu
 def test_disk_full_writing_the_records_is_one_clear_error_and_recovered_later(queued_slurm, tmp_path, monkeypatch):
     import errno
 
-    import trajhpc.atomic as atomic_mod
+    import trajhpc.core.atomic as atomic_mod
 
     write = atomic_mod._write
 
@@ -715,8 +716,8 @@ def test_submit_wait_exits_3_when_jobs_fail(fake_slurm, tmp_path):
 
 
 def test_wait_status():
-    from trajhpc.launch import wait_status
-    from trajhpc.status import Row
+    from trajhpc.launch.status import Row
+    from trajhpc.launch.submit import wait_status
 
     def rows(*labels):
         return [Row(str(i), "A", "0", "x", "", label, "", "") for i, label in enumerate(labels)]

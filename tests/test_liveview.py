@@ -1,4 +1,4 @@
-"""The live view (trajhpc.liveview): progress from a job's state.json and train_log.jsonl, ETA, table or lines."""
+"""The live view (trajhpc.launch.liveview): progress from a job's state.json and train_log.jsonl, ETA, table or lines."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from trajhpc import trainlog
-from trajhpc.liveview import Board, EtaClock, Progress, fraction_done, progress_of
-from trajhpc.status import JobFiles, Row, format_duration
+from trajhpc.jobdir import trainlog
+from trajhpc.jobdir.snapshot import JobFiles
+from trajhpc.launch.liveview import Board, EtaClock, Progress, fraction_done, progress_of
+from trajhpc.launch.status import Row, format_duration
 
 
 def _state(stage: int, activity=None, state="running", n=4) -> dict:

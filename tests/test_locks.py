@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from trajhpc import locks
+from trajhpc.core import locks
 
 
 def test_a_held_lock_is_refused_then_free_again_and_its_file_removed(tmp_path):

@@ -9,9 +9,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from trajhpc import aggregate as agg
-from trajhpc.losscurves import read_train_log
-from trajhpc.results import StudyResult
+from trajhpc.results import aggregate as agg
+from trajhpc.results.losscurves import read_train_log
+from trajhpc.results.studyresult import StudyResult
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import synthetic_jobs as sj  # noqa: E402

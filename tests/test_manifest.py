@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from trajhpc.errors import InputError
-from trajhpc.grid import expand
-from trajhpc.manifest import ConditionEntry, RandomOrders, SeedRange, load_manifest, parse_manifest
+from trajhpc.core.errors import InputError
+from trajhpc.study.grid import expand
+from trajhpc.study.manifest import ConditionEntry, RandomOrders, SeedRange, load_manifest, parse_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 HEAD = "study: s\nconditions: [A]\n"  # the two required keys, lines 1-2

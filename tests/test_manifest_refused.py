@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trajhpc import container as ctr
-from trajhpc.errors import InputError
-from trajhpc.grid import expand
-from trajhpc.launch import Launch
-from trajhpc.manifest import load_manifest, parse_manifest, run_root_problem
-from trajhpc.yamlread import MAX_BYTES, MAX_DEPTH
+from trajhpc.core.errors import InputError
+from trajhpc.launch.submit import Launch
+from trajhpc.study import containerfields as fields
+from trajhpc.study.grid import expand
+from trajhpc.study.manifest import load_manifest, parse_manifest, run_root_problem
+from trajhpc.study.yamlread import MAX_BYTES, MAX_DEPTH
 
 HEAD = "study: s\nconditions: [A]\n"  # lines 1-2
 
@@ -225,7 +225,7 @@ def test_bind_variables_are_checked_once_expanded(tmp_path, monkeypatch, value, 
     with pytest.raises(InputError, match=r"^m\.yaml:8: container\.binds\.1: bind '\$BADV/x:/d': " + message):
         Launch(parse_manifest(text, "m.yaml"), tmp_path / "m.yaml", Path("runs"), "slurm")
     monkeypatch.setenv("BADV", "/scratch")
-    assert ctr.expand_bind("$BADV/x:/d") == "/scratch/x:/d"
+    assert fields.expand_bind("$BADV/x:/d") == "/scratch/x:/d"
 
 
 # ---------------------------------------------------------------- the command line

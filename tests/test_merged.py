@@ -10,13 +10,11 @@ import sys
 import pytest
 import torch
 
-from trajhpc import train
-
-from trajhpc import batching
 from trajhpc.data.conditions import tokenize_examples
-from trajhpc.data.study import load_study_data
-from trajhpc.evaluate import end_of_turn_ids, eval_batches, generate_greedy
-from trajhpc.merged import MergedEvalModel
+from trajhpc.data.splits import load_study_data
+from trajhpc.job import batching, train
+from trajhpc.job.evaluate import end_of_turn_ids, eval_batches, generate_greedy
+from trajhpc.job.merged import MergedEvalModel
 from trajhpc.spec import DataSpec, LoraSpec, TrainSpec
 
 CPU = torch.device("cpu")
@@ -167,7 +165,7 @@ def test_sync_picks_up_further_training_and_leaves_the_model_as_it_was(tiny, tra
 
 
 def test_job_evaluates_through_the_merged_copy(tmp_path):
-    from trajhpc.job import run_job
+    from trajhpc.job.run import run_job
     from trajhpc.spec import JobSpec
 
     spec = JobSpec.model_validate({

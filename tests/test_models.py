@@ -1,4 +1,4 @@
-"""Contract of trajhpc.models.resolve_model: tiny build, cache, local paths, hub ids, SmolLM2."""
+"""Contract of trajhpc.job.models.resolve_model: tiny build, cache, local paths, hub ids, SmolLM2."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from trajhpc import models, tinycorpus
-from trajhpc.errors import TrajhpcError
-from trajhpc.models import resolve_model
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.job import models, tinycorpus
+from trajhpc.job.models import resolve_model
+from trajhpc.spec import versioned_model
 
 torch = pytest.importorskip("torch")
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
@@ -147,8 +148,8 @@ def test_tiny_build_keeps_the_callers_rng(short_pretraining, tmp_path):
 
 def test_tiny_is_pretrained_on_training_dialogues_only(tiny_dir, repo_root):
     """No dialogue any bundled manifest holds out (evaluated or not) is in the pre-training text."""
-    from trajhpc.data.study import load_study_data
-    from trajhpc.manifest import load_manifest
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.study.manifest import load_manifest
 
     record = json.loads((tiny_dir / models.PRETRAINING_FILE).read_text())
     seen = models.pretraining_dialogues(tiny_dir)
@@ -164,10 +165,10 @@ def test_tiny_is_pretrained_on_training_dialogues_only(tiny_dir, repo_root):
 
 def test_pretrained_tiny_writes_calls_on_heldout_prompts(tiny):
     """Before any fine-tuning, the tiny model answers a held-out lv3 prompt with an API call."""
+    from trajhpc.data.calls import parse_call
     from trajhpc.data.conditions import tokenize_examples
-    from trajhpc.data.study import load_study_data
-    from trajhpc.evaluate import generate_greedy
-    from trajhpc.scoring import parse_call
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.evaluate import generate_greedy
     from trajhpc.spec import DataSpec
 
     path, tok = tiny
@@ -190,10 +191,10 @@ def test_pretrained_tiny_copies_the_searched_tool_name_under_b_only(tiny):
     that a ToolSearcher response named, B (which shows that response) often writes the
     tool's name (0.29 of 103 when measured), A (which does not) never; most of these tools
     are absent from the pre-training text, so B copies rather than remembers."""
+    from trajhpc.data.calls import TOOL_SEARCHER, call_names, parse_call
     from trajhpc.data.conditions import tokenize_examples
-    from trajhpc.data.study import load_study_data
-    from trajhpc.evaluate import generate_greedy
-    from trajhpc.scoring import TOOL_SEARCHER, call_names, parse_call
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.evaluate import generate_greedy
     from trajhpc.spec import DataSpec
 
     path, tok = tiny
@@ -221,12 +222,12 @@ def test_pretrained_tiny_copies_the_searched_tool_name_under_b_only(tiny):
 
 
 def test_tiny_specs_carry_the_recipe_version(tmp_path):
-    assert models.versioned_model("tiny") == "tiny-v3"
-    assert models.versioned_model("tiny-seed3") == "tiny-v3-seed3"
-    assert models.versioned_model("tiny-v3-seed3") == "tiny-v3-seed3"
+    assert versioned_model("tiny") == "tiny-v3"
+    assert versioned_model("tiny-seed3") == "tiny-v3-seed3"
+    assert versioned_model("tiny-v3-seed3") == "tiny-v3-seed3"
     folder = str(tmp_path)
     for other in ("smollm2-135m-instruct", "meta-llama/Llama-3.1-8B-Instruct", folder, "./tiny"):
-        assert models.versioned_model(other) == other
+        assert versioned_model(other) == other
 
 
 def test_versioned_tiny_resolves_to_the_same_folder(tiny_dir):
@@ -240,7 +241,7 @@ def test_an_older_tiny_recipe_is_refused(tmp_path):
         with pytest.raises(TrajhpcError, match="builds the tiny recipe v3 only"):
             resolve_model(older, tmp_path)
     with pytest.raises(TrajhpcError, match="tiny-v2-seed2"):
-        models.versioned_model("tiny-v2-seed2")
+        versioned_model("tiny-v2-seed2")
 
 
 def test_second_call_uses_the_cache(tiny_dir, monkeypatch):

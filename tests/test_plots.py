@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from trajhpc import aggregate as agg
-from trajhpc import plots
-from trajhpc.results import StudyResult
+from trajhpc.results import aggregate as agg
+from trajhpc.results import plots
+from trajhpc.results.studyresult import StudyResult
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import synthetic_jobs as sj  # noqa: E402

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from trajhpc import aggregate as agg
-from trajhpc.results import StudyResult
-from trajhpc import report
+from trajhpc.results import aggregate as agg
+from trajhpc.results import report
+from trajhpc.results.studyresult import StudyResult
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import synthetic_jobs as sj  # noqa: E402

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from trajhpc.job import FAULT_ENV, InjectedFault, run_job
+from trajhpc.job.run import FAULT_ENV, InjectedFault, run_job
 from trajhpc.spec import JobSpec
 
 SPEC = JobSpec.model_validate(
@@ -125,12 +125,12 @@ def test_interrupted_checkpoint_swap_is_repaired(tmp_path, monkeypatch, referenc
 def test_complete_job_returns_at_once_without_loading_the_model(tmp_path, monkeypatch):
     job_dir = tmp_path / "job"
     first = run_job(SPEC, job_dir)
-    import trajhpc.train
+    import trajhpc.job.train
 
     def boom(*args, **kwargs):
         raise AssertionError("a complete job must not load the model")
 
-    monkeypatch.setattr(trajhpc.train, "load_base_model", boom)
+    monkeypatch.setattr(trajhpc.job.train, "load_base_model", boom)
     assert run_job(SPEC, job_dir) == first
 
 
@@ -218,7 +218,7 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
     import numpy as np
     import torch
 
-    from trajhpc.checkpoint import _torch_bytes, load_tensors, rng_state, set_rng_state
+    from trajhpc.job.checkpoint import _torch_bytes, load_tensors, rng_state, set_rng_state
 
     random.random(), np.random.standard_normal(), torch.rand(1)  # numpy now has a cached gaussian
     path = tmp_path / "checkpoint" / "rng.pt"
@@ -232,8 +232,8 @@ def test_rng_state_round_trips_through_a_weights_only_file(tmp_path):
 def test_a_pickled_or_damaged_checkpoint_file_is_refused_without_running_it(tmp_path):
     import torch
 
-    from trajhpc.errors import TrajhpcError
-    from trajhpc.checkpoint import load_tensors
+    from trajhpc.core.errors import TrajhpcError
+    from trajhpc.job.checkpoint import load_tensors
 
     ckpt = tmp_path / "job" / "checkpoint"
     ckpt.mkdir(parents=True)
@@ -286,8 +286,8 @@ def test_a_checkpoint_write_that_fails_leaves_no_temp_folder_and_the_old_checkpo
     import errno
     import os
 
-    from trajhpc.errors import TrajhpcError
-    from trajhpc.checkpoint import save_checkpoint
+    from trajhpc.core.errors import TrajhpcError
+    from trajhpc.job.checkpoint import save_checkpoint
 
     class FullDisk:
         def save_pretrained(self, folder):
@@ -304,7 +304,7 @@ def test_a_checkpoint_write_that_fails_leaves_no_temp_folder_and_the_old_checkpo
 
 
 def test_target_modules_are_written_sorted(tmp_path):
-    from trajhpc.checkpoint import _sort_target_modules
+    from trajhpc.job.checkpoint import _sort_target_modules
 
     (tmp_path / "adapter_config.json").write_text(json.dumps({"target_modules": ["v_proj", "k_proj", "q_proj"]}))
     _sort_target_modules(tmp_path)

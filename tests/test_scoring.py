@@ -1,4 +1,4 @@
-"""Contract of trajhpc.scoring: call extraction, tolerant parsing, scores, summaries."""
+"""Contract of trajhpc.job.scoring: call extraction, tolerant parsing, scores, summaries."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from trajhpc import scoring
-from trajhpc.scoring import Call, Score, gold_name, parse_call, parse_failure_reason, score, summarize
+from trajhpc.data import calls
+from trajhpc.data.calls import Call, gold_name, parse_call, parse_failure_reason
+from trajhpc.job import scoring
+from trajhpc.job.scoring import Score, score, summarize
 
 DATA = Path(__file__).resolve().parent.parent / "trajhpc" / "resources" / "api-bank"
 BRACKETLESS = {
@@ -60,13 +62,13 @@ def test_distinct_target_names():
 def test_ast_and_scanner_agree_on_every_valid_python_gold():
     checked = 0
     for gold in ALL_GOLDS:
-        found = scoring._candidates(gold)
+        found = calls._candidates(gold)
         if found is None:
             continue
         name, spans = found
-        via_ast = scoring._parse_ast(name, spans[-1])
+        via_ast = calls._parse_ast(name, spans[-1])
         if via_ast is not None:
-            assert scoring._scan_args(spans[-1]) == via_ast, gold
+            assert calls._scan_args(spans[-1]) == via_ast, gold
             checked += 1
     # Not valid Python: 31 level-1, 10 level-2 and 75 lv3 gold calls (2 lack brackets).
     assert checked == len(ALL_GOLDS) - 31 - 10 - 75
@@ -88,9 +90,9 @@ def test_ast_and_scanner_agree_on_every_valid_python_gold():
     ],
 )
 def test_ast_and_scanner_agree_on_valid_python(span):
-    via_ast = scoring._parse_ast("X", span)
+    via_ast = calls._parse_ast("X", span)
     assert via_ast is not None
-    assert scoring._scan_args(span) == via_ast
+    assert calls._scan_args(span) == via_ast
 
 
 # ---------------------------------------------------------------- parse_call
@@ -285,6 +287,6 @@ def test_summarize_empty_and_mismatched_lengths():
 
 def test_call_names_lists_every_call_start_in_order():
     text = "API-Request: [ToolSearcher(keywords='x')]->{'name': 'Y'}\nAPI-Request: [Y(a=1)] then [Z("
-    assert scoring.call_names(text) == ["ToolSearcher", "Y", "Z"]
-    assert scoring.call_names("PharmacyLocator(location=New York)") == []  # bracket-less: not a call start
-    assert scoring.call_names("[Broken (a=1)]") == []
+    assert calls.call_names(text) == ["ToolSearcher", "Y", "Z"]
+    assert calls.call_names("PharmacyLocator(location=New York)") == []  # bracket-less: not a call start
+    assert calls.call_names("[Broken (a=1)]") == []

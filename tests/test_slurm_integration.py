@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from trajhpc.grid import expand
-from trajhpc.job import FAULT_ENV
-from trajhpc.launch import submit_command
-from trajhpc.manifest import load_manifest
-from trajhpc.status import collect_rows
+from trajhpc.job.run import FAULT_ENV
+from trajhpc.launch.status import collect_rows
+from trajhpc.launch.submit import submit_command
+from trajhpc.study.grid import expand
+from trajhpc.study.manifest import load_manifest
 
 pytestmark = pytest.mark.slurm
 

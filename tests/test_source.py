@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import hub_api_bank as hub
 import pytest
 
+from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.data import source as data_source
 from trajhpc.data.source import SourceError, fingerprint, load_data, pin_fingerprint
-from trajhpc.data.study import load_study_data
-from trajhpc.errors import InputError, TrajhpcError
-from trajhpc.grid import expand
-from trajhpc.manifest import parse_manifest
+from trajhpc.data.splits import load_study_data
 from trajhpc.spec import DataSpec, HubSource, JobSpec
-
-import hub_api_bank as hub
+from trajhpc.study.grid import expand
+from trajhpc.study.manifest import parse_manifest
 
 FILES = (hub.LV1, hub.LV2, hub.LV3)
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from trajhpc.errors import InputError
+from trajhpc.core.errors import InputError
 from trajhpc.spec import EvalSpec, JobSpec, TokenBudget, load_spec, spec_from_dict
 
 ORDER = ("care-appointments", "medication-treatment", "mental-wellness-fitness", "cost-insurance-other")
@@ -105,7 +105,7 @@ def test_eval_max_new_tokens_default_fits_the_longest_gold_calls():
 
 
 def test_grid_manifest_matches_total_tokens_and_generates_long_enough(repo_root):
-    from trajhpc.manifest import load_manifest
+    from trajhpc.study.manifest import load_manifest
 
     manifest = load_manifest(repo_root / "manifests" / "grid.yaml")
     budgets = [c.token_budget for c in manifest.conditions if getattr(c, "token_budget", None)]

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from trajhpc import stats
+from trajhpc.results import stats
 
 SAMPLE = [0.1, 0.4, 0.35, 0.8, 0.5]
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from trajhpc.errors import TrajhpcError
-from trajhpc.errors import last_line
-from trajhpc.jobdir import find_job_dirs
-from trajhpc.slurmquery import normalize_slurm_state, query_slurm
-from trajhpc.status import (
+from trajhpc.core.errors import TrajhpcError, last_line
+from trajhpc.jobdir.paths import find_job_dirs
+from trajhpc.jobdir.snapshot import read_job_dir
+from trajhpc.launch.liveview import watch_rows
+from trajhpc.launch.slurmquery import normalize_slurm_state, query_slurm
+from trajhpc.launch.status import (
     GONE,
     UNKNOWN,
     collect_rows,
@@ -27,11 +28,9 @@ from trajhpc.status import (
     elapsed_seconds,
     format_duration,
     local_alive,
-    read_job_dir,
     render_table,
 )
-from trajhpc.liveview import watch_rows
-from trajhpc.statusview import status_command
+from trajhpc.launch.statusview import status_command
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = dt.datetime(2026, 1, 2, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -373,14 +372,14 @@ def test_watch_refreshes_until_no_job_is_active(tmp_path, monkeypatch):
     """--wait/--watch: the Live table is rebuilt every interval; with until_idle it stops once nothing runs."""
     d = _job(tmp_path, "j1", state=_state("running", 1), record={"executor": "local", "local_pid": os.getpid(),
                                                                   "submitit_folder": ""})
-    monkeypatch.setattr("trajhpc.status.local_alive", lambda pid, folder: not (d / "metrics.json").exists())
+    monkeypatch.setattr("trajhpc.launch.status.local_alive", lambda pid, folder: not (d / "metrics.json").exists())
     sleeps = []
 
     def fake_sleep(seconds):  # the job finishes during the first wait
         sleeps.append(seconds)
         (d / "metrics.json").write_text('{"complete": true}')
 
-    monkeypatch.setattr("trajhpc.liveview.time.sleep", fake_sleep)
+    monkeypatch.setattr("trajhpc.launch.liveview.time.sleep", fake_sleep)
     out = io.StringIO()
     rows = watch_rows(Console(file=out, width=120, color_system=None), lambda: [d], "study st", 2.5, until_idle=True)
     assert sleeps == [2.5] and [r.label for r in rows] == ["done"]
@@ -388,8 +387,8 @@ def test_watch_refreshes_until_no_job_is_active(tmp_path, monkeypatch):
 
 
 def test_arm_column_names_arms_as_jobspec_does():
+    from trajhpc.launch.status import _arm
     from trajhpc.spec import JobSpec, TokenBudget
-    from trajhpc.status import _arm
 
     for budget in (None, TokenBudget(match="B", count="supervised"), TokenBudget(match="B", count="total")):
         spec = JobSpec(condition="A", order=("x",), token_budget=budget)
@@ -398,7 +397,7 @@ def test_arm_column_names_arms_as_jobspec_does():
 
 
 def test_short_order_uses_block_initials_unless_ambiguous():
-    from trajhpc.status import short_order
+    from trajhpc.launch.status import short_order
 
     order = ["care-appointments", "medication-treatment", "mental-wellness-fitness", "cost-insurance-other"]
     assert short_order(order) == "ca>mt>mwf>cio"
@@ -476,12 +475,12 @@ def test_watch_on_a_run_root_groups_by_study_and_adds_progress(tmp_path, monkeyp
     (d / "train_log.jsonl").write_text(json.dumps({"stage": 2, "step": 4, "loss": 1.25, "lr": 0.001, "tokens": 9,
                                                    "tokens_per_s": 1500.0}) + "\n")
     _job(tmp_path / "jobs" / "s2", "e2")
-    monkeypatch.setattr("trajhpc.status.local_alive", lambda pid, folder: True)
+    monkeypatch.setattr("trajhpc.launch.status.local_alive", lambda pid, folder: True)
 
     def interrupt(seconds):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("trajhpc.liveview.time.sleep", interrupt)
+    monkeypatch.setattr("trajhpc.launch.liveview.time.sleep", interrupt)
     out = io.StringIO()
     status_command(Console(file=out, width=120, color_system=None), None, run_root=None, watch=True, interval=1)
     text = out.getvalue()

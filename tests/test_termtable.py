@@ -1,4 +1,4 @@
-"""Tables that fit the terminal (trajhpc.termtable): columns dropped by value, text folded, none squeezed to nothing."""
+"""Tables that fit the terminal (trajhpc.core.termtable): columns dropped by value, text folded, none squeezed to nothing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 from rich.cells import cell_len
 from rich.console import Console
 
-from trajhpc.termtable import Col, Style, fit_table, fit_widths
+from trajhpc.core.termtable import Col, Style, fit_table, fit_widths
 
 
 def render(table, width: int) -> str:

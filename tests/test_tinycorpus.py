@@ -1,4 +1,4 @@
-"""Contract of trajhpc.tinycorpus: what the tiny model pre-trains on (renamed tools, copy drills)."""
+"""Contract of trajhpc.job.tinycorpus: what the tiny model pre-trains on (renamed tools, copy drills)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from trajhpc import tinycorpus
-from trajhpc.scoring import TOOL_SEARCHER as SEARCHER
+from trajhpc.data.calls import TOOL_SEARCHER as SEARCHER
+from trajhpc.job import tinycorpus
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_copy_drills_are_seeded(corpus):
 
 def test_the_loss_is_on_the_calls_only(corpus, tiny):
     from trajhpc.data.conditions import IGNORE_INDEX
-    from trajhpc.models import START_HEADER
+    from trajhpc.job.models import START_HEADER
 
     _, tok = tiny
     record = _second_call(corpus)

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from trajhpc.data.apibank import Record, Turn
+from trajhpc.data.calls import gold_name
 from trajhpc.data.conditions import build_messages
-from trajhpc.data.study import load_study_data
+from trajhpc.data.splits import load_study_data
 from trajhpc.data.tooldocs import catalogue_line, descriptions, doc_names, searched_descriptions, with_docs
-from trajhpc.scoring import gold_name
 from trajhpc.spec import DataSpec, JobSpec
 
 ORDER = ("care-appointments", "medication-treatment", "mental-wellness-fitness", "cost-insurance-other")

@@ -11,15 +11,11 @@ import pytest
 import torch
 from rich.console import Console
 
-from trajhpc import train
-
-from trajhpc import checkpoint
-
-from trajhpc import batching
 from trajhpc.data.conditions import IGNORE_INDEX, tokenize_examples
-from trajhpc.data.study import load_study_data
-from trajhpc.evaluate import generate_greedy
-from trajhpc.progress import StageProgress
+from trajhpc.data.splits import load_study_data
+from trajhpc.job import batching, checkpoint, train
+from trajhpc.job.evaluate import generate_greedy
+from trajhpc.job.progress import StageProgress
 from trajhpc.spec import DataSpec, LoraSpec, TrainSpec
 
 CPU = torch.device("cpu")

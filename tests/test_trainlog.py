@@ -1,4 +1,4 @@
-"""train_log.jsonl (trajhpc.trainlog): appended per step, torn lines skipped, cut back to the checkpoint on resume."""
+"""train_log.jsonl (trajhpc.jobdir.trainlog): appended per step, torn lines skipped, cut back to the checkpoint on resume."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from trajhpc import trainlog
-from trajhpc.errors import TrajhpcError
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.jobdir import trainlog
 
 
 def _entry(stage: int, step: int) -> dict:

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from trajhpc.errors import TrajhpcError
+from trajhpc.core.errors import TrajhpcError
 
 app = typer.Typer(
     name="trajhpc",
@@ -67,7 +67,7 @@ def data_inspect(
     ),
 ) -> None:
     """Per block: dialogues, train/held-out records, distinct API names, ToolSearcher share."""
-    from trajhpc.data.inspect import inspect_command
+    from trajhpc.study.inspect import inspect_command
 
     inspect_command(
         console,
@@ -92,7 +92,7 @@ def run_job(
     ),
 ) -> None:
     """Train one adapter through the blocks in order, evaluating after every block (resumable)."""
-    from trajhpc.job import run_job_command
+    from trajhpc.job.run import run_job_command
 
     run_job_command(console, spec, job_dir)
 
@@ -116,7 +116,7 @@ def submit(
     ),
 ) -> None:
     """Expand a manifest into jobs and submit the pending ones (Slurm job array or local)."""
-    from trajhpc.launch import submit_command
+    from trajhpc.launch.submit import submit_command
 
     code = submit_command(
         console, manifest, dry_run=dry_run, run_root=run_root, executor=executor, wait=wait, rates=rates
@@ -140,7 +140,7 @@ def status(
 
     A manifest's jobs are listed in its grid's order; a run directory's, one table per study.
     """
-    from trajhpc.statusview import status_command
+    from trajhpc.launch.statusview import status_command
 
     status_command(console, target, run_root=run_root, watch=watch, interval=interval)
 
@@ -152,7 +152,7 @@ def aggregate(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
 ) -> None:
     """Join metrics with token counts and compare conditions at matched compute."""
-    from trajhpc.aggregate import aggregate_command
+    from trajhpc.results.aggregate import aggregate_command
 
     aggregate_command(console, targets or [Path("jobs")], strict=strict, plots=plots)
 

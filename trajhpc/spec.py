@@ -14,10 +14,19 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler
-from pydantic import ValidationError, model_serializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
-from trajhpc.errors import InputError, read_json_input
+from trajhpc.core.errors import InputError, TrajhpcError, read_json_input
 
 SPEC_SCHEMA = "trajhpc.spec/1"
 # What the prompt keeps of the earlier API turns (trajhpc.data.conditions renders each).
@@ -25,6 +34,41 @@ ConditionName = Literal["A", "B", "calls-only", "responses-only", "last-k"]
 CONDITIONS: tuple[str, ...] = get_args(ConditionName)
 # What numpy, torch and random all accept as a seed.
 SEED_MAX = 2**32 - 1
+
+
+# The tiny model's recipe version (trajhpc.job.models builds it). Specs record
+# ``tiny-v<TINY_VERSION>``, so a new recipe gives new job ids. v1: random init.
+# v2: pre-trained on the lv3 training dialogues (tiny_corpus), tokenizer trained on them too.
+# v3: copy drills and renamed tools first (trajhpc.job.tinycorpus): it copies unseen tool names.
+TINY_VERSION = 3
+_TINY = re.compile(r"tiny(?:-v(\d+))?(?:-seed(\d+))?")
+
+
+def tiny_seed(spec: str) -> int | None:
+    """The seed of a tiny spec (``tiny``, ``tiny-seed3``, ``tiny-v3-seed3``), None for other models.
+
+    A version other than the current recipe's is an error: that model is no longer built.
+    """
+    match = _TINY.fullmatch(spec)
+    if match is None:
+        return None
+    version, seed = match.groups()
+    if version is not None and int(version) != TINY_VERSION:
+        raise TrajhpcError(
+            f"model {spec!r}: this trajhpc builds the tiny recipe v{TINY_VERSION} only "
+            f"(v{int(version)} came from another trajhpc version); use 'tiny' or 'tiny-v{TINY_VERSION}'"
+        )
+    return int(seed or 0)
+
+
+def versioned_model(spec: str) -> str:
+    """The model as job specs record it: ``tiny``/``tiny-seed<N>`` with the recipe version
+    (``tiny-v3``, ``tiny-v3-seed<N>``), so jobs of a rebuilt tiny model get new ids; any
+    other model (hub id, folder, ``smollm2-135m-instruct``) unchanged."""
+    seed = tiny_seed(spec)
+    if seed is None:
+        return spec
+    return f"tiny-v{TINY_VERSION}" + (f"-seed{seed}" if "-seed" in spec else "")
 
 
 def _not_bool(value: Any) -> Any:

@@ -1,27 +1,14 @@
-"""The API-Bank data layer: records, blocks and split, prompt conditions, token counts."""
+"""The API-Bank data: records, calls, domain blocks and the held-out split, the prompt
+of each condition, tool docs, token counts, and where the files come from."""
 
-from trajhpc.data.apibank import Record, Turn, bundled_root, load_dialogue_jsonl, load_records
-from trajhpc.data.blocks import assign_blocks, block_names, is_heldout
-from trajhpc.data.conditions import CONDITIONS, Example, build_messages, tokenize_example, tokenize_examples
-from trajhpc.data.study import StudyData, load_study_data
-from trajhpc.data.tokens import TokenCounts, count_tokens
+from trajhpc.core.exports import lazy_exports
 
-__all__ = [
-    "CONDITIONS",
-    "Example",
-    "Record",
-    "StudyData",
-    "TokenCounts",
-    "Turn",
-    "assign_blocks",
-    "block_names",
-    "build_messages",
-    "bundled_root",
-    "count_tokens",
-    "is_heldout",
-    "load_dialogue_jsonl",
-    "load_records",
-    "load_study_data",
-    "tokenize_example",
-    "tokenize_examples",
-]
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "apibank": ["Record", "Turn", "bundled_root", "load_dialogue_jsonl", "load_records"],
+    "blocks": ["assign_blocks", "block_names", "is_heldout"],
+    "calls": ["Call", "TOOL_SEARCHER", "call_names", "gold_name", "parse_call", "parse_gold"],
+    "conditions": ["CONDITIONS", "Example", "build_messages", "tokenize_example", "tokenize_examples"],
+    "source": ["SourceError", "pin_fingerprint"],
+    "splits": ["StudyData", "load_study_data"],
+    "tokens": ["TokenCounts", "count_tokens"],
+})

@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from trajhpc.errors import InputError, TrajhpcError
+from trajhpc.core.errors import InputError, TrajhpcError
 
 TOOL_SEARCHER = "ToolSearcher"
 DESCRIPTIONS_MARKER = "API descriptions:"

@@ -24,8 +24,8 @@ from functools import cache
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.data.apibank import Record, bundled_root
-from trajhpc.errors import InputError, TrajhpcError
 from trajhpc.spec import BlockRule, BlocksSpec
 
 # Matching order L4, L3, L2; everything else is L1 (the default).

@@ -16,9 +16,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Callable, Sequence
 
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.core.gcpause import gc_paused
 from trajhpc.data.apibank import DESCRIPTIONS_MARKER, GENERATE_MARKER, Record, Turn
-from trajhpc.bulk import gc_paused
-from trajhpc.errors import TrajhpcError
 
 IGNORE_INDEX = -100  # label of tokens that are not supervised (PyTorch cross-entropy default)
 

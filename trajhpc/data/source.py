@@ -29,9 +29,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.data.apibank import Record, bundled_root, load_any, missing_file_error, record_from_json
 from trajhpc.data.blocks import CATALOGUE_FILE
-from trajhpc.errors import InputError, TrajhpcError
 from trajhpc.spec import DataSpec, HubSource
 
 FINGERPRINT_PREFIX = "sha256:"

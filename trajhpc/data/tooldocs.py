@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, Sequence
 
 from trajhpc.data.apibank import CALL_PREFIX, Record, bundled_descriptions, bundled_root, description_name
 from trajhpc.data.blocks import CATALOGUE_FILE
-from trajhpc.scoring import gold_name
+from trajhpc.data.calls import gold_name
 
 MODES = ("none", "dialogue", "block")
 

@@ -1,0 +1,186 @@
+"""A job's checkpoint: adapter, optimizer, scheduler and RNG state of the last trained stage.
+
+Written into a temp folder and swapped in whole (the previous checkpoint stays until the
+new one is complete); read back with ``weights_only`` loading only: nothing executable
+is ever loaded from a job directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trajhpc.core.atomic import atomic_write_bytes, atomic_write_json
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.jobdir.paths import CHECKPOINT
+
+RNG_SCHEMA = "trajhpc.rng/1"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a stage draws from (dropout uses torch's; data order is seeded separately),
+    as tensors and plain values only, so that ``torch.load(weights_only=True)`` reads it back."""
+    version, internal, gauss_next = random.getstate()
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "schema": RNG_SCHEMA,
+        # Mersenne Twister words are < 2**32: exact in int64.
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+        "numpy": {"name": str(name), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(x) for x in py["internal"].tolist()), py["gauss_next"]))
+    np.random.set_state(
+        (npy["name"], npy["key"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_tensors(path: Path) -> Any:
+    """A torch file of the job directory, read with ``weights_only=True``: tensors and plain values only.
+
+    Nothing executable is ever loaded from a job directory: a file that needs real
+    unpickling (crafted, or written by trajhpc before RNG states were plain tensors)
+    is refused, naming the file; so is a damaged one. Both are TrajhpcErrors.
+    """
+    import pickle
+
+    start_over = f"delete {path.parent.parent} to start the job over"
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TrajhpcError(f"{path}: missing from the checkpoint; {start_over}") from None
+    except pickle.UnpicklingError as err:
+        # torch's own message advises allowlisting the global: exactly what must not happen here.
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if unsafe:
+            raise TrajhpcError(
+                f"{path}: refusing to load it: it needs unpickling ({unsafe.group(1)}), which could run code; "
+                f"{start_over}"
+            ) from None
+        raise TrajhpcError(f"{path}: damaged, not a readable torch file; {start_over}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a damaged file
+        raise TrajhpcError(f"{path}: damaged, not a readable torch file ({type(err).__name__}); {start_over}") from None
+
+
+_TMP, _OLD = ".checkpoint.tmp", ".checkpoint.old"
+_STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _sort_target_modules(adapter_dir: Path) -> None:
+    """peft writes ``target_modules`` from a set, so its order varies between processes: sort it."""
+    path = adapter_dir / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        atomic_write_json(path, config)
+
+
+def save_checkpoint(
+    job_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    scheduler_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write adapter, optimizer, scheduler, RNG and ``meta`` (stage, counters) as ``job_dir/checkpoint``.
+
+    Written into a temp folder, then swapped in by renames; :func:`find_checkpoint`
+    repairs a swap interrupted between its two renames. A write that fails (disk
+    full) removes the temp folder and is a TrajhpcError; the previous checkpoint stays.
+    """
+    tmp, old, final = job_dir / _TMP, job_dir / _OLD, job_dir / CHECKPOINT
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        model.save_pretrained(str(tmp / "adapter"))
+        _sort_target_modules(tmp / "adapter")
+        atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
+        atomic_write_bytes(tmp / "scheduler.pt", _torch_bytes(scheduler_state))
+        atomic_write_bytes(tmp / "rng.pt", _torch_bytes(rng_state()))
+        atomic_write_json(tmp / _STATE_FILE, meta)
+    except (OSError, TrajhpcError) as err:  # not on a kill (BaseException): that leaves things as they are
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise TrajhpcError(f"cannot write the checkpoint in {tmp}: {err.strerror or err}") from err
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_checkpoint(job_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The complete checkpoint in ``job_dir`` and its meta, or None (half-written ones are ignored)."""
+    tmp, old, final = job_dir / _TMP, job_dir / _OLD, job_dir / CHECKPOINT
+    if not (final / _STATE_FILE).exists():
+        # Killed between the two renames of save_checkpoint: the newest complete one wins.
+        for candidate in (tmp, old):
+            if (candidate / _STATE_FILE).exists():
+                shutil.rmtree(final, ignore_errors=True)
+                os.replace(candidate, final)
+                break
+        else:
+            return None
+    try:
+        return final, json.loads((final / _STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise TrajhpcError(
+            f"{final / _STATE_FILE}: unreadable ({err}); delete {job_dir} to start the job over"
+        ) from None
+
+
+def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load adapter weights (in place), optimizer state and RNG state from ``ckpt``.
+
+    The uninterrupted run calls this at every stage boundary too, so it and a
+    resumed run continue from exactly the same bytes.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = ckpt / "adapter" / "adapter_model.safetensors"
+    try:
+        weights = load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise TrajhpcError(f"{path}: damaged, not a readable safetensors file ({type(err).__name__})") from None
+    result = set_peft_model_state_dict(model, weights)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"checkpoint {ckpt}: unexpected adapter keys {result.unexpected_keys[:3]}")
+    optimizer.load_state_dict(load_tensors(ckpt / "optimizer.pt"))
+    rng = load_tensors(ckpt / "rng.pt")
+    try:
+        set_rng_state(rng)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise TrajhpcError(
+            f"{ckpt / 'rng.pt'}: not a trajhpc RNG state ({type(err).__name__}: {err}); "
+            f"delete {ckpt.parent} to start the job over"
+        ) from None

@@ -1,0 +1,225 @@
+"""Evaluation: batched greedy generation on held-out prompts, scored per block.
+
+Prompts are left-padded (generation appends on the right), sorted by length so
+each batch wastes little padding, and decoded from the new tokens only. Batches
+hold ``batch_size`` rows, or as many as fit in ``tokens_per_batch`` tokens
+(:func:`eval_batches`). ``backend="merged"`` generates through a dense copy with
+the adapter merged (:mod:`trajhpc.job.merged`) instead of the training model.
+Generation stops at the end-of-turn token. Scores come from
+:func:`trajhpc.job.scoring.score` and are summarized per block by
+:func:`trajhpc.job.scoring.summarize`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Collection, Mapping, Sequence
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from trajhpc.data.calls import gold_name
+from trajhpc.job.scoring import score, summarize
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """One held-out example, ready for generation."""
+
+    block: str
+    dialogue_key: str
+    step: int
+    prompt_ids: tuple[int, ...]
+    gold: str
+    gold_tokens: int = 0  # tokens generation needs to write the gold call (end of turn excluded)
+    # What the prompt already carries of the gold call (trajhpc.job.baselines.diagnostics).
+    diagnostics: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    per_block: dict[str, dict[str, Any]]  # block -> trajhpc.job.scoring.summarize(...)
+    rows: list[dict[str, Any]]  # one prediction row per held-out example, input order
+    seconds: float
+
+
+def gold_token_count(target_ids: Sequence[int], special_ids: Collection[int]) -> int:
+    """Tokens needed to generate the gold call: the target ids without the special tokens
+    (end of turn) the chat template puts after it."""
+    n = len(target_ids)
+    while n and target_ids[n - 1] in special_ids:
+        n -= 1
+    return n
+
+
+def truncated_gold(items: Sequence[HeldOut], blocks: Sequence[str], max_new_tokens: int) -> dict[str, int]:
+    """Per block, the held-out items whose gold call is longer than ``max_new_tokens``:
+    generation stops before the call is complete, so they can never be exact."""
+    counts = {b: 0 for b in blocks}
+    for it in items:
+        if it.gold_tokens > max_new_tokens:
+            counts[it.block] = counts.get(it.block, 0) + 1
+    return counts
+
+
+def prompt_hash(prompt_ids: Sequence[int]) -> str:
+    """Short stable hash of the exact prompt the model saw."""
+    return hashlib.sha256(",".join(map(str, prompt_ids)).encode()).hexdigest()[:12]
+
+
+def end_of_turn_ids(tokenizer: Any, model: Any | None = None) -> list[int]:
+    """Token ids that end the assistant's turn: the tokenizer's eos plus the model's generation eos."""
+    ids: list[int] = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]:
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
+
+
+def eval_batches(
+    lengths: Sequence[int], *, batch_size: int, max_new_tokens: int, tokens_per_batch: int | None = None
+) -> list[list[int]]:
+    """Prompt indices in generation batches, longest prompts first (ties in input order).
+
+    Without ``tokens_per_batch``: ``batch_size`` rows per batch. With it: each batch
+    takes rows while rows x (its longest prompt + ``max_new_tokens``) stays within
+    ``tokens_per_batch`` (at least one row), so short prompts share large batches.
+    """
+    # Longest first: similar lengths share a batch, and the memory peak comes first.
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if tokens_per_batch is None:
+        return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    for i in order:
+        # The batch's first row is its longest, so the width is fixed once it starts.
+        if batches and (len(batches[-1]) + 1) * (lengths[batches[-1][0]] + max_new_tokens) <= tokens_per_batch:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def generate_greedy(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    batch_size: int,
+    max_new_tokens: int,
+    autocast_dtype: torch.dtype | None = None,
+    tokens_per_batch: int | None = None,
+) -> list[list[int]]:
+    """Greedy continuations (new tokens only, up to the first end-of-turn) for each prompt, input order.
+
+    ``autocast_dtype`` (bf16/fp16 on CUDA) runs generation under the same autocast as training.
+    Batches: :func:`eval_batches`.
+    """
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=list(eos_ids),
+        pad_token_id=pad_id,
+        use_cache=True,
+    )
+    device = next(model.parameters()).device
+    batches = eval_batches(
+        [len(p) for p in prompts], batch_size=batch_size, max_new_tokens=max_new_tokens,
+        tokens_per_batch=tokens_per_batch,
+    )
+    outputs: list[list[int]] = [[] for _ in prompts]
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None and autocast_dtype != torch.float32
+        else contextlib.nullcontext()
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for idx in batches:
+                ids = [torch.tensor(list(prompts[i]), dtype=torch.long) for i in idx]
+                masks = [torch.ones(len(x), dtype=torch.long) for x in ids]
+                input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id, padding_side="left")
+                attention_mask = pad_sequence(masks, batch_first=True, padding_value=0, padding_side="left")
+                out = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    generation_config=config,
+                )
+                for row, i in zip(out[:, input_ids.shape[1] :].tolist(), idx):
+                    cut = next((j for j, t in enumerate(row) if t in eos_ids), len(row))
+                    outputs[i] = row[:cut]
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def evaluate(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    items: Sequence[HeldOut],
+    blocks: Sequence[str],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    autocast_dtype: torch.dtype | None = None,
+    tokens_per_batch: int | None = None,
+    backend: str = "peft",
+    merged: Any | None = None,
+) -> EvalResult:
+    """Generate for every held-out item (all blocks batched together) and score per block.
+
+    ``backend="merged"`` generates through ``merged`` (a :class:`trajhpc.job.merged.MergedEvalModel`
+    already synced to ``model``, which a job keeps across stages), or through a copy built
+    here; ``model`` itself is then only read.
+    """
+    started = time.perf_counter()
+    if backend == "merged":
+        from trajhpc.job.merged import MergedEvalModel
+
+        generator = (merged or MergedEvalModel.from_peft(model)).model
+    elif backend == "peft":
+        generator = model
+    else:
+        raise ValueError(f"unknown eval backend {backend!r}")
+    new_ids = generate_greedy(
+        generator,
+        [it.prompt_ids for it in items],
+        pad_id=tokenizer.pad_token_id,
+        eos_ids=end_of_turn_ids(tokenizer, model),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        autocast_dtype=autocast_dtype,
+        tokens_per_batch=tokens_per_batch,
+    )
+    predictions = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
+    rows, scores_by_block = [], {b: [] for b in blocks}
+    for it, pred in zip(items, predictions):
+        s = score(pred, it.gold)
+        scores_by_block[it.block].append((s, gold_name(it.gold)))
+        rows.append(
+            {
+                "block": it.block,
+                "dialogue_key": it.dialogue_key,
+                "step": it.step,
+                "prompt_hash": prompt_hash(it.prompt_ids),
+                "prediction": pred,
+                "gold": it.gold,
+                **it.diagnostics,
+                **s.to_dict(),
+            }
+        )
+    per_block = {
+        b: summarize([s for s, _ in pairs], [g for _, g in pairs]) for b, pairs in scores_by_block.items()
+    }
+    return EvalResult(per_block, rows, time.perf_counter() - started)

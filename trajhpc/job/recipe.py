@@ -1,0 +1,340 @@
+"""The training recipe of one job, in phases: prepare, load the model, evaluate stage k, train stage k.
+
+:func:`prepare` makes every decision an attempt needs before the model exists (data,
+tokenizer, examples, held-out items, token budgets, device, precision, checkpointing)
+and returns it frozen; the phases after it only read it. The job-directory protocol
+(checkpoints, resumption, metrics.json) is :mod:`trajhpc.job.run`'s; this module writes
+nothing but the stage's prediction rows it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from rich.console import Console
+
+from trajhpc.job.progress import log
+from trajhpc.spec import JobSpec
+
+TOKEN_KEYS = (
+    "examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes", "truncated_examples",
+)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What one attempt decided before loading the model; read-only for every later phase."""
+
+    spec: JobSpec
+    model_path: Path
+    device: Any  # torch.device
+    dtype: Any  # the compute torch.dtype
+    autocast: Any  # mixed-precision dtype on CUDA, None on CPU
+    tokenizer: Any
+    blocks: tuple[str, ...]
+    train_examples: Mapping[str, Sequence[Any]]  # block -> tokenized examples of the job's condition
+    heldout: Sequence[Any]  # evaluate.HeldOut items of every block
+    truncated_gold: Mapping[str, int]
+    budgets: Sequence[int] | None  # cumulative token budget through each stage (token_budget arms)
+    gradient_checkpointing: bool
+    heldout_in_pretraining: int | None = None  # held-out dialogues the model was pre-trained on (tiny only)
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def prepare(spec: JobSpec, console: Console) -> Prepared:
+    """Data, tokenizer, examples, held-out items, budgets and the device decisions of one attempt."""
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.models import resolve_model
+
+    # Data and model folder first: bad input fails before torch is even imported.
+    data = load_study_data(spec.data)
+    data.check_order(spec.order)
+    model_path = resolve_model(spec.model)
+    in_pretraining = _check_pretraining(spec, model_path, data, console)
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from trajhpc.job import train
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = train.resolve_compute_dtype(spec.compute_dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_examples = {b: _tokenize(spec, tokenizer, data.train[b], spec.condition, spec.condition_k) for b in spec.order}
+    heldout = _heldout(spec, tokenizer, data)
+    return Prepared(
+        spec=spec,
+        model_path=model_path,
+        device=device,
+        dtype=dtype,
+        # Mixed precision only on CUDA; on CPU the weights already are in the compute dtype.
+        autocast=dtype if device.type == "cuda" else None,
+        tokenizer=tokenizer,
+        blocks=tuple(data.blocks),
+        train_examples=train_examples,
+        heldout=heldout,
+        truncated_gold=_check_gold_lengths(spec, heldout, data.blocks, console),
+        budgets=_budgets(spec, tokenizer, data, train_examples, console) if spec.token_budget else None,
+        gradient_checkpointing=_gradient_checkpointing(spec, model_path, train_examples, dtype, device),
+        heldout_in_pretraining=in_pretraining,
+    )
+
+
+def _check_pretraining(spec: JobSpec, model_path: Path, data, console: Console) -> int | None:
+    """How many held-out dialogues were in the model's pre-training text (None: the model does not say),
+    with a warning when any were: tiny pre-trains on the default split, and a study with another
+    ``heldout_fraction`` over the same files holds out some of what it trained on."""
+    from trajhpc.job.models import pretraining_dialogues
+
+    seen = pretraining_dialogues(model_path)
+    if not seen:
+        return None
+    heldout = {r.dialogue_key for records in data.heldout.values() for r in records}
+    overlap = len(heldout & seen)
+    if overlap:
+        log(
+            console,
+            f"warning: {overlap} of the {len(heldout)} held-out dialogues were in the pre-training text of "
+            f"{spec.model} (it pre-trains on the default split, heldout_fraction 0.2): "
+            "their scores do not measure held-out accuracy",
+        )
+    return overlap
+
+
+def _tokenize(spec: JobSpec, tokenizer, records, condition: str, k: int | None):
+    from trajhpc.data.conditions import tokenize_examples
+
+    return tokenize_examples(tokenizer, records, condition, k=k, max_seq_len=spec.train.max_seq_len)
+
+
+def _heldout(spec: JobSpec, tokenizer, data) -> list:
+    from trajhpc.job.baselines import diagnostics
+    from trajhpc.job.evaluate import HeldOut, gold_token_count
+
+    special = set(tokenizer.all_special_ids)
+    items = []
+    for block in data.blocks:
+        records = data.heldout[block]
+        for r, ex in zip(records, _tokenize(spec, tokenizer, records, spec.condition, spec.condition_k)):
+            gold = gold_token_count(ex.input_ids[len(ex.prompt_ids) :], special)
+            seen = diagnostics(r.target, tokenizer.decode(ex.prompt_ids))  # the prompt as the model sees it
+            items.append(HeldOut(block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold, seen))
+    return items
+
+
+def _check_gold_lengths(spec: JobSpec, heldout, blocks, console: Console) -> dict[str, int]:
+    """Per block, held-out examples whose gold call is longer than eval.max_new_tokens (never exact)."""
+    from trajhpc.job.evaluate import truncated_gold
+
+    limit = spec.eval.max_new_tokens
+    counts = truncated_gold(heldout, blocks, limit)
+    if any(counts.values()):
+        longest = max(it.gold_tokens for it in heldout)
+        log(
+            console,
+            f"warning: {sum(counts.values())} of {len(heldout)} held-out gold calls are longer than "
+            f"eval.max_new_tokens={limit} tokens (longest {longest}) and can never be generated exactly; "
+            "raise eval.max_new_tokens (counted per stage as eval_truncated_gold in metrics.json)",
+        )
+    return counts
+
+
+def count(examples) -> dict[str, int]:
+    """Token counts of these examples (trajhpc.data.tokens), as a dict."""
+    from trajhpc.data.tokens import count_tokens
+
+    return count_tokens(examples).to_dict()
+
+
+def budget_count(spec: JobSpec, counts: Mapping[str, int]) -> int:
+    """The count a token budget is kept in (0 without a budget)."""
+    if spec.token_budget is None:
+        return 0
+    return counts[f"{spec.token_budget.count}_tokens"]
+
+
+def _gradient_checkpointing(spec: JobSpec, model_path, train_examples, dtype, device) -> bool:
+    """The spec's choice; ``auto`` decided before the model loads, for the job's largest batch."""
+    from trajhpc.job import train
+
+    t = spec.train
+    if isinstance(t.gradient_checkpointing, bool):
+        return t.gradient_checkpointing
+    from transformers import AutoConfig
+
+    lengths = [len(e.input_ids) for examples in train_examples.values() for e in examples]
+    return train.resolve_gradient_checkpointing(
+        t.gradient_checkpointing,
+        config=AutoConfig.from_pretrained(str(model_path)),
+        batch_tokens=train.largest_batch_tokens(lengths, t.batch_size, t.tokens_per_batch),
+        compute_dtype=dtype,
+        quantization=spec.quantization,
+        free_bytes=train.free_memory_bytes(device),
+    )
+
+
+def plan(spec: JobSpec, examples, stage: int, budget: int | None):
+    """The stage's training plan (trajhpc.job.batching.plan_for), stopped at ``budget`` when given."""
+    from trajhpc.job.batching import plan_for
+
+    counts = None
+    if budget is not None:
+        key = f"{spec.token_budget.count}_tokens"
+        counts = [count([e])[key] for e in examples]
+    lengths = [len(e.input_ids) for e in examples]
+    return plan_for(spec.train, lengths, seed=spec.seed, stage=stage, budget=budget, counts=counts)
+
+
+def _budgets(spec: JobSpec, tokenizer, data, own_examples, console: Console) -> list[int]:
+    """Cumulative count the matched condition consumes through each stage (same plans, same seeds).
+
+    Warns when that equals what this job's own condition consumes without a budget:
+    the arm would then train exactly like its condition (e.g. ``count: supervised``
+    across A/B, whose supervised tokens are the same gold calls).
+    """
+    budget = spec.token_budget
+    k = spec.condition_k if budget.match == "last-k" else None  # JobSpec: match last-k => condition last-k
+    matched = [_tokenize(spec, tokenizer, data.train[block], budget.match, k) for block in spec.order]
+    cumulative = _cumulative(spec, matched)
+    own = _cumulative(spec, [own_examples[block] for block in spec.order])
+    if cumulative == own:
+        log(
+            console,
+            f"warning: token_budget of arm {spec.arm} (match {budget.match}, count: {budget.count}) "
+            f"equals what condition {spec.condition} consumes without a budget at every stage "
+            f"({cumulative[-1]} {budget.count} tokens): this arm trains exactly like {spec.condition}"
+            + ("; supervised tokens are the gold calls, the same under every condition: use count: total"
+               if budget.count == "supervised" else ""),
+        )
+    return cumulative
+
+
+def _cumulative(spec: JobSpec, examples_per_stage) -> list[int]:
+    """Cumulative budget count through each stage of the unbudgeted plans over these examples."""
+    out, total = [], 0
+    for stage, examples in enumerate(examples_per_stage, start=1):
+        stage_plan = plan(spec, examples, stage, None)
+        total += budget_count(spec, count([examples[i] for i in stage_plan.consumed()]))
+        out.append(total)
+    return out
+
+
+# ---------------------------------------------------------------- model
+
+
+def load_model(prep: Prepared, adapter: Path | None):
+    """(model, optimizer): the quantized base with a fresh adapter, or the checkpoint's ``adapter``."""
+    from transformers import set_seed
+
+    from trajhpc.job import train
+
+    set_seed(prep.spec.seed)
+    base = train.load_base_model(
+        prep.model_path,
+        quantization=prep.spec.quantization,
+        compute_dtype=prep.dtype,
+        device=prep.device,
+        gradient_checkpointing=prep.gradient_checkpointing,
+    )
+    model = train.attach_lora(base, prep.spec.lora, adapter)
+    return model, train.build_optimizer(model, prep.spec.train)
+
+
+def start_meta(prep: Prepared) -> dict[str, Any]:
+    """Stage 0's checkpoint metadata: the freshly initialized adapter, nothing trained."""
+    return {"job_id": prep.spec.job_id, "stage": 0, "consumed": 0, "train_loss": None, "train_seconds": 0.0,
+            "tokens": zero_tokens(budget=0 if prep.budgets else None)}
+
+
+def zero_tokens(stage: int = 0, *, budget: int | None = None) -> dict[str, Any]:
+    """Stage 0's token entry (nothing trained); ``budget_cumulative`` 0 when the job has a budget."""
+    entry: dict[str, Any] = {"stage": stage, "block": None, **{k: 0 for k in TOKEN_KEYS}}
+    if budget is not None:
+        entry["budget_cumulative"] = budget
+    return entry
+
+
+# ---------------------------------------------------------------- stages
+
+
+@dataclass
+class Evaluator:
+    """Evaluates after every stage; with ``eval.backend: merged`` it keeps the dense copy between stages."""
+
+    prep: Prepared
+    merged: Any = None
+
+    def __call__(self, model, stage: int, meta: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(the stage's metrics.json entry, its prediction rows)."""
+        from trajhpc.job.evaluate import evaluate
+
+        prep, cfg = self.prep, self.prep.spec.eval
+        if cfg.backend == "merged":
+            from trajhpc.job.merged import MergedEvalModel
+
+            # Built once per attempt; later stages only re-merge the adapter into it.
+            self.merged = self.merged.sync(model) if self.merged else MergedEvalModel.from_peft(model)
+        ev = evaluate(
+            model, prep.tokenizer, prep.heldout, prep.blocks,
+            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, autocast_dtype=prep.autocast,
+            tokens_per_batch=cfg.tokens_per_batch, backend=cfg.backend, merged=self.merged,
+        )
+        entry = {
+            "stage": stage,
+            "trained_block": prep.spec.order[stage - 1] if stage else None,
+            "train_loss": meta["train_loss"],
+            "train_seconds": meta["train_seconds"],
+            "eval_seconds": ev.seconds,
+            "eval_backend": cfg.backend,
+            "per_block": ev.per_block,
+            "eval_truncated_gold": dict(prep.truncated_gold),
+        }
+        return entry, ev.rows
+
+
+def stage_plan(prep: Prepared, stage: int, meta: Mapping[str, Any]):
+    """The plan of training stage ``stage``, after ``meta``'s stage (what is left of a budget)."""
+    examples = prep.train_examples[prep.spec.order[stage - 1]]
+    return plan(prep.spec, examples, stage, prep.budgets[stage - 1] - meta["consumed"] if prep.budgets else None)
+
+
+def train_stage(
+    prep: Prepared, model, optimizer, stage_plan, meta: Mapping[str, Any], on_step: Callable[..., None]
+) -> tuple[dict[str, Any], Any]:
+    """Train block ``order[stage-1]`` by its plan (:func:`stage_plan`) from the state after ``meta``'s
+    stage; returns (the stage's checkpoint metadata, the scheduler state to checkpoint)."""
+    from trajhpc.job import batching, train
+
+    spec = prep.spec
+    stage = meta["stage"] + 1
+    block = spec.order[stage - 1]
+    examples = prep.train_examples[block]
+    lengths = [len(e.input_ids) for e in examples]
+    result = train.train_stage(
+        model, optimizer, examples, stage_plan, spec.train,
+        pad_id=prep.tokenizer.pad_token_id, autocast_dtype=prep.autocast, on_step=on_step,
+    )
+    consumed = [examples[i] for i in stage_plan.consumed()]
+    counts = count(consumed)
+    tokens = {
+        "stage": stage, "block": block, **counts,
+        "padded_tokens": batching.padded_tokens(stage_plan, lengths), "passes": stage_plan.passes,
+        "truncated_examples": sum(e.is_truncated for e in consumed),
+    }
+    if prep.budgets:
+        tokens["budget_cumulative"] = prep.budgets[stage - 1]
+    new_meta = {
+        "job_id": spec.job_id,
+        "stage": stage,
+        "consumed": meta["consumed"] + budget_count(spec, counts),
+        "train_loss": result.loss,
+        "train_seconds": result.seconds,
+        "tokens": tokens,
+    }
+    return new_meta, result.scheduler_state

@@ -1,0 +1,259 @@
+"""The validated documents of a job directory (``trajhpc aggregate``'s reading of docs/CONTRACTS.md).
+
+:func:`read_job_docs` returns a job's spec, metrics and tokens, or raises
+:class:`JobProblem` with the job's status (incomplete, corrupt, unreadable, foreign,
+mismatch), the file concerned and what is wrong. Files are read with
+:mod:`trajhpc.jobdir.paths`'s safe reader, so a FIFO, a huge or deeply nested file is a
+reason, never a hang or a traceback. Documents are validated strictly (a bool is a
+JSON ``true``/``false``, not ``"yes"``); unknown keys are ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from trajhpc.core.errors import InputError
+from trajhpc.jobdir.paths import (
+    JOB_FILES,
+    MAX_DEPTH,
+    METRICS,
+    SPEC,
+    TOKENS,
+    FileProblem,
+    JobDir,
+    dir_problem,
+    nested_deeper_than,
+    parse_json,
+    read_bytes,
+    read_json_object,
+)
+from trajhpc.spec import SPEC_SCHEMA, JobSpec, spec_from_dict
+
+METRICS_SCHEMA = "trajhpc.metrics/1"
+TOKENS_SCHEMA = "trajhpc.tokens/1"
+
+OK, INCOMPLETE, CORRUPT, UNREADABLE, FOREIGN, MISMATCH = "ok", "incomplete", "corrupt", "unreadable", "foreign", "mismatch"
+
+
+class _Doc(BaseModel):
+    # Unknown keys are ignored: a newer writer may add fields within the same schema.
+    # Strict: "yes" is not a bool nor "3" an int (an integer still counts as a float).
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class BlockScores(_Doc):
+    n: int = Field(ge=0)
+    exact: Fraction | None
+    name: Fraction | None
+    name_excl_toolsearcher: Fraction | None = None
+    parse_fail: Fraction | None = None
+    arg_f1: Fraction | None = None
+    errors: dict[str, int] = {}
+
+
+class MetricsStage(_Doc):
+    stage: int = Field(ge=0)
+    trained_block: str | None
+    train_loss: float | None = None
+    train_seconds: float | None = None
+    per_block: dict[str, BlockScores]
+
+
+class Resources(_Doc):
+    params_base: int | None = None
+    params_trainable: int | None = None
+
+
+class MetricsDoc(_Doc):
+    schema_: str = Field(alias="schema")
+    job_id: str
+    study: str | None = None
+    condition: str
+    arm: str
+    seed: int
+    order: list[str]
+    complete: bool
+    stages: list[MetricsStage]
+    resources: Resources | None = None
+
+
+class TokenStage(_Doc):
+    stage: int = Field(ge=0)
+    block: str | None = None
+    examples: int | None = Field(None, ge=0)
+    supervised_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+    padded_tokens: int | None = Field(None, ge=0)
+
+
+class TokensDoc(_Doc):
+    schema_: str = Field(alias="schema")
+    job_id: str
+    stages: list[TokenStage]
+
+
+def identity(spec: JobSpec) -> dict[str, Any]:
+    """The fields that tie a metrics document to its spec (the aggregate checks them against spec.json)."""
+    return {
+        "job_id": spec.job_id, "condition": spec.condition, "arm": spec.arm, "seed": spec.seed,
+        "order": list(spec.order), "model": spec.model, "quantization": spec.quantization,
+    }
+
+
+def checked(model: type[BaseModel], doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` once it validates as ``model``: writers (the job, the test fixtures) check what they write
+    against the models the aggregate reads with, so a renamed field fails where it is written."""
+    model.model_validate(doc)
+    return doc
+
+
+class JobProblem(Exception):
+    """Why a job is excluded: its status, the file's name ("" for the folder itself) and what is wrong."""
+
+    def __init__(self, status: str, file: str, detail: str):
+        super().__init__(f"{file}: {detail}" if file else detail)
+        self.status, self.file, self.detail = status, file, detail
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+
+def _from_file_problem(name: str, problem: FileProblem) -> JobProblem:
+    return JobProblem(UNREADABLE if problem.kind == "unreadable" else CORRUPT, name, problem.reason)
+
+
+def _load(job_dir: Path, name: str, model: type[BaseModel], schema: str) -> Any:
+    """Parse and validate one JSON document; None when missing; JobProblem when bad.
+
+    The fast path validates the raw bytes in one go (pydantic's own JSON parser);
+    only a failing document is parsed again to say whether it is damaged JSON, a
+    foreign schema or a bad field.
+    """
+    path = job_dir / name
+    try:
+        raw = read_bytes(path)
+    except FileProblem as problem:
+        if problem.kind == "missing":
+            return None
+        raise _from_file_problem(name, problem) from None
+    try:
+        doc = model.model_validate_json(raw)
+    except ValidationError as err:
+        _classify(raw, path, schema, err)
+    if nested_deeper_than(raw, MAX_DEPTH):  # as every reader of the job directory says
+        raise JobProblem(CORRUPT, name, f"nested deeper than {MAX_DEPTH} levels")
+    if doc.schema_ != schema:
+        raise JobProblem(FOREIGN, name, f"schema {doc.schema_!r} is not {schema!r}")
+    return doc
+
+
+def _classify(raw: bytes, path: Path, schema: str, err: ValidationError) -> NoReturn:
+    """Turn a failed validation into the most useful JobProblem."""
+    name = path.name
+    try:
+        obj = parse_json(raw, path)
+    except FileProblem as problem:
+        raise _from_file_problem(name, problem) from None
+    if not isinstance(obj, dict):
+        raise JobProblem(CORRUPT, name, "expected a JSON object")
+    if obj.get("schema") != schema:
+        raise JobProblem(FOREIGN, name, f"schema {obj.get('schema')!r} is not {schema!r}")
+    if name == SPEC:  # the spec module words its own errors
+        try:
+            spec_from_dict(obj, name)
+        except InputError as spec_err:
+            raise JobProblem(CORRUPT, name, f"{spec_err.field}: {spec_err.message}") from None
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    raise JobProblem(CORRUPT, name, f"{loc}: {first['msg']}")
+
+
+def _state_note(job_dir: Path) -> str:
+    """' (state.json: failed: ...)' when the job says it failed; best effort, never raises."""
+    try:
+        state = read_json_object(JobDir(job_dir).state)
+    except FileProblem:
+        return ""
+    if state is not None and state.get("state") == "failed":
+        lines = str(state.get("error")).strip().splitlines() or ["no error recorded"]
+        return f" (state.json: failed: {lines[-1][:200]})"  # a traceback's last line names the error
+    return ""
+
+
+def read_job_docs(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
+    """A complete job's validated spec, metrics and tokens; JobProblem says why a job is not one."""
+    problem = dir_problem(job_dir)
+    if problem is not None:
+        raise _from_file_problem("", problem)
+    return _read_job(job_dir)
+
+
+def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
+    spec: JobSpec | None = _load(job_dir, SPEC, JobSpec, SPEC_SCHEMA)
+    if spec is None:  # the folder has results but no spec: nothing says what they are
+        present = [name for name in JOB_FILES[1:] if (job_dir / name).exists()]
+        raise JobProblem(CORRUPT, SPEC, f"missing (the folder has {' and '.join(present) or 'no job files'})")
+    job_id = spec.job_id
+    if job_dir.name != job_id:
+        raise JobProblem(MISMATCH, SPEC, f"hashes to {job_id} but the folder is named {job_dir.name}")
+    order = list(spec.order)
+    n_stages = len(order)
+
+    metrics: MetricsDoc | None = _load(job_dir, METRICS, MetricsDoc, METRICS_SCHEMA)
+    if metrics is None:
+        raise JobProblem(INCOMPLETE, METRICS, f"missing, no stage evaluated yet{_state_note(job_dir)}")
+    expected = {"job_id": job_id, "condition": spec.condition, "arm": spec.arm, "seed": spec.seed, "order": order}
+    for key, value in expected.items():
+        if (got := getattr(metrics, key)) != value:
+            raise JobProblem(MISMATCH, METRICS, f"{key} {got!r} does not match spec.json ({value!r})")
+    if metrics.study is not None and metrics.study != job_dir.parent.name:
+        folder = job_dir.parent.name
+        raise JobProblem(MISMATCH, METRICS, f"study {metrics.study!r} does not match its folder {folder!r}")
+    _check_stages(metrics.stages, order)
+    if not metrics.complete or len(metrics.stages) < n_stages + 1:
+        done = f"stage {len(metrics.stages) - 1} of {n_stages}" if metrics.stages else "no stage evaluated yet"
+        complete = str(metrics.complete).lower()
+        raise JobProblem(INCOMPLETE, METRICS, f"{done} (complete: {complete}){_state_note(job_dir)}")
+
+    tokens: TokensDoc | None = _load(job_dir, TOKENS, TokensDoc, TOKENS_SCHEMA)
+    if tokens is None:
+        raise JobProblem(INCOMPLETE, TOKENS, "missing")
+    if tokens.job_id != job_id:
+        raise JobProblem(MISMATCH, TOKENS, f"job_id {tokens.job_id!r} does not match spec.json ({job_id!r})")
+    for t, stage in enumerate(tokens.stages):
+        block = order[t - 1] if 0 < t <= n_stages else None
+        if stage.stage != t or stage.block != block:
+            got = f"stage {stage.stage} on {stage.block!r}"
+            raise JobProblem(CORRUPT, TOKENS, f"stages.{t}: expected stage {t} on block {block!r}, got {got}")
+    if len(tokens.stages) != n_stages + 1:
+        raise JobProblem(INCOMPLETE, TOKENS, f"{len(tokens.stages)} stages, expected {n_stages + 1}")
+    return spec, metrics, tokens
+
+
+def _check_stages(stages: list[MetricsStage], order: list[str]) -> None:
+    """Stage t must follow training block order[t-1] and evaluate the same blocks as stage 0."""
+    if len(stages) > len(order) + 1:
+        raise JobProblem(CORRUPT, METRICS, f"stages: {len(stages)} stages for an order of {len(order)} blocks")
+    blocks = set(stages[0].per_block) if stages else set()
+    for t, stage in enumerate(stages):
+        trained = order[t - 1] if t else None
+        if stage.stage != t or stage.trained_block != trained:
+            got = f"stage {stage.stage} after {stage.trained_block!r}"
+            expected = f"expected stage {t} after training {trained!r}"
+            raise JobProblem(CORRUPT, METRICS, f"stages.{t}: {expected}, got {got}")
+        if set(stage.per_block) != blocks:
+            evaluated = f"evaluates {sorted(stage.per_block)}, stage 0 evaluates {sorted(blocks)}"
+            raise JobProblem(CORRUPT, METRICS, f"stages.{t}.per_block: {evaluated}")
+    missing = [b for b in order if stages and b not in blocks]
+    if missing:
+        raise JobProblem(CORRUPT, METRICS, f"stages.0.per_block: trained blocks {missing} are never evaluated")
+
+

@@ -1,0 +1,9 @@
+"""Reading a study: job directories as records, unit- and item-level statistics,
+report.md, CSV tables, plots and the terminal summary (`trajhpc aggregate`)."""
+
+from trajhpc.core.exports import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "aggregate": ["aggregate_command"],
+    "studyresult": ["StudyResult"],
+})

@@ -1,0 +1,109 @@
+"""`trajhpc aggregate`: read job directories, join scores with token counts, compare arms.
+
+I/O stays at the edges: :func:`trajhpc.results.jobrecords.collect_jobs` reads and validates job
+directories, :func:`write_outputs` writes the results. In between everything is pure over
+polars frames (:mod:`trajhpc.results.tables`): the long table (one row per job x stage x evaluated
+block), units, per-arm summaries with bootstrap CIs, paired differences, continual-learning
+metrics and compute matching; :mod:`trajhpc.results.itemtables` adds the example-level tables.
+
+A job that is missing, partial, corrupt, of a foreign schema or whose spec hash does
+not match its id is listed with the reason and left out of every statistic.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import polars as pl
+
+from trajhpc.core.atomic import atomic_write_bytes, atomic_write_text
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.core.gcpause import gc_paused
+from trajhpc.jobdir.documents import OK
+from trajhpc.results import plots as plots_module
+from trajhpc.results import report, stats
+from trajhpc.results.jobrecords import (
+    collect_jobs,
+    group_by_study,
+    read_items,
+    read_logs,
+    resolve_targets_and_manifests,
+    study_manifest,
+)
+from trajhpc.results.studyresult import OUTPUT_DIR, StudyResult
+from trajhpc.results.tables import analyze_study, paired_table
+from trajhpc.study.manifest import Manifest
+
+# ---------------------------------------------------------------- outputs and command
+
+
+def _csv(frame: pl.DataFrame) -> str:
+    return frame.write_csv(float_precision=6)
+
+
+def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
+    """Tables, report.md and (optionally) plots into ``<study folder>/aggregate/``; returns that folder."""
+    out = result.folder / OUTPUT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    result.long.write_parquet(buf)
+    atomic_write_bytes(out / "long.parquet", buf.getvalue())
+    atomic_write_text(out / "long.csv", _csv(result.long))
+    atomic_write_text(out / "jobs.csv", _csv(result.jobs.drop("path")))
+    tables = ("units", "summary", "stages", "rmatrix", "rmatrix_blocks", "compute", "strata", "baselines", "factorial")
+    for name in tables:
+        atomic_write_text(out / f"{name}.csv", _csv(getattr(result, name)))
+    atomic_write_text(out / "loss_curves.csv", _csv(result.loss))
+    atomic_write_text(out / "paired.csv", _csv(paired_table(result)))
+    figures = plots_module.write_plots(result, out) if plots and result.units.height else []
+    atomic_write_text(out / "report.md", report.render_markdown(result, figures))
+    return out
+
+
+def aggregate(
+    targets: Sequence[Path], *, strict: bool = False, resamples: int = stats.RESAMPLES, seed: int = stats.SEED
+) -> list[StudyResult]:
+    """Discover, validate and analyse every study under the targets (no files written)."""
+    roots, manifests = resolve_targets_and_manifests(targets)
+    with gc_paused():
+        return _aggregate(roots, manifests, strict=strict, resamples=resamples, seed=seed)
+
+
+def _aggregate(
+    roots: Sequence[Path], manifests: dict[Path, Manifest], *, strict: bool, resamples: int, seed: int
+) -> list[StudyResult]:
+    records = collect_jobs(roots)
+    if not records:
+        where = ", ".join(str(r) for r in roots)
+        raise TrajhpcError(f"no job directories (folders with spec.json) under {where}")
+    bad = [r for r in records if r.status != OK]
+    if strict and bad:
+        first = bad[0]
+        detail = (first.reason or "").split(": ", 1)[-1]  # the reason starts with the file name
+        more = f" (and {len(bad) - 1} more bad jobs)" if len(bad) > 1 else ""
+        raise TrajhpcError(f"{first.file}: {first.status}: {detail}{more}")
+    results = []
+    for folder, recs in group_by_study(records).items():
+        # The study's manifest orders the arms and names the primary comparison; without one
+        # the aggregate keeps its own order (B first, A last) and B − A.
+        manifest = study_manifest(folder, recs, manifests.get(folder))
+        results.append(analyze_study(
+            folder.name, folder, recs, resamples=resamples, seed=seed, items=read_items(recs), manifest=manifest,
+            train_logs=read_logs(recs),
+        ))
+    return results
+
+
+def aggregate_command(console: Any, targets: list[Path], *, strict: bool, plots: bool) -> list[StudyResult]:
+    """CLI entry: aggregate, write every study's outputs, print a summary per study."""
+    results = aggregate(targets, strict=strict)
+    for result in results:
+        try:
+            out = write_outputs(result, plots=plots)
+        except OSError as err:
+            why = (err.strerror or str(err)).lower()
+            raise TrajhpcError(f"{result.folder}: cannot write the results into {OUTPUT_DIR}/ ({why})") from None
+        report.print_summary(console, result, out)
+    return results

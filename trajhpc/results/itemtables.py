@@ -1,0 +1,175 @@
+"""A study's example-level tables: pooled accuracy, strata, item-level paired tests, baselines, factorial.
+
+Unit-level tables (trajhpc.results.aggregate) summarise one number per job. These go down to
+the held-out items every job was scored on, read from each job's final
+``predictions/stage-K.jsonl``:
+
+- ``pooled_units``: per job, accuracy pooled over examples (``*_pooled``) beside the
+  mean over blocks (``*_macro``, what ``exact``/``name`` are elsewhere);
+- ``strata_frame``: accuracy per arm within strata of what the prompt carries
+  (``target_kind``, ``gold_name_in_prompt``, ``gold_values_in_prompt``);
+- ``item_paired_frame``: per pair of arms, an exact McNemar test stratified over the
+  (seed, order) units both arms share, and a two-level (unit x dialogue) bootstrap CI;
+- ``study_baselines``: the data-only baselines (trajhpc.job.baselines) on the jobs' held-out sets;
+- ``factorial_frame``: the calls x responses effects when A, calls-only, responses-only and B are all present.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import polars as pl
+
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.jobdir.paths import FileProblem, JobDir, read_bytes
+from trajhpc.results import itemstats
+from trajhpc.results.factorial import factorial_rows
+
+STRATA = ("target_kind", "gold_name_in_prompt", "gold_values_in_prompt")
+ITEM_METRICS = ("exact", "name")
+MAX_PREDICTION_BYTES = 256 * 2**20
+_ITEM_SCHEMA = {
+    "job_id": pl.String, "item": pl.String, "dialogue": pl.String, "block": pl.String,
+    "exact": pl.Boolean, "name": pl.Boolean,
+    "target_kind": pl.String, "gold_name_in_prompt": pl.Boolean, "gold_values_in_prompt": pl.Boolean,
+}
+
+
+def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[pl.DataFrame, str | None]:
+    """The final stage's prediction rows of one job, and why they could not be read (None when fine)."""
+    path = JobDir(job_dir).predictions(n_stages)
+    try:
+        raw = read_bytes(path, max_bytes=MAX_PREDICTION_BYTES)
+        rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+        cols = {k: [] for k in _ITEM_SCHEMA}
+        for row in rows:
+            item = f"{row['block']}|{row['dialogue_key']}|{row['step']}"
+            values = (job_id, item, str(row["dialogue_key"]), row["block"], bool(row["exact"]), bool(row["name"]),
+                      *(row.get(s) for s in STRATA))
+            for key, value in zip(cols, values):
+                cols[key].append(value)
+        return pl.DataFrame(cols, schema=_ITEM_SCHEMA), None
+    except FileProblem as err:
+        return pl.DataFrame(schema=_ITEM_SCHEMA), str(err)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        return pl.DataFrame(schema=_ITEM_SCHEMA), f"{path.name}: corrupt: {type(err).__name__}"
+
+
+def pooled_units(long: pl.DataFrame) -> pl.DataFrame:
+    """Per job at its final stage: ``exact``/``name`` pooled over examples and as the mean over blocks."""
+    final = long.filter(pl.col("stage") == pl.col("n_stages"))
+    return final.group_by("job_id").agg(
+        *((pl.col(m) * pl.col("n")).sum().truediv(pl.col("n").sum()).alias(f"{m}_pooled") for m in ITEM_METRICS),
+        *(pl.col(m).mean().alias(f"{m}_macro") for m in ITEM_METRICS),
+    )
+
+
+def strata_frame(items: pl.DataFrame) -> pl.DataFrame:
+    """``arm, stratum, metric, value, n``: accuracy within each stratum, items pooled over the arm's units."""
+    parts = []
+    for stratum in STRATA:
+        known = items.filter(pl.col(stratum).is_not_null())
+        if known.height == 0:
+            continue
+        label = pl.lit(f"{stratum}=") + pl.col(stratum).cast(pl.String).str.to_lowercase()
+        grouped = known.with_columns(label.alias("stratum")).group_by("arm", "stratum")
+        for metric in ITEM_METRICS:
+            parts.append(grouped.agg(pl.lit(metric).alias("metric"), pl.col(metric).mean().alias("value"),
+                                     pl.len().cast(pl.Int64).alias("n")))
+    schema = {"arm": pl.String, "stratum": pl.String, "metric": pl.String, "value": pl.Float64, "n": pl.Int64}
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    return pl.concat(parts).select(*schema).cast(schema).sort("arm", "stratum", "metric")
+
+
+_PAIRED_ITEM_SCHEMA = {
+    "arm": pl.String, "baseline": pl.String, "metric": pl.String, "test": pl.String, "pairs": pl.Int64,
+    "items": pl.Int64, "mean_diff": pl.Float64, "ci_lo": pl.Float64, "ci_hi": pl.Float64, "p_value": pl.Float64,
+    "p_kind": pl.String, "draws": pl.Int64,
+}
+
+
+def item_paired_frame(units: pl.DataFrame, items: pl.DataFrame, arms: Sequence[str], *,
+                      resamples: int = itemstats.RESAMPLES, seed: int = itemstats.SEED,
+                      pairs: Sequence[tuple[str, str]] | None = None) -> pl.DataFrame:
+    """Per pair of arms and metric: stratified exact McNemar over shared units, two-level bootstrap CI.
+
+    ``pairs`` are the (arm, baseline) comparisons (default: every pair of ``arms``, first minus later)."""
+    cols: dict[str, list[Any]] = {k: [] for k in _PAIRED_ITEM_SCHEMA}
+    if items.height == 0:
+        return pl.DataFrame(cols, schema=_PAIRED_ITEM_SCHEMA)
+    keyed = items.join(units.select("job_id", "seed", "order"), on="job_id", how="inner")
+    for arm, baseline in pairs if pairs is not None else itertools.combinations(arms, 2):
+        x = keyed.filter(pl.col("arm") == arm)
+        y = keyed.filter(pl.col("arm") == baseline)
+        joined = x.join(y, on=["seed", "order", "item"], how="inner", suffix="_base")
+        if joined.height == 0:
+            continue
+        unit_keys = joined.select("seed", "order").unique().sort("seed", "order")
+        # The bootstrap needs one item set for all units: the items every shared unit has.
+        common = joined.group_by("item").agg(pl.len().alias("k")).filter(pl.col("k") == unit_keys.height)
+        matrix_rows = joined.join(common.select("item"), on="item").sort("seed", "order", "item")
+        for metric in ITEM_METRICS:
+            pairs = []
+            for key in unit_keys.iter_rows():
+                unit = joined.filter((pl.col("seed") == key[0]) & (pl.col("order") == key[1]))
+                pairs.append(itemstats.discordant(unit[metric].to_numpy(), unit[f"{metric}_base"].to_numpy()))
+            diff = (matrix_rows[metric].cast(pl.Float64) - matrix_rows[f"{metric}_base"].cast(pl.Float64)).to_numpy()
+            n_items = common.height
+            lo = hi = None
+            if n_items:
+                ci = itemstats.two_level_bootstrap(
+                    diff.reshape(unit_keys.height, n_items), matrix_rows["dialogue"][:n_items].to_list(),
+                    resamples=resamples, seed=seed,
+                )
+                lo, hi = ci.low, ci.high
+            mean = (joined[metric].cast(pl.Float64) - joined[f"{metric}_base"].cast(pl.Float64)).mean()
+            values = (arm, baseline, metric, "mcnemar-cmh", unit_keys.height, n_items, mean, lo, hi,
+                      itemstats.stratified_mcnemar(pairs), "exact", None)
+            for k, v in zip(cols, values):
+                cols[k].append(v)
+    return pl.DataFrame(cols, schema=_PAIRED_ITEM_SCHEMA)
+
+
+def study_baselines(specs: Sequence[Any]) -> tuple[pl.DataFrame, str | None]:
+    """``baseline, block, metric, value, n`` on the held-out sets of the study's data (its first job's),
+    and a note when they cannot be computed here (e.g. the data root is elsewhere)."""
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.baselines import baseline_rows
+
+    schema = {"baseline": pl.String, "block": pl.String, "metric": pl.String, "value": pl.Float64, "n": pl.Int64}
+    if not specs:
+        return pl.DataFrame(schema=schema), None
+    datas = {s.data.model_dump_json() for s in specs}
+    try:
+        data = load_study_data(specs[0].data)
+    except TrajhpcError as err:
+        return pl.DataFrame(schema=schema), f"baselines not computed: {err}"
+    note = f"baselines use the first job's data settings ({len(datas)} differ)" if len(datas) > 1 else None
+    rows = baseline_rows(data.train, data.heldout)
+    return pl.DataFrame(rows, schema=schema).select(*schema), note
+
+
+def factorial_frame(units: pl.DataFrame) -> pl.DataFrame:
+    """``family, effect, metric, estimate, ci_low, ci_high, p_value, p_kind, n`` from the units' final accuracies.
+
+    One family per arm suffix: the plain arms (``A``, ``calls-only``, ``responses-only``,
+    ``B``; family ``plain``) and each tool-documentation set (``A+docs-dialogue``, …;
+    family ``docs-dialogue``).
+    """
+    rows = []
+    families: dict[str, dict[str, dict[str, dict[Any, float]]]] = {}
+    for arm, seed, order, *values in units.select("arm", "seed", "order", *ITEM_METRICS).iter_rows():
+        base, _, suffix = arm.partition("+")
+        for metric, value in zip(ITEM_METRICS, values):
+            if value is not None:
+                families.setdefault(suffix or "plain", {}).setdefault(metric, {}).setdefault(base, {})[(seed, order)] = value
+    for family, by_metric in sorted(families.items()):
+        for metric in ITEM_METRICS:
+            rows += [{"family": family, **r} for r in factorial_rows(by_metric.get(metric, {}), metric)]
+    schema = {"family": pl.String, "effect": pl.String, "metric": pl.String, "estimate": pl.Float64,
+              "ci_low": pl.Float64, "ci_high": pl.Float64, "p_value": pl.Float64, "p_kind": pl.String, "n": pl.Int64}
+    return pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)

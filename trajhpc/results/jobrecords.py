@@ -1,0 +1,263 @@
+"""The job directories of a study as records: found, validated, classified, labelled by arm.
+
+Reading never raises for a bad job: a missing, partial, corrupt or foreign job becomes a
+:class:`JobRecord` with a status and the reason (:mod:`trajhpc.jobdir.documents` checks the
+documents), so every table downstream can list it and leave it out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import polars as pl
+
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.jobdir.documents import OK, JobProblem, MetricsDoc, TokensDoc, read_job_docs
+from trajhpc.jobdir.paths import RECORD, FileProblem, find_job_dirs, read_json_object
+from trajhpc.results.losscurves import TrainLogs, read_train_logs
+from trajhpc.spec import JobSpec
+from trajhpc.study.manifest import Manifest, load_manifest
+
+# Base-model size and LoRA parameters per rank (all-linear targets) of known models,
+# used for FLOPs when the job did not record its parameter counts. LoRA on a d_in x d_out
+# projection adds r * (d_in + d_out) parameters; summed over q, k, v, o, gate, up, down:
+# SmolLM2-135M (30 layers, hidden 576, MLP 1536, KV 3 x 64): 10,176 per layer and rank;
+# Llama-3.1-8B (32 layers, hidden 4096, MLP 14336, KV 8 x 128): 81,920 per layer and rank.
+MAX_RECORD_BYTES = 2**20  # a submission.json is a few kB
+MODEL_PARAMS: dict[str, dict[str, float]] = {
+    "smollm2-135m-instruct": {"base": 134_515_008, "lora_per_rank_all_linear": 30 * 10_176},
+    "meta-llama/Llama-3.1-8B-Instruct": {"base": 8_030_261_248, "lora_per_rank_all_linear": 32 * 81_920},
+}
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job directory as found: its status and, when ``ok``, its validated documents."""
+
+    path: Path
+    status: str
+    reason: str | None = None
+    file: Path | None = None  # the file the reason is about
+    spec: JobSpec | None = None
+    metrics: MetricsDoc | None = None
+    tokens: TokensDoc | None = None
+    variant: str | None = None
+
+    @property
+    def study(self) -> str:
+        return self.path.parent.name
+
+
+# ---------------------------------------------------------------- discovery and reading
+
+
+def resolve_targets(targets: Sequence[Path]) -> list[Path]:
+    """Run roots as given; a manifest (.yaml/.yml) stands for its ``run_root/study`` folder."""
+    return resolve_targets_and_manifests(targets)[0]
+
+
+def resolve_targets_and_manifests(targets: Sequence[Path]) -> tuple[list[Path], dict[Path, Manifest]]:
+    """:func:`resolve_targets`, and the manifests given as targets by their study folder (resolved)."""
+    roots, manifests = [], {}
+    for target in targets:
+        target = Path(target)
+        if target.is_file() and target.suffix in (".yaml", ".yml"):
+            folder, manifest = _manifest_study_dir(target)
+            roots.append(folder)
+            manifests[Path(os.path.realpath(folder))] = manifest
+        elif target.is_dir():
+            roots.append(target)
+        elif target.exists():
+            raise TrajhpcError(f"{target}: not a run root (folder) or a manifest (.yaml)")
+        else:
+            raise TrajhpcError(f"{target}: no such run root or manifest")
+    return roots, manifests
+
+
+def _manifest_study_dir(path: Path) -> tuple[Path, Manifest]:
+    # The manifest module validates the file (errors name file, field and line);
+    # a relative run_root is taken from the current folder, as `trajhpc submit` does.
+    manifest = load_manifest(path)
+    folder = Path(manifest.run_root) / manifest.study
+    if not folder.is_dir():
+        raise TrajhpcError(f"{folder}: no jobs yet for manifest {path} (study folder missing)")
+    return folder, manifest
+
+
+def study_manifest(folder: Path, records: Sequence[JobRecord], given: Manifest | None = None) -> Manifest | None:
+    """The manifest of the study in ``folder``: ``given`` (a manifest named as the aggregate's
+    target) if any; else the manifest the jobs' ``submission.json`` records, when it still
+    exists, parses and names this study (the most often recorded first); else None.
+
+    Never raises: a manifest that moved, changed or broke since the jobs were submitted is
+    simply not used (the aggregate then falls back to its own arm order and primary).
+    """
+    if given is not None:
+        return given
+    counts: dict[str, int] = {}
+    for r in records:
+        try:
+            record = read_json_object(r.path / RECORD, max_bytes=MAX_RECORD_BYTES)
+        except FileProblem:
+            continue
+        path = record.get("manifest") if record else None
+        if isinstance(path, str) and path:
+            counts[path] = counts.get(path, 0) + 1
+    for path in sorted(counts, key=lambda p: (-counts[p], p)):
+        try:
+            manifest = load_manifest(path)
+        except (TrajhpcError, OSError, ValueError):
+            continue
+        if manifest.study == folder.name:
+            return manifest
+    return None
+
+
+def collect_jobs(roots: Iterable[Path]) -> list[JobRecord]:
+    """Read and validate every job directory under the roots (never raises for bad jobs)."""
+    return [read_job(d) for d in find_job_dirs(roots)]
+
+
+def read_job(job_dir: Path) -> JobRecord:
+    """Validate one job directory against the contract; problems become a status, not an exception."""
+    try:
+        spec, metrics, tokens = read_job_docs(job_dir)
+    except JobProblem as problem:
+        return JobRecord(job_dir, problem.status, problem.reason, job_dir / problem.file)
+    return JobRecord(job_dir, OK, spec=spec, metrics=metrics, tokens=tokens, variant=variant_of(spec))
+
+
+def group_by_study(records: Sequence[JobRecord]) -> dict[Path, list[JobRecord]]:
+    """Records per study folder (the folder holding the job directories), sorted."""
+    groups: dict[Path, list[JobRecord]] = {}
+    for r in records:
+        groups.setdefault(r.path.parent, []).append(r)
+    return {k: sorted(v, key=lambda r: r.path.name) for k, v in sorted(groups.items())}
+
+
+def read_items(records: Sequence[JobRecord]) -> pl.DataFrame | None:
+    """The final-stage prediction rows of the ``ok`` jobs (those whose predictions are readable)."""
+    from trajhpc.results.itemtables import read_final_predictions
+
+    frames = []
+    for r in records:
+        if r.status == OK and r.spec is not None:
+            frame, _problem = read_final_predictions(r.path, len(r.spec.order), r.path.name)
+            frames.append(frame)
+    return pl.concat(frames) if frames else None
+
+
+def read_logs(records: Sequence[JobRecord]) -> TrainLogs:
+    """The ``train_log.jsonl`` of the ``ok`` jobs (missing or damaged ones noted, never raised)."""
+    return read_train_logs([(r.path.name, r.path, len(r.spec.order)) for r in records if r.status == OK and r.spec])
+
+
+# ---------------------------------------------------------------- arms
+
+
+# The arm's own fields (data.tool_docs names arms too: "B+docs-dialogue") are not a variant.
+_NOT_VARIANT: dict[str, Any] = {
+    "condition": True, "condition_k": True, "seed": True, "order": True, "token_budget": True, "data": {"tool_docs"},
+}
+
+
+def variant_of(spec: JobSpec) -> str:
+    """Hash of the settings other than the arm's (condition, budget, tool docs), seed and order: equal variants compare."""
+    return hashlib.sha256(spec.model_dump_json(exclude=_NOT_VARIANT).encode()).hexdigest()[:6]
+
+
+def jobs_frame(records: Sequence[JobRecord]) -> pl.DataFrame:
+    """One row per job directory found: study, job_id, status, the reason and file when excluded, path."""
+    return pl.DataFrame(
+        {
+            "study": [r.study for r in records],
+            "job_id": [r.path.name for r in records],
+            "status": [r.status for r in records],
+            "reason": [r.reason for r in records],
+            "file": [str(r.file) if r.file else None for r in records],
+            "path": [str(r.path) for r in records],
+        },
+        schema=dict.fromkeys(("study", "job_id", "status", "reason", "file", "path"), pl.String),
+    )
+
+
+def _arm_identity(spec: JobSpec) -> tuple[Any, ...]:
+    budget = spec.token_budget
+    return (spec.condition, spec.condition_k, budget.match if budget else None, budget.count if budget else None)
+
+
+def arm_labels(records: Sequence[JobRecord]) -> dict[str, str]:
+    """Job id -> arm label: ``JobSpec.arm``, made distinct where two arms that train differently share it.
+
+    Arms that differ only by ``token_budget.count`` (A matched to B on supervised and on
+    total tokens) get the count appended (``A@B:supervised``, ``A@B:total``), so they are
+    summarised and paired apart instead of merged; anything else still colliding gets
+    a short hash of its arm fields.
+    """
+    groups: dict[tuple[str, str | None], set[tuple[Any, ...]]] = {}
+    ok = [r for r in records if r.status == OK and r.spec is not None]
+    for r in ok:
+        groups.setdefault((r.spec.arm, r.variant), set()).add(_arm_identity(r.spec))  # type: ignore[union-attr]
+    labels = {}
+    for r in ok:
+        spec = r.spec
+        assert spec is not None
+        label = spec.arm
+        if len(groups[(label, r.variant)]) > 1:
+            counts = {identity[3] for identity in groups[(label, r.variant)]}
+            same_but_count = len({identity[:3] for identity in groups[(label, r.variant)]}) == 1
+            if spec.token_budget is not None and same_but_count and len(counts) == len(groups[(label, r.variant)]):
+                label = f"{label}:{spec.token_budget.count}"
+            else:
+                label = f"{label} [{hashlib.sha256(repr(_arm_identity(spec)).encode()).hexdigest()[:6]}]"
+        labels[r.path.name] = label
+    return labels
+
+
+def arm_rank(arm: str) -> tuple[int, str]:
+    """Comparison order: B first, A (the stripped baseline) last, the rest alphabetical."""
+    base = arm.split(" (")[0]
+    return (0 if base == "B" else 2 if base == "A" else 1, arm)
+
+
+def arm_order(arms: Iterable[str], listed: Sequence[str] = ()) -> list[str]:
+    """The arms in display order: those the manifest lists (``listed``) in its order, then the
+    others (variant-labelled arms, or every arm when no manifest is known) by :func:`arm_rank`."""
+    position = {arm: i for i, arm in enumerate(listed)}
+    return sorted(set(arms), key=lambda a: (0, position[a], "") if a in position else (1, *arm_rank(a)))
+
+
+def pair_direction(x: str, y: str, primary: tuple[str, str] = ("B", "A")) -> tuple[str, str]:
+    """(arm, baseline) of the comparison of two arms: the declared primary's direction for its
+    two arms, else by :func:`arm_rank` (B minus the others, anything minus A)."""
+    if {x, y} == set(primary):
+        return primary
+    return (x, y) if arm_rank(x) <= arm_rank(y) else (y, x)
+
+
+def params_frame(records: Sequence[JobRecord]) -> pl.DataFrame:
+    """Per job: base and trainable parameter counts and where they came from (null when unknown)."""
+    rows: dict[str, list[Any]] = {"job_id": [], "params_base": [], "params_trainable": [], "params_source": []}
+    for r in records:
+        if r.status != OK:
+            continue
+        assert r.spec is not None and r.metrics is not None
+        res = r.metrics.resources
+        base = trainable = source = None
+        if res is not None and res.params_base is not None and res.params_trainable is not None:
+            base, trainable, source = res.params_base, res.params_trainable, "resources"
+        elif (known := MODEL_PARAMS.get(r.spec.model)) is not None and r.spec.lora.target_modules == "all-linear":
+            base, source = known["base"], "model table"
+            trainable = known["lora_per_rank_all_linear"] * r.spec.lora.r
+        for key, value in zip(rows, (r.path.name, base, trainable, source)):
+            rows[key].append(value)
+    return pl.DataFrame(rows, schema=PARAMS_SCHEMA)
+
+
+PARAMS_SCHEMA = {
+    "job_id": pl.String, "params_base": pl.Float64, "params_trainable": pl.Float64, "params_source": pl.String,
+}

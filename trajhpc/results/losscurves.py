@@ -1,0 +1,165 @@
+"""Training-loss curves per arm from each job's ``train_log.jsonl``.
+
+A job writes one JSON object per optimizer step (:mod:`trajhpc.jobdir.trainlog`, docs/CONTRACTS.md):
+``{"stage": int, "step": int (1-based within the stage), "loss": float, "lr": float,
+"tokens": int, "tokens_per_s": float}``. Reading is tolerant: a missing or damaged log
+means no curve for that job, said in a note, never an exception (stricter than the writer's own
+reader, which skips a line torn by a kill: a study's curves should not hide damage); files are read with
+:mod:`trajhpc.jobdir.paths`'s bounded reader (a FIFO or a huge file is refused, not read).
+
+:func:`loss_frame` is pure: per arm and global step (the job's steps counted across its
+stages), the mean training loss over the arm's units.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import polars as pl
+
+from trajhpc.jobdir.paths import FileProblem, read_bytes
+from trajhpc.jobdir.trainlog import TRAIN_LOG
+
+MAX_LOG_BYTES = 64 * 2**20  # ~ 500,000 steps of ~120 bytes
+_INT, _FLOAT = "an integer", "a number"
+FIELDS = {"stage": _INT, "step": _INT, "loss": _FLOAT, "lr": _FLOAT, "tokens": _INT, "tokens_per_s": _FLOAT}
+LOG_SCHEMA = {
+    "job_id": pl.String, "stage": pl.Int64, "step": pl.Int64, "loss": pl.Float64, "lr": pl.Float64,
+    "tokens": pl.Int64, "tokens_per_s": pl.Float64,
+}
+LOSS_SCHEMA = {"arm": pl.String, "global_step": pl.Int64, "stage": pl.Int64, "loss": pl.Float64, "units": pl.Int64}
+
+
+@dataclass
+class TrainLogs:
+    """The readable logs' rows (``LOG_SCHEMA``) and, per job without a curve, why (missing or damaged)."""
+
+    rows: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LOG_SCHEMA))
+    problems: dict[str, str] = field(default_factory=dict)  # job id -> reason
+    missing: list[str] = field(default_factory=list)  # job ids without a train_log.jsonl
+
+
+class _Damaged(Exception):
+    pass
+
+
+def _check_row(value: Any, n_stages: int) -> tuple[Any, ...]:
+    if not isinstance(value, dict):
+        raise _Damaged(f"expected a JSON object, got {type(value).__name__}")
+    row = []
+    for key, kind in FIELDS.items():
+        if key not in value:
+            raise _Damaged(f"no {key!r}")
+        v = value[key]
+        ok = isinstance(v, int) if kind == _INT else isinstance(v, (int, float)) and math.isfinite(v)
+        if isinstance(v, bool) or not ok:
+            raise _Damaged(f"{key} {v!r} is not {kind}" + ("" if kind == _INT else " (finite)"))
+        row.append(v)
+    stage, step = row[0], row[1]
+    if not 1 <= stage <= n_stages:
+        raise _Damaged(f"stage {stage} is not a training stage (1 to {n_stages})")
+    if step < 1:
+        raise _Damaged(f"step {step} (steps count from 1 within a stage)")
+    return tuple(row)
+
+
+def read_train_log(job_dir: Path, n_stages: int) -> tuple[pl.DataFrame | None, str | None]:
+    """One job's steps (``stage, step, loss, lr, tokens, tokens_per_s``, sorted), or None and why.
+
+    A step logged twice (a job resumed from the checkpoint before it trains the stage
+    again) keeps its last entry. Why is ``missing`` or ``train_log.jsonl: corrupt: ...``.
+    """
+    path = job_dir / TRAIN_LOG
+    try:
+        raw = read_bytes(path, max_bytes=MAX_LOG_BYTES)
+    except FileProblem as problem:
+        return None, "missing" if problem.kind == "missing" else str(problem)
+    rows: dict[tuple[int, int], tuple[Any, ...]] = {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, f"{TRAIN_LOG}: corrupt: not UTF-8 text (at byte {err.start})"
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = _check_row(json.loads(line), n_stages)
+        except (json.JSONDecodeError, RecursionError):
+            return None, f"{TRAIN_LOG}: corrupt: line {number} is not valid JSON (truncated or damaged)"
+        except _Damaged as err:
+            return None, f"{TRAIN_LOG}: corrupt: line {number}: {err}"
+        rows[(row[0], row[1])] = row
+    if not rows:
+        return None, f"{TRAIN_LOG}: corrupt: no steps logged"
+    ordered = [rows[k] for k in sorted(rows)]
+    names = list(FIELDS)
+    return pl.DataFrame({k: [r[i] for r in ordered] for i, k in enumerate(names)},
+                        schema={k: LOG_SCHEMA[k] for k in names}), None
+
+
+def read_train_logs(jobs: Sequence[tuple[str, Path, int]]) -> TrainLogs:
+    """The logs of ``(job id, job dir, stages)`` jobs; never raises for a bad or missing log."""
+    logs = TrainLogs()
+    frames = []
+    for job_id, job_dir, n_stages in jobs:
+        frame, why = read_train_log(job_dir, n_stages)
+        if frame is not None:
+            frames.append(frame.select(pl.lit(job_id).alias("job_id"), pl.all()))
+        elif why == "missing":
+            logs.missing.append(job_id)
+        else:
+            logs.problems[job_id] = why or "unreadable"
+    if frames:
+        logs.rows = pl.concat(frames)
+    return logs
+
+
+def loss_frame(rows: pl.DataFrame, units: pl.DataFrame) -> pl.DataFrame:
+    """``arm, global_step, stage, loss, units``: per arm and global step, the mean loss over units.
+
+    A unit's global step counts its steps across stages (stage 2's step 1 follows stage 1's
+    last step); ``stage`` is the stage most units are in at that step (the smallest on a tie).
+    """
+    if rows.height == 0 or units.height == 0:
+        return pl.DataFrame(schema=LOSS_SCHEMA)
+    steps = rows.join(units.select("job_id", "arm"), on="job_id", how="inner")
+    lengths = steps.group_by("job_id", "stage").agg(pl.col("step").max().alias("_len")).sort("job_id", "stage")
+    offsets = lengths.with_columns(
+        (pl.col("_len").cum_sum().over("job_id") - pl.col("_len")).alias("_offset")
+    ).drop("_len")
+    steps = steps.join(offsets, on=["job_id", "stage"]).with_columns(
+        (pl.col("step") + pl.col("_offset")).alias("global_step")
+    )
+    return (
+        steps.group_by("arm", "global_step")
+        .agg(
+            pl.col("stage").mode().min().alias("stage"),
+            pl.col("loss").mean(),
+            pl.col("job_id").n_unique().cast(pl.Int64).alias("units"),
+        )
+        .select(*LOSS_SCHEMA)
+        .cast(LOSS_SCHEMA)
+        .sort("arm", "global_step")
+    )
+
+
+def loss_notes(logs: TrainLogs, units: int) -> list[str]:
+    """What the loss curves leave out: jobs without a log, damaged logs (the first named)."""
+    if units == 0:
+        return []
+    if len(logs.missing) == units:
+        return [f"no loss curves: none of the {units} jobs has {TRAIN_LOG} (jobs of earlier trajhpc versions "
+                "do not write it)."]
+    out = []
+    if logs.missing:
+        out.append(f"loss curves leave out {len(logs.missing)} of {units} jobs without {TRAIN_LOG}.")
+    if logs.problems:
+        job, why = sorted(logs.problems.items())[0]
+        more = f" (and {len(logs.problems) - 1} more)" if len(logs.problems) > 1 else ""
+        out.append(f"loss curves leave out {len(logs.problems)} of {units} jobs whose log is damaged: "
+                   f"job {job}: {why}{more}.")
+    return out

@@ -1,0 +1,51 @@
+"""What `trajhpc aggregate` computes for one study folder, as one value the report renders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from trajhpc.results import stats
+from trajhpc.results.jobrecords import arm_order
+from trajhpc.study.comparison import DEFAULT_PRIMARY, Primary
+
+OUTPUT_DIR = "aggregate"
+
+
+@dataclass
+class StudyResult:
+    """Everything computed for one study folder; frames are written as CSV/Parquet."""
+
+    study: str
+    folder: Path
+    jobs: pl.DataFrame  # every job directory with its status
+    long: pl.DataFrame  # ok jobs only
+    units: pl.DataFrame = field(default_factory=pl.DataFrame)  # one row per ok job
+    summary: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x metric
+    stages: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x metric
+    paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric
+    rmatrix: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block position
+    compute: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage: tokens and accuracy, like with like
+    rmatrix_blocks: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block (name)
+    loss: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x global step: mean training loss
+    # Example-level tables (trajhpc.results.itemtables): empty when the jobs' predictions are not read.
+    item_paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric, mcnemar-cmh
+    strata: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stratum x metric
+    baselines: pl.DataFrame = field(default_factory=pl.DataFrame)  # baseline x block x metric
+    factorial: pl.DataFrame = field(default_factory=pl.DataFrame)  # effect x metric
+    notes: list[str] = field(default_factory=list)  # what could not be computed, and why
+    budgets: dict[str, float | None] = field(default_factory=dict)
+    resamples: int = stats.RESAMPLES
+    seed: int = stats.SEED
+    # From the study's manifest (trajhpc.results.jobrecords.study_manifest), when it was found:
+    listed_arms: tuple[str, ...] = ()  # its conditions' arms, in its order
+    primary: Primary = DEFAULT_PRIMARY  # its analysis.primary (default B − A, exact)
+    primary_declared: bool = False  # whether the manifest sets analysis (else the default)
+    manifest: str | None = None  # where it was read from
+
+    @property
+    def arms(self) -> list[str]:
+        """The arms with complete units, in the manifest's order (then the others)."""
+        return arm_order(self.units["arm"].unique().to_list(), self.listed_arms) if self.units.height else []

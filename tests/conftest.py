@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Set before any test imports transformers/datasets: nothing may touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -21,6 +23,8 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE_GOLDEN = "TRAJHPC_UPDATE_GOLDEN"
 # Fixture helper modules (synthetic_jobs, hub_api_bank) import by name.
 sys.path.insert(0, str(FIXTURES))
 
@@ -33,6 +37,22 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """``golden(name, text)``: ``text`` must equal ``tests/golden/<name>``, a rendered artifact
+    reviewed by hand; with TRAJHPC_UPDATE_GOLDEN=1 the file is rewritten instead (review its diff)."""
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if os.environ.get(UPDATE_GOLDEN):
+            path.write_text(text, encoding="utf-8")
+        assert text == path.read_text(encoding="utf-8"), (
+            f"{path.relative_to(REPO)} changed: review the diff, then rerun with {UPDATE_GOLDEN}=1"
+        )
+
+    return check
 
 
 def _slurm_unavailable() -> str | None:
@@ -80,6 +100,47 @@ def tiny():
 
     path = resolve_model("tiny")
     return path, AutoTokenizer.from_pretrained(str(path))
+
+
+# The one finished job that tests which only read a job directory share (built once per session).
+FINISHED_SPEC = {
+    "condition": "B",
+    "order": ["cost-insurance-other", "care-appointments"],
+    "seed": 1,
+    "data": {"max_train_per_block": 12, "max_heldout_per_block": 2},
+    "train": {"max_steps": 2, "batch_size": 4, "max_seq_len": 384},
+    "lora": {"r": 4, "alpha": 8},
+    "eval": {"batch_size": 8, "max_new_tokens": 4},
+}
+FINISHED_CONTEXT = {"container_image": "/images/trajhpc.sif", "container_digest": "sha256:0123abcd"}
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """A complete condition-B job (:data:`FINISHED_SPEC`), its directory and its console output."""
+
+    spec: Any
+    job_dir: Path
+    console: str
+
+
+@pytest.fixture(scope="session")
+def finished_job(tmp_path_factory) -> FinishedJob:
+    """:data:`FINISHED_SPEC` run as Slurm array task 77_3 with a container context; read it, never change it."""
+    from rich.console import Console
+
+    from trajhpc.job.run import run_job
+    from trajhpc.spec import JobSpec
+
+    spec = JobSpec.model_validate(FINISHED_SPEC)
+    job_dir = tmp_path_factory.mktemp("finished") / "b"
+    console = Console(record=True, width=300)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_JOB_ID", "80")
+        mp.setenv("SLURM_ARRAY_JOB_ID", "77")
+        mp.setenv("SLURM_ARRAY_TASK_ID", "3")
+        run_job(spec, job_dir, study="s1", context=FINISHED_CONTEXT, console=console)
+    return FinishedJob(spec, job_dir, console.export_text())
 
 
 @pytest.fixture(scope="session")

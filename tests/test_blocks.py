@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import pytest
 from rich.console import Console
@@ -268,16 +267,12 @@ def test_block_rows_lv3():
     assert total["api_names"] == 364 and round(total["toolsearcher_share"], 3) == round(462 / 905, 3)
 
 
-def test_inspect_golden(fixtures_dir):
-    """The rendered table is compared with a golden file (UPDATE_GOLDEN=1 rewrites it)."""
+def test_inspect_golden(golden):
+    """The rendered table is compared with a golden file."""
     console = Console(record=True, width=80, color_system=None)
     inspect_command(console, source=None, files=None, blocks="lv3-rules", heldout_fraction=0.2)
     text = console.export_text()
-    golden = fixtures_dir / "golden" / "data_inspect_lv3.txt"
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.parent.mkdir(exist_ok=True)
-        golden.write_text(text, encoding="utf-8")
-    assert text == golden.read_text(encoding="utf-8")
+    golden("data_inspect_lv3.txt", text)
 
 
 @pytest.mark.parametrize(

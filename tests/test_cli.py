@@ -10,11 +10,35 @@ def _trajhpc(*args, cwd=None):
     )
 
 
-def test_help_lists_every_command():
+COMMANDS = {"run-job", "submit", "status", "aggregate", "data"}
+
+
+def _help_commands(text: str) -> dict[str, str]:
+    """The ``Commands:`` section of click's help: name -> its one-line summary."""
+    section = text.split("\nCommands:\n", 1)[1]
+    rows = [line.split(None, 1) for line in section.splitlines() if line.startswith("  ") and line.strip()]
+    return {row[0]: row[1] if len(row) > 1 else "" for row in rows}
+
+
+def test_help_lists_every_command_with_a_summary():
     out = _trajhpc("--help")
     assert out.returncode == 0
-    for command in ("data", "run-job", "submit", "status", "aggregate"):
-        assert command in out.stdout
+    listed = _help_commands(out.stdout)
+    assert set(listed) == COMMANDS, out.stdout
+    assert all(summary.strip() for summary in listed.values()), listed
+    assert set(_help_commands(_trajhpc("data", "--help").stdout)) == {"inspect"}
+
+
+def test_every_listed_command_is_registered_and_answers_help():
+    import typer.main
+
+    from trajhpc import cli
+
+    group = typer.main.get_command(cli.app)
+    assert set(group.commands) == COMMANDS
+    for name in sorted(COMMANDS - {"data"}):
+        out = _trajhpc(name, "--help")
+        assert out.returncode == 0 and out.stdout.startswith("Usage:") and f" {name} " in out.stdout.splitlines()[0]
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path):

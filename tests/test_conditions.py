@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -109,8 +108,8 @@ def test_conditions_keep_system_and_target(with_calls):
     assert {m[2]["content"] for m in messages.values()} == {record.target}
 
 
-def test_rendered_conditions_golden(records, fixtures_dir):
-    """A level-1 and an lv3 record under every condition (UPDATE_GOLDEN=1 rewrites the file)."""
+def test_rendered_conditions_golden(records, golden):
+    """A level-1 and an lv3 record under every condition."""
     level1 = next(r for r in records if r.dialogue_key == "AddReminder-level-1-1.jsonl" and r.step == 1)
     lv3 = next(r for r in records if r.source.startswith("training-data") and r.step == 3)
     parts = []
@@ -118,10 +117,7 @@ def test_rendered_conditions_golden(records, fixtures_dir):
         for condition, k in (("A", None), ("B", None), ("calls-only", None), ("last-k", 1)):
             parts.append(f"===== {record.uid} {condition} k={k}\n" + build_messages(record, condition, k)[1]["content"])
     text = "\n".join(parts) + "\n"
-    golden = fixtures_dir / "golden" / "conditions.txt"
-    if os.environ.get("UPDATE_GOLDEN"):
-        golden.write_text(text, encoding="utf-8")
-    assert text == golden.read_text(encoding="utf-8")
+    golden("conditions.txt", text)
 
 
 @pytest.mark.parametrize(

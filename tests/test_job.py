@@ -20,18 +20,12 @@ from trajhpc.core.errors import TrajhpcError
 from trajhpc.job.run import JobTask, final_summary, run_job, run_job_command
 from trajhpc.spec import JobSpec
 
-ORDER = ["cost-insurance-other", "care-appointments"]
+from conftest import FINISHED_CONTEXT, FINISHED_SPEC
+
+ORDER = FINISHED_SPEC["order"]
 ALL_BLOCKS = {"care-appointments", "medication-treatment", "mental-wellness-fitness", "cost-insurance-other"}
-BASE = {
-    "condition": "B",
-    "order": ORDER,
-    "seed": 1,
-    "data": {"max_train_per_block": 12, "max_heldout_per_block": 2},
-    "train": {"max_steps": 2, "batch_size": 4, "max_seq_len": 384},
-    "lora": {"r": 4, "alpha": 8},
-    "eval": {"batch_size": 8, "max_new_tokens": 4},
-}
-CONTEXT = {"container_image": "/images/trajhpc.sif", "container_digest": "sha256:0123abcd"}
+BASE = FINISHED_SPEC
+CONTEXT = FINISHED_CONTEXT
 
 
 def spec_of(**changes) -> JobSpec:
@@ -45,18 +39,11 @@ def read(job_dir: Path, name: str):
 LOGS: dict[str, str] = {}  # console output of the module's jobs
 
 
-@pytest.fixture(scope="module")
-def done_job(tmp_path_factory) -> Path:
-    """A complete condition-B job, run as Slurm array task 77_3 with a container context."""
-    job_dir = tmp_path_factory.mktemp("jobs") / "b"
-    console = Console(record=True, width=300)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SLURM_JOB_ID", "80")
-        mp.setenv("SLURM_ARRAY_JOB_ID", "77")
-        mp.setenv("SLURM_ARRAY_TASK_ID", "3")
-        run_job(spec_of(), job_dir, study="s1", context=CONTEXT, console=console)
-    LOGS["done_job"] = console.export_text()
-    return job_dir
+@pytest.fixture
+def done_job(finished_job) -> Path:
+    """The session's finished condition-B job (conftest), run as Slurm array task 77_3 with a container context."""
+    LOGS["done_job"] = finished_job.console
+    return finished_job.job_dir
 
 
 def test_job_directory_follows_the_contract(done_job):
@@ -416,7 +403,7 @@ def test_complete_job_still_marked_running_is_marked_done(tmp_path, monkeypatch,
 
 # ---------------------------------------------------------------- one process per job directory, Ctrl-C, threads
 
-HOLD = "import sys, time\nfrom pathlib import Path\nfrom trajhpc import locks\n" \
+HOLD = "import sys, time\nfrom pathlib import Path\nfrom trajhpc.core import locks\n" \
     "with locks.exclusive(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n"
 
 

@@ -16,7 +16,7 @@ from trajhpc.study.grid import expand
 from trajhpc.study.manifest import load_manifest, parse_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-GOLDEN = json.loads((REPO / "tests" / "fixtures" / "golden" / "manifest_job_ids.json").read_text())
+GOLDEN = json.loads((REPO / "tests" / "golden" / "manifest_job_ids.json").read_text())
 
 
 def test_every_shipped_manifest_is_pinned():

@@ -39,32 +39,24 @@ from trajhpc.study.grid import expand
 from trajhpc.study.manifest import Resources, load_manifest, parse_manifest
 
 REPO = Path(__file__).resolve().parent.parent
-GOLDEN = Path(__file__).parent / "golden"
 FOLDER = Path("/runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef")
 APPTAINER = ctr.python_command("apptainer", "/images/trajhpc.sif", ["/runs", "/data:/data:ro"], gpus=True)
-
-
-def _golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("TRAJHPC_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text(), f"{name} changed; rerun with TRAJHPC_UPDATE_GOLDEN=1 if intended"
 
 
 # ---------------------------------------------------------------- sbatch script
 
 
-def test_sbatch_array_golden():
+def test_sbatch_array_golden(golden):
     manifest = load_manifest(REPO / "manifests" / "grid.yaml")
-    _golden("sbatch_grid_array.sh", render_sbatch(manifest, folder=FOLDER, python=APPTAINER, n_jobs=60))
+    golden("sbatch_grid_array.sh", render_sbatch(manifest, folder=FOLDER, python=APPTAINER, n_jobs=60))
 
 
-def test_sbatch_single_job_golden():
+def test_sbatch_single_job_golden(golden):
     manifest = parse_manifest(
         "study: one\nconditions: [A]\nresources:\n  partition: gpu\n  account: proj-1\n  qos: high\n"
         "  constraint: a100|h100\n  mem_gb: 1.5\n  extra_sbatch: {mail-type: FAIL, exclusive: true}\n"
     )
-    _golden("sbatch_single.sh", render_sbatch(manifest, folder=Path("/r/.submitit/x"), python="/usr/bin/python3", n_jobs=1))
+    golden("sbatch_single.sh", render_sbatch(manifest, folder=Path("/r/.submitit/x"), python="/usr/bin/python3", n_jobs=1))
 
 
 def test_sbatch_is_what_the_executor_submits(monkeypatch):

@@ -103,16 +103,24 @@ def test_tiny_tokenizer_round_trips_api_text_without_added_tokens(tiny_dir):
     assert len(ids) < len(text) / 2  # trained on API-Bank text: merges are useful
 
 
-def test_tiny_generates(tiny_dir):
+def test_tiny_generates_deterministically_and_stops_at_its_end_of_turn(tiny_dir):
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     ids = tok.apply_chat_template(
-        [{"role": "user", "content": "hi"}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        [{"role": "user", "content": "Can you check my reminders?"}], add_generation_prompt=True, return_tensors="pt",
+        return_dict=True,
     )
-    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    out = model.generate(**ids, max_new_tokens=48, do_sample=False)
+    again = model.generate(**ids, max_new_tokens=48, do_sample=False)
     n_prompt = ids["input_ids"].shape[1]
+    assert torch.equal(out, again)  # greedy: the same tokens every time
     assert torch.equal(out[0, :n_prompt], ids["input_ids"][0])
-    assert 1 <= out.shape[1] - n_prompt <= 4
+    new = out[0, n_prompt:].tolist()
+    assert new and tok.pad_token_id not in new and tok.bos_token_id not in new
+    # It ends its turn with <|eot_id|> (and nowhere before), or runs to the limit.
+    assert tok.eos_token_id not in new[:-1]
+    assert new[-1] == tok.eos_token_id or len(new) == 48
+    assert tok.decode(new, skip_special_tokens=True).strip()
 
 
 _FILES = ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json")

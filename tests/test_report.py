@@ -1,7 +1,6 @@
 """report.md against a golden file, the methods text, the terminal summary."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from trajhpc.results.studyresult import StudyResult
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import synthetic_jobs as sj  # noqa: E402
 
-GOLDEN = Path(__file__).parent / "golden" / "report.md"
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +28,8 @@ def result(tmp_path_factory) -> StudyResult:
     return r
 
 
-def test_report_matches_the_golden_file(result):
-    text = report.render_markdown(result)
-    if os.environ.get("UPDATE_GOLDEN"):
-        GOLDEN.parent.mkdir(exist_ok=True)
-        GOLDEN.write_text(text)
-    assert text == GOLDEN.read_text(), "report.md changed: review the diff, then rerun with UPDATE_GOLDEN=1"
+def test_report_matches_the_golden_file(result, golden):
+    golden("report.md", report.render_markdown(result))
 
 
 def test_methods_paragraph_is_built_from_the_data(result):

@@ -32,7 +32,6 @@ from trajhpc.launch.status import (
 )
 from trajhpc.launch.statusview import status_command
 
-GOLDEN = Path(__file__).parent / "golden"
 NOW = dt.datetime(2026, 1, 2, 12, 0, 0, tzinfo=dt.timezone.utc)
 
 
@@ -280,17 +279,14 @@ def _study(root: Path, fake_bin: Path) -> Path:
     return study
 
 
-def test_status_table_golden(tmp_path, fake_bin):
+def test_status_table_golden(tmp_path, fake_bin, golden):
     study = _study(tmp_path, fake_bin)
     rows = collect_rows(find_job_dirs(study), now=NOW)
     out = io.StringIO()
     console = Console(file=out, width=140, color_system=None, legacy_windows=False)
     console.print(render_table(rows, "study st", width=140))
     console.print(counts_line(rows))
-    golden = GOLDEN / "status_table.txt"
-    if os.environ.get("TRAJHPC_UPDATE_GOLDEN"):
-        golden.write_text(out.getvalue())
-    assert out.getvalue() == golden.read_text()
+    golden("status_table.txt", out.getvalue())
     # one sacct call for all recorded ids (squeue only for the two sacct lacks)
     assert len((fake_bin / "sacct.calls").read_text().splitlines()) == 1
 

@@ -25,6 +25,7 @@ from trajhpc.core.termtable import Col, fit_table
 from trajhpc.jobdir.paths import FileProblem, open_regular
 from trajhpc.jobdir.snapshot import JobFiles, read_job_dir
 from trajhpc.launch.slurmquery import GONE, SlurmInfo, ask_slurm
+from trajhpc.launch.submitit_adapter import LOCAL_CONTROLLER_MODULE
 from trajhpc.spec import spec_from_dict
 
 # Slurm job states (squeue/sacct names) grouped by what they mean for a job.
@@ -144,8 +145,7 @@ def local_alive(pid: int, folder: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    # The local controller runs `python -m submitit.local._local <folder>`.
-    return (folder.encode() if folder else b"submitit.local") in cmdline
+    return (folder.encode() if folder else LOCAL_CONTROLLER_MODULE.encode()) in cmdline
 
 
 def never_started(job: JobFiles) -> bool:

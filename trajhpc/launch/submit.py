@@ -45,7 +45,7 @@ from trajhpc.launch.submission import (
     write_record,
     write_spec,
 )
-from trajhpc.launch.submitit_adapter import convert_mem, sbatch_string
+from trajhpc.launch.submitit_adapter import convert_mem, sbatch_string, task_command
 from trajhpc.study import containerfields as fields
 from trajhpc.study.grid import GridJob, expand
 from trajhpc.study.manifest import Manifest, load_manifest, run_root_problem
@@ -96,16 +96,11 @@ def slurm_parameters(manifest: Manifest) -> dict[str, Any]:
     return params
 
 
-def submitit_command(python: str, folder: Path) -> str:
-    """The task command line, exactly as submitit's executors build it."""
-    return " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
-
-
 def render_sbatch(manifest: Manifest, *, folder: Path, python: str, n_jobs: int) -> str:
     """The sbatch script submitit writes for ``n_jobs`` jobs (an array when n > 1), rendered by submitit itself."""
     map_count = n_jobs if n_jobs > 1 else None  # submitit submits a single job as a plain job
     return sbatch_string(
-        command=submitit_command(python, folder), folder=folder, map_count=map_count, **slurm_parameters(manifest)
+        command=task_command(python, folder), folder=folder, map_count=map_count, **slurm_parameters(manifest)
     )
 
 
@@ -363,7 +358,7 @@ def show_submission(console: Console, sub: Submission, *, dry_run: bool, rates: 
         console.print(f"sbatch script for {jobs_phrase(len(sub.todo))} ({launch.folder}):", highlight=False, soft_wrap=True)
         console.out(launch.sbatch(len(sub.todo)), highlight=False)
     else:
-        command = submitit_command(launch.python, launch.folder)
+        command = task_command(launch.python, launch.folder)
         console.print(f"local executor: each job runs `{command}`", highlight=False, soft_wrap=True)
 
 

@@ -2,18 +2,29 @@
 
 submitit renders the sbatch script, converts memory, names the log files, lists the
 job-environment variables and parses ``sacct`` output with functions that are not part
-of its public API. trajhpc reaches them only through this module, so a submitit upgrade
+of its public API, and runs a task and the local controller as private modules
+(``submitit.core._submit``, ``submitit.local._local``). trajhpc reaches them only through this module, so a submitit upgrade
 that moves one breaks here, caught by the golden sbatch test (tests/test_launch.py).
 """
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 from submitit.core.utils import JobPaths
 from submitit.local.local import LocalJobEnvironment
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJobEnvironment, _convert_mem, _make_sbatch_string
+
+
+# The module submitit's local controller runs as (`python -m submitit.local._local <folder>`).
+LOCAL_CONTROLLER_MODULE = "submitit.local._local"
+
+
+def task_command(python: str, folder: Path) -> str:
+    """The task command line, exactly as submitit's executors build it."""
+    return " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
 
 
 def convert_mem(mem_gb: float) -> str:

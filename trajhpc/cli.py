@@ -140,7 +140,7 @@ def status(
 
     A manifest's jobs are listed in its grid's order; a run directory's, one table per study.
     """
-    from trajhpc.launch.statusview import status_command
+    from trajhpc.launch.statuscmd import status_command
 
     status_command(console, target, run_root=run_root, watch=watch, interval=interval)
 

@@ -147,7 +147,7 @@ def progress_columns(progress: Sequence[Progress], etas: Sequence[float | None])
     ]
 
 
-# A view: (files, rows, width, extra columns for some rows) -> what to show (trajhpc.launch.statusview groups by study).
+# A view: (files, rows, width, extra columns for some rows) -> what to show (trajhpc.launch.statuscmd groups by study).
 View = Callable[[Sequence[JobFiles], Sequence[Row], int, Callable[[Sequence[Row]], Sequence[Col]]], RenderableType]
 
 

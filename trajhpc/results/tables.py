@@ -16,6 +16,7 @@ import polars as pl
 
 from trajhpc.jobdir.documents import OK, BlockScores
 from trajhpc.results import itemstats, itemtables, stats
+from trajhpc.results.continual import mean_rmatrix, mean_rmatrix_by_block, stage_compute
 from trajhpc.results.jobrecords import (
     PARAMS_SCHEMA,
     JobRecord,
@@ -26,7 +27,6 @@ from trajhpc.results.jobrecords import (
     params_frame,
 )
 from trajhpc.results.losscurves import TrainLogs, loss_frame, loss_notes
-from trajhpc.results.stagetables import mean_rmatrix, mean_rmatrix_by_block, stage_compute
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.study.comparison import DEFAULT_PRIMARY, PAIRED_METRICS, Primary
 from trajhpc.study.manifest import Manifest

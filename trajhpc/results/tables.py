@@ -16,7 +16,7 @@ import polars as pl
 
 from trajhpc.jobdir.documents import OK, BlockScores
 from trajhpc.results import itemstats, itemtables, stats
-from trajhpc.results.continual import mean_rmatrix, mean_rmatrix_by_block, stage_compute
+from trajhpc.results.continual import continual_metrics, mean_rmatrix, mean_rmatrix_by_block, stage_compute
 from trajhpc.results.jobrecords import (
     PARAMS_SCHEMA,
     JobRecord,
@@ -168,7 +168,7 @@ def unit_table(
     )
     units = final
     for score in ("exact", "name"):
-        cl = stats.continual_metrics(long, score).drop("acc")
+        cl = continual_metrics(long, score).drop("acc")
         cl = cl.rename({m: f"{m}_{score}" for m in ("bwt", "forgetting", "fwt")})
         units = units.join(cl, on="job_id", how="left")
     budgets = dict(budgets or {})

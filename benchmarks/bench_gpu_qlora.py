@@ -192,7 +192,7 @@ def synthetic(args, folder: Path) -> None:
     autocast = dtype if device.type == "cuda" else None
 
     def run(steps: int, stage: int):
-        plan = batching.plan_stage(lengths, batch_size=args.batch_size, grad_accum=1, seed=0, stage=stage, max_steps=steps)
+        plan = batching.stage_batches(lengths, batch_size=args.batch_size, grad_accum=1, seed=0, stage=stage, max_steps=steps)
         return train.train_stage(model, optimizer, examples, plan, cfg, pad_id=0, autocast_dtype=autocast)
 
     run(2, 1)  # warm-up: kernels, allocator, cuBLAS handles
@@ -305,10 +305,10 @@ def job_loop(folder: Path, tokenizer, examples, tokens_per_batch: int) -> float:
     model = train.attach_lora(base, LoraSpec(r=16, alpha=32, dropout=0.05))
     optimizer = train.build_optimizer(model, cfg)
     autocast = dtype if device.type == "cuda" else None
-    warm = batching.plan_stage(lengths, stage=1, max_steps=1, **plan_kw)
+    warm = batching.stage_batches(lengths, stage=1, max_steps=1, **plan_kw)
     train.train_stage(model, optimizer, examples, warm, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=autocast)
     sync()
-    plan = batching.plan_stage(lengths, stage=2, epochs=1, **plan_kw)
+    plan = batching.stage_batches(lengths, stage=2, epochs=1, **plan_kw)
     result = train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id,
                                autocast_dtype=autocast)
     sync()

@@ -52,7 +52,7 @@ def main() -> None:
         batch_size=args.batch_size, max_steps=args.steps, max_seq_len=args.max_seq_len,
         tokens_per_batch=args.tokens_per_batch,
     )
-    plan = batching.plan_stage(
+    plan = batching.stage_batches(
         lengths, batch_size=cfg.batch_size, grad_accum=1, seed=0, stage=1, max_steps=args.steps,
         tokens_per_batch=cfg.tokens_per_batch,
     )

@@ -229,7 +229,7 @@ def build_tiny(out: Path, seed: int = 0) -> None:
             examples = tinycorpus.lm_examples(
                 tokenizer, phase_records, max_seq_len=TINY_MAX_POSITIONS, user_header=START_HEADER + "user"
             )
-            plan = batching.plan_for(cfg, [len(e.input_ids) for e in examples], seed=seed, stage=stage)
+            plan = batching.spec_stage_batches(cfg, [len(e.input_ids) for e in examples], seed=seed, stage=stage)
             optimizer = train.build_optimizer(model, cfg)
             result = train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
             # mean_loss: token-weighted over the phase

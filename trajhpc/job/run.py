@@ -359,7 +359,7 @@ class _Run:
             # Both fresh and resumed runs continue from the checkpoint's bytes.
             checkpoint.restore_checkpoint(ckpt, model, optimizer)
             k += 1
-            plan = recipe.stage_plan(prep, k, meta)
+            plan = recipe.next_stage_batches(prep, k, meta)
             self._activity(done, {"phase": "training", "stage": k, "steps": len(plan.steps)})
             with StageProgress(f"stage {k}/{n} {spec.order[k - 1]}", len(plan.steps), self.console) as progress:
                 meta, scheduler_state = recipe.train_stage(prep, model, optimizer, plan, meta, self._step_hook(k, progress))

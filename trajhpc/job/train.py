@@ -13,7 +13,7 @@ Design choices (they decide what a checkpoint must hold):
   on the same optimizer. A stage therefore starts from (adapter, optimizer state,
   RNG state); the previous block's finished scheduler is kept in the checkpoint
   only as a record.
-- **Stages are planned before they run** (:func:`plan_stage`, pure): which
+- **Stages are planned before they run** (:func:`stage_batches`, pure): which
   micro-batches, over how many passes, grouped into which optimizer steps. So the
   scheduler knows its length, and a token-matched arm knows in advance at which
   batch it reaches its budget.

@@ -136,7 +136,9 @@ def discover_slurm_client() -> slurmclient.SlurmClientPaths:
     return slurmclient.discover_slurm_client()
 
 
-def plan(jobs: Sequence[GridJob], files: Sequence[JobFiles], sched: dict[str, str]) -> dict[str, list[GridJob]]:
+def jobs_by_action(
+    jobs: Sequence[GridJob], files: Sequence[JobFiles], sched: dict[str, str]
+) -> dict[str, list[GridJob]]:
     """Split the grid into skip (done) / leave (queued or running) / submit."""
     out: dict[str, list[GridJob]] = {"skip": [], "leave": [], "submit": []}
     for job, f in zip(jobs, files):
@@ -335,7 +337,7 @@ def prepare_submission(manifest_path: Path, run_root: Path | None, executor: str
 def observe_submission(sub: Submission) -> None:
     """Plan: read every job's directory and scheduler state, split into skip / leave / submit."""
     sub.files, sub.sched = observe([job.run_dir for job in sub.jobs], sub.specs)
-    sub.groups = plan(sub.jobs, sub.files, sub.sched)
+    sub.groups = jobs_by_action(sub.jobs, sub.files, sub.sched)
 
 
 def show_submission(console: Console, sub: Submission, *, dry_run: bool, rates: Path | None) -> None:

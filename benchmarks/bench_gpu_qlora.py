@@ -9,7 +9,7 @@ compute), with a LoRA adapter r16 on all linear projections.
 
 Modes (one per run):
 
-- ``synthetic`` (default): ``train_stage`` on fixed-length random sequences
+- ``synthetic`` (default): ``train_batches`` on fixed-length random sequences
   (``--batch-size`` x ``--seq-len``, loss on the last ``--target-len`` tokens); tokens/s,
   peak memory, MFU.
 - ``--peer``: the standard Hugging Face recipe (transformers ``Trainer`` + peft +
@@ -193,7 +193,7 @@ def synthetic(args, folder: Path) -> None:
 
     def run(steps: int, stage: int):
         plan = batching.stage_batches(lengths, batch_size=args.batch_size, grad_accum=1, seed=0, stage=stage, max_steps=steps)
-        return train.train_stage(model, optimizer, examples, plan, cfg, pad_id=0, autocast_dtype=autocast)
+        return train.train_batches(model, optimizer, examples, plan, cfg, pad_id=0, autocast_dtype=autocast)
 
     run(2, 1)  # warm-up: kernels, allocator, cuBLAS handles
     sync()
@@ -306,10 +306,10 @@ def job_loop(folder: Path, tokenizer, examples, tokens_per_batch: int) -> float:
     optimizer = train.build_optimizer(model, cfg)
     autocast = dtype if device.type == "cuda" else None
     warm = batching.stage_batches(lengths, stage=1, max_steps=1, **plan_kw)
-    train.train_stage(model, optimizer, examples, warm, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=autocast)
+    train.train_batches(model, optimizer, examples, warm, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=autocast)
     sync()
     plan = batching.stage_batches(lengths, stage=2, epochs=1, **plan_kw)
-    result = train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id,
+    result = train.train_batches(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id,
                                autocast_dtype=autocast)
     sync()
     real = sum(lengths[i] for i in plan.consumed())

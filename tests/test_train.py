@@ -229,7 +229,7 @@ def test_4bit_path_runs_on_cpu_and_loss_falls(tiny, examples):
     subset = examples[:8]
     plan = batching.stage_batches([len(e.input_ids) for e in subset], batch_size=4, grad_accum=1, seed=0, stage=1, max_steps=12)
     losses: list[float] = []
-    result = train.train_stage(
+    result = train.train_batches(
         model, train.build_optimizer(model, cfg), subset, plan, cfg,
         pad_id=tokenizer.pad_token_id, on_step=lambda report: losses.append(report.loss),
     )
@@ -250,7 +250,7 @@ def test_adapter_carries_over_blocks_and_reloads_bit_identically(tmp_path, tiny,
 
     def stage(k):
         plan = batching.stage_batches(lengths, batch_size=4, grad_accum=1, seed=0, stage=k, max_steps=2)
-        return train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
+        return train.train_batches(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
 
     stage(1)
     after_1 = lora_weights(model)

@@ -318,7 +318,7 @@ def train_stage(
     block = spec.order[stage - 1]
     examples = prep.train_examples[block]
     lengths = [len(e.input_ids) for e in examples]
-    result = train.train_stage(
+    result = train.train_batches(
         model, optimizer, examples, plan, spec.train,
         pad_id=prep.tokenizer.pad_token_id, autocast_dtype=prep.autocast, on_step=on_step,
     )

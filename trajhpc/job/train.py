@@ -268,7 +268,7 @@ class StepReport:
 StepHook = Callable[[StepReport], None]
 
 
-def train_stage(
+def train_batches(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     examples: Sequence[TrainExample],
@@ -279,7 +279,10 @@ def train_stage(
     autocast_dtype: torch.dtype | None = None,
     on_step: StepHook | None = None,
 ) -> StageResult:
-    """Train the adapter on one block following ``plan``; the LR schedule restarts here."""
+    """Train the adapter on one stage's batches, following ``plan``; the LR schedule restarts here.
+
+    The loop alone: :func:`trajhpc.job.recipe.train_stage` is a job's stage around it (its token
+    counts and checkpoint metadata)."""
     started = time.perf_counter()
     n_steps = len(plan.steps)
     if n_steps == 0:

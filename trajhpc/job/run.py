@@ -140,7 +140,7 @@ def _run_locked(
         # A library may turn the KeyboardInterrupt into another error (one landing mid-import does).
         interrupted = isinstance(err, KeyboardInterrupt) or bool(sigint)
         stage = len((read_json(JobDir(job_dir).metrics) or {"stages": [None]})["stages"]) - 1
-        error = None if interrupted else last_line(err)
+        error = None if interrupted else exception_line(err)
         write_state(job_dir, "interrupted" if interrupted else "failed", max(stage, 0), n, started=started, error=error)
         if interrupted and not isinstance(err, KeyboardInterrupt):
             raise KeyboardInterrupt from err
@@ -228,7 +228,8 @@ def claim_job_dir(spec: JobSpec, job_dir: Path) -> None:
         )
 
 
-def last_line(err: BaseException) -> str:
+def exception_line(err: BaseException) -> str:
+    """``ValueError: <last line of its message>``: what state.json records of a failed attempt."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[-1] if text else ''}".rstrip(": ")
 

@@ -45,6 +45,7 @@ from trajhpc.core import locks, provenance
 from trajhpc.core.atomic import atomic_write_json, atomic_write_jsonl
 from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.job import logfilters
+from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir import trainlog
 from trajhpc.jobdir.documents import METRICS_SCHEMA, TOKENS_SCHEMA, MetricsDoc, TokensDoc, checked, identity
 from trajhpc.jobdir.paths import JobDir
@@ -52,7 +53,6 @@ from trajhpc.jobdir.state import write_state
 from trajhpc.spec import JobSpec, load_spec, spec_from_dict
 
 FAULT_ENV = "TRAJHPC_FAULT_INJECT"
-SUMMARY_KEYS = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
 
 
 class InjectedFault(BaseException):
@@ -69,7 +69,7 @@ def run_job_command(console: Console, spec_path: Path, job_dir: Path | None) -> 
     use_threads(job_threads(os.environ, len(os.sched_getaffinity(0))))
     metrics = run_job(spec, job_dir, console=console)
     final = metrics["final"] or {}
-    scores = "  ".join(f"{k} {final[k]:.3f}" for k in SUMMARY_KEYS if final.get(k) is not None)
+    scores = "  ".join(f"{k} {final[k]:.3f}" for k in SCORE_KEYS if final.get(k) is not None)
     console.print(f"job {spec.job_id} done in {job_dir}: {scores}", highlight=False, soft_wrap=True)
     return metrics
 
@@ -255,7 +255,7 @@ def parse_fault(value: str | None) -> tuple[str, int, int | None] | None:
 def final_summary(per_block: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Unweighted mean over blocks of each score (blocks where it is None are skipped)."""
     out: dict[str, Any] = {}
-    for key in SUMMARY_KEYS:
+    for key in SCORE_KEYS:
         values = [b[key] for b in per_block.values() if b.get(key) is not None]
         out[key] = sum(values) / len(values) if values else None
     out["per_block"] = dict(per_block)

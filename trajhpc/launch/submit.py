@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from rich.console import Console
 
-from trajhpc.core.errors import TrajhpcError, last_line
+from trajhpc.core.errors import EXIT_INTERRUPTED, TrajhpcError, last_line
 from trajhpc.core.termtable import Col
 from trajhpc.jobdir.snapshot import JobFiles
 from trajhpc.launch import container as ctr
@@ -54,9 +54,9 @@ SUBMITIT_DIR = ".submitit"
 EXECUTORS = ("slurm", "local", "auto")
 # Slurm batch steps see the whole node's cores; keep torch's thread pool to the allocation.
 SLURM_SETUP = ("export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",)
-# Exit statuses of `submit` that waited for its jobs (trajhpc.cli documents them all).
+# Exit status of a `submit` that waited for its jobs when some did not finish (trajhpc.cli documents
+# every exit status; EXIT_INTERRUPTED lives in trajhpc.core.errors).
 EXIT_JOBS_FAILED = 3
-EXIT_INTERRUPTED = 130
 # A job that ended without finishing, or whose files are damaged (it did not finish either).
 UNFINISHED = ("failed", "interrupted", "cancelled", "corrupt", "unreadable")
 WRITE_THREADS = 8

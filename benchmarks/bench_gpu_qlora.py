@@ -189,7 +189,7 @@ def synthetic(args, folder: Path) -> None:
         examples.append(Synthetic(tuple(ids), (-100,) * prompt_len + tuple(ids[prompt_len:])))
     lengths = [args.seq_len] * n
     optimizer = train.build_optimizer(model, cfg)
-    autocast = dtype if device.type == "cuda" else None
+    autocast = train.autocast_dtype_for(device, dtype)
 
     def run(steps: int, stage: int):
         plan = batching.stage_batches(lengths, batch_size=args.batch_size, grad_accum=1, seed=0, stage=stage, max_steps=steps)
@@ -304,7 +304,7 @@ def job_loop(folder: Path, tokenizer, examples, tokens_per_batch: int) -> float:
                                  gradient_checkpointing=ckpt)
     model = train.attach_lora(base, LoraSpec(r=16, alpha=32, dropout=0.05))
     optimizer = train.build_optimizer(model, cfg)
-    autocast = dtype if device.type == "cuda" else None
+    autocast = train.autocast_dtype_for(device, dtype)
     warm = batching.stage_batches(lengths, stage=1, max_steps=1, **plan_kw)
     train.train_batches(model, optimizer, examples, warm, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=autocast)
     sync()

@@ -73,8 +73,7 @@ def prepare(spec: JobSpec, console: Console) -> Prepared:
         model_path=model_path,
         device=device,
         dtype=dtype,
-        # Mixed precision only on CUDA; on CPU the weights already are in the compute dtype.
-        autocast=dtype if device.type == "cuda" else None,
+        autocast=train.autocast_dtype_for(device, dtype),
         tokenizer=tokenizer,
         blocks=tuple(data.blocks),
         train_examples=train_examples,

@@ -54,6 +54,19 @@ def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
+def autocast_dtype_for(device: torch.device, compute_dtype: torch.dtype) -> torch.dtype | None:
+    """What training and generation autocast to: the compute dtype on CUDA (mixed precision);
+    None on CPU, where the weights already are in the compute dtype."""
+    return compute_dtype if device.type == "cuda" else None
+
+
+def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on ``device_type``; a no-op for None and fp32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
 def load_base_model(
     path: str | Path,
     *,
@@ -290,11 +303,7 @@ def train_batches(
     device = next(p for p in model.parameters()).device
     params = trainable_parameters(model)
     scheduler = build_scheduler(optimizer, cfg, n_steps)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None and autocast_dtype != torch.float32
-        else contextlib.nullcontext()
-    )
+    amp = autocast(device.type, autocast_dtype)
     # fp16 needs loss scaling (bf16 and fp32 don't); a fresh scaler per stage keeps
     # stage boundaries free of extra state.
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
@@ -308,7 +317,7 @@ def train_batches(
         step_loss, step_tokens = 0.0, 0
         for batch_idx in micro:
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_idx], pad_id).items()}
-            with autocast:
+            with amp:
                 # Summed over target tokens, divided by the step's target count.
                 loss = supervised_loss(model, batch, max(n_target, 1))
             scaler.scale(loss).backward()

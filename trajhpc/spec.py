@@ -305,13 +305,6 @@ class JobSpec(StrictModel):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """First pydantic error as 'field.path: message'."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-    return f"{loc}: {first['msg']}"
-
-
 def spec_from_dict(obj: Any, source: str | Path | None = None) -> JobSpec:
     """Validate a plain dict into a JobSpec; errors name the source file and field."""
     try:

@@ -214,19 +214,6 @@ def _estimates_frame(keys: dict[str, list[Any]], estimates: Sequence[stats.Estim
     return pl.DataFrame({**keys, **values}, schema={**schema, **_EST_SCHEMA})
 
 
-def summarize_arms(
-    units: pl.DataFrame, curves: pl.DataFrame, *, resamples: int = stats.RESAMPLES, seed: int = stats.SEED,
-    listed: Sequence[str] = (),
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Per arm: mean, sd, bootstrap CI and n over units of every unit metric and stage curve.
-
-    Returns (summary, stages): ``summary`` is arm x metric with ``ratio_vs_A`` for
-    tokens and FLOPs (arm mean / mean of plain A); ``stages`` is arm x stage x metric.
-    """
-    arms, matrices, stage_cols = _arm_matrices(units, curves, listed)
-    return _summary_frames(arms, stage_cols, stats.describe_many(matrices, resamples=resamples, seed=seed))
-
-
 def _arm_matrices(
     units: pl.DataFrame, curves: pl.DataFrame, listed: Sequence[str] = ()
 ) -> tuple[list[str], list[np.ndarray], dict[str, list[str]]]:
@@ -247,6 +234,9 @@ def _arm_matrices(
 def _summary_frames(
     arms: list[str], stage_cols: dict[str, list[str]], estimates: Sequence[Sequence[stats.Estimate]]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(summary, stages) from each arm's estimates over its :func:`_arm_matrices` columns: ``summary``
+    is arm x metric with ``ratio_vs_A`` for tokens and FLOPs (arm mean / mean of plain A); ``stages``
+    is arm x stage x metric."""
     k = len(SUMMARY_METRICS)
     summaries = [_estimates_frame({"arm": [], "metric": []}, [])]
     stage_parts = [_estimates_frame({"arm": [], "stage": [], "metric": []}, [])]

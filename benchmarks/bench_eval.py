@@ -105,7 +105,7 @@ def bench_merged(args) -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = train.resolve_compute_dtype("auto", device)
-    autocast = dtype if device.type == "cuda" else None  # as the job does
+    autocast = train.autocast_dtype_for(device, dtype)  # as the job does
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny")))
     path = random_8b() if args.model == "llama31-8b-random" else resolve_model(args.model)
     data = load_study_data(DataSpec())

@@ -9,7 +9,7 @@ compute), with a LoRA adapter r16 on all linear projections.
 
 Modes (one per run):
 
-- ``synthetic`` (default): ``train_stage`` on fixed-length random sequences
+- ``synthetic`` (default): ``train_batches`` on fixed-length random sequences
   (``--batch-size`` x ``--seq-len``, loss on the last ``--target-len`` tokens); tokens/s,
   peak memory, MFU.
 - ``--peer``: the standard Hugging Face recipe (transformers ``Trainer`` + peft +
@@ -189,11 +189,11 @@ def synthetic(args, folder: Path) -> None:
         examples.append(Synthetic(tuple(ids), (-100,) * prompt_len + tuple(ids[prompt_len:])))
     lengths = [args.seq_len] * n
     optimizer = train.build_optimizer(model, cfg)
-    autocast = dtype if device.type == "cuda" else None
+    autocast = train.autocast_dtype_for(device, dtype)
 
     def run(steps: int, stage: int):
-        plan = batching.plan_stage(lengths, batch_size=args.batch_size, grad_accum=1, seed=0, stage=stage, max_steps=steps)
-        return train.train_stage(model, optimizer, examples, plan, cfg, pad_id=0, autocast_dtype=autocast)
+        plan = batching.stage_batches(lengths, batch_size=args.batch_size, grad_accum=1, seed=0, stage=stage, max_steps=steps)
+        return train.train_batches(model, optimizer, examples, plan, cfg, pad_id=0, autocast_dtype=autocast)
 
     run(2, 1)  # warm-up: kernels, allocator, cuBLAS handles
     sync()
@@ -304,12 +304,12 @@ def job_loop(folder: Path, tokenizer, examples, tokens_per_batch: int) -> float:
                                  gradient_checkpointing=ckpt)
     model = train.attach_lora(base, LoraSpec(r=16, alpha=32, dropout=0.05))
     optimizer = train.build_optimizer(model, cfg)
-    autocast = dtype if device.type == "cuda" else None
-    warm = batching.plan_stage(lengths, stage=1, max_steps=1, **plan_kw)
-    train.train_stage(model, optimizer, examples, warm, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=autocast)
+    autocast = train.autocast_dtype_for(device, dtype)
+    warm = batching.stage_batches(lengths, stage=1, max_steps=1, **plan_kw)
+    train.train_batches(model, optimizer, examples, warm, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=autocast)
     sync()
-    plan = batching.plan_stage(lengths, stage=2, epochs=1, **plan_kw)
-    result = train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id,
+    plan = batching.stage_batches(lengths, stage=2, epochs=1, **plan_kw)
+    result = train.train_batches(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id,
                                autocast_dtype=autocast)
     sync()
     real = sum(lengths[i] for i in plan.consumed())

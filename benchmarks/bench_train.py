@@ -1,7 +1,7 @@
 """Training throughput and padding share of the job's training loop on a bundled block.
 
 Runs the real recipe (trajhpc.job.train: length-grouped plan, QLoRA or LoRA model,
-train_stage) on one lv3 block and prints tokens/s (real tokens, padding excluded),
+train_batches) on one lv3 block and prints tokens/s (real tokens, padding excluded),
 the padding share of computed tokens (target < 5%), seconds and peak RSS.
 
     .venv/bin/python benchmarks/bench_train.py                      # tiny model, nf4 and none
@@ -52,7 +52,7 @@ def main() -> None:
         batch_size=args.batch_size, max_steps=args.steps, max_seq_len=args.max_seq_len,
         tokens_per_batch=args.tokens_per_batch,
     )
-    plan = batching.plan_stage(
+    plan = batching.stage_batches(
         lengths, batch_size=cfg.batch_size, grad_accum=1, seed=0, stage=1, max_steps=args.steps,
         tokens_per_batch=cfg.tokens_per_batch,
     )
@@ -71,7 +71,7 @@ def main() -> None:
             device=torch.device("cpu"), gradient_checkpointing=False,
         )
         model = train.attach_lora(base, LoraSpec())
-        result = train.train_stage(
+        result = train.train_batches(
             model, train.build_optimizer(model, cfg), examples, plan, cfg, pad_id=tokenizer.pad_token_id
         )
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -69,13 +69,13 @@ def test_run_job_on_a_folder_is_one_line_not_a_traceback(tmp_path):
 def test_ctrl_c_in_any_command_exits_130_with_a_message(monkeypatch, capsys):
     import pytest
 
-    import trajhpc.launch.statusview
+    import trajhpc.launch.statuscmd
     from trajhpc import cli
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(trajhpc.launch.statusview, "status_command", interrupted)
+    monkeypatch.setattr(trajhpc.launch.statuscmd, "status_command", interrupted)
     monkeypatch.setattr(sys, "argv", ["trajhpc", "status"])
     with pytest.raises(SystemExit) as exit_:
         cli.main()

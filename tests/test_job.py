@@ -304,7 +304,7 @@ def test_truncated_examples_are_counted_per_stage(done_job):
 
     from trajhpc.data.conditions import tokenize_examples
     from trajhpc.data.splits import load_study_data
-    from trajhpc.job.batching import plan_stage
+    from trajhpc.job.batching import stage_batches
     from trajhpc.job.models import resolve_model
 
     spec = spec_of()
@@ -313,7 +313,7 @@ def test_truncated_examples_are_counted_per_stage(done_job):
     stages = read(done_job, "tokens.json")["stages"]
     for k, block in enumerate(ORDER, start=1):
         examples = tokenize_examples(tokenizer, data.train[block], "B", max_seq_len=384)
-        plan = plan_stage([len(e.input_ids) for e in examples], batch_size=4, grad_accum=1, seed=1, stage=k,
+        plan = stage_batches([len(e.input_ids) for e in examples], batch_size=4, grad_accum=1, seed=1, stage=k,
                           max_steps=2)
         assert stages[k]["truncated_examples"] == sum(examples[i].is_truncated for i in plan.consumed())
     assert any(t["truncated_examples"] > 0 for t in stages)

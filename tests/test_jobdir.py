@@ -24,7 +24,7 @@ from trajhpc.core.errors import TrajhpcError
 from trajhpc.jobdir import paths as jobdir
 from trajhpc.jobdir.paths import FileProblem, find_job_dirs, read_json_file, read_json_object
 from trajhpc.launch.status import collect_rows, counts_line
-from trajhpc.launch.statusview import status_command
+from trajhpc.launch.statuscmd import status_command
 from trajhpc.results import aggregate as agg
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))

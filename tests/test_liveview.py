@@ -12,7 +12,7 @@ from rich.console import Console
 
 from trajhpc.jobdir import trainlog
 from trajhpc.jobdir.snapshot import JobFiles
-from trajhpc.launch.liveview import Board, EtaClock, Progress, fraction_done, progress_of
+from trajhpc.launch.liveview import Board, EtaClock, JobProgress, fraction_done, progress_of
 from trajhpc.launch.status import Row, format_duration
 
 
@@ -28,28 +28,28 @@ def _entries(stage: int, steps: int, tok_s: float = 100.0) -> list[dict]:
 @pytest.mark.parametrize(
     "state, complete, entries, expected",
     [
-        (None, False, [], Progress()),
+        (None, False, [], JobProgress()),
         # evaluating stage 0 of a fresh job: nothing done yet
         (_state(0, {"phase": "evaluating", "stage": 0}), False, [],
-         Progress(done=0, n_stages=4, stage=0, phase="evaluating", fraction=0.0)),
+         JobProgress(done=0, n_stages=4, stage=0, phase="evaluating", fraction=0.0)),
         # training stage 2, step 3 of 12, after stages 0 and 1
         (_state(1, {"phase": "training", "stage": 2, "steps": 12}), False, _entries(1, 4, 50.0) + _entries(2, 3),
-         Progress(done=1, n_stages=4, stage=2, phase="training", step=3, n_steps=12, loss=2.0 / 3,
+         JobProgress(done=1, n_stages=4, stage=2, phase="training", step=3, n_steps=12, loss=2.0 / 3,
                   tokens_per_s=100.0, fraction=(3 + 3 / 12) / 9, done_loss=0.5, done_tokens_per_s=50.0)),
         # training stage 2 before its first step: the last loss is stage 1's
         (_state(1, {"phase": "training", "stage": 2, "steps": 12}), False, _entries(1, 4, 50.0),
-         Progress(done=1, n_stages=4, stage=2, phase="training", step=0, n_steps=12, loss=0.5, tokens_per_s=50.0,
+         JobProgress(done=1, n_stages=4, stage=2, phase="training", step=0, n_steps=12, loss=0.5, tokens_per_s=50.0,
                   fraction=3 / 9, done_loss=0.5, done_tokens_per_s=50.0)),
         # evaluating stage 2 (trained): 4 of 9 parts done
         (_state(1, {"phase": "evaluating", "stage": 2}), False, _entries(2, 12),
-         Progress(done=1, n_stages=4, stage=2, phase="evaluating", loss=2.0 / 12, tokens_per_s=100.0,
+         JobProgress(done=1, n_stages=4, stage=2, phase="evaluating", loss=2.0 / 12, tokens_per_s=100.0,
                   fraction=4 / 9)),
         # a failed job says nothing of an activity
         (_state(2, {"phase": "training", "stage": 3, "steps": 5}, state="failed"), False, [],
-         Progress(done=2, n_stages=4, stage=2, fraction=5 / 9)),
+         JobProgress(done=2, n_stages=4, stage=2, fraction=5 / 9)),
         # damaged activity values are ignored
-        (_state(1, {"phase": "dancing", "stage": "2"}), False, [], Progress(done=1, n_stages=4, stage=1, fraction=3 / 9)),
-        (_state(4, state="done"), True, _entries(4, 2), Progress(done=4, n_stages=4, stage=4, loss=1.0,
+        (_state(1, {"phase": "dancing", "stage": "2"}), False, [], JobProgress(done=1, n_stages=4, stage=1, fraction=3 / 9)),
+        (_state(4, state="done"), True, _entries(4, 2), JobProgress(done=4, n_stages=4, stage=4, loss=1.0,
                                                                  tokens_per_s=100.0, fraction=1.0, done_loss=1.0,
                                                                  done_tokens_per_s=100.0)),
     ],

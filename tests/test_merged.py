@@ -48,10 +48,10 @@ def lora_model(path, quantization, seed=0):
 
 def train_steps(model, tokenizer, examples, steps, stage=1):
     cfg = TrainSpec(lr=5e-3, batch_size=4, schedule="constant", warmup_ratio=0.0)
-    plan = batching.plan_stage(
+    plan = batching.stage_batches(
         [len(e.input_ids) for e in examples], batch_size=4, grad_accum=1, seed=0, stage=stage, max_steps=steps
     )
-    train.train_stage(model, train.build_optimizer(model, cfg), examples, plan, cfg, pad_id=tokenizer.pad_token_id)
+    train.train_batches(model, train.build_optimizer(model, cfg), examples, plan, cfg, pad_id=tokenizer.pad_token_id)
 
 
 def state(model) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from trajhpc.results import stats
+from trajhpc.results import continual, stats
 
 SAMPLE = [0.1, 0.4, 0.35, 0.8, 0.5]
 
@@ -124,7 +124,7 @@ def _long(matrix, order=("a", "b", "c"), blocks=("a", "b", "c", "d"), job="j1"):
 
 
 def test_continual_metrics_on_a_hand_made_matrix():
-    m = stats.continual_metrics(_long(R), "exact").row(0, named=True)
+    m = continual.continual_metrics(_long(R), "exact").row(0, named=True)
     assert m["acc"] == pytest.approx((0.40 + 0.50 + 0.80 + 0.20) / 4)  # all evaluated blocks
     assert m["bwt"] == pytest.approx(((0.40 - 0.60) + (0.50 - 0.70)) / 2)  # -0.2
     assert m["forgetting"] == pytest.approx(((0.65 - 0.40) + (0.70 - 0.50)) / 2)  # 0.225: a peaked after b
@@ -134,7 +134,7 @@ def test_continual_metrics_on_a_hand_made_matrix():
 def test_continual_metrics_per_unit_and_single_block_orders():
     other = [[0.0, 0.0], [0.9, 0.1]]
     long = pl.concat([_long(R), _long(other, order=("a",), blocks=("a", "b"), job="j2")])
-    m = stats.continual_metrics(long, "exact")
+    m = continual.continual_metrics(long, "exact")
     assert m["job_id"].to_list() == ["j1", "j2"]
     j2 = m.row(1, named=True)
     assert j2["acc"] == pytest.approx(0.5)
@@ -144,7 +144,7 @@ def test_continual_metrics_per_unit_and_single_block_orders():
 def test_continual_metrics_skip_missing_scores():
     r = [row[:] for row in R]
     r[1][0] = None  # R[1][a] unknown: BWT uses block b only
-    m = stats.continual_metrics(_long(r), "exact").row(0, named=True)
+    m = continual.continual_metrics(_long(r), "exact").row(0, named=True)
     assert m["bwt"] == pytest.approx(0.50 - 0.70)
     assert m["forgetting"] == pytest.approx(((0.65 - 0.40) + (0.70 - 0.50)) / 2)
 

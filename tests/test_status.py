@@ -30,7 +30,7 @@ from trajhpc.launch.status import (
     local_alive,
     render_table,
 )
-from trajhpc.launch.statusview import status_command
+from trajhpc.launch.statuscmd import status_command
 
 NOW = dt.datetime(2026, 1, 2, 12, 0, 0, tzinfo=dt.timezone.utc)
 

@@ -61,7 +61,7 @@ def test_padding_is_under_5_percent_on_a_real_block(tiny):
     records = load_study_data(DataSpec()).train[BLOCK]
     lengths = [len(e.input_ids) for e in tokenize_examples(tokenizer, records, "B", max_seq_len=1024)]
     assert len(lengths) > 100
-    plan = batching.plan_stage(lengths, batch_size=8, grad_accum=1, seed=0, stage=1)
+    plan = batching.stage_batches(lengths, batch_size=8, grad_accum=1, seed=0, stage=1)
     real = sum(lengths[i] for i in plan.consumed())
     padded = batching.padded_tokens(plan, lengths)
     assert padded >= real
@@ -70,15 +70,15 @@ def test_padding_is_under_5_percent_on_a_real_block(tiny):
 
 def test_plan_epochs_and_passes():
     lengths = list(range(20, 40))  # 20 examples, 5 batches of 4
-    one = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=1)
+    one = batching.stage_batches(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=1)
     assert sorted(one.consumed()) == list(range(20)) and one.passes == 1
     assert one.steps == (2, 2, 1)
-    two = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=2)
+    two = batching.stage_batches(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, epochs=2)
     assert Counter(two.consumed()) == Counter({i: 2 for i in range(20)}) and two.passes == 2
     assert two.batches[:5] == one.batches and two.batches[5:] != one.batches  # fresh shuffle per pass
-    other_stage = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=2, epochs=1)
+    other_stage = batching.stage_batches(lengths, batch_size=4, grad_accum=2, seed=0, stage=2, epochs=1)
     assert other_stage.batches != one.batches
-    steps = batching.plan_stage(lengths, batch_size=4, grad_accum=3, seed=0, stage=1, max_steps=4)
+    steps = batching.stage_batches(lengths, batch_size=4, grad_accum=3, seed=0, stage=1, max_steps=4)
     assert len(steps.batches) == 12 and steps.steps == (3, 3, 3, 3) and steps.passes == 3
 
 
@@ -86,10 +86,10 @@ def test_plan_with_budget_lands_within_one_batch():
     lengths = [int(x) for x in np.random.default_rng(3).integers(20, 200, size=30)]
     counts = [n // 3 for n in lengths]
     for budget in (1, 500, sum(counts), 3 * sum(counts) + 7):
-        plan = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=budget, counts=counts)
+        plan = batching.stage_batches(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=budget, counts=counts)
         consumed = [sum(counts[i] for i in b) for b in plan.batches]
         assert sum(consumed) >= budget > sum(consumed) - consumed[-1]
-    empty = batching.plan_stage(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=0, counts=counts)
+    empty = batching.stage_batches(lengths, batch_size=4, grad_accum=2, seed=0, stage=1, budget=0, counts=counts)
     assert empty.batches == () and empty.steps == () and empty.passes == 0
 
 
@@ -107,7 +107,7 @@ def test_plans_by_batch_size_are_unchanged():
     ]
     for stage in (1, 2):
         for kw in cases:
-            plan = batching.plan_stage(lengths, seed=11, stage=stage, **kw)
+            plan = batching.stage_batches(lengths, seed=11, stage=stage, **kw)
             h.update(repr((plan.batches, plan.steps, plan.passes, batching.padded_tokens(plan, lengths))).encode())
     assert h.hexdigest() == "fb99a729c511a676986f5125f8176bf8c36a0ff024ea5d4533fd0c8ed53a78ca"
 
@@ -141,7 +141,7 @@ def test_token_batches_keep_padding_under_3_percent_on_a_real_block(tiny):
     _, tokenizer = tiny
     records = load_study_data(DataSpec()).train[BLOCK]
     lengths = [len(e.input_ids) for e in tokenize_examples(tokenizer, records, "B", max_seq_len=1024)]
-    plan = batching.plan_stage(lengths, batch_size=8, grad_accum=1, seed=0, stage=1, tokens_per_batch=8192)
+    plan = batching.stage_batches(lengths, batch_size=8, grad_accum=1, seed=0, stage=1, tokens_per_batch=8192)
     assert sorted(plan.consumed()) == list(range(len(lengths))) and plan.passes == 1
     real = sum(lengths[i] for i in plan.consumed())
     padded = batching.padded_tokens(plan, lengths)
@@ -155,21 +155,21 @@ def test_token_batches_keep_padding_under_3_percent_on_a_real_block(tiny):
 def test_token_plan_epochs_steps_and_budget():
     lengths = [int(x) for x in np.random.default_rng(4).integers(20, 300, size=60)]
     kw = dict(batch_size=8, grad_accum=2, seed=0, stage=1, tokens_per_batch=1024)
-    one = batching.plan_stage(lengths, **kw)
+    one = batching.stage_batches(lengths, **kw)
     assert sorted(one.consumed()) == list(range(60)) and one.passes == 1
-    assert one == batching.plan_stage(lengths, **kw)
-    assert one.batches != batching.plan_stage(lengths, **(kw | {"stage": 2})).batches
+    assert one == batching.stage_batches(lengths, **kw)
+    assert one.batches != batching.stage_batches(lengths, **(kw | {"stage": 2})).batches
     passes = [batching.token_batches(lengths, 1024, np.random.default_rng([0, 1, p])) for p in range(3)]
     assert one.batches == tuple(passes[0])
-    more = batching.plan_stage(lengths, **kw, epochs=2.5)
+    more = batching.stage_batches(lengths, **kw, epochs=2.5)
     assert more.batches == tuple(passes[0] + passes[1] + passes[2][: math.ceil(len(passes[2]) / 2)])
     assert more.passes == 3 and sum(more.steps) == len(more.batches)
     assert set(Counter(more.consumed()).values()) <= {2, 3}
-    steps = batching.plan_stage(lengths, **kw, max_steps=len(passes[0]))  # 2 micro-batches a step: two passes
+    steps = batching.stage_batches(lengths, **kw, max_steps=len(passes[0]))  # 2 micro-batches a step: two passes
     assert steps.steps == (2,) * len(passes[0]) and steps.passes == 2
     counts = [n // 3 for n in lengths]
     budget = 2 * sum(counts) + 5
-    plan = batching.plan_stage(lengths, **kw, budget=budget, counts=counts)
+    plan = batching.stage_batches(lengths, **kw, budget=budget, counts=counts)
     consumed = [sum(counts[i] for i in b) for b in plan.batches]
     assert sum(consumed) >= budget > sum(consumed) - consumed[-1] and plan.passes == 3
 
@@ -227,9 +227,9 @@ def test_4bit_path_runs_on_cpu_and_loss_falls(tiny, examples):
 
     cfg = TrainSpec(lr=1e-2, batch_size=4, schedule="constant", warmup_ratio=0.0)
     subset = examples[:8]
-    plan = batching.plan_stage([len(e.input_ids) for e in subset], batch_size=4, grad_accum=1, seed=0, stage=1, max_steps=12)
+    plan = batching.stage_batches([len(e.input_ids) for e in subset], batch_size=4, grad_accum=1, seed=0, stage=1, max_steps=12)
     losses: list[float] = []
-    result = train.train_stage(
+    result = train.train_batches(
         model, train.build_optimizer(model, cfg), subset, plan, cfg,
         pad_id=tokenizer.pad_token_id, on_step=lambda report: losses.append(report.loss),
     )
@@ -249,8 +249,8 @@ def test_adapter_carries_over_blocks_and_reloads_bit_identically(tmp_path, tiny,
     lengths = [len(e.input_ids) for e in examples]
 
     def stage(k):
-        plan = batching.plan_stage(lengths, batch_size=4, grad_accum=1, seed=0, stage=k, max_steps=2)
-        return train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
+        plan = batching.stage_batches(lengths, batch_size=4, grad_accum=1, seed=0, stage=k, max_steps=2)
+        return train.train_batches(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
 
     stage(1)
     after_1 = lora_weights(model)

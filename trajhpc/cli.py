@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from trajhpc.core.errors import TrajhpcError
+from trajhpc.core.errors import EXIT_INTERRUPTED, TrajhpcError
 
 app = typer.Typer(
     name="trajhpc",
@@ -32,7 +32,6 @@ app.add_typer(data_app, name="data")
 
 console = Console()
 err_console = Console(stderr=True)
-EXIT_INTERRUPTED = 130
 
 
 @data_app.command("inspect", short_help="Per block: dialogues, records, APIs, ToolSearcher share.")
@@ -140,7 +139,7 @@ def status(
 
     A manifest's jobs are listed in its grid's order; a run directory's, one table per study.
     """
-    from trajhpc.launch.statusview import status_command
+    from trajhpc.launch.statuscmd import status_command
 
     status_command(console, target, run_root=run_root, watch=watch, interval=interval)
 

@@ -84,7 +84,9 @@ Float = Annotated[float, BeforeValidator(_not_bool)]
 Seed = Annotated[Int, Field(ge=0, le=SEED_MAX)]
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every model of a spec or a manifest: unknown keys, inf and nan refused; frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # Fields added after a spec schema was in use: left out of the JSON (and so of the
@@ -101,14 +103,14 @@ class _Strict(BaseModel):
         return data
 
 
-class BlockRule(_Strict):
+class BlockRule(StrictModel):
     """One rule of a rule-based partition: the first rule whose regex matches wins."""
 
     block: str
     regex: str
 
 
-class BlocksSpec(_Strict):
+class BlocksSpec(StrictModel):
     """How dialogues are split into named domain blocks.
 
     ``kind="lv3-rules"``: ordered regexes over the lower-cased first user utterance
@@ -145,7 +147,7 @@ def _fingerprint(value: str | None) -> str | None:
     return value
 
 
-class HubSource(_Strict):
+class HubSource(StrictModel):
     """A Hugging Face dataset repository, read from the local cache only (trajhpc.data.source)."""
 
     hf: Annotated[str, AfterValidator(_hub_id)]  # e.g. liminghao1630/API-Bank
@@ -153,7 +155,7 @@ class HubSource(_Strict):
     revision: Annotated[str | None, AfterValidator(_revision)] = None
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     """Where the records come from and how they are blocked and split."""
 
     root: str | None = None  # None = the copy bundled in the package (or ``source``)
@@ -182,14 +184,14 @@ class DataSpec(_Strict):
         return self
 
 
-class LoraSpec(_Strict):
+class LoraSpec(StrictModel):
     r: Int = Field(16, ge=1)
     alpha: Int = Field(32, ge=1)
     dropout: Float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: str | tuple[str, ...] = "all-linear"
 
 
-class TrainSpec(_Strict):
+class TrainSpec(StrictModel):
     epochs: Float = Field(1.0, gt=0)
     max_steps: Int | None = Field(None, ge=1)  # per block; overrides epochs when set
     lr: Float = Field(2e-4, gt=0)
@@ -210,7 +212,7 @@ class TrainSpec(_Strict):
     _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch"})
 
 
-class EvalSpec(_Strict):
+class EvalSpec(StrictModel):
     batch_size: Int = Field(16, ge=1)
     # Long enough for the longest gold calls (up to 99 tokens with the tiny tokenizer, v2 and v3);
     # a gold call longer than this can never be generated exactly (the job counts such
@@ -226,7 +228,7 @@ class EvalSpec(_Strict):
     _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "backend"})
 
 
-class TokenBudget(_Strict):
+class TokenBudget(StrictModel):
     """Train until the cumulative token count equals what condition ``match`` consumes.
 
     ``count="total"`` (default) matches prompt + target tokens: the compute axis on
@@ -242,7 +244,7 @@ class TokenBudget(_Strict):
     count: Literal["supervised", "total"] = "total"
 
 
-class JobSpec(_Strict):
+class JobSpec(StrictModel):
     """Everything that determines what one job computes."""
 
     schema_: Literal["trajhpc.spec/1"] = Field(SPEC_SCHEMA, alias="schema")
@@ -301,13 +303,6 @@ class JobSpec(_Strict):
     def job_id(self) -> str:
         """Short hash of the canonical spec: equal specs, equal ids."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
-
-
-def format_validation_error(err: ValidationError) -> str:
-    """First pydantic error as 'field.path: message'."""
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-    return f"{loc}: {first['msg']}"
 
 
 def spec_from_dict(obj: Any, source: str | Path | None = None) -> JobSpec:

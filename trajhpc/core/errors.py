@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# Exit status of a command stopped by Ctrl-C (128 + SIGINT): `trajhpc` exits with it, and
+# `submit` returns it when interrupted while it waits for its jobs.
+EXIT_INTERRUPTED = 130
+
 
 class TrajhpcError(Exception):
     """An error caused by the user's input or environment, not by a bug.

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from trajhpc.core.errors import InputError, TrajhpcError
+from trajhpc.data.calls import TOOL_SEARCHER
 
-TOOL_SEARCHER = "ToolSearcher"
 DESCRIPTIONS_MARKER = "API descriptions:"
 GENERATE_MARKER = "Generate API Request:"
 CALL_PREFIX = "API-Request: "

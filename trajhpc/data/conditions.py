@@ -53,7 +53,8 @@ def condition_responses_only(history: Sequence[Turn], k: int | None = None) -> l
 
 def condition_last_k(history: Sequence[Turn], k: int | None = None) -> list[str]:
     """last-k: only the last ``k`` API lines (with responses) are kept."""
-    assert k is not None  # checked by check_condition
+    if k is None:  # check_condition refuses this before a record is rendered
+        raise TrajhpcError("condition 'last-k' needs k >= 0, got None")
     api_positions = [i for i, t in enumerate(history) if t.role == "api"]
     keep = set(api_positions[-k:]) if k > 0 else set()
     return [t.line() for i, t in enumerate(history) if t.role != "api" or i in keep]

@@ -31,8 +31,6 @@ from trajhpc.data.apibank import CALL_PREFIX, Record, bundled_descriptions, bund
 from trajhpc.data.blocks import CATALOGUE_FILE
 from trajhpc.data.calls import gold_name
 
-MODES = ("none", "dialogue", "block")
-
 
 def catalogue_line(name: str, api_info: str) -> str | None:
     """A description line from an ``all_apis.csv`` ``api_info`` cell (Python assignments), or None."""

@@ -149,7 +149,7 @@ class StagePlan:
         return [i for batch in self.batches for i in batch]
 
 
-def plan_stage(
+def stage_batches(
     lengths: Sequence[int],
     *,
     batch_size: int,
@@ -222,7 +222,7 @@ def plan_stage(
     return StagePlan(tuple(batches), tuple(steps), planned[-1][0] + 1 if planned else 0)
 
 
-def plan_for(
+def spec_stage_batches(
     cfg: TrainSpec,
     lengths: Sequence[int],
     *,
@@ -231,9 +231,9 @@ def plan_for(
     budget: int | None = None,
     counts: Sequence[int] | None = None,
 ) -> StagePlan:
-    """:func:`plan_stage` with a job's training settings: the one plan the job, the budget
+    """:func:`stage_batches` with a job's training settings: the one plan the job, the budget
     matching and the cost estimate all use."""
-    return plan_stage(
+    return stage_batches(
         lengths, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=seed, stage=stage, epochs=cfg.epochs,
         max_steps=cfg.max_steps, budget=budget, counts=counts, tokens_per_batch=cfg.tokens_per_batch,
     )

@@ -12,7 +12,6 @@ Generation stops at the end-of-turn token. Scores come from
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from trajhpc.data.calls import gold_name
 from trajhpc.job.scoring import score, summarize
+from trajhpc.job.train import autocast
 
 
 @dataclass(frozen=True)
@@ -137,15 +137,10 @@ def generate_greedy(
         tokens_per_batch=tokens_per_batch,
     )
     outputs: list[list[int]] = [[] for _ in prompts]
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None and autocast_dtype != torch.float32
-        else contextlib.nullcontext()
-    )
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(device.type, autocast_dtype):
             for idx in batches:
                 ids = [torch.tensor(list(prompts[i]), dtype=torch.long) for i in idx]
                 masks = [torch.ones(len(x), dtype=torch.long) for x in ids]

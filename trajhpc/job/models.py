@@ -65,7 +65,7 @@ TINY_ARCHITECTURE = dict(
     num_attention_heads=4,
     num_key_value_heads=2,
 )
-# Full-weight pre-training through the study's own loop (trajhpc.job.train.train_stage), one
+# Full-weight pre-training through the study's own loop (trajhpc.job.train.train_batches), one
 # torch thread, so every caller computes the same bytes; about 2.5 minutes on one core.
 # Two phases (trajhpc.job.tinycorpus): "drills" (short records with made-up tool names) until
 # copying a name out of a ToolSearcher response emerges, which takes some 5000 small steps
@@ -229,9 +229,9 @@ def build_tiny(out: Path, seed: int = 0) -> None:
             examples = tinycorpus.lm_examples(
                 tokenizer, phase_records, max_seq_len=TINY_MAX_POSITIONS, user_header=START_HEADER + "user"
             )
-            plan = batching.plan_for(cfg, [len(e.input_ids) for e in examples], seed=seed, stage=stage)
+            plan = batching.spec_stage_batches(cfg, [len(e.input_ids) for e in examples], seed=seed, stage=stage)
             optimizer = train.build_optimizer(model, cfg)
-            result = train.train_stage(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
+            result = train.train_batches(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
             # mean_loss: token-weighted over the phase
             done[name] = {**recipe, "records": len(phase_records), "steps": result.steps, "tokens": result.tokens,
                           "mean_loss": result.loss}

@@ -73,8 +73,7 @@ def prepare(spec: JobSpec, console: Console) -> Prepared:
         model_path=model_path,
         device=device,
         dtype=dtype,
-        # Mixed precision only on CUDA; on CPU the weights already are in the compute dtype.
-        autocast=dtype if device.type == "cuda" else None,
+        autocast=train.autocast_dtype_for(device, dtype),
         tokenizer=tokenizer,
         blocks=tuple(data.blocks),
         train_examples=train_examples,
@@ -179,16 +178,17 @@ def _gradient_checkpointing(spec: JobSpec, model_path, train_examples, dtype, de
     )
 
 
-def plan(spec: JobSpec, examples, stage: int, budget: int | None):
-    """The stage's training plan (trajhpc.job.batching.plan_for), stopped at ``budget`` when given."""
-    from trajhpc.job.batching import plan_for
+def block_batches(spec: JobSpec, examples, stage: int, budget: int | None):
+    """The batches of stage ``stage`` over one block's ``examples`` under the job's training settings
+    (trajhpc.job.batching.spec_stage_batches), stopped at ``budget`` when given."""
+    from trajhpc.job.batching import spec_stage_batches
 
     counts = None
     if budget is not None:
         key = f"{spec.token_budget.count}_tokens"
         counts = [count([e])[key] for e in examples]
     lengths = [len(e.input_ids) for e in examples]
-    return plan_for(spec.train, lengths, seed=spec.seed, stage=stage, budget=budget, counts=counts)
+    return spec_stage_batches(spec.train, lengths, seed=spec.seed, stage=stage, budget=budget, counts=counts)
 
 
 def _budgets(spec: JobSpec, tokenizer, data, own_examples, console: Console) -> list[int]:
@@ -219,8 +219,8 @@ def _cumulative(spec: JobSpec, examples_per_stage) -> list[int]:
     """Cumulative budget count through each stage of the unbudgeted plans over these examples."""
     out, total = [], 0
     for stage, examples in enumerate(examples_per_stage, start=1):
-        stage_plan = plan(spec, examples, stage, None)
-        total += budget_count(spec, count([examples[i] for i in stage_plan.consumed()]))
+        plan = block_batches(spec, examples, stage, None)
+        total += budget_count(spec, count([examples[i] for i in plan.consumed()]))
         out.append(total)
     return out
 
@@ -298,17 +298,18 @@ class Evaluator:
         return entry, ev.rows
 
 
-def stage_plan(prep: Prepared, stage: int, meta: Mapping[str, Any]):
-    """The plan of training stage ``stage``, after ``meta``'s stage (what is left of a budget)."""
+def next_stage_batches(prep: Prepared, stage: int, meta: Mapping[str, Any]):
+    """The batches of training stage ``stage``, after ``meta``'s stage (what is left of a budget)."""
     examples = prep.train_examples[prep.spec.order[stage - 1]]
-    return plan(prep.spec, examples, stage, prep.budgets[stage - 1] - meta["consumed"] if prep.budgets else None)
+    left = prep.budgets[stage - 1] - meta["consumed"] if prep.budgets else None
+    return block_batches(prep.spec, examples, stage, left)
 
 
 def train_stage(
-    prep: Prepared, model, optimizer, stage_plan, meta: Mapping[str, Any], on_step: Callable[..., None]
+    prep: Prepared, model, optimizer, plan, meta: Mapping[str, Any], on_step: Callable[..., None]
 ) -> tuple[dict[str, Any], Any]:
-    """Train block ``order[stage-1]`` by its plan (:func:`stage_plan`) from the state after ``meta``'s
-    stage; returns (the stage's checkpoint metadata, the scheduler state to checkpoint)."""
+    """Train block ``order[stage-1]`` by its ``plan`` (:func:`next_stage_batches`) from the state after
+    ``meta``'s stage; returns (the stage's checkpoint metadata, the scheduler state to checkpoint)."""
     from trajhpc.job import batching, train
 
     spec = prep.spec
@@ -316,15 +317,15 @@ def train_stage(
     block = spec.order[stage - 1]
     examples = prep.train_examples[block]
     lengths = [len(e.input_ids) for e in examples]
-    result = train.train_stage(
-        model, optimizer, examples, stage_plan, spec.train,
+    result = train.train_batches(
+        model, optimizer, examples, plan, spec.train,
         pad_id=prep.tokenizer.pad_token_id, autocast_dtype=prep.autocast, on_step=on_step,
     )
-    consumed = [examples[i] for i in stage_plan.consumed()]
+    consumed = [examples[i] for i in plan.consumed()]
     counts = count(consumed)
     tokens = {
         "stage": stage, "block": block, **counts,
-        "padded_tokens": batching.padded_tokens(stage_plan, lengths), "passes": stage_plan.passes,
+        "padded_tokens": batching.padded_tokens(plan, lengths), "passes": plan.passes,
         "truncated_examples": sum(e.is_truncated for e in consumed),
     }
     if prep.budgets:

@@ -45,6 +45,7 @@ from trajhpc.core import locks, provenance
 from trajhpc.core.atomic import atomic_write_json, atomic_write_jsonl
 from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.job import logfilters
+from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir import trainlog
 from trajhpc.jobdir.documents import METRICS_SCHEMA, TOKENS_SCHEMA, MetricsDoc, TokensDoc, checked, identity
 from trajhpc.jobdir.paths import JobDir
@@ -52,7 +53,6 @@ from trajhpc.jobdir.state import write_state
 from trajhpc.spec import JobSpec, load_spec, spec_from_dict
 
 FAULT_ENV = "TRAJHPC_FAULT_INJECT"
-SUMMARY_KEYS = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
 
 
 class InjectedFault(BaseException):
@@ -69,7 +69,7 @@ def run_job_command(console: Console, spec_path: Path, job_dir: Path | None) -> 
     use_threads(job_threads(os.environ, len(os.sched_getaffinity(0))))
     metrics = run_job(spec, job_dir, console=console)
     final = metrics["final"] or {}
-    scores = "  ".join(f"{k} {final[k]:.3f}" for k in SUMMARY_KEYS if final.get(k) is not None)
+    scores = "  ".join(f"{k} {final[k]:.3f}" for k in SCORE_KEYS if final.get(k) is not None)
     console.print(f"job {spec.job_id} done in {job_dir}: {scores}", highlight=False, soft_wrap=True)
     return metrics
 
@@ -140,7 +140,7 @@ def _run_locked(
         # A library may turn the KeyboardInterrupt into another error (one landing mid-import does).
         interrupted = isinstance(err, KeyboardInterrupt) or bool(sigint)
         stage = len((read_json(JobDir(job_dir).metrics) or {"stages": [None]})["stages"]) - 1
-        error = None if interrupted else last_line(err)
+        error = None if interrupted else exception_line(err)
         write_state(job_dir, "interrupted" if interrupted else "failed", max(stage, 0), n, started=started, error=error)
         if interrupted and not isinstance(err, KeyboardInterrupt):
             raise KeyboardInterrupt from err
@@ -228,7 +228,8 @@ def claim_job_dir(spec: JobSpec, job_dir: Path) -> None:
         )
 
 
-def last_line(err: BaseException) -> str:
+def exception_line(err: BaseException) -> str:
+    """``ValueError: <last line of its message>``: what state.json records of a failed attempt."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[-1] if text else ''}".rstrip(": ")
 
@@ -254,7 +255,7 @@ def parse_fault(value: str | None) -> tuple[str, int, int | None] | None:
 def final_summary(per_block: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """Unweighted mean over blocks of each score (blocks where it is None are skipped)."""
     out: dict[str, Any] = {}
-    for key in SUMMARY_KEYS:
+    for key in SCORE_KEYS:
         values = [b[key] for b in per_block.values() if b.get(key) is not None]
         out[key] = sum(values) / len(values) if values else None
     out["per_block"] = dict(per_block)
@@ -359,7 +360,7 @@ class _Run:
             # Both fresh and resumed runs continue from the checkpoint's bytes.
             checkpoint.restore_checkpoint(ckpt, model, optimizer)
             k += 1
-            plan = recipe.stage_plan(prep, k, meta)
+            plan = recipe.next_stage_batches(prep, k, meta)
             self._activity(done, {"phase": "training", "stage": k, "steps": len(plan.steps)})
             with StageProgress(f"stage {k}/{n} {spec.order[k - 1]}", len(plan.steps), self.console) as progress:
                 meta, scheduler_state = recipe.train_stage(prep, model, optimizer, plan, meta, self._step_hook(k, progress))

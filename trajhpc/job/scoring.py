@@ -13,6 +13,9 @@ from typing import Any, Sequence
 from trajhpc.data.calls import TOOL_SEARCHER, parse_call, parse_gold
 
 ERROR_TYPES = ("no_call", "name_mismatch", "missing_arg", "extra_arg", "wrong_value")
+# The fractions :func:`summarize` gives per evaluation set (beside ``n`` and ``errors``), in the order
+# a job's final scores, the aggregate's tables and the report show them.
+SCORE_KEYS = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Design choices (they decide what a checkpoint must hold):
   on the same optimizer. A stage therefore starts from (adapter, optimizer state,
   RNG state); the previous block's finished scheduler is kept in the checkpoint
   only as a record.
-- **Stages are planned before they run** (:func:`plan_stage`, pure): which
+- **Stages are planned before they run** (:func:`stage_batches`, pure): which
   micro-batches, over how many passes, grouped into which optimizer steps. So the
   scheduler knows its length, and a token-matched arm knows in advance at which
   batch it reaches its budget.
@@ -52,6 +52,19 @@ def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def autocast_dtype_for(device: torch.device, compute_dtype: torch.dtype) -> torch.dtype | None:
+    """What training and generation autocast to: the compute dtype on CUDA (mixed precision);
+    None on CPU, where the weights already are in the compute dtype."""
+    return compute_dtype if device.type == "cuda" else None
+
+
+def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` to ``dtype`` on ``device_type``; a no-op for None and fp32."""
+    if dtype is None or dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def load_base_model(
@@ -268,7 +281,7 @@ class StepReport:
 StepHook = Callable[[StepReport], None]
 
 
-def train_stage(
+def train_batches(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     examples: Sequence[TrainExample],
@@ -279,7 +292,10 @@ def train_stage(
     autocast_dtype: torch.dtype | None = None,
     on_step: StepHook | None = None,
 ) -> StageResult:
-    """Train the adapter on one block following ``plan``; the LR schedule restarts here."""
+    """Train the adapter on one stage's batches, following ``plan``; the LR schedule restarts here.
+
+    The loop alone: :func:`trajhpc.job.recipe.train_stage` is a job's stage around it (its token
+    counts and checkpoint metadata)."""
     started = time.perf_counter()
     n_steps = len(plan.steps)
     if n_steps == 0:
@@ -287,11 +303,7 @@ def train_stage(
     device = next(p for p in model.parameters()).device
     params = trainable_parameters(model)
     scheduler = build_scheduler(optimizer, cfg, n_steps)
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=autocast_dtype)
-        if autocast_dtype is not None and autocast_dtype != torch.float32
-        else contextlib.nullcontext()
-    )
+    amp = autocast(device.type, autocast_dtype)
     # fp16 needs loss scaling (bf16 and fp32 don't); a fresh scaler per stage keeps
     # stage boundaries free of extra state.
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
@@ -305,7 +317,7 @@ def train_stage(
         step_loss, step_tokens = 0.0, 0
         for batch_idx in micro:
             batch = {k: v.to(device) for k, v in collate([examples[i] for i in batch_idx], pad_id).items()}
-            with autocast:
+            with amp:
                 # Summed over target tokens, divided by the step's target count.
                 loss = supervised_loss(model, batch, max(n_target, 1))
             scaler.scale(loss).backward()

@@ -65,7 +65,7 @@ class MetricsStage(_Doc):
     per_block: dict[str, BlockScores]
 
 
-class Resources(_Doc):
+class MeasuredResources(_Doc):
     params_base: int | None = None
     params_trainable: int | None = None
 
@@ -80,7 +80,7 @@ class MetricsDoc(_Doc):
     order: list[str]
     complete: bool
     stages: list[MetricsStage]
-    resources: Resources | None = None
+    resources: MeasuredResources | None = None
 
 
 class TokenStage(_Doc):

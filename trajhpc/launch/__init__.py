@@ -5,5 +5,5 @@ from trajhpc.core.exports import lazy_exports
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "submit": ["submit_command"],
-    "statusview": ["status_command"],
+    "statuscmd": ["status_command"],
 })

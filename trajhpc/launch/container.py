@@ -20,6 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Literal, Mapping, Sequence
 
+from trajhpc.core.errors import TrajhpcError
 from trajhpc.launch.slurmclient import SlurmClientPaths, slurm_client_binds
 from trajhpc.launch.submitit_adapter import job_environment_names
 from trajhpc.study.containerfields import DIGEST, check_bind, check_image, one_line, system_path
@@ -117,7 +118,8 @@ def python_command(
     """
     if runtime == "none":
         return None
-    assert image is not None, "manifest validation guarantees an image"
+    if image is None:  # the manifest refuses this already (container.image)
+        raise TrajhpcError(f"container runtime {runtime} needs an image")
     check_image(image)
     pairs = [_env_pair(k, v) for k, v in (env or {}).items()]
     if runtime == "apptainer":

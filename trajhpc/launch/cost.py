@@ -130,12 +130,12 @@ class WorkPlanner:
     def _stage_counts(self, spec: JobSpec, condition: str, k: int | None) -> list[tuple[int, int]]:
         """(total, supervised) tokens of each stage's unbudgeted plan."""
         from trajhpc.data.tokens import count_tokens
-        from trajhpc.job.batching import plan_for
+        from trajhpc.job.batching import spec_stage_batches
 
         out = []
         for stage, block in enumerate(spec.order, start=1):
             examples = self._block_examples(spec, block, condition, k)
-            plan = plan_for(spec.train, [len(e.input_ids) for e in examples], seed=spec.seed, stage=stage)
+            plan = spec_stage_batches(spec.train, [len(e.input_ids) for e in examples], seed=spec.seed, stage=stage)
             counts = count_tokens(examples[i] for i in plan.consumed())
             out.append((counts.total_tokens, counts.supervised_tokens))
         return out

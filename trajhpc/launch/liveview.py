@@ -33,7 +33,7 @@ TOK_S_STEPS = 8  # tokens/s: the mean over a stage's last steps
 
 
 @dataclass(frozen=True)
-class Progress:
+class JobProgress:
     """Where one job is, from its state.json and the tail of its train_log.jsonl."""
 
     done: int | None = None  # stages evaluated (state.json "stage")
@@ -76,16 +76,16 @@ def fraction_done(n: int | None, done: int, phase: str | None, stage: int | None
     return max(0.0, min(1.0, units / (2 * n + 1)))
 
 
-def progress_of(state: Mapping[str, Any] | None, complete: bool, entries: Sequence[Mapping[str, Any]]) -> Progress:
-    """A job's Progress from its state.json (None if absent), completeness and last train-log entries."""
+def progress_of(state: Mapping[str, Any] | None, complete: bool, entries: Sequence[Mapping[str, Any]]) -> JobProgress:
+    """A job's progress from its state.json (None if absent), completeness and last train-log entries."""
     last = entries[-1] if entries else None
     loss, tok_s = _last_of(entries, None)
     n = _int(state.get("n_stages")) if state else None
     if complete:
-        return Progress(done=n, n_stages=n, stage=n, loss=loss, tokens_per_s=tok_s, fraction=1.0,
+        return JobProgress(done=n, n_stages=n, stage=n, loss=loss, tokens_per_s=tok_s, fraction=1.0,
                         done_loss=loss, done_tokens_per_s=tok_s)
     if not state:
-        return Progress()
+        return JobProgress()
     done = _int(state.get("stage")) or 0
     done_loss, done_tok_s = _last_of(entries, done)
     activity = state.get("activity") if state.get("state") == "running" else None
@@ -94,15 +94,15 @@ def progress_of(state: Mapping[str, Any] | None, complete: bool, entries: Sequen
     stage = _int(activity.get("stage")) if phase else None
     n_steps = _int(activity.get("steps")) if phase == "training" else None
     step = last["step"] if phase == "training" and last and last["stage"] == stage else (0 if n_steps else None)
-    return Progress(
+    return JobProgress(
         done=done, n_stages=n, stage=stage if stage is not None else done, phase=phase, step=step, n_steps=n_steps,
         loss=loss, tokens_per_s=tok_s, fraction=fraction_done(n, done, phase, stage, step or 0, n_steps or 0),
         done_loss=done_loss, done_tokens_per_s=done_tok_s,
     )
 
 
-def read_progress(files: JobFiles) -> Progress:
-    """The Progress of a job whose files were just read (its train log's tail read now)."""
+def read_progress(files: JobFiles) -> JobProgress:
+    """The JobProgress of a job whose files were just read (its train log's tail read now)."""
     running = bool(files.state) and files.state.get("state") == "running"
     entries = trainlog.tail(files.run_dir) if running or files.complete else []
     return progress_of(files.state, files.complete, entries)
@@ -126,10 +126,10 @@ class EtaClock:
         return (now - t0) * (1.0 - fraction) / (fraction - f0)
 
 
-def progress_columns(progress: Sequence[Progress], etas: Sequence[float | None]) -> list[Col]:
+def progress_columns(progress: Sequence[JobProgress], etas: Sequence[float | None]) -> list[Col]:
     """stage k/n, step (s/S, or ``eval``), loss, tok/s and ETA: the live view's columns."""
 
-    def step(p: Progress) -> str:
+    def step(p: JobProgress) -> str:
         if p.phase == "training" and p.n_steps:
             return f"{p.step or 0}/{p.n_steps}"
         return "eval" if p.phase == "evaluating" else ""
@@ -147,7 +147,7 @@ def progress_columns(progress: Sequence[Progress], etas: Sequence[float | None])
     ]
 
 
-# A view: (files, rows, width, extra columns for some rows) -> what to show (trajhpc.launch.statusview groups by study).
+# A view: (files, rows, width, extra columns for some rows) -> what to show (trajhpc.launch.statuscmd groups by study).
 View = Callable[[Sequence[JobFiles], Sequence[Row], int, Callable[[Sequence[Row]], Sequence[Col]]], RenderableType]
 
 
@@ -164,7 +164,7 @@ class Board:
         self.live: Live | None = None
         self.seen: dict[str, tuple[str, int | None]] = {}
         self.last: RenderableType | None = None
-        self._done: dict[str, Progress] = {}  # complete jobs do not change: read once
+        self._done: dict[str, JobProgress] = {}  # complete jobs do not change: read once
 
     def __enter__(self) -> "Board":
         if self.console.is_terminal:
@@ -178,7 +178,7 @@ class Board:
         elif self.tables and self.last is not None:
             self.console.print(self.last)
 
-    def progress(self, files: JobFiles) -> Progress:
+    def progress(self, files: JobFiles) -> JobProgress:
         if files.job_id in self._done:
             return self._done[files.job_id]
         p = read_progress(files)
@@ -186,7 +186,7 @@ class Board:
             self._done[files.job_id] = p
         return p
 
-    def show(self, files: Sequence[JobFiles], rows: Sequence[Row], progress: Sequence[Progress],
+    def show(self, files: Sequence[JobFiles], rows: Sequence[Row], progress: Sequence[JobProgress],
              view: View | None = None) -> None:
         """One refresh: the table (terminal), or the lines of what changed since the last one."""
         now = self.clock()
@@ -212,7 +212,7 @@ class Board:
         for r in rows:
             self._events(r, *by_id[r.job_id])
 
-    def _events(self, row: Row, p: Progress, eta: float | None) -> None:
+    def _events(self, row: Row, p: JobProgress, eta: float | None) -> None:
         before = self.seen.get(row.job_id)
         self.seen[row.job_id] = (row.label, p.done)
         if before is None:

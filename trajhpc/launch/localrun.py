@@ -21,7 +21,7 @@ from rich.console import Console
 
 from trajhpc.core.errors import TrajhpcError, last_line
 from trajhpc.jobdir.snapshot import JobFiles, read_job_dir
-from trajhpc.launch.liveview import Board, Progress
+from trajhpc.launch.liveview import Board, JobProgress
 from trajhpc.launch.status import GONE, Row, display_state, make_row
 from trajhpc.launch.submission import Submitter, jobs_phrase, write_record
 from trajhpc.study.grid import GridJob
@@ -162,7 +162,7 @@ def _show(board: Board, jobs: Sequence[GridJob], running: set[str], ended: dict[
             f, row = ended.get(job.job_id) or waiting[job.job_id]
         files.append(f)
         rows.append(row)
-        progress.append(board.progress(f) if job.job_id in running or job.job_id in ended else Progress())
+        progress.append(board.progress(f) if job.job_id in running or job.job_id in ended else JobProgress())
     board.show(files, rows, progress)
 
 

@@ -4,7 +4,7 @@ Pure core: ``display_state`` (state.json, metrics complete?, scheduler state -> 
 and detail) and ``decide`` (the resubmission rule). I/O at the edges: reading job
 directories, one ``sacct`` call for all recorded Slurm ids (``squeue`` for what it
 lacks), one row per job, and the table that fits the console (:mod:`trajhpc.core.termtable`).
-The ``status`` command is :mod:`trajhpc.launch.statusview`; the live view :mod:`trajhpc.launch.liveview`.
+The ``status`` command is :mod:`trajhpc.launch.statuscmd`; the live view :mod:`trajhpc.launch.liveview`.
 """
 
 from __future__ import annotations

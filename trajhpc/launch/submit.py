@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 from rich.console import Console
 
-from trajhpc.core.errors import TrajhpcError, last_line
+from trajhpc.core.errors import EXIT_INTERRUPTED, TrajhpcError, last_line
 from trajhpc.core.termtable import Col
 from trajhpc.jobdir.snapshot import JobFiles
 from trajhpc.launch import container as ctr
@@ -54,9 +54,9 @@ SUBMITIT_DIR = ".submitit"
 EXECUTORS = ("slurm", "local", "auto")
 # Slurm batch steps see the whole node's cores; keep torch's thread pool to the allocation.
 SLURM_SETUP = ("export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",)
-# Exit statuses of `submit` that waited for its jobs (trajhpc.cli documents them all).
+# Exit status of a `submit` that waited for its jobs when some did not finish (trajhpc.cli documents
+# every exit status; EXIT_INTERRUPTED lives in trajhpc.core.errors).
 EXIT_JOBS_FAILED = 3
-EXIT_INTERRUPTED = 130
 # A job that ended without finishing, or whose files are damaged (it did not finish either).
 UNFINISHED = ("failed", "interrupted", "cancelled", "corrupt", "unreadable")
 WRITE_THREADS = 8
@@ -131,7 +131,9 @@ def discover_slurm_client() -> slurmclient.SlurmClientPaths:
     return slurmclient.discover_slurm_client()
 
 
-def plan(jobs: Sequence[GridJob], files: Sequence[JobFiles], sched: dict[str, str]) -> dict[str, list[GridJob]]:
+def jobs_by_action(
+    jobs: Sequence[GridJob], files: Sequence[JobFiles], sched: dict[str, str]
+) -> dict[str, list[GridJob]]:
     """Split the grid into skip (done) / leave (queued or running) / submit."""
     out: dict[str, list[GridJob]] = {"skip": [], "leave": [], "submit": []}
     for job, f in zip(jobs, files):
@@ -330,7 +332,7 @@ def prepare_submission(manifest_path: Path, run_root: Path | None, executor: str
 def observe_submission(sub: Submission) -> None:
     """Plan: read every job's directory and scheduler state, split into skip / leave / submit."""
     sub.files, sub.sched = observe([job.run_dir for job in sub.jobs], sub.specs)
-    sub.groups = plan(sub.jobs, sub.files, sub.sched)
+    sub.groups = jobs_by_action(sub.jobs, sub.files, sub.sched)
 
 
 def show_submission(console: Console, sub: Submission, *, dry_run: bool, rates: Path | None) -> None:

@@ -21,7 +21,6 @@ import numpy as np
 from trajhpc.results.stats import describe, sign_flip_pvalue
 
 FACTORIAL_ARMS = ("A", "calls-only", "responses-only", "B")
-EFFECTS = ("calls", "responses", "interaction")
 
 
 def effect_values(a: np.ndarray, calls: np.ndarray, responses: np.ndarray, b: np.ndarray) -> dict[str, np.ndarray]:

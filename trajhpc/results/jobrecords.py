@@ -199,13 +199,11 @@ def arm_labels(records: Sequence[JobRecord]) -> dict[str, str]:
     a short hash of its arm fields.
     """
     groups: dict[tuple[str, str | None], set[tuple[Any, ...]]] = {}
-    ok = [r for r in records if r.status == OK and r.spec is not None]
-    for r in ok:
-        groups.setdefault((r.spec.arm, r.variant), set()).add(_arm_identity(r.spec))  # type: ignore[union-attr]
+    ok = [(r, r.spec) for r in records if r.status == OK and r.spec is not None]
+    for r, spec in ok:
+        groups.setdefault((spec.arm, r.variant), set()).add(_arm_identity(spec))
     labels = {}
-    for r in ok:
-        spec = r.spec
-        assert spec is not None
+    for r, spec in ok:
         label = spec.arm
         if len(groups[(label, r.variant)]) > 1:
             counts = {identity[3] for identity in groups[(label, r.variant)]}
@@ -245,7 +243,8 @@ def params_frame(records: Sequence[JobRecord]) -> pl.DataFrame:
     for r in records:
         if r.status != OK:
             continue
-        assert r.spec is not None and r.metrics is not None
+        if r.spec is None or r.metrics is None:  # an ok record has both (read_job)
+            raise ValueError(f"{r.path}: record of status ok without its spec and metrics")
         res = r.metrics.resources
         base = trainable = source = None
         if res is not None and res.params_base is not None and res.params_trainable is not None:

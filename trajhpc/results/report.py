@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import polars as pl
 
+from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.results.tables import paired_table
 
@@ -154,9 +155,8 @@ def _excluded_section(jobs: pl.DataFrame) -> list[str]:
 
 def _accuracy_section(result: StudyResult) -> list[str]:
     s = result.summary
-    metrics = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
     rows = [
-        [arm, str(_lookup(s, arm, "exact").get("n", 0)), *(_ci(_lookup(s, arm, m)) for m in metrics)]
+        [arm, str(_lookup(s, arm, "exact").get("n", 0)), *(_ci(_lookup(s, arm, m)) for m in SCORE_KEYS)]
         for arm in result.arms
     ]
     header = ["arm", "units", "exact", "API name", "API name excl. ToolSearcher", "parse failures", "argument F1"]

@@ -4,8 +4,6 @@
   i.e. one seed x order), with a fixed generator seed so a rerun gives the same CI.
 * Paired arm differences use a two-sided sign-flip permutation test, exact (all 2^n
   sign patterns) up to n = 16 pairs, Monte Carlo with a fixed seed beyond.
-* Continual-learning metrics are computed from each job's accuracy matrix
-  ``R[stage][block]`` given as a long frame (one row per stage x evaluated block).
 """
 
 from __future__ import annotations
@@ -232,54 +230,6 @@ def sign_flip_columns(diffs: np.ndarray, **kwargs) -> tuple[list[float | None], 
         for k, j in enumerate(cols):
             pvals[j], exact[j] = float(p[k]), ex
     return pvals, exact
-
-
-def continual_metrics(long: pl.DataFrame, score: str, *, unit: str = "job_id") -> pl.DataFrame:
-    """Continual-learning metrics per unit from its accuracy matrix R.
-
-    ``long`` has one row per unit x stage x evaluated block with columns ``unit``,
-    ``stage`` (0 = zero-shot, t = after training the t-th block of the order),
-    ``n_stages`` (T = length of the order), ``block_pos`` (i = 1-based position of
-    the block in the order, null if it is never trained) and ``score``. With b_i the
-    i-th trained block and R[t][b] the score on b after stage t:
-
-    * ``acc``   = mean over all evaluated blocks of R[T][b] (final average accuracy).
-    * ``bwt``   = 1/(T-1) * sum_{i<T} (R[T][b_i] - R[i][b_i]): backward transfer,
-      negative when later blocks erase what was learned (Lopez-Paz & Ranzato 2017).
-    * ``forgetting`` = 1/(T-1) * sum_{i<T} (max_{l in i..T-1} R[l][b_i] - R[T][b_i]):
-      the drop from each block's best score after it was learned (Chaudhry et al. 2018).
-    * ``fwt``   = 1/(T-1) * sum_{i>=2} (R[i-1][b_i] - R[0][b_i]): forward transfer,
-      gain on a block from training the earlier ones, against the zero-shot score
-      (Lopez-Paz & Ranzato use a random-init baseline; here stage 0 stands in).
-
-    Null scores are skipped in the means; T = 1 gives null bwt/forgetting/fwt.
-    """
-    base = long.select(unit, "stage", "n_stages", "block_pos", pl.col(score).cast(pl.Float64).alias("r"))
-    keys = [unit, "block_pos"]
-    final = base.filter(pl.col("stage") == pl.col("n_stages"))
-    acc = final.group_by(unit).agg(pl.col("r").mean().alias("acc"))
-    trained = final.filter(pl.col("block_pos").is_not_null()).select(*keys, "n_stages", r_final="r")
-    learned = base.filter(pl.col("stage") == pl.col("block_pos")).select(*keys, r_learned="r")
-    zero = base.filter(pl.col("stage") == 0).select(*keys, r_zero="r")
-    before = base.filter(pl.col("stage") == pl.col("block_pos") - 1).select(*keys, r_before="r")
-    peak = (
-        base.filter((pl.col("stage") >= pl.col("block_pos")) & (pl.col("stage") < pl.col("n_stages")))
-        .group_by(keys)
-        .agg(pl.col("r").max().alias("r_peak"))
-    )
-    per_block = (
-        trained.join(learned, on=keys, how="left")
-        .join(peak, on=keys, how="left")
-        .join(zero, on=keys, how="left")
-        .join(before, on=keys, how="left")
-    )
-    not_last = pl.col("block_pos") < pl.col("n_stages")
-    metrics = per_block.group_by(unit).agg(
-        (pl.col("r_final") - pl.col("r_learned")).filter(not_last).mean().alias("bwt"),
-        (pl.col("r_peak") - pl.col("r_final")).filter(not_last).mean().alias("forgetting"),
-        (pl.col("r_before") - pl.col("r_zero")).filter(pl.col("block_pos") >= 2).mean().alias("fwt"),
-    )
-    return acc.join(metrics, on=unit, how="left").sort(unit)
 
 
 def value_at_budget(

@@ -14,8 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
+from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir.documents import OK, BlockScores
 from trajhpc.results import itemstats, itemtables, stats
+from trajhpc.results.continual import continual_metrics, mean_rmatrix, mean_rmatrix_by_block, stage_compute
 from trajhpc.results.jobrecords import (
     PARAMS_SCHEMA,
     JobRecord,
@@ -26,16 +28,13 @@ from trajhpc.results.jobrecords import (
     params_frame,
 )
 from trajhpc.results.losscurves import TrainLogs, loss_frame, loss_notes
-from trajhpc.results.stagetables import mean_rmatrix, mean_rmatrix_by_block, stage_compute
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.study.comparison import DEFAULT_PRIMARY, PAIRED_METRICS, Primary
 from trajhpc.study.manifest import Manifest
 
-# Scores averaged over blocks into a unit's final score.
-SCORES = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
 # Unit-level metrics summarised per arm (mean, sd, bootstrap CI).
 SUMMARY_METRICS = (
-    *SCORES,
+    *SCORE_KEYS,  # averaged over blocks into a unit's final score
     "bwt_exact", "forgetting_exact", "fwt_exact",
     "bwt_name", "forgetting_name", "fwt_name",
     "supervised_tokens", "total_tokens", "padded_tokens", "flops",
@@ -99,7 +98,7 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
             values = (job_id, t.stage, t.examples, t.supervised_tokens, t.total_tokens, t.padded_tokens)
             for key, value in zip(tok, values):
                 tok[key].append(value)
-    fields = ("n", *SCORES)
+    fields = ("n", *SCORE_KEYS)
     columns = zip(*map(attrgetter(*fields), scores)) if scores else [()] * len(fields)
     block_cols = {"block": block_names, "block_pos": block_pos, **{k: list(v) for k, v in zip(fields, columns)}}
     errors = [s.errors for s in scores]
@@ -109,7 +108,7 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
         "stage": pl.Int64, "trained_block": pl.String, "train_loss": pl.Float64,
         "block": pl.String, "block_pos": pl.Int64,
     }
-    score_schema = {"n": pl.Int64, **dict.fromkeys(SCORES, pl.Float64), **dict.fromkeys(error_cols, pl.Int64)}
+    score_schema = {"n": pl.Int64, **dict.fromkeys(SCORE_KEYS, pl.Float64), **dict.fromkeys(error_cols, pl.Int64)}
     long = pl.DataFrame({**job_cols, **stage_cols, **block_cols, **error_cols}, schema={**front_schema, **score_schema})
     token_schema = {"job_id": pl.String, "stage": pl.Int64, **dict.fromkeys(_TOKEN_COLUMNS, pl.Int64)}
     cumulative = [f"cum_{c}" for c in _TOKEN_COLUMNS[1:]]
@@ -160,7 +159,7 @@ def unit_table(
         long.filter(pl.col("stage") == pl.col("n_stages"))
         .group_by(keys)
         .agg(
-            *(pl.col(s).mean() for s in SCORES),
+            *(pl.col(s).mean() for s in SCORE_KEYS),
             pl.col("cum_supervised_tokens").first().alias("supervised_tokens"),
             pl.col("cum_total_tokens").first().alias("total_tokens"),
             pl.col("cum_padded_tokens").first().alias("padded_tokens"),
@@ -168,7 +167,7 @@ def unit_table(
     )
     units = final
     for score in ("exact", "name"):
-        cl = stats.continual_metrics(long, score).drop("acc")
+        cl = continual_metrics(long, score).drop("acc")
         cl = cl.rename({m: f"{m}_{score}" for m in ("bwt", "forgetting", "fwt")})
         units = units.join(cl, on="job_id", how="left")
     budgets = dict(budgets or {})
@@ -215,19 +214,6 @@ def _estimates_frame(keys: dict[str, list[Any]], estimates: Sequence[stats.Estim
     return pl.DataFrame({**keys, **values}, schema={**schema, **_EST_SCHEMA})
 
 
-def summarize_arms(
-    units: pl.DataFrame, curves: pl.DataFrame, *, resamples: int = stats.RESAMPLES, seed: int = stats.SEED,
-    listed: Sequence[str] = (),
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Per arm: mean, sd, bootstrap CI and n over units of every unit metric and stage curve.
-
-    Returns (summary, stages): ``summary`` is arm x metric with ``ratio_vs_A`` for
-    tokens and FLOPs (arm mean / mean of plain A); ``stages`` is arm x stage x metric.
-    """
-    arms, matrices, stage_cols = _arm_matrices(units, curves, listed)
-    return _summary_frames(arms, stage_cols, stats.describe_many(matrices, resamples=resamples, seed=seed))
-
-
 def _arm_matrices(
     units: pl.DataFrame, curves: pl.DataFrame, listed: Sequence[str] = ()
 ) -> tuple[list[str], list[np.ndarray], dict[str, list[str]]]:
@@ -248,6 +234,9 @@ def _arm_matrices(
 def _summary_frames(
     arms: list[str], stage_cols: dict[str, list[str]], estimates: Sequence[Sequence[stats.Estimate]]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(summary, stages) from each arm's estimates over its :func:`_arm_matrices` columns: ``summary``
+    is arm x metric with ``ratio_vs_A`` for tokens and FLOPs (arm mean / mean of plain A); ``stages``
+    is arm x stage x metric."""
     k = len(SUMMARY_METRICS)
     summaries = [_estimates_frame({"arm": [], "metric": []}, [])]
     stage_parts = [_estimates_frame({"arm": [], "stage": [], "metric": []}, [])]

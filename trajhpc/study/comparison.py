@@ -8,18 +8,16 @@ manifest (:func:`trajhpc.results.jobrecords.study_manifest`).
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator, model_validator
+
+from trajhpc.spec import StrictModel
 
 # Metrics compared between arms on units matched by (seed, order) (trajhpc.results.tables), and so
 # the metrics a primary comparison may name.
 PAIRED_METRICS = ("exact", "name", "name_excl_toolsearcher", "exact_at_budget_supervised", "exact_at_budget_total")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Primary(_Strict):
+class Primary(StrictModel):
     """``arm − baseline`` in ``metric`` (final, over units matched by seed and order)."""
 
     arm: str = "B"
@@ -44,7 +42,7 @@ class Primary(_Strict):
         return f"{self.arm} − {self.baseline}"
 
 
-class Analysis(_Strict):
+class Analysis(StrictModel):
     """How the aggregate reads the study (``analysis:`` in the manifest)."""
 
     primary: Primary = Primary()

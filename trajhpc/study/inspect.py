@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from trajhpc.core.errors import TrajhpcError
-from trajhpc.data.apibank import TOOL_SEARCHER, Record
-from trajhpc.data.calls import parse_call
+from trajhpc.data.apibank import Record
+from trajhpc.data.calls import TOOL_SEARCHER, parse_call
 from trajhpc.data.splits import StudyData, load_study_data
 from trajhpc.spec import BlocksSpec, DataSpec, HubSource
 

@@ -18,8 +18,6 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
@@ -41,6 +39,7 @@ from trajhpc.spec import (
     JobSpec,
     LoraSpec,
     Seed,
+    StrictModel,
     TokenBudget,
     TrainSpec,
     versioned_model,
@@ -124,10 +123,6 @@ SbatchValue = Annotated[
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
 # ---------------------------------------------------------------- conditions
 
 
@@ -141,7 +136,7 @@ def _condition_name(value: str) -> str:
     return value
 
 
-class ConditionEntry(_Strict):
+class ConditionEntry(StrictModel):
     """One study arm: a condition, its k (last-k only), an optional token budget, and
     optionally its own ``tool_docs`` (else ``data.tool_docs``), so one manifest can run
     the arms with and without tool documentation."""
@@ -192,7 +187,7 @@ ConditionItem = _by_kind(
 # ---------------------------------------------------------------- seeds and orders
 
 
-class SeedRange(_Strict):
+class SeedRange(StrictModel):
     """``count`` consecutive seeds from ``start``."""
 
     count: Int = Field(ge=1)
@@ -211,7 +206,7 @@ Seeds = _by_kind(
 )
 
 
-class RandomOrders(_Strict):
+class RandomOrders(StrictModel):
     """``random`` distinct random permutations of the blocks, drawn with ``seed``."""
 
     random: Int = Field(ge=1)
@@ -229,7 +224,7 @@ Orders = _by_kind(
 # ---------------------------------------------------------------- where jobs run
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     """Per-job scheduler resources (Slurm); the local executor uses the CPU/GPU counts and time limit."""
 
     partition: OneLine | None = None
@@ -253,7 +248,7 @@ class Resources(_Strict):
         return {k: v for k, v in value.items() if v is not False}
 
 
-class ContainerSpec(_Strict):
+class ContainerSpec(StrictModel):
     """The image every task runs in; ``runtime: none`` runs on the host's Python."""
 
     runtime: Literal["apptainer", "docker", "none"] = "none"
@@ -271,7 +266,7 @@ class ContainerSpec(_Strict):
 # ---------------------------------------------------------------- the manifest
 
 
-class Manifest(_Strict):
+class Manifest(StrictModel):
     """A study: the grid (conditions x seeds x orders) over shared model/data/training settings."""
 
     study: str

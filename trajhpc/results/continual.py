@@ -1,0 +1,115 @@
+"""Continual learning, from each job's accuracy matrix ``R[stage][block]`` (pure polars): per unit
+BWT, forgetting and FWT; per arm the mean R-matrix (by position in the order and by block) and
+the tokens and accuracy after the same blocks (compute.csv).
+
+``R`` is given as a long frame, one row per unit x stage x evaluated block
+(:func:`trajhpc.results.tables.build_long_table`).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+
+def continual_metrics(long: pl.DataFrame, score: str, *, unit: str = "job_id") -> pl.DataFrame:
+    """Continual-learning metrics per unit from its accuracy matrix R.
+
+    ``long`` has one row per unit x stage x evaluated block with columns ``unit``,
+    ``stage`` (0 = zero-shot, t = after training the t-th block of the order),
+    ``n_stages`` (T = length of the order), ``block_pos`` (i = 1-based position of
+    the block in the order, null if it is never trained) and ``score``. With b_i the
+    i-th trained block and R[t][b] the score on b after stage t:
+
+    * ``acc``   = mean over all evaluated blocks of R[T][b] (final average accuracy).
+    * ``bwt``   = 1/(T-1) * sum_{i<T} (R[T][b_i] - R[i][b_i]): backward transfer,
+      negative when later blocks erase what was learned (Lopez-Paz & Ranzato 2017).
+    * ``forgetting`` = 1/(T-1) * sum_{i<T} (max_{l in i..T-1} R[l][b_i] - R[T][b_i]):
+      the drop from each block's best score after it was learned (Chaudhry et al. 2018).
+    * ``fwt``   = 1/(T-1) * sum_{i>=2} (R[i-1][b_i] - R[0][b_i]): forward transfer,
+      gain on a block from training the earlier ones, against the zero-shot score
+      (Lopez-Paz & Ranzato use a random-init baseline; here stage 0 stands in).
+
+    Null scores are skipped in the means; T = 1 gives null bwt/forgetting/fwt.
+    """
+    base = long.select(unit, "stage", "n_stages", "block_pos", pl.col(score).cast(pl.Float64).alias("r"))
+    keys = [unit, "block_pos"]
+    final = base.filter(pl.col("stage") == pl.col("n_stages"))
+    acc = final.group_by(unit).agg(pl.col("r").mean().alias("acc"))
+    trained = final.filter(pl.col("block_pos").is_not_null()).select(*keys, "n_stages", r_final="r")
+    learned = base.filter(pl.col("stage") == pl.col("block_pos")).select(*keys, r_learned="r")
+    zero = base.filter(pl.col("stage") == 0).select(*keys, r_zero="r")
+    before = base.filter(pl.col("stage") == pl.col("block_pos") - 1).select(*keys, r_before="r")
+    peak = (
+        base.filter((pl.col("stage") >= pl.col("block_pos")) & (pl.col("stage") < pl.col("n_stages")))
+        .group_by(keys)
+        .agg(pl.col("r").max().alias("r_peak"))
+    )
+    per_block = (
+        trained.join(learned, on=keys, how="left")
+        .join(peak, on=keys, how="left")
+        .join(zero, on=keys, how="left")
+        .join(before, on=keys, how="left")
+    )
+    not_last = pl.col("block_pos") < pl.col("n_stages")
+    metrics = per_block.group_by(unit).agg(
+        (pl.col("r_final") - pl.col("r_learned")).filter(not_last).mean().alias("bwt"),
+        (pl.col("r_peak") - pl.col("r_final")).filter(not_last).mean().alias("forgetting"),
+        (pl.col("r_before") - pl.col("r_zero")).filter(pl.col("block_pos") >= 2).mean().alias("fwt"),
+    )
+    return acc.join(metrics, on=unit, how="left").sort(unit)
+
+
+def stage_compute(stages: pl.DataFrame) -> pl.DataFrame:
+    """compute.csv: per arm and stage, the mean cumulative tokens and accuracy after the same blocks.
+
+    Like with like: at the end of stage k every arm has trained the same k blocks, so
+    its tokens and accuracy there compare without interpolating across stages.
+    ``total_ratio_vs_A`` is the arm's mean cumulative total tokens / plain A's at that stage.
+    """
+    wanted = ("cum_supervised_tokens", "cum_total_tokens", "acc_exact", "acc_seen_exact")
+    schema = {"arm": pl.String, "stage": pl.Int64, "supervised_tokens": pl.Float64, "total_tokens": pl.Float64,
+              "total_ratio_vs_A": pl.Float64, "acc_exact": pl.Float64, "acc_exact_ci_lo": pl.Float64,
+              "acc_exact_ci_hi": pl.Float64, "acc_seen_exact": pl.Float64, "units": pl.Int64}
+    if stages.height == 0:
+        return pl.DataFrame(schema=schema)
+    long = stages.filter(pl.col("metric").is_in(wanted))
+    wide = long.pivot(on="metric", index=["arm", "stage"], values="mean")
+    acc = long.filter(pl.col("metric") == "acc_exact").select(
+        "arm", "stage", pl.col("ci_lo").alias("acc_exact_ci_lo"), pl.col("ci_hi").alias("acc_exact_ci_hi"),
+        pl.col("n").alias("units"))
+    # The reference is plain A of the same variant: "A" or "A (<variant>)" (as in summary.csv).
+    variant = pl.col("arm").str.split(" (").list.get(1, null_on_oob=True)
+    ref_arm = pl.when(variant.is_null()).then(pl.lit("A")).otherwise(pl.lit("A (") + variant)
+    ref = wide.select(pl.col("arm").alias("ref_arm"), "stage", pl.col("cum_total_tokens").alias("ref_total"))
+    ratio = pl.when(pl.col("ref_total") > 0).then(pl.col("cum_total_tokens") / pl.col("ref_total"))
+    return (
+        wide.with_columns(ref_arm.alias("ref_arm"))
+        .join(ref, on=["ref_arm", "stage"], how="left")
+        .join(acc, on=["arm", "stage"], how="left")
+        .select(
+            "arm", "stage", pl.col("cum_supervised_tokens").alias("supervised_tokens"),
+            pl.col("cum_total_tokens").alias("total_tokens"), ratio.alias("total_ratio_vs_A"), "acc_exact",
+            "acc_exact_ci_lo", "acc_exact_ci_hi", "acc_seen_exact", "units",
+        )
+        .cast(schema)
+    )
+
+
+def mean_rmatrix(long: pl.DataFrame) -> pl.DataFrame:
+    """arm x stage x block position: mean exact and name accuracy over units (position 0 = never trained)."""
+    return (
+        long.with_columns(pl.col("block_pos").fill_null(0))
+        .group_by("arm", "stage", "block_pos")
+        .agg(pl.col("exact").mean(), pl.col("name").mean(), pl.col("job_id").n_unique().alias("units"))
+        .sort("arm", "stage", "block_pos")
+    )
+
+
+def mean_rmatrix_by_block(long: pl.DataFrame) -> pl.DataFrame:
+    """arm x stage x block (by name): mean exact and name accuracy over units, i.e. over seeds and
+    orders, so each column is one domain whatever its position in each order."""
+    return (
+        long.group_by("arm", "stage", "block")
+        .agg(pl.col("exact").mean(), pl.col("name").mean(), pl.col("job_id").n_unique().alias("units"))
+        .sort("arm", "stage", "block")
+    )

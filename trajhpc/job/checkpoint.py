@@ -1,26 +1,33 @@
 """A job's checkpoint: adapter, optimizer, scheduler and RNG state of the last trained stage.
 
 Written into a temp folder and swapped in whole (the previous checkpoint stays until the
-new one is complete); read back with ``weights_only`` loading only: nothing executable
-is ever loaded from a job directory.
+new one is complete). The folder's file names are :class:`trajhpc.jobdir.paths.CheckpointDir`'s.
+Every file is read through :mod:`trajhpc.jobdir.paths`'s checks first (a regular file of
+bounded size: a FIFO never hangs the job, a huge file is refused, both naming the file);
+tensor files with ``weights_only`` loading only: nothing executable is ever loaded from a
+job directory.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
 from trajhpc.core.atomic import atomic_write_bytes, atomic_write_json
 from trajhpc.core.errors import TrajhpcError
-from trajhpc.jobdir.paths import CHECKPOINT
+from trajhpc.jobdir.paths import ADAPTER_CONFIG, CheckpointDir, FileProblem, JobDir, open_regular, read_json_object
+
+# trainer_state.json and adapter_config.json are a few hundred bytes.
+JSON_MAX_BYTES = 2**20
+# Far above the adapter weights and optimizer state of any LoRA (a few GB for r=64 on a 70B model).
+TENSOR_MAX_BYTES = 64 * 2**30
 
 RNG_SCHEMA = "trajhpc.rng/1"
 
@@ -54,35 +61,57 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _start_over(ckpt: Path) -> str:
+    return f"delete {ckpt.parent} to start the job over"
+
+
+def _open_checked(path: Path, max_bytes: int, advice: str) -> BinaryIO:
+    """``path`` opened if it is a regular file of at most ``max_bytes``; TrajhpcError naming it otherwise."""
+    try:
+        return open_regular(path, max_bytes=max_bytes)
+    except FileProblem as problem:
+        what = "missing from the checkpoint" if problem.kind == "missing" else problem.detail
+        raise TrajhpcError(f"{path}: {what}; {advice}") from None
+
+
+def _read_object(path: Path, advice: str) -> dict[str, Any]:
+    """A JSON object file of a checkpoint, read through the bounded reader; TrajhpcError naming it otherwise."""
+    try:
+        value = read_json_object(path, max_bytes=JSON_MAX_BYTES)
+    except FileProblem as problem:
+        raise TrajhpcError(f"{path}: {problem.detail}; {advice}") from None
+    if value is None:
+        raise TrajhpcError(f"{path}: missing from the checkpoint; {advice}")
+    return value
+
+
 def load_tensors(path: Path) -> Any:
     """A torch file of the job directory, read with ``weights_only=True``: tensors and plain values only.
 
     Nothing executable is ever loaded from a job directory: a file that needs real
     unpickling (crafted, or written by trajhpc before RNG states were plain tensors)
-    is refused, naming the file; so is a damaged one. Both are TrajhpcErrors.
+    is refused, naming the file; so is a damaged one, a missing one, and one that is
+    no regular file or larger than :data:`TENSOR_MAX_BYTES`. All are TrajhpcErrors.
     """
     import pickle
 
-    start_over = f"delete {path.parent.parent} to start the job over"
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrajhpcError(f"{path}: missing from the checkpoint; {start_over}") from None
-    except pickle.UnpicklingError as err:
-        # torch's own message advises allowlisting the global: exactly what must not happen here.
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if unsafe:
+    start_over = _start_over(path.parent)
+    with _open_checked(path, TENSOR_MAX_BYTES, start_over) as f:
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            # torch's own message advises allowlisting the global: exactly what must not happen here.
+            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            if unsafe:
+                raise TrajhpcError(
+                    f"{path}: refusing to load it: it needs unpickling ({unsafe.group(1)}), which could run code; "
+                    f"{start_over}"
+                ) from None
+            raise TrajhpcError(f"{path}: damaged, not a readable torch file; {start_over}") from None
+        except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a damaged file
             raise TrajhpcError(
-                f"{path}: refusing to load it: it needs unpickling ({unsafe.group(1)}), which could run code; "
-                f"{start_over}"
+                f"{path}: damaged, not a readable torch file ({type(err).__name__}); {start_over}"
             ) from None
-        raise TrajhpcError(f"{path}: damaged, not a readable torch file; {start_over}") from None
-    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a damaged file
-        raise TrajhpcError(f"{path}: damaged, not a readable torch file ({type(err).__name__}); {start_over}") from None
-
-
-_TMP, _OLD = ".checkpoint.tmp", ".checkpoint.old"
-_STATE_FILE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -95,8 +124,8 @@ def _torch_bytes(obj: Any) -> bytes:
 
 def _sort_target_modules(adapter_dir: Path) -> None:
     """peft writes ``target_modules`` from a set, so its order varies between processes: sort it."""
-    path = adapter_dir / "adapter_config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
+    path = adapter_dir / ADAPTER_CONFIG
+    config = _read_object(path, "peft's save_pretrained wrote no usable adapter config")
     if isinstance(config.get("target_modules"), list):
         config["target_modules"] = sorted(config["target_modules"])
         atomic_write_json(path, config)
@@ -115,16 +144,18 @@ def save_checkpoint(
     repairs a swap interrupted between its two renames. A write that fails (disk
     full) removes the temp folder and is a TrajhpcError; the previous checkpoint stays.
     """
-    tmp, old, final = job_dir / _TMP, job_dir / _OLD, job_dir / CHECKPOINT
+    names = JobDir(job_dir)
+    tmp, old, final = names.checkpoint_tmp, names.checkpoint_old, names.checkpoint
+    files = CheckpointDir(tmp)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        model.save_pretrained(str(tmp / "adapter"))
-        _sort_target_modules(tmp / "adapter")
-        atomic_write_bytes(tmp / "optimizer.pt", _torch_bytes(optimizer.state_dict()))
-        atomic_write_bytes(tmp / "scheduler.pt", _torch_bytes(scheduler_state))
-        atomic_write_bytes(tmp / "rng.pt", _torch_bytes(rng_state()))
-        atomic_write_json(tmp / _STATE_FILE, meta)
+        model.save_pretrained(str(files.adapter))
+        _sort_target_modules(files.adapter)
+        atomic_write_bytes(files.optimizer, _torch_bytes(optimizer.state_dict()))
+        atomic_write_bytes(files.scheduler, _torch_bytes(scheduler_state))
+        atomic_write_bytes(files.rng, _torch_bytes(rng_state()))
+        atomic_write_json(files.state, meta)  # last: its presence marks a complete checkpoint
     except (OSError, TrajhpcError) as err:  # not on a kill (BaseException): that leaves things as they are
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError):
@@ -139,27 +170,34 @@ def save_checkpoint(
 
 
 def find_checkpoint(job_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The complete checkpoint in ``job_dir`` and its meta, or None (half-written ones are ignored)."""
-    tmp, old, final = job_dir / _TMP, job_dir / _OLD, job_dir / CHECKPOINT
-    if not (final / _STATE_FILE).exists():
+    """The complete checkpoint in ``job_dir`` and its meta, or None (half-written ones are ignored).
+
+    Its meta is read and the files a resumed run loads are checked (there, regular, of
+    bounded size: peft reads the adapter folder by name, and a FIFO would hang it) before
+    anything is loaded; a file that fails is a TrajhpcError naming it.
+    """
+    names = JobDir(job_dir)
+    final = names.checkpoint
+    if not CheckpointDir(final).state.exists():
         # Killed between the two renames of save_checkpoint: the newest complete one wins.
-        for candidate in (tmp, old):
-            if (candidate / _STATE_FILE).exists():
+        for candidate in (names.checkpoint_tmp, names.checkpoint_old):
+            if CheckpointDir(candidate).state.exists():
                 shutil.rmtree(final, ignore_errors=True)
                 os.replace(candidate, final)
                 break
         else:
             return None
-    try:
-        return final, json.loads((final / _STATE_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise TrajhpcError(
-            f"{final / _STATE_FILE}: unreadable ({err}); delete {job_dir} to start the job over"
-        ) from None
+    files = CheckpointDir(final)
+    advice = _start_over(final)
+    meta = _read_object(files.state, advice)
+    _read_object(files.adapter_config, advice)
+    for path in (files.adapter_weights, files.optimizer, files.rng):
+        _open_checked(path, TENSOR_MAX_BYTES, advice).close()
+    return final, meta
 
 
 def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load adapter weights (in place), optimizer state and RNG state from ``ckpt``.
+    """Load adapter weights (in place), optimizer state and RNG state from the checkpoint folder ``ckpt``.
 
     The uninterrupted run calls this at every stage boundary too, so it and a
     resumed run continue from exactly the same bytes.
@@ -167,7 +205,9 @@ def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.opti
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    path = ckpt / "adapter" / "adapter_model.safetensors"
+    files = CheckpointDir(ckpt)
+    path = files.adapter_weights
+    _open_checked(path, TENSOR_MAX_BYTES, _start_over(ckpt)).close()  # load_file maps it by its name
     try:
         weights = load_file(str(path))
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
@@ -175,12 +215,11 @@ def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.opti
     result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"checkpoint {ckpt}: unexpected adapter keys {result.unexpected_keys[:3]}")
-    optimizer.load_state_dict(load_tensors(ckpt / "optimizer.pt"))
-    rng = load_tensors(ckpt / "rng.pt")
+    optimizer.load_state_dict(load_tensors(files.optimizer))
+    rng = load_tensors(files.rng)
     try:
         set_rng_state(rng)
     except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as err:
         raise TrajhpcError(
-            f"{ckpt / 'rng.pt'}: not a trajhpc RNG state ({type(err).__name__}: {err}); "
-            f"delete {ckpt.parent} to start the job over"
+            f"{files.rng}: not a trajhpc RNG state ({type(err).__name__}: {err}); {_start_over(ckpt)}"
         ) from None

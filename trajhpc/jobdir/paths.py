@@ -166,8 +166,9 @@ def _os_reason(err: OSError) -> str:
     return (err.strerror or type(err).__name__).lower()
 
 
-def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
-    """A regular file opened for binary reading; FileProblem (missing, corrupt, unreadable) otherwise.
+def open_regular(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> BinaryIO:
+    """A regular file (of at most ``max_bytes`` when given) opened for binary reading;
+    FileProblem (missing, corrupt, unreadable) otherwise.
 
     Opened without blocking (a FIFO with no writer would block a plain ``open``) and
     checked with ``fstat`` before a single byte is read.
@@ -180,10 +181,12 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     except OSError as err:
         raise FileProblem(path, "unreadable", _os_reason(err)) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            what = _KINDS.get(stat.S_IFMT(mode), "a special file")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = _KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
             raise FileProblem(path, "corrupt", f"not a regular file ({what})")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise FileProblem(path, "corrupt", f"larger than {max_bytes:,} bytes ({st.st_size:,})")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -192,11 +195,8 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
 def read_bytes(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; FileProblem otherwise."""
-    with open_regular(path) as f:
+    with open_regular(path, max_bytes=max_bytes) as f:
         try:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_bytes:
-                raise FileProblem(path, "corrupt", f"larger than {max_bytes:,} bytes ({size:,})")
             raw = f.read(max_bytes + 1)
         except OSError as err:
             raise FileProblem(path, "unreadable", _os_reason(err)) from None

@@ -1,6 +1,6 @@
-"""The checkpoint folder at its file boundary (trajhpc.job.checkpoint): every file checked before it
-is read: a FIFO or a huge file in place of one is refused at once with a TrajhpcError naming it,
-never waited on."""
+"""The checkpoint folder at its file boundary (trajhpc.job.checkpoint): its state read back typed and
+written byte-identically, and every file checked before it is read: a FIFO or a huge file in
+place of one is refused at once with a TrajhpcError naming it, never waited on."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import pytest
 from trajhpc.core.atomic import atomic_write_json
 from trajhpc.core.errors import TrajhpcError
 from trajhpc.job import checkpoint
-from trajhpc.job.checkpoint import find_checkpoint, load_tensors, restore_checkpoint
+from trajhpc.job.checkpoint import Checkpoint, CheckpointState, find_checkpoint, load_tensors, restore_checkpoint
 from trajhpc.jobdir.paths import CheckpointDir, JobDir
 
-# trainer_state.json as trajhpc writes it (stage 1 of a job with a token budget).
+# trainer_state.json as trajhpc has always written it (stage 1 of a job with a token budget).
 OLD_STATE = {
     "job_id": "0123456789ab", "stage": 1, "consumed": 812, "train_loss": 1.25, "train_seconds": 3.5,
     "tokens": {"stage": 1, "block": "a", "examples": 4, "prompt_tokens": 900, "supervised_tokens": 40,
@@ -53,6 +53,38 @@ def _checkpoint(job_dir: Path) -> CheckpointDir:
         path.write_bytes(b"not read here")
     atomic_write_json(files.state, OLD_STATE)
     return files
+
+
+def test_the_state_round_trips_byte_identically_and_an_old_checkpoint_loads(tmp_path):
+    files = _checkpoint(tmp_path)
+    found = find_checkpoint(tmp_path)
+    assert isinstance(found, Checkpoint) and found.path == files.path and found.files == files
+    assert found.state == CheckpointState(**OLD_STATE)
+    written = tmp_path / "again.json"
+    atomic_write_json(written, found.state.to_dict())
+    assert written.read_bytes() == files.state.read_bytes()
+    assert find_checkpoint(tmp_path / "nothing-here") is None
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"stage": "1"}, "stage '1', not an integer from 0"),
+        ({"stage": -1}, "stage -1, not an integer from 0"),
+        ({"consumed": True}, "consumed True, not an integer"),
+        ({"tokens": None}, "tokens None, not an object"),
+        ({"job_id": None}, "job_id None, not a string"),
+    ],
+)
+def test_a_state_of_the_wrong_shape_is_refused_naming_the_file(tmp_path, change, reason):
+    files = _checkpoint(tmp_path)
+    atomic_write_json(files.state, OLD_STATE | change)
+    with pytest.raises(TrajhpcError, match=re.escape(f"{files.state}: not a trajhpc checkpoint state ({reason}); "
+                                                     f"delete {tmp_path} to start the job over")):
+        find_checkpoint(tmp_path)
+    atomic_write_json(files.state, {k: v for k, v in OLD_STATE.items() if k != "tokens"})
+    with pytest.raises(TrajhpcError, match=re.escape("(tokens missing)")):
+        find_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("which", ["state", "adapter_config"])

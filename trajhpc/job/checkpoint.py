@@ -1,4 +1,5 @@
-"""A job's checkpoint: adapter, optimizer, scheduler and RNG state of the last trained stage.
+"""A job's checkpoint: adapter, optimizer, scheduler and RNG state of the last trained stage,
+and its :class:`CheckpointState` (``trainer_state.json``: which stage, the counters after it).
 
 Written into a temp folder and swapped in whole (the previous checkpoint stays until the
 new one is complete). The folder's file names are :class:`trajhpc.jobdir.paths.CheckpointDir`'s.
@@ -14,8 +15,9 @@ import os
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Mapping
 
 import numpy as np
 import torch
@@ -114,6 +116,59 @@ def load_tensors(path: Path) -> Any:
             ) from None
 
 
+# ---------------------------------------------------------------- the state: trainer_state.json
+
+# The fields of trainer_state.json: the JSON values each may hold, and how to say so.
+_STATE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "job_id": ((str,), "a string"),
+    "stage": ((int,), "an integer"),
+    "consumed": ((int,), "an integer"),
+    "train_loss": ((int, float, type(None)), "a number or null"),
+    "train_seconds": ((int, float, type(None)), "a number or null"),
+    "tokens": ((dict,), "an object"),
+}
+
+
+@dataclass(frozen=True)
+class CheckpointState:
+    """What ``trainer_state.json`` holds: the stage the checkpoint is of, and what the stages
+    through it trained and counted (the next stage goes on from these)."""
+
+    job_id: str
+    stage: int  # 0: the freshly initialized adapter, nothing trained
+    consumed: int  # token-budget count consumed through ``stage`` (0 without a budget)
+    train_loss: float | None  # the stage's mean training loss (None for stage 0)
+    train_seconds: float | None  # the stage's training wall time
+    tokens: Mapping[str, Any]  # the stage's tokens.json entry
+
+    def to_dict(self) -> dict[str, Any]:
+        """The file's JSON object: the keys (and values) trajhpc has always written."""
+        return {"job_id": self.job_id, "stage": self.stage, "consumed": self.consumed, "train_loss": self.train_loss,
+                "train_seconds": self.train_seconds, "tokens": dict(self.tokens)}
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any], path: Path) -> "CheckpointState":
+        """The state in a file's JSON object; a TrajhpcError naming ``path`` when a field is missing or mistyped."""
+        for key, (types, kind) in _STATE_FIELDS.items():
+            v = value.get(key, ...)
+            if v is ... or isinstance(v, bool) or not isinstance(v, types) or (key == "stage" and v < 0):
+                what = "missing" if v is ... else f"{v!r}, not {kind}" + (" from 0" if key == "stage" else "")
+                raise TrajhpcError(f"{path}: not a trajhpc checkpoint state ({key} {what}); {_start_over(path.parent)}")
+        return cls(**{key: value[key] for key in _STATE_FIELDS})
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A complete checkpoint: its folder and its state."""
+
+    path: Path
+    state: CheckpointState
+
+    @property
+    def files(self) -> CheckpointDir:
+        return CheckpointDir(self.path)
+
+
 def _torch_bytes(obj: Any) -> bytes:
     import io
 
@@ -135,10 +190,10 @@ def save_checkpoint(
     job_dir: Path,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    meta: dict[str, Any],
+    state: CheckpointState,
     scheduler_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write adapter, optimizer, scheduler, RNG and ``meta`` (stage, counters) as ``job_dir/checkpoint``.
+    """Write adapter, optimizer, scheduler, RNG and ``state`` as ``job_dir/checkpoint``; returns that folder.
 
     Written into a temp folder, then swapped in by renames; :func:`find_checkpoint`
     repairs a swap interrupted between its two renames. A write that fails (disk
@@ -155,7 +210,7 @@ def save_checkpoint(
         atomic_write_bytes(files.optimizer, _torch_bytes(optimizer.state_dict()))
         atomic_write_bytes(files.scheduler, _torch_bytes(scheduler_state))
         atomic_write_bytes(files.rng, _torch_bytes(rng_state()))
-        atomic_write_json(files.state, meta)  # last: its presence marks a complete checkpoint
+        atomic_write_json(files.state, state.to_dict())  # last: its presence marks a complete checkpoint
     except (OSError, TrajhpcError) as err:  # not on a kill (BaseException): that leaves things as they are
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, OSError):
@@ -169,10 +224,10 @@ def save_checkpoint(
     return final
 
 
-def find_checkpoint(job_dir: Path) -> tuple[Path, dict[str, Any]] | None:
-    """The complete checkpoint in ``job_dir`` and its meta, or None (half-written ones are ignored).
+def find_checkpoint(job_dir: Path) -> Checkpoint | None:
+    """The complete checkpoint in ``job_dir``, or None (half-written ones are ignored).
 
-    Its meta is read and the files a resumed run loads are checked (there, regular, of
+    Its state is read and the files a resumed run loads are checked (there, regular, of
     bounded size: peft reads the adapter folder by name, and a FIFO would hang it) before
     anything is loaded; a file that fails is a TrajhpcError naming it.
     """
@@ -189,11 +244,11 @@ def find_checkpoint(job_dir: Path) -> tuple[Path, dict[str, Any]] | None:
             return None
     files = CheckpointDir(final)
     advice = _start_over(final)
-    meta = _read_object(files.state, advice)
+    state = CheckpointState.from_dict(_read_object(files.state, advice), files.state)
     _read_object(files.adapter_config, advice)
     for path in (files.adapter_weights, files.optimizer, files.rng):
         _open_checked(path, TENSOR_MAX_BYTES, advice).close()
-    return final, meta
+    return Checkpoint(final, state)
 
 
 def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:

@@ -416,7 +416,7 @@ def test_complete_job_still_marked_running_is_marked_done(tmp_path, monkeypatch,
 
 # ---------------------------------------------------------------- one process per job directory, Ctrl-C, threads
 
-HOLD = "import sys, time\nfrom pathlib import Path\nfrom trajhpc import locks\n" \
+HOLD = "import sys, time\nfrom pathlib import Path\nfrom trajhpc.core import locks\n" \
     "with locks.exclusive(Path(sys.argv[1])):\n    print('held', flush=True)\n    time.sleep(120)\n"
 
 

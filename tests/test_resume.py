@@ -287,7 +287,7 @@ def test_a_checkpoint_write_that_fails_leaves_no_temp_folder_and_the_old_checkpo
     import os
 
     from trajhpc.core.errors import TrajhpcError
-    from trajhpc.job.checkpoint import save_checkpoint
+    from trajhpc.job.checkpoint import CheckpointState, save_checkpoint
 
     class FullDisk:
         def save_pretrained(self, folder):
@@ -298,7 +298,8 @@ def test_a_checkpoint_write_that_fails_leaves_no_temp_folder_and_the_old_checkpo
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "trainer_state.json").write_text("{}")
     with pytest.raises(TrajhpcError, match=r"cannot write the checkpoint in .*\.checkpoint\.tmp: No space left"):
-        save_checkpoint(tmp_path, FullDisk(), None, {"stage": 1})
+        state = CheckpointState(job_id="x", stage=1, consumed=0, train_loss=None, train_seconds=0.0, tokens={})
+        save_checkpoint(tmp_path, FullDisk(), None, state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
     assert (tmp_path / "checkpoint" / "trainer_state.json").read_text() == "{}"
 

@@ -254,7 +254,8 @@ def test_adapter_carries_over_blocks_and_reloads_bit_identically(tmp_path, tiny,
 
     stage(1)
     after_1 = lora_weights(model)
-    ckpt = checkpoint.save_checkpoint(tmp_path, model, optimizer, {"stage": 1})
+    state = checkpoint.CheckpointState(job_id="x", stage=1, consumed=0, train_loss=None, train_seconds=0.0, tokens={})
+    ckpt = checkpoint.save_checkpoint(tmp_path, model, optimizer, state)
     assert any(not torch.equal(initial[k], after_1[k]) for k in initial)
     stage(2)
     after_2 = lora_weights(model)

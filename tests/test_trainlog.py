@@ -1,4 +1,5 @@
-"""train_log.jsonl (trajhpc.jobdir.trainlog): appended per step, torn lines skipped, cut back to the checkpoint on resume."""
+"""train_log.jsonl (trajhpc.jobdir.trainlog): appended per step, torn lines skipped (or named, read strictly),
+cut back to the checkpoint on resume."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from trajhpc.core.errors import TrajhpcError
 from trajhpc.jobdir import trainlog
+from trajhpc.jobdir.paths import FileProblem
 
 
 def _entry(stage: int, step: int) -> dict:
@@ -69,3 +71,55 @@ def test_a_fifo_in_place_of_the_log_is_refused_not_waited_on(tmp_path):
     assert trainlog.tail(tmp_path) == []
     with pytest.raises(TrajhpcError, match="train_log.jsonl: corrupt: not a regular file"):
         trainlog.keep_through(tmp_path, 1)
+
+
+def test_strict_reading_names_the_first_bad_line_lenient_reading_skips_it(tmp_path):
+    good = json.dumps(_entry(1, 1))
+    (tmp_path / trainlog.TRAIN_LOG).write_text(f"{good}\n\n{good[:20]}\n{json.dumps(_entry(5, 1))}\n")
+    assert trainlog.read_train_log(tmp_path) == [json.loads(good), _entry(5, 1)]
+    with pytest.raises(FileProblem) as caught:
+        trainlog.read_train_log(tmp_path, strict=True, n_stages=3)
+    assert str(caught.value) == "train_log.jsonl: corrupt: line 3 is not valid JSON (truncated or damaged)"
+    (tmp_path / trainlog.TRAIN_LOG).write_text(f"{good}\n{json.dumps(_entry(5, 1))}\n")
+    with pytest.raises(FileProblem, match=r"^train_log.jsonl: corrupt: line 2: stage 5 is not a training stage \(1 to 3\)$"):
+        trainlog.read_train_log(tmp_path, strict=True, n_stages=3)
+    assert len(trainlog.read_train_log(tmp_path, strict=True)) == 2  # no stage count given: not checked
+    (tmp_path / trainlog.TRAIN_LOG).write_bytes(good.encode() + b"\n\xff\n")
+    with pytest.raises(FileProblem, match=r"corrupt: not UTF-8 text \(at byte \d+\)"):
+        trainlog.read_train_log(tmp_path, strict=True)
+    assert trainlog.read_train_log(tmp_path) == [json.loads(good)]
+
+
+def test_strict_reading_of_an_absent_log_is_a_missing_problem(tmp_path):
+    assert trainlog.read_train_log(tmp_path) == []
+    with pytest.raises(FileProblem) as caught:
+        trainlog.read_train_log(tmp_path, strict=True)
+    assert caught.value.kind == "missing"
+
+
+def test_lenient_reading_keeps_a_diverged_step_and_survives_a_deeply_nested_line(tmp_path):
+    nan = _entry(1, 2) | {"loss": float("nan")}
+    (tmp_path / trainlog.TRAIN_LOG).write_text(
+        json.dumps(_entry(1, 1)) + "\n" + json.dumps(nan) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n"
+    )
+    assert [e["step"] for e in trainlog.read_train_log(tmp_path)] == [1, 2]  # the NaN step is a step the job took
+    assert trainlog.keep_through(tmp_path, 1) == 2
+    with pytest.raises(FileProblem, match=r"line 2: loss nan is not a number \(finite\)"):
+        trainlog.read_train_log(tmp_path, strict=True)
+
+
+def test_every_reader_refuses_a_log_above_the_one_size_cap(tmp_path, monkeypatch):
+    from trajhpc.results.losscurves import read_train_log
+
+    with trainlog.TrainLog(tmp_path) as log:
+        for step in range(1, 21):
+            log.append(_entry(1, step))
+    monkeypatch.setattr(trainlog, "MAX_BYTES", 1000)
+    for strict in (False, True):
+        with pytest.raises(FileProblem, match="train_log.jsonl: corrupt: larger than 1,000 bytes"):
+            trainlog.read_train_log(tmp_path, strict=strict)
+    with pytest.raises(TrajhpcError, match="train_log.jsonl: corrupt: larger than 1,000 bytes"):
+        trainlog.keep_through(tmp_path, 1)
+    frame, why = read_train_log(tmp_path, 1)
+    assert frame is None and why.startswith("train_log.jsonl: corrupt: larger than 1,000 bytes")
+    assert len(trainlog.tail(tmp_path, window=500)) > 0  # the live view reads only the end

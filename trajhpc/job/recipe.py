@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from rich.console import Console
 
 from trajhpc.job.progress import log
 from trajhpc.spec import JobSpec
+
+if TYPE_CHECKING:  # imported where used: trajhpc.job.checkpoint imports torch, which bad input never waits for
+    from trajhpc.job.checkpoint import CheckpointState
 
 TOKEN_KEYS = (
     "examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes", "truncated_examples",
@@ -246,10 +249,12 @@ def load_model(prep: Prepared, adapter: Path | None):
     return model, train.build_optimizer(model, prep.spec.train)
 
 
-def start_meta(prep: Prepared) -> dict[str, Any]:
-    """Stage 0's checkpoint metadata: the freshly initialized adapter, nothing trained."""
-    return {"job_id": prep.spec.job_id, "stage": 0, "consumed": 0, "train_loss": None, "train_seconds": 0.0,
-            "tokens": zero_tokens(budget=0 if prep.budgets else None)}
+def start_state(prep: Prepared) -> CheckpointState:
+    """Stage 0's checkpoint state: the freshly initialized adapter, nothing trained."""
+    from trajhpc.job.checkpoint import CheckpointState
+
+    return CheckpointState(job_id=prep.spec.job_id, stage=0, consumed=0, train_loss=None, train_seconds=0.0,
+                           tokens=zero_tokens(budget=0 if prep.budgets else None))
 
 
 def zero_tokens(stage: int = 0, *, budget: int | None = None) -> dict[str, Any]:
@@ -270,8 +275,8 @@ class Evaluator:
     prep: Prepared
     merged: Any = None
 
-    def __call__(self, model, stage: int, meta: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """(the stage's metrics.json entry, its prediction rows)."""
+    def __call__(self, model, state: CheckpointState) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(the metrics.json entry of the checkpoint's stage, its prediction rows)."""
         from trajhpc.job.evaluate import evaluate
 
         prep, cfg = self.prep, self.prep.spec.eval
@@ -285,11 +290,12 @@ class Evaluator:
             batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, autocast_dtype=prep.autocast,
             tokens_per_batch=cfg.tokens_per_batch, backend=cfg.backend, merged=self.merged,
         )
+        stage = state.stage
         entry = {
             "stage": stage,
             "trained_block": prep.spec.order[stage - 1] if stage else None,
-            "train_loss": meta["train_loss"],
-            "train_seconds": meta["train_seconds"],
+            "train_loss": state.train_loss,
+            "train_seconds": state.train_seconds,
             "eval_seconds": ev.seconds,
             "eval_backend": cfg.backend,
             "per_block": ev.per_block,
@@ -298,22 +304,23 @@ class Evaluator:
         return entry, ev.rows
 
 
-def next_stage_batches(prep: Prepared, stage: int, meta: Mapping[str, Any]):
-    """The batches of training stage ``stage``, after ``meta``'s stage (what is left of a budget)."""
+def next_stage_batches(prep: Prepared, after: CheckpointState):
+    """The batches of the training stage after ``after``'s stage (with what is left of a budget)."""
+    stage = after.stage + 1
     examples = prep.train_examples[prep.spec.order[stage - 1]]
-    left = prep.budgets[stage - 1] - meta["consumed"] if prep.budgets else None
-    return block_batches(prep.spec, examples, stage, left)
+    return block_batches(prep.spec, examples, stage, prep.budgets[stage - 1] - after.consumed if prep.budgets else None)
 
 
 def train_stage(
-    prep: Prepared, model, optimizer, plan, meta: Mapping[str, Any], on_step: Callable[..., None]
-) -> tuple[dict[str, Any], Any]:
-    """Train block ``order[stage-1]`` by its ``plan`` (:func:`next_stage_batches`) from the state after
-    ``meta``'s stage; returns (the stage's checkpoint metadata, the scheduler state to checkpoint)."""
+    prep: Prepared, model, optimizer, plan, after: CheckpointState, on_step: Callable[..., None]
+) -> tuple[CheckpointState, Any]:
+    """Train the stage after ``after``'s (block ``order[stage-1]``) by its ``plan`` (:func:`next_stage_batches`);
+    returns (the stage's checkpoint state, the scheduler state to checkpoint)."""
     from trajhpc.job import batching, train
+    from trajhpc.job.checkpoint import CheckpointState
 
     spec = prep.spec
-    stage = meta["stage"] + 1
+    stage = after.stage + 1
     block = spec.order[stage - 1]
     examples = prep.train_examples[block]
     lengths = [len(e.input_ids) for e in examples]
@@ -330,12 +337,12 @@ def train_stage(
     }
     if prep.budgets:
         tokens["budget_cumulative"] = prep.budgets[stage - 1]
-    new_meta = {
-        "job_id": spec.job_id,
-        "stage": stage,
-        "consumed": meta["consumed"] + budget_count(spec, counts),
-        "train_loss": result.loss,
-        "train_seconds": result.seconds,
-        "tokens": tokens,
-    }
-    return new_meta, result.scheduler_state
+    state = CheckpointState(
+        job_id=spec.job_id,
+        stage=stage,
+        consumed=after.consumed + budget_count(spec, counts),
+        train_loss=result.loss,
+        train_seconds=result.seconds,
+        tokens=tokens,
+    )
+    return state, result.scheduler_state

@@ -35,8 +35,9 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import submitit
 from rich.console import Console
@@ -51,6 +52,12 @@ from trajhpc.jobdir.documents import METRICS_SCHEMA, TOKENS_SCHEMA, MetricsDoc, 
 from trajhpc.jobdir.paths import JobDir
 from trajhpc.jobdir.state import write_state
 from trajhpc.spec import JobSpec, load_spec, spec_from_dict
+
+if TYPE_CHECKING:  # imported where used: they import torch, which bad input never waits for
+    import torch
+
+    from trajhpc.job.checkpoint import Checkpoint
+    from trajhpc.job.recipe import Evaluator
 
 FAULT_ENV = "TRAJHPC_FAULT_INJECT"
 
@@ -289,6 +296,20 @@ def resources(
 # ---------------------------------------------------------------- the run
 
 
+@dataclass
+class _Outputs:
+    """The stage entries of metrics.json and of tokens.json so far, earlier attempts' included;
+    each evaluated stage appends one to both."""
+
+    stages: list[dict[str, Any]]
+    token_stages: list[dict[str, Any]]
+
+    @property
+    def done(self) -> int:
+        """The last evaluated stage (-1: none yet)."""
+        return len(self.stages) - 1
+
+
 class _Run:
     """One attempt at a job: the recipe's phases (:mod:`trajhpc.job.recipe`) driven through the
     job directory's checkpoints; :meth:`run` reads top to bottom as the protocol."""
@@ -315,57 +336,62 @@ class _Run:
         from trajhpc.job import checkpoint, train
         from trajhpc.job.progress import log
 
-        stages, token_stages, found = self._earlier_attempts(metrics, checkpoint.find_checkpoint(job_dir))
-        if stages:
-            log(self.console, f"job {spec.job_id}: resuming after stage {len(stages) - 1}")
-        done = len(stages) - 1
-        self.provenance["resumed_after_stage"] = done if done >= 0 else None
+        found = checkpoint.find_checkpoint(job_dir)
+        outputs = self._earlier_attempts(metrics, found)
+        if outputs.stages:
+            log(self.console, f"job {spec.job_id}: resuming after stage {outputs.done}")
+        self.provenance["resumed_after_stage"] = outputs.done if outputs.done >= 0 else None
         # The stage after the checkpoint's is trained from its first step: its logged steps go.
-        trainlog.keep_through(job_dir, found[1]["stage"] if found else 0)
+        trainlog.keep_through(job_dir, found.state.stage if found else 0)
 
         # The model: quantized base + adapter (fresh, or the checkpoint's).
-        model, optimizer = recipe.load_model(prep, found[0] / "adapter" if found else None)
+        model, optimizer = recipe.load_model(prep, found.files.adapter if found else None)
         self.params = train.parameter_counts(model)
-        if found is None:  # stage 0's checkpoint: the freshly initialized adapter
-            meta = recipe.start_meta(prep)
-            ckpt = checkpoint.save_checkpoint(job_dir, model, optimizer, meta)
-        else:
-            ckpt, meta = found
+        ckpt = found
+        if ckpt is None:  # stage 0's checkpoint: the freshly initialized adapter
+            start = recipe.start_state(prep)
+            ckpt = checkpoint.Checkpoint(checkpoint.save_checkpoint(job_dir, model, optimizer, start), start)
         evaluate = recipe.Evaluator(prep)
         with trainlog.TrainLog(job_dir) as self.train_log:
-            self._stages(prep, model, optimizer, evaluate, ckpt, meta, stages, token_stages, done)
+            self._stages(model, optimizer, evaluate, ckpt, outputs)
         return read_json(JobDir(job_dir).metrics)
 
-    def _stages(self, prep, model, optimizer, evaluate, ckpt, meta, stages, token_stages, done) -> None:
+    def _stages(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, evaluate: Evaluator, ckpt: Checkpoint,
+        outputs: _Outputs,
+    ) -> None:
         """From the checkpoint's stage on: evaluate it (if not yet), train the next stage, checkpoint, repeat."""
         from trajhpc.job import checkpoint, recipe
         from trajhpc.job.progress import StageProgress, log
 
-        spec, job_dir, n = self.spec, self.job_dir, len(self.spec.order)
-        k = meta["stage"]
+        spec, job_dir, prep, n = self.spec, self.job_dir, self.prep, len(self.spec.order)
+        k = ckpt.state.stage
         while True:
-            if k > done:  # evaluate the checkpoint's stage
-                self._activity(done, {"phase": "evaluating", "stage": k})
+            if k > outputs.done:  # evaluate the checkpoint's stage
+                self._activity(outputs.done, {"phase": "evaluating", "stage": k})
                 log(self.console, f"stage {k}/{n}: evaluating {len(prep.heldout)} held-out examples")
-                entry, rows = evaluate(model, k, meta)
+                entry, rows = evaluate(model, ckpt.state)
                 atomic_write_jsonl(JobDir(job_dir).predictions(k), rows)
-                stages.append(entry)
-                token_stages.append(meta["tokens"])
-                done = k
-                self._write_outputs(stages, token_stages, meta["consumed"], prep.budgets, complete=k == n)
+                outputs.stages.append(entry)
+                outputs.token_stages.append(dict(ckpt.state.tokens))
+                self._write_outputs(outputs, ckpt.state.consumed, prep.budgets, complete=k == n)
                 if self.fault == ("after-stage", k, None):
                     raise InjectedFault(f"after stage {k}")
             if k == n:
                 break
             # Both fresh and resumed runs continue from the checkpoint's bytes.
-            checkpoint.restore_checkpoint(ckpt, model, optimizer)
+            checkpoint.restore_checkpoint(ckpt.path, model, optimizer)
             k += 1
-            plan = recipe.next_stage_batches(prep, k, meta)
-            self._activity(done, {"phase": "training", "stage": k, "steps": len(plan.steps)})
+            plan = recipe.next_stage_batches(prep, ckpt.state)
+            self._activity(outputs.done, {"phase": "training", "stage": k, "steps": len(plan.steps)})
             with StageProgress(f"stage {k}/{n} {spec.order[k - 1]}", len(plan.steps), self.console) as progress:
-                meta, scheduler_state = recipe.train_stage(prep, model, optimizer, plan, meta, self._step_hook(k, progress))
+                state, scheduler_state = recipe.train_stage(
+                    prep, model, optimizer, plan, ckpt.state, self._step_hook(k, progress)
+                )
             self.train_log.sync()  # the checkpoint's steps are on disk before it is
-            ckpt = checkpoint.save_checkpoint(job_dir, model, optimizer, meta, scheduler_state)
+            ckpt = checkpoint.Checkpoint(
+                checkpoint.save_checkpoint(job_dir, model, optimizer, state, scheduler_state), state
+            )
             if self.fault == ("after-checkpoint", k, None):
                 raise InjectedFault(f"after checkpoint {k}")
 
@@ -374,23 +400,23 @@ class _Run:
         write_state(self.job_dir, "running", max(done, 0), len(self.spec.order), started=self.provenance["started"],
                     activity=activity)
 
-    def _earlier_attempts(self, metrics, found):
-        """(stage entries, token entries, checkpoint) that earlier attempts left, checked for consistency."""
+    def _earlier_attempts(self, metrics: Mapping[str, Any] | None, found: Checkpoint | None) -> _Outputs:
+        """The stage and token entries earlier attempts left, checked against the checkpoint."""
         stages = list(metrics["stages"]) if metrics else []
         done = len(stages) - 1
         tokens_doc = read_json(JobDir(self.job_dir).tokens)
         # tokens.json is written before metrics.json: drop a stage metrics does not list yet.
         token_stages = list(tokens_doc["stages"][: done + 1]) if tokens_doc else []
         if found is not None:
-            meta = found[1]
-            if meta.get("job_id") != self.spec.job_id or meta["stage"] not in (done, done + 1):
+            state = found.state
+            if state.job_id != self.spec.job_id or state.stage not in (done, done + 1):
                 raise TrajhpcError(
-                    f"{self.job_dir}: checkpoint (stage {meta['stage']}) does not fit metrics.json "
+                    f"{self.job_dir}: checkpoint (stage {state.stage}) does not fit metrics.json "
                     f"(stages 0..{done} done); delete the job directory to start over"
                 )
         elif done >= 0:
             raise TrajhpcError(f"{self.job_dir}: metrics.json lists stages 0..{done} but checkpoint/ is missing")
-        return stages, token_stages, found
+        return _Outputs(stages, token_stages)
 
     def _step_hook(self, stage: int, progress):
         def hook(r) -> None:  # a trajhpc.job.train.StepReport
@@ -406,8 +432,11 @@ class _Run:
 
         return hook
 
-    def _write_outputs(self, stages, token_stages, consumed: int, budgets, *, complete: bool) -> None:
+    def _write_outputs(
+        self, outputs: _Outputs, consumed: int, budgets: Sequence[int] | None, *, complete: bool
+    ) -> None:
         spec, n = self.spec, len(self.spec.order)
+        stages, token_stages = outputs.stages, outputs.token_stages
         budget = None
         if spec.token_budget is not None:
             budget = {

@@ -1,5 +1,5 @@
-"""The job directory: the names of its files (:class:`JobDir`), one safe JSON reader and one way
-to find job directories.
+"""The job directory: the names of its files (:class:`JobDir`, and :class:`CheckpointDir` for the
+checkpoint folder's), one safe reader and one way to find job directories.
 
 ``trajhpc status`` and ``trajhpc aggregate`` both list jobs with :func:`find_job_dirs`
 and read their files with :func:`read_json_file`, so they agree on which jobs exist
@@ -32,9 +32,22 @@ STATE = "state.json"
 METRICS = "metrics.json"
 TOKENS = "tokens.json"
 RECORD = "submission.json"  # how the job was last submitted
+TRAIN_LOG = "train_log.jsonl"  # one line per optimizer step (trajhpc.jobdir.trainlog)
 PREDICTIONS = "predictions"
 CHECKPOINT = "checkpoint"
+# A new checkpoint is written into CHECKPOINT_TMP, then swapped in: CHECKPOINT -> CHECKPOINT_OLD,
+# CHECKPOINT_TMP -> CHECKPOINT (trajhpc.job.checkpoint repairs a swap cut between the two).
+CHECKPOINT_TMP = ".checkpoint.tmp"
+CHECKPOINT_OLD = ".checkpoint.old"
 LOCK = ".lock"  # held by the process running the job (trajhpc.core.locks)
+# The files of a checkpoint folder. The adapter folder is peft's ``save_pretrained`` output.
+ADAPTER = "adapter"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+OPTIMIZER = "optimizer.pt"
+SCHEDULER = "scheduler.pt"
+RNG = "rng.pt"
+TRAINER_STATE = "trainer_state.json"  # written last: its presence marks a complete checkpoint
 RECORD_SCHEMA = "trajhpc.submission/1"
 # A folder holding any of these is a job directory (spec.json missing is then an error).
 JOB_FILES = (SPEC, METRICS, TOKENS)
@@ -67,8 +80,20 @@ class JobDir:
         return self.path / RECORD
 
     @property
+    def train_log(self) -> Path:
+        return self.path / TRAIN_LOG
+
+    @property
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT
+
+    @property
+    def checkpoint_tmp(self) -> Path:
+        return self.path / CHECKPOINT_TMP
+
+    @property
+    def checkpoint_old(self) -> Path:
+        return self.path / CHECKPOINT_OLD
 
     @property
     def lock(self) -> Path:
@@ -77,6 +102,42 @@ class JobDir:
     def predictions(self, stage: int) -> Path:
         """The prediction rows of the evaluation after ``stage``."""
         return self.path / PREDICTIONS / f"stage-{stage}.jsonl"
+
+
+@dataclass(frozen=True)
+class CheckpointDir:
+    """Where each file of one checkpoint folder lives (``checkpoint/``, or the temp or old one of a swap)."""
+
+    path: Path
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / ADAPTER
+
+    @property
+    def adapter_weights(self) -> Path:
+        return self.path / ADAPTER / ADAPTER_WEIGHTS
+
+    @property
+    def adapter_config(self) -> Path:
+        return self.path / ADAPTER / ADAPTER_CONFIG
+
+    @property
+    def optimizer(self) -> Path:
+        return self.path / OPTIMIZER
+
+    @property
+    def scheduler(self) -> Path:
+        return self.path / SCHEDULER
+
+    @property
+    def rng(self) -> Path:
+        return self.path / RNG
+
+    @property
+    def state(self) -> Path:
+        return self.path / TRAINER_STATE
+
 
 Kind = Literal["missing", "corrupt", "unreadable"]
 
@@ -105,8 +166,9 @@ def _os_reason(err: OSError) -> str:
     return (err.strerror or type(err).__name__).lower()
 
 
-def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
-    """A regular file opened for binary reading; FileProblem (missing, corrupt, unreadable) otherwise.
+def open_regular(path: str | os.PathLike[str], *, max_bytes: int | None = None) -> BinaryIO:
+    """A regular file (of at most ``max_bytes`` when given) opened for binary reading;
+    FileProblem (missing, corrupt, unreadable) otherwise.
 
     Opened without blocking (a FIFO with no writer would block a plain ``open``) and
     checked with ``fstat`` before a single byte is read.
@@ -119,10 +181,12 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     except OSError as err:
         raise FileProblem(path, "unreadable", _os_reason(err)) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            what = _KINDS.get(stat.S_IFMT(mode), "a special file")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = _KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
             raise FileProblem(path, "corrupt", f"not a regular file ({what})")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise FileProblem(path, "corrupt", f"larger than {max_bytes:,} bytes ({st.st_size:,})")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -131,11 +195,8 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
 
 def read_bytes(path: str | os.PathLike[str], *, max_bytes: int = MAX_BYTES) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; FileProblem otherwise."""
-    with open_regular(path) as f:
+    with open_regular(path, max_bytes=max_bytes) as f:
         try:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_bytes:
-                raise FileProblem(path, "corrupt", f"larger than {max_bytes:,} bytes ({size:,})")
             raw = f.read(max_bytes + 1)
         except OSError as err:
             raise FileProblem(path, "unreadable", _os_reason(err)) from None

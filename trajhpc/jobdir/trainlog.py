@@ -12,22 +12,27 @@ started again it retrains the stage from the last checkpoint, so it first keeps 
 entries of the checkpoint's stages (:func:`keep_through`): the file of a resumed job
 then holds exactly the steps of an uninterrupted run. The log is fsynced before every
 checkpoint (:meth:`TrainLog.sync`), so a checkpoint's stages are never missing from it.
+
+Every reader of the file reads it here (:func:`read_train_log`, :func:`tail`), under one
+size cap: leniently for the job and the live view (a line torn by a kill is skipped),
+strictly for the aggregate (a damaged log is a FileProblem naming its first bad line).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from trajhpc.core.atomic import atomic_write_text
 from trajhpc.core.errors import TrajhpcError
-from trajhpc.jobdir.paths import FileProblem, open_regular
+from trajhpc.jobdir.paths import TRAIN_LOG, FileProblem, JobDir, open_regular, read_bytes
 
-TRAIN_LOG = "train_log.jsonl"
 FIELDS = ("stage", "step", "loss", "lr", "tokens", "tokens_per_s")
-MAX_BYTES = 256 * 2**20  # ~2 million steps
+_INTEGERS = ("stage", "step", "tokens")  # the other fields are numbers
+MAX_BYTES = 256 * 2**20  # ~2 million steps; the one cap of every reader of the log
 
 
 def entry(*, stage: int, step: int, loss: float, lr: float, tokens: int, tokens_per_s: float) -> dict[str, Any]:
@@ -36,59 +41,94 @@ def entry(*, stage: int, step: int, loss: float, lr: float, tokens: int, tokens_
             "tokens_per_s": round(float(tokens_per_s), 1)}
 
 
-def _valid(obj: Any) -> bool:
-    return (
-        isinstance(obj, dict) and set(FIELDS) <= set(obj)
-        and all(isinstance(obj[k], int) and not isinstance(obj[k], bool) for k in ("stage", "step", "tokens"))
-        and all(isinstance(obj[k], (int, float)) and not isinstance(obj[k], bool) for k in ("loss", "lr", "tokens_per_s"))
-    )
+def entry_problem(obj: Any, *, strict: bool = False, n_stages: int | None = None) -> str | None:
+    """Why one parsed line is not a log entry (None when it is).
+
+    Both modes want an object with every field, of its type. ``strict`` also wants sane
+    values: finite numbers, steps from 1 and, given ``n_stages``, a training stage (1 to
+    n_stages). Lenient reading keeps what the job wrote, a diverged step's NaN loss
+    included: :func:`keep_through` must never drop a step the job took.
+    """
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    for key in FIELDS:
+        if key not in obj:
+            return f"no {key!r}"
+        value = obj[key]
+        if key in _INTEGERS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"{key} {value!r} is not an integer"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or (strict and not math.isfinite(value)):
+            return f"{key} {value!r} is not a number (finite)"
+    if strict and n_stages is not None and not 1 <= obj["stage"] <= n_stages:
+        return f"stage {obj['stage']} is not a training stage (1 to {n_stages})"
+    if strict and obj["step"] < 1:
+        return f"step {obj['step']} (steps count from 1 within a stage)"
+    return None
 
 
-def parse(data: bytes) -> list[dict[str, Any]]:
-    """The valid entries of the file's bytes; a line torn by a kill, or damaged, is skipped."""
+def parse(
+    data: bytes, *, strict: bool = False, n_stages: int | None = None, path: str | os.PathLike[str] = TRAIN_LOG
+) -> list[dict[str, Any]]:
+    """The entries in the log's bytes, in file order.
+
+    Lenient: a line torn by a kill, or damaged, is skipped. ``strict``: every line must be
+    a sane entry (:func:`entry_problem`); FileProblem ``corrupt`` naming the first that is not.
+    """
+    if strict:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise FileProblem(path, "corrupt", f"not UTF-8 text (at byte {err.start})") from None
     out = []
-    for line in data.split(b"\n"):
+    for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except ValueError:
+            obj = json.loads(line.decode("utf-8"))
+        except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the parser's stack
+            if strict:
+                raise FileProblem(path, "corrupt", f"line {number} is not valid JSON (truncated or damaged)") from None
             continue
-        if _valid(obj):
+        problem = entry_problem(obj, strict=strict, n_stages=n_stages)
+        if problem is None:
             out.append(obj)
+        elif strict:
+            raise FileProblem(path, "corrupt", f"line {number}: {problem}")
     return out
 
 
-def _read(path: Path, window: int | None) -> bytes:
-    """The file's bytes (its last ``window`` bytes); b"" when absent; FileProblem when not a regular file."""
+def read_train_log(
+    job_dir: str | os.PathLike[str], *, strict: bool = False, n_stages: int | None = None
+) -> list[dict[str, Any]]:
+    """The entries of ``<job_dir>/train_log.jsonl``, read whole (at most :data:`MAX_BYTES`).
+
+    Lenient (the job, a live view): the valid entries, torn or damaged lines skipped; []
+    when the file is absent; FileProblem when it is unusable (not a regular file, too
+    large, unreadable). ``strict`` (the aggregate: a study's curves must not hide damage):
+    every line a sane entry of a stage 1 to ``n_stages``, else FileProblem (``missing``
+    included) naming the first bad line.
+    """
+    path = JobDir(Path(job_dir)).train_log
     try:
-        f = open_regular(path)
+        data = read_bytes(path, max_bytes=MAX_BYTES)
     except FileProblem as problem:
-        if problem.kind == "missing":
-            return b""
+        if problem.kind == "missing" and not strict:
+            return []
         raise
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if window is None:
-            if size > MAX_BYTES:
-                raise FileProblem(path, "corrupt", f"larger than {MAX_BYTES // 2**20} MiB")
-            return f.read()
-        f.seek(max(0, size - window))
-        data = f.read()
-        return data if size <= window else data.split(b"\n", 1)[-1]  # the first line may be cut
-
-
-def read_train_log(job_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every valid entry of ``<job_dir>/train_log.jsonl`` ([] when it is absent); FileProblem when unusable."""
-    return parse(_read(Path(job_dir) / TRAIN_LOG, None))
+    return parse(data, strict=strict, n_stages=n_stages, path=path)
 
 
 def tail(job_dir: str | os.PathLike[str], window: int = 16 * 1024) -> list[dict[str, Any]]:
-    """The last entries (from the last ``window`` bytes): what a live view needs; [] when unusable."""
+    """The last entries (from the last ``window`` bytes, read leniently): what a live view needs; [] when unusable."""
     try:
-        return parse(_read(Path(job_dir) / TRAIN_LOG, window))
+        with open_regular(JobDir(Path(job_dir)).train_log) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - window))
+            data = f.read()
     except (FileProblem, OSError):
         return []
+    return parse(data if size <= window else data.split(b"\n", 1)[-1])  # the first line may be cut
 
 
 def keep_through(job_dir: str | os.PathLike[str], stage: int) -> int:
@@ -97,10 +137,12 @@ def keep_through(job_dir: str | os.PathLike[str], stage: int) -> int:
     Called when an attempt starts from the checkpoint of ``stage``: the stage after it is
     trained (again) from its first step.
     """
-    path = Path(job_dir) / TRAIN_LOG
+    path = JobDir(Path(job_dir)).train_log
     try:
-        data = _read(path, None)
+        data = read_bytes(path, max_bytes=MAX_BYTES)
     except FileProblem as problem:
+        if problem.kind == "missing":
+            return 0
         raise TrajhpcError(f"{path}: {problem.detail}; delete it (it is only the training log)") from None
     if not data:
         return 0
@@ -115,7 +157,7 @@ class TrainLog:
     """Appends entries to ``<job_dir>/train_log.jsonl``, one line and one flush per step."""
 
     def __init__(self, job_dir: str | os.PathLike[str]):
-        self.path = Path(job_dir) / TRAIN_LOG
+        self.path = JobDir(Path(job_dir)).train_log
         self._file = None
 
     def __enter__(self) -> "TrainLog":

@@ -3,9 +3,10 @@
 A job writes one JSON object per optimizer step (:mod:`trajhpc.jobdir.trainlog`, docs/CONTRACTS.md):
 ``{"stage": int, "step": int (1-based within the stage), "loss": float, "lr": float,
 "tokens": int, "tokens_per_s": float}``. Reading is tolerant: a missing or damaged log
-means no curve for that job, said in a note, never an exception (stricter than the writer's own
-reader, which skips a line torn by a kill: a study's curves should not hide damage); files are read with
-:mod:`trajhpc.jobdir.paths`'s bounded reader (a FIFO or a huge file is refused, not read).
+means no curve for that job, said in a note, never an exception. The log is read by
+:func:`trajhpc.jobdir.trainlog.read_train_log` in its strict mode (the job's own reading skips a
+line torn by a kill; a study's curves should not hide damage), through the bounded reader
+(a FIFO or a huge file is refused, not read).
 
 :func:`loss_frame` is pure: per arm and global step (the job's steps counted across its
 stages), the mean training loss over the arm's units.
@@ -13,20 +14,15 @@ stages), the mean training loss over the arm's units.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import polars as pl
 
-from trajhpc.jobdir.paths import FileProblem, read_bytes
-from trajhpc.jobdir.trainlog import TRAIN_LOG
+from trajhpc.jobdir import trainlog
+from trajhpc.jobdir.paths import TRAIN_LOG, FileProblem
 
-MAX_LOG_BYTES = 64 * 2**20  # ~ 500,000 steps of ~120 bytes
-_INT, _FLOAT = "an integer", "a number"
-FIELDS = {"stage": _INT, "step": _INT, "loss": _FLOAT, "lr": _FLOAT, "tokens": _INT, "tokens_per_s": _FLOAT}
 LOG_SCHEMA = {
     "job_id": pl.String, "stage": pl.Int64, "step": pl.Int64, "loss": pl.Float64, "lr": pl.Float64,
     "tokens": pl.Int64, "tokens_per_s": pl.Float64,
@@ -43,62 +39,22 @@ class TrainLogs:
     missing: list[str] = field(default_factory=list)  # job ids without a train_log.jsonl
 
 
-class _Damaged(Exception):
-    pass
-
-
-def _check_row(value: Any, n_stages: int) -> tuple[Any, ...]:
-    if not isinstance(value, dict):
-        raise _Damaged(f"expected a JSON object, got {type(value).__name__}")
-    row = []
-    for key, kind in FIELDS.items():
-        if key not in value:
-            raise _Damaged(f"no {key!r}")
-        v = value[key]
-        ok = isinstance(v, int) if kind == _INT else isinstance(v, (int, float)) and math.isfinite(v)
-        if isinstance(v, bool) or not ok:
-            raise _Damaged(f"{key} {v!r} is not {kind}" + ("" if kind == _INT else " (finite)"))
-        row.append(v)
-    stage, step = row[0], row[1]
-    if not 1 <= stage <= n_stages:
-        raise _Damaged(f"stage {stage} is not a training stage (1 to {n_stages})")
-    if step < 1:
-        raise _Damaged(f"step {step} (steps count from 1 within a stage)")
-    return tuple(row)
-
-
 def read_train_log(job_dir: Path, n_stages: int) -> tuple[pl.DataFrame | None, str | None]:
     """One job's steps (``stage, step, loss, lr, tokens, tokens_per_s``, sorted), or None and why.
 
     A step logged twice (a job resumed from the checkpoint before it trains the stage
     again) keeps its last entry. Why is ``missing`` or ``train_log.jsonl: corrupt: ...``.
     """
-    path = job_dir / TRAIN_LOG
     try:
-        raw = read_bytes(path, max_bytes=MAX_LOG_BYTES)
+        entries = trainlog.read_train_log(job_dir, strict=True, n_stages=n_stages)
     except FileProblem as problem:
         return None, "missing" if problem.kind == "missing" else str(problem)
-    rows: dict[tuple[int, int], tuple[Any, ...]] = {}
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return None, f"{TRAIN_LOG}: corrupt: not UTF-8 text (at byte {err.start})"
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = _check_row(json.loads(line), n_stages)
-        except (json.JSONDecodeError, RecursionError):
-            return None, f"{TRAIN_LOG}: corrupt: line {number} is not valid JSON (truncated or damaged)"
-        except _Damaged as err:
-            return None, f"{TRAIN_LOG}: corrupt: line {number}: {err}"
-        rows[(row[0], row[1])] = row
-    if not rows:
+    if not entries:
         return None, f"{TRAIN_LOG}: corrupt: no steps logged"
+    rows = {(e["stage"], e["step"]): e for e in entries}
     ordered = [rows[k] for k in sorted(rows)]
-    names = list(FIELDS)
-    return pl.DataFrame({k: [r[i] for r in ordered] for i, k in enumerate(names)},
-                        schema={k: LOG_SCHEMA[k] for k in names}), None
+    return pl.DataFrame({k: [e[k] for e in ordered] for k in trainlog.FIELDS},
+                        schema={k: LOG_SCHEMA[k] for k in trainlog.FIELDS}), None
 
 
 def read_train_logs(jobs: Sequence[tuple[str, Path, int]]) -> TrainLogs:

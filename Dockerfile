@@ -10,7 +10,7 @@
 # One file, two bases: BASE_IMAGE is the CUDA runtime image by default; CI builds
 # the same file on a Debian bookworm base made with debootstrap
 # (scripts/container-ci.sh). Any Debian or Ubuntu base with python3 >= 3.11 works.
-# The pins below must equal pyproject.toml's (tests/test_containers.py fails when
+# The pins below must equal pyproject.toml's (tests/launch/test_containers.py fails when
 # they drift). torch comes from TORCH_INDEX, same version as the pin.
 # BASE_IMAGE and TORCH_INDEX go together: CUDA 12.8 <-> cu128, no CUDA <-> cpu.
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 # Set before any test imports transformers/datasets: nothing may touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +29,22 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 UPDATE_GOLDEN = "TRAJHPC_UPDATE_GOLDEN"
 # Fixture helper modules (synthetic_jobs, hub_api_bank) import by name.
 sys.path.insert(0, str(FIXTURES))
+
+
+@contextmanager
+def deadline(seconds: int = 20) -> Iterator[None]:
+    """Fail (instead of hanging the suite) when the block takes longer than ``seconds``."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"took longer than {seconds}s (hung?)")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ submitit renders the sbatch script, converts memory, names the log files, lists 
 job-environment variables and parses ``sacct`` output with functions that are not part
 of its public API, and runs a task and the local controller as private modules
 (``submitit.core._submit``, ``submitit.local._local``). trajhpc reaches them only through this module, so a submitit upgrade
-that moves one breaks here, caught by the golden sbatch test (tests/test_launch.py).
+that moves one breaks here, caught by the golden sbatch test (tests/launch/test_launch.py).
 """
 
 from __future__ import annotations

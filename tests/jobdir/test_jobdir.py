@@ -10,14 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
 import pytest
+import synthetic_jobs as sj  # noqa: E402
 from rich.console import Console
 
 from trajhpc.core.errors import TrajhpcError
@@ -27,26 +26,7 @@ from trajhpc.launch.status import collect_rows, counts_line
 from trajhpc.launch.statuscmd import status_command
 from trajhpc.results import aggregate as agg
 
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import synthetic_jobs as sj  # noqa: E402
-
 N_JOBS = 4
-
-
-@contextmanager
-def deadline(seconds: int = 20):
-    """Fail (instead of hanging the suite) when the block takes longer than ``seconds``."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"took longer than {seconds}s (hung?)")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.fixture()
@@ -341,6 +321,7 @@ def test_jobs_csv_keeps_unreadable_reasons(study, monkeypatch):
 
 # ---------------------------------------------------------------- property: random bytes never break a reader
 
+from conftest import deadline
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import cloudpickle
 import pytest
 import submitit
+from conftest import FINISHED_CONTEXT, FINISHED_SPEC
 from rich.console import Console
 
 from trajhpc.core import provenance
 from trajhpc.core.errors import TrajhpcError
 from trajhpc.job.run import JobTask, final_summary, run_job, run_job_command
 from trajhpc.spec import JobSpec
-
-from conftest import FINISHED_CONTEXT, FINISHED_SPEC
 
 ORDER = FINISHED_SPEC["order"]
 ALL_BLOCKS = {"care-appointments", "medication-treatment", "mental-wellness-fitness", "cost-insurance-other"}
@@ -173,7 +172,7 @@ def test_job_logs_keep_real_warnings_and_drop_library_noise():
 
 def test_token_matched_arm_reaches_its_budget_within_one_batch(tmp_path, done_job):
     """A@B counts total tokens: A's prompts are shorter, so it needs more examples (extra passes over
-    a block are exercised by tests/test_resume.py's token-matched arm)."""
+    a block are exercised by tests/job/test_resume.py's token-matched arm)."""
     from transformers import AutoTokenizer
 
     from trajhpc.data.conditions import tokenize_examples

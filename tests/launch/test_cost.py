@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from rich.console import Console
 
 from trajhpc.core.errors import InputError
@@ -15,7 +16,6 @@ from trajhpc.launch.cost import JobWork, Rates, WorkPlanner, format_estimate, jo
 from trajhpc.launch.submit import submit_command
 from trajhpc.spec import JobSpec, TokenBudget
 
-REPO = Path(__file__).resolve().parent.parent
 RATES = {"schema": "trajhpc.rates/1", "device": "NVIDIA H200", "train_tokens_per_s": 10000.0,
          "eval_prompts_per_s": 20.0, "setup_s": 30.0}
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from trajhpc.core.errors import InputError
 from trajhpc.study.grid import expand
 from trajhpc.study.manifest import ConditionEntry, RandomOrders, SeedRange, load_manifest, parse_manifest
 
-REPO = Path(__file__).resolve().parent.parent
 HEAD = "study: s\nconditions: [A]\n"  # the two required keys, lines 1-2
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import deadline
 
 from trajhpc.core.atomic import atomic_write_json
 from trajhpc.core.errors import TrajhpcError
@@ -26,22 +25,6 @@ OLD_STATE = {
                "total_tokens": 940, "padded_tokens": 1000, "passes": 1, "truncated_examples": 0,
                "budget_cumulative": 812},
 }
-
-
-@contextmanager
-def deadline(seconds: int = 10):
-    """Fail (instead of hanging the suite) when the block takes longer than ``seconds``."""
-
-    def expired(signum, frame):
-        raise TimeoutError(f"took longer than {seconds}s (hung?)")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _checkpoint(job_dir: Path) -> CheckpointDir:

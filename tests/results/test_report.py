@@ -1,19 +1,14 @@
 """report.md against a golden file, the methods text, the terminal summary."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+import synthetic_jobs as sj  # noqa: E402
 from rich.console import Console
 
 from trajhpc.results import aggregate as agg
 from trajhpc.results import report
 from trajhpc.results.studyresult import StudyResult
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import synthetic_jobs as sj  # noqa: E402
-
 
 
 @pytest.fixture(scope="module")

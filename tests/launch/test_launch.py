@@ -1,7 +1,7 @@
 """Submission: the sbatch script (golden), executors, containers, resubmission, and a local end-to-end run.
 
 Slurm itself is faked here (``sbatch``/``srun``/``sacct`` scripts on PATH) so the real
-submitit code path runs without a cluster; tests/test_slurm_integration.py uses a real one.
+submitit code path runs without a cluster; tests/launch/test_slurm_integration.py uses a real one.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from rich.console import Console
 
 from trajhpc.core.errors import InputError, TrajhpcError
@@ -38,7 +39,6 @@ from trajhpc.study import containerfields as fields
 from trajhpc.study.grid import expand
 from trajhpc.study.manifest import Resources, load_manifest, parse_manifest
 
-REPO = Path(__file__).resolve().parent.parent
 FOLDER = Path("/runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef")
 APPTAINER = ctr.python_command("apptainer", "/images/trajhpc.sif", ["/runs", "/data:/data:ro"], gpus=True)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import synthetic_jobs as sj  # noqa: E402
 from rich.console import Console
 
 from trajhpc.core.errors import TrajhpcError
@@ -16,9 +17,6 @@ from trajhpc.results import aggregate as agg
 from trajhpc.results import plots, report, stats
 from trajhpc.results import tables as tbl
 from trajhpc.results.studyresult import StudyResult
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import synthetic_jobs as sj  # noqa: E402
 
 ORDERS = [("a", "b", "c"), ("c", "b", "a")]
 
@@ -498,7 +496,7 @@ def test_aggregate_command_prints_a_summary_and_writes_plots(study):
     text = console.export_text()
     assert "study s1" in text and "18 complete jobs, 0 excluded" in text and "B − A" in text
     out = study / "s1" / "aggregate"
-    for png in plots.PLOT_FILES:  # the figures' content: tests/test_plots.py
+    for png in plots.PLOT_FILES:  # the figures' content: tests/results/test_plots.py
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({png})" in (out / "report.md").read_text()
 

@@ -1,19 +1,16 @@
 """The aggregate's plots, read from the figures themselves (axis limits, lines, labels, heatmap
 values), and the training-loss curves read from the jobs' train_log.jsonl."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+import synthetic_jobs as sj  # noqa: E402
 
 from trajhpc.results import aggregate as agg
 from trajhpc.results import plots
 from trajhpc.results.studyresult import StudyResult
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import synthetic_jobs as sj  # noqa: E402
 
 ORDERS = [("a", "b", "c"), ("c", "b", "a")]
 SEEDS = (0, 1, 2)

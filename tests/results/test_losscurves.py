@@ -3,18 +3,15 @@ is no curve and a note, never an exception) and the mean loss per arm and global
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
+import synthetic_jobs as sj  # noqa: E402
 
 from trajhpc.results import aggregate as agg
 from trajhpc.results.losscurves import read_train_log
 from trajhpc.results.studyresult import StudyResult
-
-sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-import synthetic_jobs as sj  # noqa: E402
 
 ORDERS = [("a", "b", "c"), ("c", "b", "a")]
 

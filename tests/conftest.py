@@ -22,6 +22,7 @@ if "TRAJHPC_CACHE" not in os.environ:
     os.environ["TRAJHPC_CACHE"] = str(Path(tempfile.gettempdir()) / f"trajhpc-test-cache-{os.getuid()}")
 
 import pytest  # noqa: E402
+from rich.cells import cell_len  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -45,6 +46,16 @@ def deadline(seconds: int = 20) -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def assert_fits(text: str, width: int, headers=()) -> None:
+    """No line wider than ``width``, no column collapsed to nothing, no header or cell cut short."""
+    for line in text.splitlines():
+        assert cell_len(line.rstrip()) <= width, line
+    assert "┳┳" not in text and "╇╇" not in text and "┃┃" not in text, text
+    assert "…" not in text, text
+    for header in headers:
+        assert header in text, (header, text)
 
 
 @pytest.fixture(scope="session")

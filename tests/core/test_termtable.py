@@ -4,26 +4,17 @@ from __future__ import annotations
 
 import io
 
-from rich.cells import cell_len
 from rich.console import Console
 
 from trajhpc.core.termtable import Col, Style, fit_table, fit_widths
+
+from conftest import assert_fits
 
 
 def render(table, width: int) -> str:
     out = io.StringIO()
     Console(file=out, width=width, color_system=None).print(table)
     return out.getvalue()
-
-
-def assert_fits(text: str, width: int, headers=()) -> None:
-    """No line wider than ``width``, no column collapsed to nothing, no header or cell cut short."""
-    for line in text.splitlines():
-        assert cell_len(line.rstrip()) <= width, line
-    assert "┳┳" not in text and "╇╇" not in text and "┃┃" not in text, text
-    assert "…" not in text, text
-    for header in headers:
-        assert header in text, (header, text)
 
 
 def test_blank_columns_go_then_the_lowest_value_columns():

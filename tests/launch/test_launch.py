@@ -744,7 +744,7 @@ def test_local_submit_with_a_failed_job_exits_3(tmp_path, monkeypatch):
 @pytest.mark.parametrize("width", [80, 120])
 @pytest.mark.parametrize("name", ["smoke.yaml", "grid.yaml", "factorial.yaml"])
 def test_dry_run_table_and_lines_fit_the_terminal(tmp_path, monkeypatch, name, width):
-    from test_termtable import assert_fits
+    from conftest import assert_fits
 
     monkeypatch.chdir(tmp_path)
     out = io.StringIO()

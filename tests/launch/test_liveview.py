@@ -112,7 +112,7 @@ def test_plain_lines_say_when_a_job_finished_a_stage(tmp_path):
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_the_live_table_fits_and_shows_stage_step_loss_tok_s_and_eta(tmp_path, width):
-    from test_termtable import assert_fits
+    from conftest import assert_fits
 
     out = io.StringIO()
     now = [0.0]

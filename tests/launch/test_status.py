@@ -420,7 +420,7 @@ def test_an_interrupted_job_is_shown_as_such(sched, expected):
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_status_table_fits_the_width_without_squeezing_a_column(tmp_path, fake_bin, width):
-    from test_termtable import assert_fits
+    from conftest import assert_fits
 
     study = _study(tmp_path, fake_bin)
     long_error = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.10 GiB total capacity)"

@@ -75,7 +75,7 @@ def test_excluded_table_escapes_cells_and_is_capped(result, monkeypatch):
 
 @pytest.mark.parametrize("width", [80, 120])
 def test_terminal_summary_fits_the_width_with_whole_cells(result, width):
-    from test_termtable import assert_fits
+    from conftest import assert_fits
 
     console = Console(record=True, width=width, color_system=None)
     report.print_summary(console, result)

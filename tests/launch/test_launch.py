@@ -443,6 +443,23 @@ def test_submit_then_resubmit_only_what_needs_it(fake_slurm, tmp_path):
     assert "submitted 2 jobs as Slurm array 102" in text
 
 
+def test_submit_records_the_manifest_analysis_and_its_hash(fake_slurm, tmp_path):
+    (tmp_path / "m.yaml").write_text(MANIFEST + "analysis: {secondary: [{metric: name}]}\n")
+    _submit(Path("m.yaml"))
+    analysis = load_manifest(tmp_path / "m.yaml").analysis.document()
+    assert analysis == {"primary": {"arm": "B", "baseline": "A", "metric": "exact"},  # defaults filled
+                        "secondary": [{"arm": "B", "baseline": "A", "metric": "name", "test": "sign-flip"}]}
+    canonical = json.dumps(analysis, sort_keys=True, separators=(",", ":")).encode()
+    records = _records(tmp_path)
+    assert len(records) == 4
+    for record in records.values():
+        assert record["analysis"] == analysis
+        assert record["analysis_sha256"] == hashlib.sha256(canonical).hexdigest()
+    # The analysis is in no job's spec: another one names the same jobs.
+    (tmp_path / "m.yaml").write_text(MANIFEST + "analysis: {secondary: [{metric: exact_at_budget_total}]}\n")
+    assert sorted(job.job_id for job in expand(load_manifest(tmp_path / "m.yaml"))) == sorted(records)
+
+
 def test_sbatch_failure_is_one_clear_error(fake_slurm, tmp_path):
     (fake_slurm / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
     (tmp_path / "m.yaml").write_text(MANIFEST)
@@ -628,6 +645,8 @@ def test_submit_killed_after_sbatch_is_recovered_not_resubmitted(queued_slurm, t
     records = _records(tmp_path)
     assert sorted(r["slurm_job_id"] for r in records.values()) == ["100_0", "100_1", "100_2", "100_3"]
     assert all(r["recovered"] and r["stderr"].endswith(f"{r['slurm_job_id']}_0_log.err") for r in records.values())
+    analysis = load_manifest(tmp_path / "m.yaml").analysis.document()  # carried by the journal
+    assert all(r["analysis"] == analysis and r["analysis_sha256"] for r in records.values())
     assert not (tmp_path / "jobs" / "st" / ".submitting.json").exists()
 
 

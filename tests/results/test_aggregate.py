@@ -422,7 +422,7 @@ def test_analysis_primary_from_the_manifest_marks_paired_csv_and_the_report(stud
     assert primary["p_holm"] == primary["p_value"]  # the primary is not adjusted
     text = (out / "report.md").read_text()
     assert ("The primary comparison, A@B − B in exact @ total-token budget (declared in the manifest's "
-            "`analysis.primary`), sign-flip over units, is not adjusted;") in text
+            "`analysis.primary`), sign-flip over units, is not adjusted.") in text
     assert "| A@B − B (primary) | exact @ total-token budget |" in text
     assert "| B − A (primary)" not in text
 
@@ -430,7 +430,7 @@ def test_analysis_primary_from_the_manifest_marks_paired_csv_and_the_report(stud
 def test_the_default_primary_says_it_is_the_default(study):
     text = agg.write_outputs(_result(study), plots=False).joinpath("report.md").read_text()
     assert ("The primary comparison, B − A in final exact accuracy (the default; a manifest's "
-            "`analysis.primary` declares another), sign-flip over units, is not adjusted;") in text
+            "`analysis.primary` declares another), sign-flip over units, is not adjusted.") in text
 
 
 @pytest.mark.parametrize(
@@ -520,7 +520,7 @@ def test_arms_without_common_seed_and_order_have_zero_pairs(tmp_path):
     r = _result(tmp_path)
     assert r.paired["pairs"].to_list() == [0] * len(tbl.PAIRED_METRICS)
     assert r.paired["mean_diff"].is_null().all() and r.paired["p_value"].is_null().all()
-    assert "| B − A (primary) | exact | 0 | – | – |" in agg.write_outputs(r, plots=True).joinpath("report.md").read_text()
+    assert "| B − A (primary) | exact | primary | 0 | – | – |" in agg.write_outputs(r, plots=True).joinpath("report.md").read_text()
 
 
 def test_factorial_effects_from_synthetic_job_directories_with_a_planted_interaction(tmp_path):

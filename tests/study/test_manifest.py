@@ -13,6 +13,7 @@ from trajhpc.study.grid import expand
 from trajhpc.study.manifest import ConditionEntry, RandomOrders, SeedRange, load_manifest, parse_manifest
 
 HEAD = "study: s\nconditions: [A]\n"  # the two required keys, lines 1-2
+ABC = "study: s\nconditions: [A, B, calls-only]\n"
 
 
 # ---------------------------------------------------------------- shipped manifests
@@ -179,6 +180,34 @@ def test_analysis_primary_defaults_to_b_minus_a_and_changes_no_job_id():
         parse_manifest(HEAD + "analysis: {primary: {arm: A}}\n", "m.yaml")
 
 
+def test_analysis_secondary_is_declared_like_the_primary_and_changes_no_job_id():
+    plain = parse_manifest(ABC)
+    assert plain.analysis.secondary == () and not plain.written("analysis.primary")
+    declared = parse_manifest(ABC + "analysis:\n  secondary:\n    - {metric: name}\n"
+                              "    - {arm: calls-only, test: item}\n")
+    assert [(s.arm, s.baseline, s.metric, s.test) for s in declared.analysis.secondary] == [
+        ("B", "A", "name", "sign-flip"), ("calls-only", "A", "exact", "item")]
+    assert declared.written("analysis") and not declared.written("analysis.primary")
+    assert [j.job_id for j in expand(declared)] == [j.job_id for j in expand(plain)]
+    # What submit records: the analysis as the manifest states it, defaults filled.
+    assert declared.analysis.document() == {
+        "primary": {"arm": "B", "baseline": "A", "metric": "exact"},
+        "secondary": [{"arm": "B", "baseline": "A", "metric": "name", "test": "sign-flip"},
+                      {"arm": "calls-only", "baseline": "A", "metric": "exact", "test": "item"}],
+    }
+    # Secondaries alone leave the default primary unchecked: a study without B declares its own.
+    alone = parse_manifest("study: s\nconditions: [A, calls-only]\nanalysis: {secondary: [{arm: calls-only}]}\n")
+    assert alone.analysis.secondary[0].label == "calls-only − A"
+
+
+@pytest.mark.parametrize("name", ["grid.yaml", "factorial.yaml", "paper.yaml"])
+def test_shipped_studies_declare_their_analysis(name):
+    m = load_manifest(REPO / "manifests" / name)
+    p = m.analysis.primary
+    assert m.written("analysis.primary") and (p.arm, p.baseline, p.metric) == ("B", "A", "exact")
+    assert m.analysis.secondary  # Holm's family is declared, not "every other row"
+
+
 # ---------------------------------------------------------------- errors: file, line, field, message
 
 ERRORS = [
@@ -198,6 +227,29 @@ ERRORS = [
     (HEAD + "analysis:\n  primary:\n    metric: acc\n", "m.yaml:5: analysis.primary.metric: unknown "
      "metric 'acc'; use one of exact, name, name_excl_toolsearcher, exact_at_budget_supervised, exact_at_budget_total"),
     (HEAD + "analysis: {primry: {}}\n", "m.yaml:3: analysis.primry: unknown key 'primry' (did you mean 'primary'?)"),
+    # analysis.secondary: each entry checked like the primary, each comparison in one family, one direction per pair
+    (ABC + "analysis:\n  secondary:\n    - {arm: C}\n", "m.yaml:5: analysis.secondary.0.arm: arm 'C' is not an arm "
+     "of this manifest; use one of A, B, calls-only"),
+    (ABC + "analysis:\n  secondary:\n    - {metric: name}\n    - {metric: acc}\n", "m.yaml:6: "
+     "analysis.secondary.1.metric: unknown metric 'acc'; use one of exact, name, name_excl_toolsearcher, "
+     "exact_at_budget_supervised, exact_at_budget_total"),
+    (ABC + "analysis:\n  secondary:\n    - {test: mcnemar}\n",
+     "m.yaml:5: analysis.secondary.0.test: Input should be 'sign-flip' or 'item'"),
+    (ABC + "analysis: {secondary: [{arm: B, scope: x}]}\n", "m.yaml:3: analysis.secondary.0.scope: unknown key "
+     "'scope'; valid keys: arm, baseline, metric, test"),
+    (ABC + "analysis:\n  secondary:\n    - {arm: B, baseline: B}\n",
+     "m.yaml:5: analysis.secondary.0: arm and baseline are both 'B': a comparison needs two arms"),
+    (ABC + "analysis:\n  secondary:\n    - {metric: exact}\n", "m.yaml:5: analysis.secondary.0: B − A in exact "
+     "(sign-flip) is already analysis.primary: a comparison is in one family"),
+    (ABC + "analysis:\n  secondary:\n    - {metric: name}\n    - {metric: name, test: sign-flip}\n",
+     "m.yaml:6: analysis.secondary.1: B − A in name (sign-flip) is already analysis.secondary.0: a comparison is "
+     "in one family"),
+    (ABC + "analysis:\n  secondary:\n    - {arm: A, baseline: B, metric: name}\n", "m.yaml:5: analysis.secondary.0: "
+     "A − B is analysis.primary (B − A) the other way round: paired.csv compares two arms in one direction; "
+     "write arm: B, baseline: A"),
+    (ABC + "analysis:\n  secondary:\n    - {arm: calls-only}\n    - {arm: A, baseline: calls-only, metric: name}\n",
+     "m.yaml:6: analysis.secondary.1: A − calls-only is analysis.secondary.0 (calls-only − A) the other way round: "
+     "paired.csv compares two arms in one direction; write arm: calls-only, baseline: A"),
     # bad values
     (HEAD + "train:\n  batch_size: 8\n  lr: 0\n", "m.yaml:5: train.lr: Input should be greater than 0"),
     (HEAD + "executor: slurmm\n", "m.yaml:3: executor: Input should be 'slurm', 'local' or 'auto'"),

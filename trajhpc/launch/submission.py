@@ -2,7 +2,9 @@
 
 ``<job dir>/submission.json`` says how a job was last submitted (executor, Slurm id
 ``<array>_<task>`` or local pid, submitit folder, logs), earlier attempts kept under
-``previous``: it is how ``status`` and the next ``submit`` find the job again.
+``previous``: it is how ``status`` and the next ``submit`` find the job again. It also
+records the manifest's ``analysis`` as it stood at submission, with its sha256: the
+pre-registration the aggregate checks its analysis against.
 ``<study>/.submitting.json`` (the journal) lives from just before ``sbatch`` until every
 record is written, so a submit killed in between is finished by the next one.
 """
@@ -15,7 +17,7 @@ import getpass
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from rich.console import Console
 
@@ -27,6 +29,7 @@ from trajhpc.jobdir.paths import RECORD_SCHEMA, JobDir
 from trajhpc.jobdir.snapshot import read_job_dir
 from trajhpc.launch.slurmquery import find_submission
 from trajhpc.launch.submitit_adapter import log_paths
+from trajhpc.study.comparison import document_sha256
 from trajhpc.study.grid import GridJob
 
 LOCK_FILE = ".submit.lock"
@@ -60,14 +63,16 @@ class Submitter:
     folder: Path  # the submitit folder of this submission
     manifest: str | None  # the manifest's absolute path
     job_name: str  # the Slurm job name
+    analysis: Mapping[str, Any] | None = None  # the manifest's analysis, defaults filled (Analysis.document)
 
 
 def write_record(job: GridJob, by: Submitter, *, slurm_job_id: str | None, local_pid: int | None) -> None:
-    """``submission.json`` (previous attempts kept under ``previous``) and ``spec.json`` if absent."""
+    """``submission.json`` (previous attempts kept under ``previous``; the submitter's analysis and its
+    sha256) and ``spec.json`` if absent."""
     write_spec(job)
     _write_record(
         job.run_dir, executor=by.executor, folder=by.folder, manifest=by.manifest, job_name=by.job_name,
-        slurm_job_id=slurm_job_id, local_pid=local_pid,
+        slurm_job_id=slurm_job_id, local_pid=local_pid, analysis=by.analysis,
     )
 
 
@@ -80,6 +85,7 @@ def _write_record(
     job_name: str,
     slurm_job_id: str | None,
     local_pid: int | None,
+    analysis: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> None:
     old = read_job_dir(run_dir).record
@@ -101,6 +107,8 @@ def _write_record(
             "stdout": str(stdout),
             "stderr": str(stderr),
             "manifest": manifest,
+            "analysis": dict(analysis) if analysis is not None else None,
+            "analysis_sha256": document_sha256(analysis) if analysis is not None else None,
             **extra,
             "previous": previous[:20],
         },
@@ -150,6 +158,7 @@ def write_journal(study_dir: Path, jobs: Sequence[GridJob], by: Submitter) -> No
             "folder": str(by.folder),
             "job_name": by.job_name,
             "manifest": by.manifest,
+            "analysis": dict(by.analysis) if by.analysis is not None else None,
             "jobs": [job.job_id for job in jobs],
         },
     )
@@ -168,6 +177,7 @@ def recover_interrupted(console: Console, study_dir: Path) -> None:
         job_ids = [str(j) for j in journal["jobs"]]
         folder, job_name = Path(journal["folder"]), str(journal["job_name"])
         since = dt.datetime.fromisoformat(journal["since"])
+        analysis = journal.get("analysis") if isinstance(journal.get("analysis"), dict) else None
     except FileNotFoundError:
         return
     except (OSError, ValueError, KeyError, TypeError):
@@ -189,7 +199,7 @@ def recover_interrupted(console: Console, study_dir: Path) -> None:
             slurm_id = f"{array}_{i}" if len(job_ids) > 1 else array
             _write_record(
                 run_dir, executor="slurm", folder=folder, manifest=journal.get("manifest"), job_name=job_name,
-                slurm_job_id=slurm_id, local_pid=None, recovered=True,
+                slurm_job_id=slurm_id, local_pid=None, analysis=analysis, recovered=True,
             )
         console.print(
             f"an earlier submit was interrupted after Slurm accepted its {jobs_phrase(len(job_ids))} "

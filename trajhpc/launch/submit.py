@@ -209,7 +209,8 @@ class Launch:
     @property
     def submitter(self) -> Submitter:
         """What the records of this submission share."""
-        return Submitter(self.kind, self.folder, self.context["manifest"], slurm_parameters(self.manifest)["job_name"])
+        return Submitter(self.kind, self.folder, self.context["manifest"], slurm_parameters(self.manifest)["job_name"],
+                         analysis=self.manifest.analysis.document())
 
 
 # ---------------------------------------------------------------- submission (I/O)

@@ -29,6 +29,7 @@ from trajhpc.results.jobrecords import (
     group_by_study,
     read_items,
     read_logs,
+    recorded_analyses,
     resolve_targets_and_manifests,
     study_manifest,
 )
@@ -86,12 +87,13 @@ def _aggregate(
         raise TrajhpcError(f"{first.file}: {first.status}: {detail}{more}")
     results = []
     for folder, recs in group_by_study(records).items():
-        # The study's manifest orders the arms and names the primary comparison; without one
-        # the aggregate keeps its own order (B first, A last) and B − A.
+        # The study's manifest orders the arms and declares the primary and secondary comparisons;
+        # without one the aggregate keeps its own order (B first, A last) and B − A, checked
+        # either way against the analysis the jobs' submission records hold.
         manifest = study_manifest(folder, recs, manifests.get(folder))
         results.append(analyze_study(
             folder.name, folder, recs, resamples=resamples, seed=seed, items=read_items(recs), manifest=manifest,
-            train_logs=read_logs(recs),
+            train_logs=read_logs(recs), recorded=recorded_analyses(recs),
         ))
     return results
 

@@ -8,10 +8,11 @@ documents), so every table downstream can list it and leave it out.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import polars as pl
 
@@ -20,6 +21,7 @@ from trajhpc.jobdir.documents import OK, JobProblem, MetricsDoc, TokensDoc, read
 from trajhpc.jobdir.paths import RECORD, FileProblem, find_job_dirs, read_json_object
 from trajhpc.results.losscurves import TrainLogs, read_train_logs
 from trajhpc.spec import JobSpec
+from trajhpc.study.comparison import canonical_json, normalised
 from trajhpc.study.manifest import Manifest, load_manifest
 
 # Base-model size and LoRA parameters per rank (all-linear targets) of known models,
@@ -99,12 +101,8 @@ def study_manifest(folder: Path, records: Sequence[JobRecord], given: Manifest |
     if given is not None:
         return given
     counts: dict[str, int] = {}
-    for r in records:
-        try:
-            record = read_json_object(r.path / RECORD, max_bytes=MAX_RECORD_BYTES)
-        except FileProblem:
-            continue
-        path = record.get("manifest") if record else None
+    for record in _submission_records(records):
+        path = record.get("manifest")
         if isinstance(path, str) and path:
             counts[path] = counts.get(path, 0) + 1
     for path in sorted(counts, key=lambda p: (-counts[p], p)):
@@ -115,6 +113,34 @@ def study_manifest(folder: Path, records: Sequence[JobRecord], given: Manifest |
         if manifest.study == folder.name:
             return manifest
     return None
+
+
+def recorded_analyses(records: Sequence[JobRecord]) -> list[tuple[dict[str, Any], int]]:
+    """The analyses ``trajhpc submit`` recorded in the jobs' ``submission.json``, every attempt
+    (``previous``) included, defaults filled: each with the number of jobs that recorded it, most first.
+
+    Never raises: a record that is unreadable or holds no analysis (submitted before trajhpc
+    recorded it) adds nothing.
+    """
+    counts: dict[str, int] = {}
+    for record in _submission_records(records):
+        previous = record.get("previous")
+        attempts = [record, *(previous if isinstance(previous, list) else [])]
+        docs = [a["analysis"] for a in attempts if isinstance(a, dict) and isinstance(a.get("analysis"), dict)]
+        for key in {canonical_json(normalised(doc)) for doc in docs}:  # a job counts once per version
+            counts[key] = counts.get(key, 0) + 1
+    return [(json.loads(key), n) for key, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _submission_records(records: Sequence[JobRecord]) -> Iterator[dict[str, Any]]:
+    """Each job's ``submission.json`` that can be read as a JSON object (the others skipped)."""
+    for r in records:
+        try:
+            record = read_json_object(r.path / RECORD, max_bytes=MAX_RECORD_BYTES)
+        except FileProblem:
+            continue
+        if record:
+            yield record
 
 
 def collect_jobs(roots: Iterable[Path]) -> list[JobRecord]:
@@ -229,11 +255,13 @@ def arm_order(arms: Iterable[str], listed: Sequence[str] = ()) -> list[str]:
     return sorted(set(arms), key=lambda a: (0, position[a], "") if a in position else (1, *arm_rank(a)))
 
 
-def pair_direction(x: str, y: str, primary: tuple[str, str] = ("B", "A")) -> tuple[str, str]:
-    """(arm, baseline) of the comparison of two arms: the declared primary's direction for its
-    two arms, else by :func:`arm_rank` (B minus the others, anything minus A)."""
-    if {x, y} == set(primary):
-        return primary
+def pair_direction(x: str, y: str, declared: Sequence[tuple[str, str]] = (("B", "A"),)) -> tuple[str, str]:
+    """(arm, baseline) of the comparison of two arms: the direction of the first declared
+    comparison of the two (``Analysis.directions``), else by :func:`arm_rank` (B minus the
+    others, anything minus A)."""
+    for arm, baseline in declared:
+        if {x, y} == {arm, baseline}:
+            return arm, baseline
     return (x, y) if arm_rank(x) <= arm_rank(y) else (y, x)
 
 

@@ -12,8 +12,10 @@ from typing import Any, Sequence
 import polars as pl
 
 from trajhpc.job.scoring import SCORE_KEYS
+from trajhpc.results import families
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.results.tables import paired_table
+from trajhpc.study.comparison import SIGN_FLIP
 
 METRIC_LABELS = {
     "exact": "exact",
@@ -254,20 +256,17 @@ def _stage_compute_lines(result: StudyResult) -> list[str]:
     return out
 
 
-def _is_primary(result: StudyResult, row: dict[str, Any]) -> bool:
-    p = result.primary
-    return (row["arm"], row["baseline"], row["metric"]) == (p.arm, p.baseline, p.metric)
-
-
 def _paired_section(result: StudyResult) -> list[str]:
+    paired = result.paired.with_columns(families.family(result.analysis, SIGN_FLIP)) if result.paired.height else None
     rows = [
-        [f"{r['arm']} − {r['baseline']}" + (" (primary)" if _is_primary(result, r) else ""),
-         METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r), _p(r["p_value"], r["p_exact"])]
-        for r in result.paired.to_dicts()
+        [f"{r['arm']} − {r['baseline']}" + (" (primary)" if r["family"] == "primary" else ""),
+         METRIC_LABELS[r["metric"]], r["family"], str(r["pairs"]), _diff(r), _p(r["p_value"], r["p_exact"])]
+        for r in (paired.to_dicts() if paired is not None else [])
     ]
-    header = ["comparison", "metric", "pairs", "mean difference [95% CI]", "p"]
+    header = ["comparison", "metric", "family", "pairs", "mean difference [95% CI]", "p"]
     body = _table(header, rows) if rows else "Only one arm: nothing to compare."
-    note = "arm − baseline on units matched by (seed, order); two-sided sign-flip p-value."
+    note = ("arm − baseline on units matched by (seed, order); two-sided sign-flip p-value, unadjusted (p (Holm), "
+            "within the secondary family only, is in the next section and paired.csv).")
     return ["## Paired differences", "", note, "", body, ""]
 
 
@@ -284,19 +283,21 @@ def _evidence_section(result: StudyResult) -> list[str]:
     paired = paired_table(result)
     if paired.height:
         lines = []
-        shown = paired.filter(pl.col("metric").is_in(["exact", "name"]) | pl.col("primary"))  # the rest: paired.csv
-        for r in shown.sort("primary", descending=True).to_dicts():
+        # The declared families and the exact/name rows; the rest: paired.csv.
+        shown = paired.filter(pl.col("metric").is_in(["exact", "name"]) | (pl.col("family") != "exploratory"))
+        for r in shown.sort(families.family_rank(), maintain_order=True).to_dicts():
             kind = r["p_kind"] + (f", {r['draws']} draws" if r.get("draws") else "")
             size = f"{r['pairs']} units" + (f" x {r['items']} items" if r.get("items") else "")
             lines.append([f"{r['arm']} − {r['baseline']}" + (" (primary)" if r["primary"] else ""),
-                          METRIC_LABELS.get(r["metric"], r["metric"]), r["test"], size, _diff(r),
+                          METRIC_LABELS.get(r["metric"], r["metric"]), r["test"], r["family"], size, _diff(r),
                           f"{_num(r['p_value'], 4)} ({kind})", _num(r["p_holm"], 4)])
         pairs = int(result.paired["pairs"].max() or 0) if result.paired.height else 0
         out += ["Every comparison: sign-flip over (seed, order) units, and an exact McNemar test over the "
                 "held-out items stratified by unit, with a CI that resamples units and held-out dialogues. "
-                f"{_primary_sentence(result, paired)} Holm adjusts all other rows of paired.csv. With {pairs} "
+                f"{_primary_sentence(result, paired)} {_families_sentence(result, paired)} With {pairs} "
                 f"pairs the smallest sign-flip p is {smallest_sign_flip_p(pairs):.4g}.", "",
-                _table(["comparison", "metric", "test", "n", "difference [95% CI]", "p", "p (Holm)"], lines), ""]
+                _table(["comparison", "metric", "test", "family", "n", "difference [95% CI]", "p", "p (Holm)"], lines),
+                ""]
     if result.baselines.height:
         pooled = result.baselines.filter(pl.col("block") == "all")
         rows = []
@@ -332,12 +333,48 @@ def _primary_sentence(result: StudyResult, paired: pl.DataFrame) -> str:
         "the default; a manifest's `analysis.primary` declares another")
     if not paired.filter(pl.col("primary")).height:
         return f"The primary comparison, {what} ({where}), is not in this study: it lacks arm {p.arm} or {p.baseline}."
-    return f"The primary comparison, {what} ({where}), sign-flip over units, is not adjusted;"
+    return f"The primary comparison, {what} ({where}), sign-flip over units, is not adjusted."
+
+
+def _families_sentence(result: StudyResult, paired: pl.DataFrame) -> str:
+    """Holm's family (the declared secondary rows), the exploratory rest, and whether they were pre-registered."""
+    n = paired.filter(pl.col("family") == "secondary").height
+    if result.secondary:
+        declared = "; ".join(f"{s.label} in {METRIC_LABELS[s.metric]}, {s.test}" for s in result.secondary)
+        holm = (f"Holm adjusts within the secondary family only: the {_count(n, 'row')} of paired.csv that the "
+                f"manifest's `analysis.secondary` declares ({declared}).")
+    else:
+        holm = "No secondary comparison is declared (the manifest's `analysis.secondary`), so Holm adjusts nothing."
+    if result.analysis_changed:
+        registered = "This analysis changed after submission: see the top of this report."
+    elif result.recorded_analyses:
+        registered = "These families are the ones recorded when the jobs were submitted."
+    else:
+        registered = "No job recorded an analysis when it was submitted, so these families are not pre-registered."
+    return (f"{holm} Every other row is exploratory: its p is unadjusted and its p (Holm) is left empty, "
+            f"a lead rather than a finding. {registered}")
+
+
+def _analysis_changed_section(result: StudyResult) -> list[str]:
+    """The label an analysis changed after submission gets, with each version side by side."""
+    if not result.analysis_changed:
+        return []
+    rows = [list(v) for v in families.versions(result)]
+    found = "" if result.manifest else (
+        " No manifest of this study was found, so this report applies the default analysis: name the manifest "
+        "as the target of `trajhpc aggregate`.")
+    return [
+        "## Analysis changed after submission", "",
+        "The analysis this report applies is not the one `trajhpc submit` recorded in the jobs' submission.json: "
+        "its primary and secondary comparisons were declared or changed after the jobs were submitted, so its "
+        f"families are not pre-registered.{found} Each version (secondary: comparison, metric (test)):", "",
+        _table(["version", "jobs", "sha256", "primary", "secondary"], rows), "",
+    ]
 
 
 def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
     """report.md for one study: methods, exclusions, accuracy, continual metrics, compute, paired tests."""
-    out = [f"# Study `{result.study}`", ""]
+    out = [f"# Study `{result.study}`", "", *_analysis_changed_section(result)]
     if result.units.height == 0:
         out += ["No complete job: nothing to compare yet.", "", *_excluded_section(result.jobs)]
         return "\n".join(out).rstrip() + "\n"
@@ -390,6 +427,8 @@ def print_summary(console: Any, result: StudyResult, out: Path | None = None) ->
     jobs = result.jobs
     bad = jobs.filter(pl.col("status") != "ok")
     console.print(f"[bold]study {result.study}[/]: {jobs.height - bad.height} complete jobs, {bad.height} excluded")
+    if result.analysis_changed:
+        console.print("  [yellow]analysis changed after submission[/]: report.md shows the recorded and applied versions")
     for status, n in bad.group_by("status").len().sort("status").rows():
         console.print(f"  {n} {status}")
     for line in excluded_lines(bad):

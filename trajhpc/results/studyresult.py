@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from trajhpc.results import stats
 from trajhpc.results.jobrecords import arm_order
-from trajhpc.study.comparison import DEFAULT_PRIMARY, Primary
+from trajhpc.study.comparison import DEFAULT_PRIMARY, Analysis, Primary, Secondary
 
 OUTPUT_DIR = "aggregate"
 
@@ -42,10 +43,20 @@ class StudyResult:
     # From the study's manifest (trajhpc.results.jobrecords.study_manifest), when it was found:
     listed_arms: tuple[str, ...] = ()  # its conditions' arms, in its order
     primary: Primary = DEFAULT_PRIMARY  # its analysis.primary (default B − A, exact)
-    primary_declared: bool = False  # whether the manifest sets analysis (else the default)
+    secondary: tuple[Secondary, ...] = ()  # its analysis.secondary: Holm's family (default none)
+    primary_declared: bool = False  # whether the manifest sets analysis.primary (else the default)
     manifest: str | None = None  # where it was read from
+    # Pre-registration (trajhpc.results.families): the analyses `submit` recorded in the jobs'
+    # submission.json, each with how many jobs recorded it, and whether the one applied differs.
+    recorded_analyses: tuple[tuple[dict[str, Any], int], ...] = ()
+    analysis_changed: bool = False
 
     @property
     def arms(self) -> list[str]:
         """The arms with complete units, in the manifest's order (then the others)."""
         return arm_order(self.units["arm"].unique().to_list(), self.listed_arms) if self.units.height else []
+
+    @property
+    def analysis(self) -> Analysis:
+        """The analysis applied: the manifest's (defaults filled), or the default."""
+        return Analysis(primary=self.primary, secondary=self.secondary)

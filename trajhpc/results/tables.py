@@ -16,7 +16,7 @@ import polars as pl
 
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir.documents import OK, BlockScores
-from trajhpc.results import itemstats, itemtables, stats
+from trajhpc.results import families, itemtables, stats
 from trajhpc.results.continual import continual_metrics, mean_rmatrix, mean_rmatrix_by_block, stage_compute
 from trajhpc.results.jobrecords import (
     PARAMS_SCHEMA,
@@ -29,7 +29,7 @@ from trajhpc.results.jobrecords import (
 )
 from trajhpc.results.losscurves import TrainLogs, loss_frame, loss_notes
 from trajhpc.results.studyresult import StudyResult
-from trajhpc.study.comparison import DEFAULT_PRIMARY, PAIRED_METRICS, Primary
+from trajhpc.study.comparison import DEFAULT_ANALYSIS, ITEM, PAIRED_METRICS, SIGN_FLIP, Analysis
 from trajhpc.study.manifest import Manifest
 
 # Unit-level metrics summarised per arm (mean, sd, bootstrap CI).
@@ -45,7 +45,7 @@ SUMMARY_METRICS = (
 )
 TOKEN_METRICS = ("supervised_tokens", "total_tokens", "padded_tokens", "flops")
 # Metrics compared between arms on units matched by (seed, order): PAIRED_METRICS, defined in
-# trajhpc.study.comparison, where the manifest's analysis.primary is checked against them.
+# trajhpc.study.comparison, where the manifest's analysis is checked against them.
 # Per-stage curves summarised per arm x stage.
 STAGE_METRICS = (
     "acc_exact", "acc_name", "acc_seen_exact", "acc_seen_name", "cum_supervised_tokens", "cum_total_tokens",
@@ -277,7 +277,7 @@ def in_arm_order(frame: pl.DataFrame, arms: Sequence[str], *by: str) -> pl.DataF
 
 def compare_arms(
     units: pl.DataFrame, *, resamples: int = stats.RESAMPLES, seed: int = stats.SEED, listed: Sequence[str] = (),
-    primary: Primary = DEFAULT_PRIMARY,
+    analysis: Analysis = DEFAULT_ANALYSIS,
 ) -> pl.DataFrame:
     """Paired differences ``arm - baseline`` on units matched by (seed, order), for every pair of arms
     (rows in the arms' display order; direction: :func:`trajhpc.results.jobrecords.pair_direction`).
@@ -287,7 +287,7 @@ def compare_arms(
     An arm with two units of one (seed, order) is refused (ValueError): matching on
     (seed, order) would pair each of them with the other arm's unit, counting it twice.
     """
-    pairs, diffs = _paired_diffs(units, arm_order(units["arm"].to_list(), listed), primary)
+    pairs, diffs = _paired_diffs(units, arm_order(units["arm"].to_list(), listed), analysis)
     estimates = stats.describe_many(diffs, resamples=resamples, seed=seed)
     return _paired_frame(pairs, diffs, estimates, resamples=resamples, seed=seed)
 
@@ -301,14 +301,15 @@ def duplicate_units(units: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def arm_pairs(arms: Sequence[str], primary: Primary = DEFAULT_PRIMARY) -> list[tuple[str, str]]:
+def arm_pairs(arms: Sequence[str], analysis: Analysis = DEFAULT_ANALYSIS) -> list[tuple[str, str]]:
     """(arm, baseline) of every pair of ``arms``, in their display order, each directed by
-    :func:`trajhpc.results.jobrecords.pair_direction` (the primary's own direction for its two arms)."""
-    return [pair_direction(x, y, (primary.arm, primary.baseline)) for x, y in itertools.combinations(arms, 2)]
+    :func:`trajhpc.results.jobrecords.pair_direction` (a declared comparison's own direction for its two arms)."""
+    directions = analysis.directions()
+    return [pair_direction(x, y, directions) for x, y in itertools.combinations(arms, 2)]
 
 
 def _paired_diffs(
-    units: pl.DataFrame, arms: Sequence[str], primary: Primary = DEFAULT_PRIMARY
+    units: pl.DataFrame, arms: Sequence[str], analysis: Analysis = DEFAULT_ANALYSIS
 ) -> tuple[list[tuple[str, str]], list[np.ndarray]]:
     """Every pair of arms and its (pairs x PAIRED_METRICS) differences, rows in (seed, order) order."""
     duplicated = duplicate_units(units)
@@ -319,7 +320,7 @@ def _paired_diffs(
             f"({duplicated.height} such (seed, order) in all): pairing on (seed, order) would count them twice; "
             "keep the arms apart (distinct arm names) first"
         )
-    pairs = arm_pairs(arms, primary)
+    pairs = arm_pairs(arms, analysis)
     diffs = []
     for arm, baseline in pairs:
         x = units.filter(pl.col("arm") == arm).select("seed", "order", *PAIRED_METRICS)
@@ -364,21 +365,26 @@ def analyze_study(
     items: pl.DataFrame | None = None,
     manifest: Manifest | None = None,
     train_logs: TrainLogs | None = None,
+    recorded: Sequence[tuple[dict[str, Any], int]] = (),
 ) -> StudyResult:
     """All statistics of one study folder (pure apart from the already-read records and ``items``,
     the jobs' final prediction rows from :func:`read_items`).
 
     The study's ``manifest`` (:func:`trajhpc.results.jobrecords.study_manifest`), when known, orders
-    the arms of every table as its ``conditions`` list them, and its ``analysis.primary``
-    is the comparison ``paired.csv`` marks primary (default B - A in final exact accuracy).
+    the arms of every table as its ``conditions`` list them, and its ``analysis`` declares the
+    primary and secondary comparisons of ``paired.csv`` (default: B - A in final exact accuracy,
+    no secondary). ``recorded`` are the analyses ``submit`` recorded
+    (:func:`trajhpc.results.jobrecords.recorded_analyses`), checked against the one applied.
     ``train_logs`` (:func:`trajhpc.results.jobrecords.read_logs`) give the loss curves per arm.
     """
     long = _label_variants(build_long_table(records))
     result = StudyResult(study, folder, jobs_frame(records), long, resamples=resamples, seed=seed)
     if manifest is not None:
-        result.listed_arms, result.primary = tuple(manifest.arms()), manifest.analysis.primary
-        result.primary_declared, result.manifest = manifest.written("analysis"), manifest.source
-    listed_arms, primary = result.listed_arms, result.primary
+        result.listed_arms, result.manifest = tuple(manifest.arms()), manifest.source
+        result.primary, result.secondary = manifest.analysis.primary, manifest.analysis.secondary
+        result.primary_declared = manifest.written("analysis.primary")
+    families.check_preregistration(result, recorded)
+    listed_arms = result.listed_arms
     if long.height == 0:
         return result
     units, curves, result.budgets = unit_table(long, params_frame(records), budgets)
@@ -387,7 +393,7 @@ def analyze_study(
     # One bootstrap for the arms and the paired differences: samples of one size share
     # their resample indices (stats.describe_many), whichever table they feed.
     arms, matrices, stage_cols = _arm_matrices(units, curves, listed_arms)
-    pairs, diffs = _paired_diffs(units, arms, primary)
+    pairs, diffs = _paired_diffs(units, arms, result.analysis)
     estimates = stats.describe_many([*matrices, *diffs], resamples=resamples, seed=seed)
     result.summary, result.stages = _summary_frames(arms, stage_cols, estimates[: len(arms)])
     result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed)
@@ -417,28 +423,25 @@ def _add_item_tables(
 
 
 def paired_table(result: StudyResult) -> pl.DataFrame:
-    """paired.csv: unit-level sign-flip rows and item-level McNemar rows, Holm-adjusted over all of them.
+    """paired.csv: unit-level sign-flip rows and item-level rows, each in its family (trajhpc.results.families).
 
-    ``primary`` marks the study's primary comparison (``result.primary``, the manifest's
-    ``analysis.primary``; default B - A in final exact accuracy), sign-flip over units: the
-    comparison the study is designed for, left unadjusted; Holm adjusts over every other
-    (secondary) row.
+    ``family`` is ``primary`` for the study's primary comparison (``result.primary``; default
+    B - A in final exact accuracy), sign-flip over units, left unadjusted; ``secondary`` for
+    the rows the manifest's ``analysis.secondary`` declares, Holm-adjusted among themselves
+    only; ``exploratory`` for every other row, unadjusted (``p_holm`` empty). ``primary`` is
+    ``family == "primary"``.
     """
     if result.paired.width == 0:  # a study without ok jobs
         return result.paired
+    analysis = result.analysis
     unit = result.paired.with_columns(
-        pl.lit("sign-flip").alias("test"),
+        pl.lit(SIGN_FLIP).alias("test"),
         pl.when(pl.col("p_exact")).then(pl.lit("exact")).otherwise(pl.lit("monte-carlo")).alias("p_kind"),
         pl.when(pl.col("p_exact")).then(pl.lit(None, pl.Int64)).otherwise(pl.lit(result.resamples)).alias("draws"),
+        families.family(analysis, SIGN_FLIP),
     )
-    frame = pl.concat([unit, result.item_paired], how="diagonal_relaxed") if result.item_paired.height else unit
-    p = result.primary
-    primary = (pl.col("arm") == p.arm) & (pl.col("baseline") == p.baseline) & (pl.col("metric") == p.metric) & (
-        pl.col("test") == "sign-flip")
-    frame = frame.with_columns(primary.alias("primary"))
-    # The primary comparison is declared in advance and tested at full level; Holm
-    # adjusts the family of every other (secondary) row.
-    is_primary = frame["primary"].to_list()
-    secondary = itemstats.holm([None if prim else p for p, prim in zip(frame["p_value"].to_list(), is_primary)])
-    adjusted = [p if prim else q for p, q, prim in zip(frame["p_value"].to_list(), secondary, is_primary)]
-    return frame.with_columns(pl.Series("p_holm", adjusted, dtype=pl.Float64))
+    items = result.item_paired
+    if items.height:
+        unit = pl.concat([unit, items.with_columns(families.family(analysis, ITEM))], how="diagonal_relaxed")
+    frame = unit.select(pl.exclude("family"), (pl.col("family") == "primary").alias("primary"), "family")
+    return frame.with_columns(families.holm_within_secondary(frame))

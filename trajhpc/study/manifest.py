@@ -44,7 +44,7 @@ from trajhpc.spec import (
     TrainSpec,
     versioned_model,
 )
-from trajhpc.study.comparison import Analysis
+from trajhpc.study.comparison import Analysis, analysis_problem
 from trajhpc.study.containerfields import (
     DOCKER_ONLY_BIND_OPTS,
     bind_options,
@@ -287,7 +287,7 @@ class Manifest(StrictModel):
     # A guard against a typo that would expand into millions of jobs; like study and
     # run_root it is not in any job's spec, so changing it changes no job id.
     max_jobs: Int = Field(DEFAULT_MAX_JOBS, ge=1)
-    # How `trajhpc aggregate` reads the study (the primary comparison): in no job's spec either.
+    # How `trajhpc aggregate` reads the study (its primary and secondary comparisons): in no job's spec either.
     analysis: Analysis = Analysis()
 
     # Where the manifest came from, so later checks (grid expansion) can name file and line.
@@ -311,8 +311,8 @@ class Manifest(StrictModel):
         return value
 
     def written(self, field: str) -> bool:
-        """Whether the manifest file sets ``field`` (a top-level key), rather than leaving its default."""
-        return (field,) in self._lines
+        """Whether the manifest file sets ``field`` (dotted path: ``analysis.primary``), rather than leaving its default."""
+        return tuple(field.split(".")) in self._lines
 
     @property
     def source(self) -> str | None:
@@ -406,13 +406,9 @@ def check_manifest(manifest: Manifest) -> None:
                 f"this entry's arm {arm!r} is also the arm of conditions.{first[0]}, which trains differently; "
                 "arms must have distinct names",
             )
-    primary = manifest.analysis.primary
-    for key in ("arm", "baseline"):
-        if manifest.written("analysis") and getattr(primary, key) not in seen:
-            raise manifest.error(
-                f"analysis.primary.{key}",
-                f"{key} {getattr(primary, key)!r} is not an arm of this manifest; use one of {', '.join(seen)}",
-            )
+    problem = analysis_problem(manifest.analysis, list(seen), manifest.written("analysis.primary"))
+    if problem:
+        raise manifest.error(*problem)
 
 
 # The kernel's own file systems: no folder can be made there. (Other system folders are

@@ -10,7 +10,7 @@ def _trajhpc(*args, cwd=None):
     )
 
 
-COMMANDS = {"run-job", "submit", "status", "aggregate", "data"}
+COMMANDS = {"run-job", "submit", "status", "aggregate", "power", "data"}
 
 
 def _help_commands(text: str) -> dict[str, str]:

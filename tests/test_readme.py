@@ -27,3 +27,29 @@ def test_first_command_runs_the_smoke_manifest_then_aggregates():
 def test_ci_runs_the_second_command_verbatim():
     ci = (REPO / ".ci" / "run").read_text()
     assert _setup_commands()[1] in ci.splitlines()
+
+
+def _section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    return " ".join(text.split(f"### {title}\n", 1)[1].split("\n#", 1)[0].split())
+
+
+def test_how_many_seeds_quotes_what_trajhpc_power_computes():
+    from trajhpc.results import power as pw
+
+    text = _section("How many seeds?")
+    a = pw.Assumptions()
+    p = pw.plan(a)
+    at_20 = p.unit_power[p.units.index(pw.GRID_UNITS)]
+    expected = [
+        f"gain of {a.effect:g} points", f"unit SD of {a.unit_sd:g} points", f"disagree on {a.discordance:.0%}",
+        f"{a.items} held-out items", f"smallest p with 5 pairs is {pw.smallest_p(5):g}",
+        f"grid.yaml's {pw.GRID_UNITS} units", f"power {at_20:.2f};",
+        f"80% power needs {p.min_units[0.8]} units and 90% needs {p.min_units[0.9]}",
+        f"at {p.detect_units} units the smallest effect detected with 80% power is {p.unit_detectable[0.8]:.1f} "
+        f"points ({p.unit_detectable[0.9]:.1f} points for 90%)",
+        f"on {a.items} items the SE of the difference is {p.item_se:.1f} points",
+        f"has power {p.item_power:.2f} for {a.effect:g} points", f"detects {p.item_detectable[0.8]:.1f} points",
+        f"({p.draws:,} studies",
+    ]
+    assert [e for e in expected if e not in text] == []

@@ -156,6 +156,42 @@ def aggregate(
     aggregate_command(console, targets or [Path("jobs")], strict=strict, plots=plots)
 
 
+@app.command("power", short_help="How many units (seeds x orders) a comparison needs: power tables.")
+def power(
+    targets: list[Path] = typer.Argument(
+        None, metavar="TARGET",
+        help="Finished studies (run roots or manifests, as for aggregate): estimate the values from them.",
+    ),
+    effect: Optional[float] = typer.Option(
+        None, "--effect", help="Arm − baseline in accuracy POINTS (7.7 = 7.7 percentage points; default: the study's, else 7.7)."
+    ),
+    unit_sd: Optional[float] = typer.Option(
+        None, "--unit-sd", help="SD of the paired difference over units, in points (default: the study's, else 10)."
+    ),
+    discordance: Optional[float] = typer.Option(
+        None, "--discordance", help="Share of held-out items on which the arms disagree, 0-1 (default: the study's, else 0.30)."
+    ),
+    items: Optional[int] = typer.Option(None, "--items", help="Held-out items (default: the study's, else 208)."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Two-sided significance level."),
+    units: Optional[int] = typer.Option(
+        None, "--units", help="Units for the smallest detectable effect (default: the study's pairs, else 20)."
+    ),
+    max_units: int = typer.Option(40, "--max-units", help="Last row of the table (rows every 4 units)."),
+) -> None:
+    """Power of the sign-flip test over units and of the item-level test, at 4, 8, ... units.
+
+    A value given on the command line wins; with TARGETs the others are estimated from each
+    study's primary comparison (effect and unit SD from the paired differences, discordance and
+    items from the final predictions), and any left fall back to the defaults.
+    """
+    from trajhpc.results.power import power_command
+
+    power_command(
+        console, targets or [], effect=effect, unit_sd=unit_sd, discordance=discordance, items=items, alpha=alpha,
+        units=units, max_units=max_units,
+    )
+
+
 def main() -> None:
     """Console-script entry point. Exit statuses: 0 success; 1 a bug (traceback); 2 a user
     mistake (one line on stderr); 3 submit ran or watched jobs and some did not finish

@@ -80,9 +80,11 @@ def test_units_final_scores_and_continual_metrics_match_the_matrices(study):
         unit = r.units.filter(pl.col("job_id") == _job(study, arm, seed, order).name).row(0, named=True)
         assert unit["exact"] == pytest.approx(m[3].mean())
         bwt = np.mean([m[3, col[b]] - m[pos[b], col[b]] for b in order[:2]])
-        forgetting = np.mean([m[pos[b]:3, col[b]].max() - m[3, col[b]] for b in order[:2]])
+        since_learned = np.mean([m[pos[b]:3, col[b]].max() - m[3, col[b]] for b in order[:2]])
+        chaudhry = np.mean([m[1:3, col[b]].max() - m[3, col[b]] for b in order[:2]])
         fwt = np.mean([m[pos[b] - 1, col[b]] - m[0, col[b]] for b in order[1:]])
-        assert (unit["bwt_exact"], unit["forgetting_exact"], unit["fwt_exact"]) == pytest.approx((bwt, forgetting, fwt))
+        got = [unit[f"{k}_exact"] for k in ("bwt", "forgetting_chaudhry", "forgetting_since_learned", "fwt")]
+        assert got == pytest.approx([bwt, chaudhry, since_learned, fwt])
 
 
 def test_summary_and_paired_differences_by_hand(study):

@@ -127,7 +127,8 @@ def test_continual_metrics_on_a_hand_made_matrix():
     m = continual.continual_metrics(_long(R), "exact").row(0, named=True)
     assert m["acc"] == pytest.approx((0.40 + 0.50 + 0.80 + 0.20) / 4)  # all evaluated blocks
     assert m["bwt"] == pytest.approx(((0.40 - 0.60) + (0.50 - 0.70)) / 2)  # -0.2
-    assert m["forgetting"] == pytest.approx(((0.65 - 0.40) + (0.70 - 0.50)) / 2)  # 0.225: a peaked after b
+    assert m["forgetting_since_learned"] == pytest.approx(((0.65 - 0.40) + (0.70 - 0.50)) / 2)  # 0.225: a peaked after b
+    assert m["forgetting_chaudhry"] == m["forgetting_since_learned"]  # no block scored higher before it was trained
     assert m["fwt"] == pytest.approx(((0.30 - 0.20) + (0.20 - 0.00)) / 2)  # 0.15
 
 
@@ -138,7 +139,8 @@ def test_continual_metrics_per_unit_and_single_block_orders():
     assert m["job_id"].to_list() == ["j1", "j2"]
     j2 = m.row(1, named=True)
     assert j2["acc"] == pytest.approx(0.5)
-    assert (j2["bwt"], j2["forgetting"], j2["fwt"]) == (None, None, None)  # T = 1: nothing to transfer
+    metrics = ("bwt", "forgetting_chaudhry", "forgetting_since_learned", "fwt")
+    assert [j2[k] for k in metrics] == [None] * 4  # T = 1: nothing to transfer
 
 
 def test_continual_metrics_skip_missing_scores():
@@ -146,7 +148,29 @@ def test_continual_metrics_skip_missing_scores():
     r[1][0] = None  # R[1][a] unknown: BWT uses block b only
     m = continual.continual_metrics(_long(r), "exact").row(0, named=True)
     assert m["bwt"] == pytest.approx(0.50 - 0.70)
-    assert m["forgetting"] == pytest.approx(((0.65 - 0.40) + (0.70 - 0.50)) / 2)
+    assert m["forgetting_since_learned"] == pytest.approx(((0.65 - 0.40) + (0.70 - 0.50)) / 2)
+
+
+# Four blocks, order a > b > c > d; b and c score higher before they are trained (transfer) than after.
+#               a      b      c      d
+R_TRANSFER = [
+    [0.10, 0.99, 0.10, 0.10],  # stage 0: the untrained model, not a stage of either definition
+    [0.60, 0.95, 0.20, 0.10],  # after a
+    [0.50, 0.50, 0.875, 0.10],  # after b
+    [0.40, 0.60, 0.70, 0.20],  # after c
+    [0.30, 0.40, 0.30, 0.90],  # after d (T = 4)
+]
+
+
+def test_the_two_forgetting_definitions_differ_when_a_block_peaks_before_it_is_trained():
+    long = _long(R_TRANSFER, order=("a", "b", "c", "d"), blocks=("a", "b", "c", "d"))
+    m = continual.continual_metrics(long, "exact").row(0, named=True)
+    # Chaudhry et al. (2018): max over stages 1..T-1, whenever the block was trained.
+    assert m["forgetting_chaudhry"] == pytest.approx(((0.60 - 0.30) + (0.95 - 0.40) + (0.875 - 0.30)) / 3)
+    assert m["forgetting_chaudhry"] == pytest.approx(0.475)
+    # Since learned: max over the stages from the block's own on.
+    assert m["forgetting_since_learned"] == pytest.approx(((0.60 - 0.30) + (0.60 - 0.40) + (0.70 - 0.30)) / 3)
+    assert m["forgetting_since_learned"] == pytest.approx(0.300)
 
 
 def _curve(points, budget, unit="u"):

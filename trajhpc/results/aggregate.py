@@ -13,6 +13,7 @@ not match its id is listed with the reason and left out of every statistic.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +26,7 @@ from trajhpc.jobdir.documents import OK
 from trajhpc.results import plots as plots_module
 from trajhpc.results import report, stats
 from trajhpc.results.jobrecords import (
+    JobRecord,
     collect_jobs,
     group_by_study,
     read_items,
@@ -67,14 +69,34 @@ def aggregate(
     targets: Sequence[Path], *, strict: bool = False, resamples: int = stats.RESAMPLES, seed: int = stats.SEED
 ) -> list[StudyResult]:
     """Discover, validate and analyse every study under the targets (no files written)."""
-    roots, manifests = resolve_targets_and_manifests(targets)
     with gc_paused():
-        return _aggregate(roots, manifests, strict=strict, resamples=resamples, seed=seed)
+        return [
+            # The study's manifest orders the arms and declares the primary and secondary comparisons;
+            # without one the aggregate keeps its own order (B first, A last) and B − A, checked
+            # either way against the analysis the jobs' submission records hold.
+            analyze_study(
+                s.folder.name, s.folder, s.records, resamples=resamples, seed=seed, items=read_items(s.records),
+                manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),
+            )
+            for s in read_studies(targets, strict=strict)
+        ]
 
 
-def _aggregate(
-    roots: Sequence[Path], manifests: dict[Path, Manifest], *, strict: bool, resamples: int, seed: int
-) -> list[StudyResult]:
+@dataclass(frozen=True)
+class StudyRecords:
+    """One study folder's job records and its manifest (None when none is found), as read for the aggregate."""
+
+    folder: Path
+    records: list[JobRecord]
+    manifest: Manifest | None
+
+
+def read_studies(targets: Sequence[Path], *, strict: bool = False) -> list[StudyRecords]:
+    """Every study folder under the targets (run roots, study folders, manifests) with its records.
+
+    Raises when there is no job directory at all, or with ``strict`` when any job is not ok.
+    """
+    roots, manifests = resolve_targets_and_manifests(targets)
     records = collect_jobs(roots)
     if not records:
         where = ", ".join(str(r) for r in roots)
@@ -85,17 +107,10 @@ def _aggregate(
         detail = (first.reason or "").split(": ", 1)[-1]  # the reason starts with the file name
         more = f" (and {len(bad) - 1} more bad jobs)" if len(bad) > 1 else ""
         raise TrajhpcError(f"{first.file}: {first.status}: {detail}{more}")
-    results = []
-    for folder, recs in group_by_study(records).items():
-        # The study's manifest orders the arms and declares the primary and secondary comparisons;
-        # without one the aggregate keeps its own order (B first, A last) and B − A, checked
-        # either way against the analysis the jobs' submission records hold.
-        manifest = study_manifest(folder, recs, manifests.get(folder))
-        results.append(analyze_study(
-            folder.name, folder, recs, resamples=resamples, seed=seed, items=read_items(recs), manifest=manifest,
-            train_logs=read_logs(recs), recorded=recorded_analyses(recs),
-        ))
-    return results
+    return [
+        StudyRecords(folder, recs, study_manifest(folder, recs, manifests.get(folder)))
+        for folder, recs in group_by_study(records).items()
+    ]
 
 
 def aggregate_command(console: Any, targets: list[Path], *, strict: bool, plots: bool) -> list[StudyResult]:

@@ -1,6 +1,7 @@
 """Continual learning, from each job's accuracy matrix ``R[stage][block]`` (pure polars): per unit
-BWT, forgetting and FWT; per arm the mean R-matrix (by position in the order and by block) and
-the tokens and accuracy after the same blocks (compute.csv).
+BWT, forgetting (two ways: Chaudhry et al.'s, and since the block was learned) and FWT; per arm
+the mean R-matrix (by position in the order and by block) and the tokens and accuracy after the
+same blocks (compute.csv).
 
 ``R`` is given as a long frame, one row per unit x stage x evaluated block
 (:func:`trajhpc.results.tables.build_long_table`).
@@ -9,6 +10,9 @@ the tokens and accuracy after the same blocks (compute.csv).
 from __future__ import annotations
 
 import polars as pl
+
+# The per-unit metrics of continual_metrics beside acc; the unit table suffixes each with its score.
+CONTINUAL_METRICS = ("bwt", "forgetting_chaudhry", "forgetting_since_learned", "fwt")
 
 
 def continual_metrics(long: pl.DataFrame, score: str, *, unit: str = "job_id") -> pl.DataFrame:
@@ -23,13 +27,18 @@ def continual_metrics(long: pl.DataFrame, score: str, *, unit: str = "job_id") -
     * ``acc``   = mean over all evaluated blocks of R[T][b] (final average accuracy).
     * ``bwt``   = 1/(T-1) * sum_{i<T} (R[T][b_i] - R[i][b_i]): backward transfer,
       negative when later blocks erase what was learned (Lopez-Paz & Ranzato 2017).
-    * ``forgetting`` = 1/(T-1) * sum_{i<T} (max_{l in i..T-1} R[l][b_i] - R[T][b_i]):
-      the drop from each block's best score after it was learned (Chaudhry et al. 2018).
+    * ``forgetting_chaudhry`` = 1/(T-1) * sum_{i<T} (max_{l in 1..T-1} R[l][b_i] - R[T][b_i]):
+      average forgetting as Chaudhry et al. (2018, "Riemannian Walk", eq. for f_j^k and F_k)
+      define it, the best score on the block after any earlier training stage, even one
+      before the block was trained. Stage 0 (the untrained model) is not a stage there.
+    * ``forgetting_since_learned`` = 1/(T-1) * sum_{i<T} (max_{l in i..T-1} R[l][b_i] - R[T][b_i]):
+      the drop from the block's best score once it was trained, so a score reached by
+      transfer before the block was trained is not counted as something forgotten.
     * ``fwt``   = 1/(T-1) * sum_{i>=2} (R[i-1][b_i] - R[0][b_i]): forward transfer,
-      gain on a block from training the earlier ones, against the zero-shot score
-      (Lopez-Paz & Ranzato use a random-init baseline; here stage 0 stands in).
+      gain on a block from training the earlier ones, against stage 0, the untrained
+      (zero-shot) model (Lopez-Paz & Ranzato compare with a randomly initialised model).
 
-    Null scores are skipped in the means; T = 1 gives null bwt/forgetting/fwt.
+    Null scores are skipped in the means and maxima; T = 1 gives null bwt/forgetting/fwt.
     """
     base = long.select(unit, "stage", "n_stages", "block_pos", pl.col(score).cast(pl.Float64).alias("r"))
     keys = [unit, "block_pos"]
@@ -39,21 +48,27 @@ def continual_metrics(long: pl.DataFrame, score: str, *, unit: str = "job_id") -
     learned = base.filter(pl.col("stage") == pl.col("block_pos")).select(*keys, r_learned="r")
     zero = base.filter(pl.col("stage") == 0).select(*keys, r_zero="r")
     before = base.filter(pl.col("stage") == pl.col("block_pos") - 1).select(*keys, r_before="r")
+    before_final = pl.col("stage") < pl.col("n_stages")
     peak = (
-        base.filter((pl.col("stage") >= pl.col("block_pos")) & (pl.col("stage") < pl.col("n_stages")))
+        base.filter((pl.col("stage") >= pl.col("block_pos")) & before_final)
         .group_by(keys)
         .agg(pl.col("r").max().alias("r_peak"))
+    )
+    peak_any = (
+        base.filter((pl.col("stage") >= 1) & before_final).group_by(keys).agg(pl.col("r").max().alias("r_peak_any"))
     )
     per_block = (
         trained.join(learned, on=keys, how="left")
         .join(peak, on=keys, how="left")
+        .join(peak_any, on=keys, how="left")
         .join(zero, on=keys, how="left")
         .join(before, on=keys, how="left")
     )
     not_last = pl.col("block_pos") < pl.col("n_stages")
     metrics = per_block.group_by(unit).agg(
         (pl.col("r_final") - pl.col("r_learned")).filter(not_last).mean().alias("bwt"),
-        (pl.col("r_peak") - pl.col("r_final")).filter(not_last).mean().alias("forgetting"),
+        (pl.col("r_peak_any") - pl.col("r_final")).filter(not_last).mean().alias("forgetting_chaudhry"),
+        (pl.col("r_peak") - pl.col("r_final")).filter(not_last).mean().alias("forgetting_since_learned"),
         (pl.col("r_before") - pl.col("r_zero")).filter(pl.col("block_pos") >= 2).mean().alias("fwt"),
     )
     return acc.join(metrics, on=unit, how="left").sort(unit)

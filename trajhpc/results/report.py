@@ -13,6 +13,7 @@ import polars as pl
 
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.results import families
+from trajhpc.results.continual import CONTINUAL_METRICS
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.results.tables import paired_table
 from trajhpc.study.comparison import SIGN_FLIP
@@ -133,9 +134,13 @@ def methods_paragraph(result: StudyResult) -> str:
             f"Paired differences match units on (seed, order) (pairs: {pair_text}); p-values are two-sided "
             "sign-flip permutation tests, exact when 2^pairs ≤ 100,000, otherwise Monte Carlo (MC) with "
             f"{result.resamples:,} draws (seed {result.seed}).",
-            "Continual-learning metrics use each unit's exact-accuracy matrix R[stage][block]: BWT = mean over "
-            "i<T of R[T][b_i] − R[i][b_i]; forgetting = mean over i<T of max_{i≤l<T} R[l][b_i] − R[T][b_i]; "
-            "FWT = mean over i≥2 of R[i−1][b_i] − R[0][b_i] (stage 0 = zero-shot).",
+            "Continual-learning metrics use each unit's accuracy matrix R[stage][block] (b_i = the i-th trained "
+            "block, T = the last stage): BWT = mean over i<T of R[T][b_i] − R[i][b_i]; forgetting (Chaudhry) = "
+            "mean over i<T of max_{1≤l<T} R[l][b_i] − R[T][b_i], as Chaudhry et al. (2018) define it; forgetting "
+            "(since learned) = mean over i<T of max_{i≤l<T} R[l][b_i] − R[T][b_i], which leaves out scores "
+            "reached before the block was trained; FWT = mean over i≥2 of R[i−1][b_i] − R[0][b_i], against "
+            "stage 0, the untrained (zero-shot) model, not a randomly initialised one as in Lopez-Paz & "
+            "Ranzato (2017).",
             "At equal compute, each unit's mean exact accuracy is interpolated linearly between stages along its "
             "cumulative tokens (stage 0 at 0) at the smallest final count of any unit: "
             f"{_int(budget.get('supervised'))} supervised or {_int(budget.get('total'))} total tokens.",
@@ -168,9 +173,11 @@ def _accuracy_section(result: StudyResult) -> list[str]:
 
 def _continual_section(result: StudyResult) -> list[str]:
     s = result.summary
-    metrics = [f"{m}_{score}" for score in ("exact", "name") for m in ("bwt", "forgetting", "fwt")]
+    metrics = [f"{m}_{score}" for score in ("exact", "name") for m in CONTINUAL_METRICS]
     rows = [[arm, *(_ci(_lookup(s, arm, m)) for m in metrics)] for arm in result.arms]
-    header = ["arm", "BWT exact", "forgetting exact", "FWT exact", "BWT name", "forgetting name", "FWT name"]
+    names = {"bwt": "BWT", "forgetting_chaudhry": "forgetting (Chaudhry)",
+             "forgetting_since_learned": "forgetting (since learned)", "fwt": "FWT"}
+    header = ["arm", *(f"{names[m]} {score}" for score in ("exact", "name") for m in CONTINUAL_METRICS)]
     out = ["## Continual learning", "", _table(header, rows), ""]
     stages = result.stages
     numbers = sorted(stages["stage"].unique().to_list())

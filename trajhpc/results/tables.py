@@ -17,7 +17,13 @@ import polars as pl
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir.documents import OK, BlockScores
 from trajhpc.results import families, itemtables, stats
-from trajhpc.results.continual import continual_metrics, mean_rmatrix, mean_rmatrix_by_block, stage_compute
+from trajhpc.results.continual import (
+    CONTINUAL_METRICS,
+    continual_metrics,
+    mean_rmatrix,
+    mean_rmatrix_by_block,
+    stage_compute,
+)
 from trajhpc.results.jobrecords import (
     PARAMS_SCHEMA,
     JobRecord,
@@ -35,8 +41,7 @@ from trajhpc.study.manifest import Manifest
 # Unit-level metrics summarised per arm (mean, sd, bootstrap CI).
 SUMMARY_METRICS = (
     *SCORE_KEYS,  # averaged over blocks into a unit's final score
-    "bwt_exact", "forgetting_exact", "fwt_exact",
-    "bwt_name", "forgetting_name", "fwt_name",
+    *(f"{m}_{score}" for score in ("exact", "name") for m in CONTINUAL_METRICS),
     "supervised_tokens", "total_tokens", "padded_tokens", "flops",
     "exact_per_m_supervised",
     "exact_at_budget_supervised", "exact_at_budget_total",
@@ -168,7 +173,7 @@ def unit_table(
     units = final
     for score in ("exact", "name"):
         cl = continual_metrics(long, score).drop("acc")
-        cl = cl.rename({m: f"{m}_{score}" for m in ("bwt", "forgetting", "fwt")})
+        cl = cl.rename({m: f"{m}_{score}" for m in CONTINUAL_METRICS})
         units = units.join(cl, on="job_id", how="left")
     budgets = dict(budgets or {})
     for count in ("supervised", "total"):

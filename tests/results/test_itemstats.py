@@ -83,6 +83,7 @@ def test_cluster_sign_flip_of_three_dialogues_by_hand():
     # A dialogue summing to zero changes no total: same p, still exact.
     assert cluster_sign_flip(np.array([3.0, 0.0, 1.0, 2.0, 0.0])) == (0.25, True)
     assert cluster_sign_flip(np.zeros(4)) == (1.0, True)
+    assert cluster_sign_flip(np.array([0.0, -2.0, 0.0])) == (1.0, True)  # one dialogue differs: ±2, both reach 2
     p, exact = cluster_sign_flip(np.arange(1.0, 21.0), draws=2_000)  # 20 clusters: Monte Carlo
     assert not exact and p == pytest.approx(2 / 2_001)  # no draw reaches either tail: 2 x 1/(1 + draws)
     assert cluster_sign_flip(np.arange(1.0, 21.0), draws=2_000) == (p, exact)  # seeded

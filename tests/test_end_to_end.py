@@ -79,7 +79,9 @@ def test_example_level_tables_of_the_real_smoke_output(smoke_root):
     assert {"exact_pooled", "exact_macro", "name_pooled", "name_macro"} <= set(summary["metric"].to_list())
     paired = pl.read_csv(out / "paired.csv")
     assert {"test", "p_value", "p_kind", "draws", "p_holm", "primary"} <= set(paired.columns)
-    item = paired.filter(pl.col("test") == "mcnemar-cmh")
+    item = paired.filter(pl.col("items").is_not_null())
+    # Per metric the item test, then the McNemar test conditional on the units.
+    assert item["test"].to_list() == ["item-sign-flip-by-dialogue"] * 2 + ["mcnemar-conditional-on-units"] * 2
     # B vs A over the 4 shared (seed, order) units, 24 held-out items each (4 blocks x 6).
     assert set(item["metric"].to_list()) == {"exact", "name"} and set(item["pairs"].to_list()) == {4}
     assert set(item["items"].to_list()) == {24} and set(item["p_kind"].to_list()) == {"exact"}

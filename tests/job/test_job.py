@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -108,9 +109,12 @@ def test_job_directory_follows_the_contract(done_job):
         rows = [json.loads(line) for line in (done_job / "predictions" / f"stage-{k}.jsonl").read_text().splitlines()]
         assert len(rows) == 8  # 4 blocks x 2 held-out examples
         assert Counter(row["block"] for row in rows) == {b: 2 for b in ALL_BLOCKS}
+        # Each row names its record (source file#index): unique, unlike block|dialogue_key|step.
+        assert len({row["item"] for row in rows}) == 8
+        assert all(re.fullmatch(r"[^#]+\.jsonl?#\d+", row["item"]) for row in rows)
         for row in rows:
             assert len(row["prompt_hash"]) == 12 and row["gold"].startswith("API-Request: [")
-            assert {"dialogue_key", "step", "prediction", "exact", "name", "error", "arg_precision", "arg_recall"} <= set(row)
+            assert {"item", "dialogue_key", "step", "prediction", "exact", "name", "error", "arg_precision", "arg_recall"} <= set(row)
             # Diagnostics of what the prompt carries (condition B on lv3: the gold name often is).
             assert row["target_kind"] in ("toolsearcher", "tool")
             assert isinstance(row["gold_name_in_prompt"], bool) and isinstance(row["gold_values_in_prompt"], bool)

@@ -160,7 +160,8 @@ def test_command_prints_the_table_for_assumed_values():
 def _write_predictions(job_dir: Path, n_stages: int, right: list[bool]) -> None:
     path = JobDir(job_dir).predictions(n_stages)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"block": "a", "dialogue_key": f"d{i}", "step": 0, "exact": r, "name": r} for i, r in enumerate(right)]
+    rows = [{"item": f"lv3.json#{i}", "block": "a", "dialogue_key": f"d{i}", "step": 0, "exact": r, "name": r}
+            for i, r in enumerate(right)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

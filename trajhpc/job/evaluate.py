@@ -29,6 +29,7 @@ from trajhpc.job.train import autocast
 class HeldOut:
     """One held-out example, ready for generation."""
 
+    item: str  # the record's ``source#index`` (Record.uid): unique, the same in every arm and job
     block: str
     dialogue_key: str
     step: int
@@ -204,6 +205,7 @@ def evaluate(
         scores_by_block[it.block].append((s, gold_name(it.gold)))
         rows.append(
             {
+                "item": it.item,
                 "block": it.block,
                 "dialogue_key": it.dialogue_key,
                 "step": it.step,

@@ -126,7 +126,7 @@ def _heldout(spec: JobSpec, tokenizer, data) -> list:
         for r, ex in zip(records, _tokenize(spec, tokenizer, records, spec.condition, spec.condition_k)):
             gold = gold_token_count(ex.input_ids[len(ex.prompt_ids) :], special)
             seen = diagnostics(r.target, tokenizer.decode(ex.prompt_ids))  # the prompt as the model sees it
-            items.append(HeldOut(block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold, seen))
+            items.append(HeldOut(r.uid, block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold, seen))
     return items
 
 

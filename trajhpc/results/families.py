@@ -19,6 +19,7 @@ import polars as pl
 from pydantic import ValidationError
 
 from trajhpc.results import itemstats
+from trajhpc.results.itemtables import ITEM_TEST
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.study.comparison import ITEM, SIGN_FLIP, Analysis, Comparison, canonical_json, document_sha256
 
@@ -30,11 +31,14 @@ def _matches(c: Comparison) -> pl.Expr:
 
 
 def family(analysis: Analysis, level: str) -> pl.Expr:
-    """The ``family`` column of a paired frame (arm, baseline, metric) whose rows are all unit-level
-    sign-flip tests (``level`` ``sign-flip``) or all item-level tests (``item``, whatever their names)."""
+    """The ``family`` column of a paired frame (arm, baseline, metric, test) whose rows are all unit-level
+    sign-flip tests (``level`` ``sign-flip``) or all item-level tests (``item``). An item-level secondary
+    holds only the item test (:data:`~trajhpc.results.itemtables.ITEM_TEST`): the McNemar test conditional
+    on the units grows with repeated units, so it is never more than exploratory."""
     if level not in (SIGN_FLIP, ITEM):
         raise ValueError(f"unknown level {level!r}")
-    secondary = [_matches(s) for s in analysis.secondary if s.test == level]
+    headline = pl.col("test") == ITEM_TEST if level == ITEM else pl.lit(True)
+    secondary = [_matches(s) & headline for s in analysis.secondary if s.test == level]
     primary = _matches(analysis.primary) if level == SIGN_FLIP else pl.lit(False)
     return (
         pl.when(primary).then(pl.lit("primary"))

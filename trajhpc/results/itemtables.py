@@ -8,8 +8,11 @@ the held-out items every job was scored on, read from each job's final
   mean over blocks (``*_macro``, what ``exact``/``name`` are elsewhere);
 - ``strata_frame``: accuracy per arm within strata of what the prompt carries
   (``target_kind``, ``gold_name_in_prompt``, ``gold_values_in_prompt``);
-- ``item_paired_frame``: per pair of arms, an exact McNemar test stratified over the
-  (seed, order) units both arms share, and a two-level (unit x dialogue) bootstrap CI;
+- ``item_paired_frame``: per pair of arms, over the (seed, order) units both arms share,
+  first the item test (:func:`trajhpc.results.itemstats.item_test`: each item averaged over
+  the units, dialogues sign-flipped and resampled), then the stratified McNemar test, which
+  counts an item once per unit and so holds only conditional on the units;
+- ``items_with_ids``: the prediction rows those tests can join on their ``item`` id;
 - ``study_baselines``: the data-only baselines (trajhpc.job.baselines) on the jobs' held-out sets;
 - ``factorial_frame``: the calls x responses effects when A, calls-only, responses-only and B are all present.
 """
@@ -39,14 +42,17 @@ _ITEM_SCHEMA = {
 
 
 def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[pl.DataFrame, str | None]:
-    """The final stage's prediction rows of one job, and why they could not be read (None when fine)."""
+    """The final stage's prediction rows of one job, and why they could not be read (None when fine).
+
+    ``item`` is the row's record id (``source#index``), null in files written before rows had
+    one: block|dialogue_key|step is no substitute, it repeats (:func:`items_with_ids`)."""
     path = JobDir(job_dir).predictions(n_stages)
     try:
         raw = read_bytes(path, max_bytes=MAX_PREDICTION_BYTES)
         rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
         cols = {k: [] for k in _ITEM_SCHEMA}
         for row in rows:
-            item = f"{row['block']}|{row['dialogue_key']}|{row['step']}"
+            item = None if row.get("item") is None else str(row["item"])
             values = (job_id, item, str(row["dialogue_key"]), row["block"], bool(row["exact"]), bool(row["name"]),
                       *(row.get(s) for s in STRATA))
             for key, value in zip(cols, values):
@@ -85,23 +91,48 @@ def strata_frame(items: pl.DataFrame) -> pl.DataFrame:
     return pl.concat(parts).select(*schema).cast(schema).sort("arm", "stratum", "metric")
 
 
+ITEM_TEST = "item-sign-flip-by-dialogue"
+MCNEMAR_TEST = "mcnemar-conditional-on-units"
 _PAIRED_ITEM_SCHEMA = {
     "arm": pl.String, "baseline": pl.String, "metric": pl.String, "test": pl.String, "pairs": pl.Int64,
     "items": pl.Int64, "mean_diff": pl.Float64, "ci_lo": pl.Float64, "ci_hi": pl.Float64, "p_value": pl.Float64,
-    "p_kind": pl.String, "draws": pl.Int64,
+    "p_kind": pl.String, "draws": pl.Int64, "dialogues": pl.Int64,
 }
+
+
+def items_with_ids(items: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """The prediction rows the item-level tests can pair by ``item``, and a note per kind of job left out.
+
+    A job whose rows lack ``item`` (files from before rows had one) or repeat one is left out
+    whole: pairing it on block|dialogue_key|step would join different records."""
+    per_job = items.group_by("job_id").agg(
+        (pl.col("item").null_count() > 0).alias("missing"), (pl.col("item").n_unique() < pl.len()).alias("repeated"),
+    )
+    missing = per_job.filter(pl.col("missing"))["job_id"]
+    repeated = per_job.filter(~pl.col("missing") & pl.col("repeated"))["job_id"]
+    notes = []
+    if missing.len():
+        notes.append(
+            f"item-level tests leave out {missing.len()} job(s) whose final predictions have no `item` ids "
+            "(written before prediction rows named their record): block|dialogue_key|step repeats across "
+            "records, so their items cannot be paired; their units still count in the unit-level tests"
+        )
+    if repeated.len():
+        notes.append(f"item-level tests leave out {repeated.len()} job(s) whose final predictions repeat an `item` id")
+    return items.filter(~pl.col("job_id").is_in([*missing, *repeated])), notes
 
 
 def item_paired_frame(units: pl.DataFrame, items: pl.DataFrame, arms: Sequence[str], *,
                       resamples: int = itemstats.RESAMPLES, seed: int = itemstats.SEED,
-                      pairs: Sequence[tuple[str, str]] | None = None) -> pl.DataFrame:
-    """Per pair of arms and metric: stratified exact McNemar over shared units, two-level bootstrap CI.
+                      draws: int = itemstats.DRAWS, pairs: Sequence[tuple[str, str]] | None = None) -> pl.DataFrame:
+    """Per pair of arms and metric, over the units both share: the item test (all its rows first),
+    then the stratified McNemar test, conditional on the units, with a two-level bootstrap CI.
 
-    ``pairs`` are the (arm, baseline) comparisons (default: every pair of ``arms``, first minus later)."""
-    cols: dict[str, list[Any]] = {k: [] for k in _PAIRED_ITEM_SCHEMA}
-    if items.height == 0:
-        return pl.DataFrame(cols, schema=_PAIRED_ITEM_SCHEMA)
-    keyed = items.join(units.select("job_id", "seed", "order"), on="job_id", how="inner")
+    ``items`` are rows with unique ``item`` ids per job (:func:`items_with_ids`); ``pairs``
+    are the (arm, baseline) comparisons (default: every pair of ``arms``, first minus later)."""
+    rows: dict[str, list[tuple[Any, ...]]] = {ITEM_TEST: [], MCNEMAR_TEST: []}
+    keyed = items.filter(pl.col("item").is_not_null()).join(
+        units.select("job_id", "seed", "order"), on="job_id", how="inner")
     for arm, baseline in pairs if pairs is not None else itertools.combinations(arms, 2):
         x = keyed.filter(pl.col("arm") == arm)
         y = keyed.filter(pl.col("arm") == baseline)
@@ -109,29 +140,30 @@ def item_paired_frame(units: pl.DataFrame, items: pl.DataFrame, arms: Sequence[s
         if joined.height == 0:
             continue
         unit_keys = joined.select("seed", "order").unique().sort("seed", "order")
-        # The bootstrap needs one item set for all units: the items every shared unit has.
+        # The item test and the bootstrap need one item set for all units: the items every shared unit has.
         common = joined.group_by("item").agg(pl.len().alias("k")).filter(pl.col("k") == unit_keys.height)
         matrix_rows = joined.join(common.select("item"), on="item").sort("seed", "order", "item")
+        n_units, n_items = unit_keys.height, common.height
+        dialogues = matrix_rows["dialogue"][:n_items].to_list()
         for metric in ITEM_METRICS:
-            pairs = []
-            for key in unit_keys.iter_rows():
-                unit = joined.filter((pl.col("seed") == key[0]) & (pl.col("order") == key[1]))
-                pairs.append(itemstats.discordant(unit[metric].to_numpy(), unit[f"{metric}_base"].to_numpy()))
             diff = (matrix_rows[metric].cast(pl.Float64) - matrix_rows[f"{metric}_base"].cast(pl.Float64)).to_numpy()
-            n_items = common.height
             lo = hi = None
             if n_items:
-                ci = itemstats.two_level_bootstrap(
-                    diff.reshape(unit_keys.height, n_items), matrix_rows["dialogue"][:n_items].to_list(),
-                    resamples=resamples, seed=seed,
-                )
+                diff = diff.reshape(n_units, n_items)
+                t = itemstats.item_test(diff, dialogues, draws=draws, resamples=resamples, seed=seed)
+                rows[ITEM_TEST].append((arm, baseline, metric, ITEM_TEST, n_units, n_items, t.mean, t.low, t.high,
+                                        t.p, "exact" if t.exact else "monte-carlo", t.draws, t.clusters))
+                ci = itemstats.two_level_bootstrap(diff, dialogues, resamples=resamples, seed=seed)
                 lo, hi = ci.low, ci.high
+            per_unit = [
+                itemstats.discordant(unit[metric].to_numpy(), unit[f"{metric}_base"].to_numpy())
+                for _, unit in joined.group_by("seed", "order", maintain_order=True)
+            ]
             mean = (joined[metric].cast(pl.Float64) - joined[f"{metric}_base"].cast(pl.Float64)).mean()
-            values = (arm, baseline, metric, "mcnemar-cmh", unit_keys.height, n_items, mean, lo, hi,
-                      itemstats.stratified_mcnemar(pairs), "exact", None)
-            for k, v in zip(cols, values):
-                cols[k].append(v)
-    return pl.DataFrame(cols, schema=_PAIRED_ITEM_SCHEMA)
+            rows[MCNEMAR_TEST].append((arm, baseline, metric, MCNEMAR_TEST, n_units, n_items, mean, lo, hi,
+                                       itemstats.stratified_mcnemar(per_unit), "exact", None, None))
+    table = rows[ITEM_TEST] + rows[MCNEMAR_TEST]
+    return pl.DataFrame(table, schema=_PAIRED_ITEM_SCHEMA, orient="row")
 
 
 def study_baselines(specs: Sequence[Any]) -> tuple[pl.DataFrame, str | None]:

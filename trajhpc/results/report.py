@@ -280,6 +280,7 @@ def _paired_section(result: StudyResult) -> list[str]:
 def _evidence_section(result: StudyResult) -> list[str]:
     """Pooled vs macro accuracy, item-level tests (Holm-adjusted), baselines, strata, factorial."""
     from trajhpc.results.itemstats import smallest_sign_flip_p
+    from trajhpc.results.itemtables import ITEM_TEST, MCNEMAR_TEST
 
     out = ["## Example-level evidence", ""]
     rows = [[arm, *(_ci(_lookup(result.summary, arm, m)) for m in
@@ -295,12 +296,17 @@ def _evidence_section(result: StudyResult) -> list[str]:
         for r in shown.sort(families.family_rank(), maintain_order=True).to_dicts():
             kind = r["p_kind"] + (f", {r['draws']} draws" if r.get("draws") else "")
             size = f"{r['pairs']} units" + (f" x {r['items']} items" if r.get("items") else "")
+            size += f" in {r['dialogues']} dialogues" if r.get("dialogues") else ""
             lines.append([f"{r['arm']} − {r['baseline']}" + (" (primary)" if r["primary"] else ""),
                           METRIC_LABELS.get(r["metric"], r["metric"]), r["test"], r["family"], size, _diff(r),
                           f"{_num(r['p_value'], 4)} ({kind})", _num(r["p_holm"], 4)])
         pairs = int(result.paired["pairs"].max() or 0) if result.paired.height else 0
-        out += ["Every comparison: sign-flip over (seed, order) units, and an exact McNemar test over the "
-                "held-out items stratified by unit, with a CI that resamples units and held-out dialogues. "
+        out += ["Every comparison: sign-flip over (seed, order) units; then, over the held-out items, "
+                f"`{ITEM_TEST}`: each item's difference averaged over the units both arms share, a sign-flip "
+                "test that flips the items of one dialogue together and a CI that resamples dialogues, so "
+                "units repeating the same predictions add no evidence; last, "
+                f"`{MCNEMAR_TEST}`, an exact McNemar test stratified by unit, which counts every item once per "
+                "unit and holds only conditional on the units. "
                 f"{_primary_sentence(result, paired)} {_families_sentence(result, paired)} With {pairs} "
                 f"pairs the smallest sign-flip p is {smallest_sign_flip_p(pairs):.4g}.", "",
                 _table(["comparison", "metric", "test", "family", "n", "difference [95% CI]", "p", "p (Holm)"], lines),

@@ -32,7 +32,7 @@ class StudyResult:
     rmatrix_blocks: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block (name)
     loss: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x global step: mean training loss
     # Example-level tables (trajhpc.results.itemtables): empty when the jobs' predictions are not read.
-    item_paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric, mcnemar-cmh
+    item_paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric x item-level test
     strata: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stratum x metric
     baselines: pl.DataFrame = field(default_factory=pl.DataFrame)  # baseline x block x metric
     factorial: pl.DataFrame = field(default_factory=pl.DataFrame)  # effect x metric

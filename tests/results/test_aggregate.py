@@ -470,7 +470,7 @@ def test_mixed_settings_split_arms_by_variant(tmp_path):
     r = _result(tmp_path)
     arms = sorted(r.units["arm"].unique().to_list())
     assert len(arms) == 2 and all(a.startswith("A (") for a in arms)
-    assert r.paired.height == len(tbl.PAIRED_METRICS)  # the two variants of A are compared
+    assert r.paired.height == len(tbl.compared_metrics(r.units))  # the two variants of A are compared
 
 
 # ---------------------------------------------------------------- outputs and the command
@@ -520,7 +520,7 @@ def test_arms_without_common_seed_and_order_have_zero_pairs(tmp_path):
     sj.write_job(tmp_path / "s", sj.spec_for("A", seed=0), [[0.1] * 3] * 4)
     sj.write_job(tmp_path / "s", sj.spec_for("B", seed=1), [[0.2] * 3] * 4)
     r = _result(tmp_path)
-    assert r.paired["pairs"].to_list() == [0] * len(tbl.PAIRED_METRICS)
+    assert r.paired["pairs"].to_list() == [0] * len(tbl.compared_metrics(r.units, r.analysis))
     assert r.paired["mean_diff"].is_null().all() and r.paired["p_value"].is_null().all()
     assert "| B − A (primary) | exact | primary | 0 | – | – |" in agg.write_outputs(r, plots=True).joinpath("report.md").read_text()
 

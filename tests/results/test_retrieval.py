@@ -100,3 +100,78 @@ def test_catalogue_sanity_on_the_default_split(study):
 def test_the_catalogue_does_not_depend_on_record_order(study):
     _, everything = study
     assert tool_catalogue(everything) == tool_catalogue(list(reversed(everything)))
+
+
+# ---------------------------------------------------------------- in the aggregate
+
+SEARCH = "API-Request: [ToolSearcher(keywords='{}')]"
+FOUND = ("training-data/lv3-api-train.json#83", "a", "d83", 0)  # gold: find doctor by specialty and location
+TOOL = ("training-data/lv3-api-train.json#84", "a", "d83", 1)
+
+
+def _rows(paraphrase: str) -> list[dict]:
+    import synthetic_jobs as sj
+
+    rows = sj.prediction_rows([FOUND, TOOL], [False, True])
+    rows[0].update(prediction=SEARCH.format(paraphrase), gold=SEARCH.format("find doctor by specialty and location"))
+    return rows
+
+
+def test_a_finished_study_gains_exact_retrieval_from_its_predictions(tmp_path):
+    """B paraphrases the gold keywords into ones that retrieve the same tool, A into another tool's:
+    both fail exact on the ToolSearcher item, only B passes exact_retrieval."""
+    import json
+
+    import polars as pl
+    import synthetic_jobs as sj
+
+    from trajhpc.results.aggregate import aggregate
+    from trajhpc.results.tables import paired_table
+
+    for job_dir in sj.write_study(tmp_path, "s1", arms=("A", "B")):
+        spec = sj.JobSpec.model_validate(json.loads((job_dir / "spec.json").read_text()))
+        words = "doctors by specialty and location" if spec.condition == "B" else "book an appointment"
+        sj.write_predictions(job_dir, spec, _rows(words))
+    (result,) = aggregate([tmp_path], resamples=200)
+    units = result.units.sort("arm")
+    # One block: the mean of a ToolSearcher item (0 or 1) and an exact tool call (1).
+    assert set(units.filter(pl.col("arm") == "A")["exact_retrieval"]) == {0.5}
+    assert set(units.filter(pl.col("arm") == "B")["exact_retrieval"]) == {1.0}
+    summary = result.summary.filter(pl.col("metric") == "exact_retrieval")
+    assert dict(zip(summary["arm"], summary["mean"])) == {"A": 0.5, "B": 1.0}
+    row = paired_table(result).filter((pl.col("metric") == "exact_retrieval") & (pl.col("test") == "sign-flip"))
+    assert row["mean_diff"].to_list() == [0.5] and row["family"].to_list() == ["exploratory"]
+    assert any("60 of 92 held-out ToolSearcher targets (0.65)" in note for note in result.notes)
+
+
+def test_rows_without_their_text_are_not_scored_and_the_report_says_so(tmp_path):
+    import json
+
+    import synthetic_jobs as sj
+
+    from trajhpc.results.aggregate import aggregate
+
+    for job_dir in sj.write_study(tmp_path, "s1", arms=("A", "B"), seeds=(0,)):
+        spec = sj.JobSpec.model_validate(json.loads((job_dir / "spec.json").read_text()))
+        rows = _rows("x")
+        for r in rows:
+            del r["prediction"]
+        sj.write_predictions(job_dir, spec, rows)
+    (result,) = aggregate([tmp_path], resamples=200)
+    assert result.units["exact_retrieval"].is_null().all()
+    assert any("exact_retrieval not computed for 4 job(s)" in note for note in result.notes)
+
+
+def test_without_prediction_files_paired_csv_leaves_exact_retrieval_out_unless_declared(tmp_path):
+    import synthetic_jobs as sj
+
+    from trajhpc.results import tables as tbl
+    from trajhpc.results.aggregate import aggregate
+    from trajhpc.study.comparison import Analysis
+
+    sj.write_study(tmp_path, "s1", arms=("A", "B"), seeds=(0,))
+    (result,) = aggregate([tmp_path], resamples=200)
+    assert "exact_retrieval" not in tbl.compared_metrics(result.units)
+    assert "exact_retrieval" not in result.paired["metric"].to_list()
+    declared = Analysis.model_validate({"secondary": [{"metric": "exact_retrieval"}]})
+    assert "exact_retrieval" in tbl.compared_metrics(result.units, declared)  # its missing pairs must show

@@ -225,14 +225,15 @@ ERRORS = [
     (HEAD + "analysis:\n  primary:\n    arm: A\n    baseline: B\n",
      "m.yaml:6: analysis.primary.baseline: baseline 'B' is not an arm of this manifest; use one of A"),
     (HEAD + "analysis:\n  primary:\n    metric: acc\n", "m.yaml:5: analysis.primary.metric: unknown "
-     "metric 'acc'; use one of exact, name, name_excl_toolsearcher, exact_at_budget_supervised, exact_at_budget_total"),
+     "metric 'acc'; use one of exact, name, name_excl_toolsearcher, exact_at_budget_supervised, exact_at_budget_total, "
+     "exact_retrieval"),
     (HEAD + "analysis: {primry: {}}\n", "m.yaml:3: analysis.primry: unknown key 'primry' (did you mean 'primary'?)"),
     # analysis.secondary: each entry checked like the primary, each comparison in one family, one direction per pair
     (ABC + "analysis:\n  secondary:\n    - {arm: C}\n", "m.yaml:5: analysis.secondary.0.arm: arm 'C' is not an arm "
      "of this manifest; use one of A, B, calls-only"),
     (ABC + "analysis:\n  secondary:\n    - {metric: name}\n    - {metric: acc}\n", "m.yaml:6: "
      "analysis.secondary.1.metric: unknown metric 'acc'; use one of exact, name, name_excl_toolsearcher, "
-     "exact_at_budget_supervised, exact_at_budget_total"),
+     "exact_at_budget_supervised, exact_at_budget_total, exact_retrieval"),
     (ABC + "analysis:\n  secondary:\n    - {test: mcnemar}\n",
      "m.yaml:5: analysis.secondary.0.test: Input should be 'sign-flip' or 'item'"),
     (ABC + "analysis: {secondary: [{arm: B, scope: x}]}\n", "m.yaml:3: analysis.secondary.0.scope: unknown key "

@@ -35,6 +35,7 @@ from trajhpc.results.jobrecords import (
     resolve_targets_and_manifests,
     study_manifest,
 )
+from trajhpc.results.retrieval import add_exact_retrieval
 from trajhpc.results.studyresult import OUTPUT_DIR, StudyResult
 from trajhpc.results.tables import analyze_study, paired_table
 from trajhpc.study.manifest import Manifest
@@ -74,12 +75,20 @@ def aggregate(
             # The study's manifest orders the arms and declares the primary and secondary comparisons;
             # without one the aggregate keeps its own order (B first, A last) and B − A, checked
             # either way against the analysis the jobs' submission records hold.
-            analyze_study(
-                s.folder.name, s.folder, s.records, resamples=resamples, seed=seed, items=read_items(s.records),
-                manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),
-            )
-            for s in read_studies(targets, strict=strict)
+            _analyze(s, resamples=resamples, seed=seed) for s in read_studies(targets, strict=strict)
         ]
+
+
+def _analyze(s: "StudyRecords", *, resamples: int, seed: int) -> StudyResult:
+    # ToolSearcher calls are rescored by retrieval from the stored predictions, so a finished
+    # study gains exact_retrieval without rerunning a job.
+    items, notes = add_exact_retrieval(read_items(s.records), s.records)
+    result = analyze_study(
+        s.folder.name, s.folder, s.records, resamples=resamples, seed=seed, items=items,
+        manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),
+    )
+    result.notes += notes
+    return result
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ _ITEM_SCHEMA = {
     "job_id": pl.String, "item": pl.String, "dialogue": pl.String, "block": pl.String,
     "exact": pl.Boolean, "name": pl.Boolean,
     "target_kind": pl.String, "gold_name_in_prompt": pl.Boolean, "gold_values_in_prompt": pl.Boolean,
+    "prediction": pl.String, "gold": pl.String,
 }
 
 
@@ -54,7 +55,7 @@ def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[p
         for row in rows:
             item = None if row.get("item") is None else str(row["item"])
             values = (job_id, item, str(row["dialogue_key"]), row["block"], bool(row["exact"]), bool(row["name"]),
-                      *(row.get(s) for s in STRATA))
+                      *(row.get(s) for s in STRATA), row.get("prediction"), row.get("gold"))
             for key, value in zip(cols, values):
                 cols[key].append(value)
         return pl.DataFrame(cols, schema=_ITEM_SCHEMA), None
@@ -62,6 +63,13 @@ def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[p
         return pl.DataFrame(schema=_ITEM_SCHEMA), str(err)
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
         return pl.DataFrame(schema=_ITEM_SCHEMA), f"{path.name}: corrupt: {type(err).__name__}"
+
+
+def retrieval_units(items: pl.DataFrame) -> pl.DataFrame:
+    """Per job: ``exact_retrieval`` as ``exact`` is, the mean over blocks of each block's mean
+    (null for a job whose rows could not be scored)."""
+    per_block = items.group_by("job_id", "block").agg(pl.col("exact_retrieval").mean())
+    return per_block.group_by("job_id").agg(pl.col("exact_retrieval").mean())
 
 
 def pooled_units(long: pl.DataFrame) -> pl.DataFrame:

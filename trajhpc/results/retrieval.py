@@ -27,10 +27,16 @@ from typing import Iterable, Mapping, Sequence
 
 import bm25s
 import numpy as np
+import polars as pl
 
+from trajhpc.core.errors import TrajhpcError, last_line
 from trajhpc.data.apibank import CALL_PREFIX, Record
 from trajhpc.data.calls import TOOL_SEARCHER, parse_call, parse_gold
+from trajhpc.data.splits import load_study_data
 from trajhpc.data.tooldocs import descriptions, searched_descriptions
+from trajhpc.jobdir.documents import OK
+from trajhpc.results.jobrecords import JobRecord
+from trajhpc.spec import DataSpec
 
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
@@ -158,3 +164,62 @@ def catalogue_sanity(targets: Sequence[Record], context: Sequence[Record], retri
     checked = [(r, named[r.uid]) for r in targets if r.uid in named]
     hits = sum(retriever.best(_keywords(r.target, gold=True) or "") == name for r, name in checked)
     return Sanity(hits, len(checked))
+
+
+# ---------------------------------------------------------------- a study's prediction rows
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    retriever: ToolRetriever
+    sanity: Sanity
+
+
+def _scorer(data: DataSpec) -> _Scorer:
+    """The retriever over the catalogue of ``data``'s records, and its sanity on the held-out targets."""
+    study = load_study_data(data)
+    everything = [r for block in study.blocks for r in (*study.train[block], *study.heldout[block])]
+    heldout = [r for block in study.blocks for r in study.heldout[block]]
+    retriever = ToolRetriever.build(tool_catalogue(everything))
+    return _Scorer(retriever, catalogue_sanity(heldout, everything, retriever))
+
+
+def add_exact_retrieval(items: pl.DataFrame | None, records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[str]]:
+    """``items`` (final prediction rows) with ``exact_retrieval``, and the notes the report prints:
+    the catalogue's sanity figure, and why a job's rows could not be scored (their data cannot be
+    read here, or the rows lack their text). A row that cannot be scored is null, never ``exact``."""
+    if items is None or items.height == 0:
+        return items, []
+    data_of = {r.path.name: r.spec.data for r in records if r.status == OK and r.spec is not None}
+    scorers: dict[str, _Scorer | str] = {}  # one per distinct data spec; a str says why there is none
+    for data in data_of.values():
+        key = data.model_dump_json()
+        if key not in scorers:
+            try:
+                scorers[key] = _scorer(data)
+            except TrajhpcError as err:
+                scorers[key] = last_line(str(err))
+    values: list[bool | None] = []
+    for job_id, prediction, gold, exact in items.select("job_id", "prediction", "gold", "exact").iter_rows():
+        data = data_of.get(job_id)
+        scorer = scorers.get(data.model_dump_json()) if data is not None else None
+        if not isinstance(scorer, _Scorer) or prediction is None or gold is None:
+            values.append(None)
+            continue
+        values.append(exact_retrieval(prediction, gold, exact, scorer.retriever))
+    scored = items.with_columns(pl.Series("exact_retrieval", values, dtype=pl.Boolean))
+    notes = []
+    for scorer in (s for s in scorers.values() if isinstance(s, _Scorer)):
+        s = scorer.sanity
+        notes.append(
+            f"exact_retrieval counts a ToolSearcher call as right when BM25 over the data's {len(scorer.retriever.names)} "
+            f"described tools ranks first for its keywords the tool it ranks first for the gold keywords; those gold "
+            f"keywords rank first the tool their gold response named for {s.hits} of {s.n} held-out ToolSearcher "
+            f"targets ({s.rate:.2f}): the retriever is an approximation of upstream's, read exact_retrieval with that "
+            "in mind." if s.rate is not None else "exact_retrieval: no held-out ToolSearcher target with a known response."
+        )
+    unscored = scored.filter(pl.col("exact_retrieval").is_null())["job_id"].unique().to_list()
+    if unscored:
+        reasons = sorted({s for s in scorers.values() if isinstance(s, str)}) or ["their prediction rows lack the text"]
+        notes.append(f"exact_retrieval not computed for {len(unscored)} job(s): {'; '.join(reasons)}")
+    return scored, notes

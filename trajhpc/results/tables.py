@@ -47,6 +47,8 @@ SUMMARY_METRICS = (
     "exact_at_budget_supervised", "exact_at_budget_total",
     # Final accuracy pooled over examples beside the mean over blocks (= exact, name).
     "exact_pooled", "exact_macro", "name_pooled", "name_macro",
+    # ToolSearcher calls scored by the tool their keywords retrieve (trajhpc.results.retrieval).
+    "exact_retrieval",
 )
 TOKEN_METRICS = ("supervised_tokens", "total_tokens", "padded_tokens", "flops")
 # Metrics compared between arms on units matched by (seed, order): PAIRED_METRICS, defined in
@@ -294,7 +296,15 @@ def compare_arms(
     """
     pairs, diffs = _paired_diffs(units, arm_order(units["arm"].to_list(), listed), analysis)
     estimates = stats.describe_many(diffs, resamples=resamples, seed=seed)
-    return _paired_frame(pairs, diffs, estimates, resamples=resamples, seed=seed)
+    return _paired_frame(pairs, diffs, estimates, resamples=resamples, seed=seed,
+                         metrics=compared_metrics(units, analysis))
+
+
+def compared_metrics(units: pl.DataFrame, analysis: Analysis = DEFAULT_ANALYSIS) -> tuple[str, ...]:
+    """The PAIRED_METRICS paired.csv compares: those some unit has (``exact_retrieval`` needs the
+    prediction files), and every metric the analysis declares, had or not (its missing pairs must show)."""
+    declared = {c.metric for c in (analysis.primary, *analysis.secondary)}
+    return tuple(m for m in PAIRED_METRICS if m in declared or (m in units.columns and units[m].is_not_null().any()))
 
 
 def duplicate_units(units: pl.DataFrame) -> pl.DataFrame:
@@ -342,12 +352,16 @@ def _paired_frame(
     *,
     resamples: int,
     seed: int,
+    metrics: Sequence[str] = PAIRED_METRICS,
 ) -> pl.DataFrame:
+    """paired.csv's unit-level rows, one per comparison and each of ``metrics``."""
     tests = stats.sign_flip_many(diffs, resamples=resamples, seed=seed)
     cols: dict[str, list[Any]] = {k: [] for k in _PAIRED_SCHEMA}
     for (arm, baseline), est, (pvals, exact) in zip(pairs, estimates, tests):
         for j, metric in enumerate(PAIRED_METRICS):
             e = est[j]
+            if metric not in metrics:
+                continue
             for key, value in zip(cols, (arm, baseline, metric, e.n, e.mean, e.sd, e.lo, e.hi, pvals[j], exact[j])):
                 cols[key].append(value)
     return pl.DataFrame(cols, schema=_PAIRED_SCHEMA)
@@ -394,6 +408,10 @@ def analyze_study(
         return result
     units, curves, result.budgets = unit_table(long, params_frame(records), budgets)
     units = units.join(itemtables.pooled_units(long), on="job_id", how="left")
+    if items is not None and "exact_retrieval" in items.columns:
+        units = units.join(itemtables.retrieval_units(items), on="job_id", how="left")
+    else:
+        units = units.with_columns(pl.lit(None, pl.Float64).alias("exact_retrieval"))
     result.units = units = in_arm_order(units, arm_order(units["arm"].to_list(), listed_arms), "seed", "order", "job_id")
     # One bootstrap for the arms and the paired differences: samples of one size share
     # their resample indices (stats.describe_many), whichever table they feed.
@@ -401,7 +419,8 @@ def analyze_study(
     pairs, diffs = _paired_diffs(units, arms, result.analysis)
     estimates = stats.describe_many([*matrices, *diffs], resamples=resamples, seed=seed)
     result.summary, result.stages = _summary_frames(arms, stage_cols, estimates[: len(arms)])
-    result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed)
+    result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed,
+                                  metrics=compared_metrics(units, result.analysis))
     result.rmatrix = in_arm_order(mean_rmatrix(long), arms, "stage", "block_pos")
     result.rmatrix_blocks = in_arm_order(mean_rmatrix_by_block(long), arms, "stage", "block")
     if train_logs is not None:

@@ -21,7 +21,9 @@ from trajhpc.spec import StrictModel
 
 # Metrics compared between arms on units matched by (seed, order) (trajhpc.results.tables), and so
 # the metrics a declared comparison may name.
-PAIRED_METRICS = ("exact", "name", "name_excl_toolsearcher", "exact_at_budget_supervised", "exact_at_budget_total")
+PAIRED_METRICS = (
+    "exact", "name", "name_excl_toolsearcher", "exact_at_budget_supervised", "exact_at_budget_total", "exact_retrieval",
+)
 # What a secondary comparison tests: its unit-level sign-flip row, or its item-level row (the
 # aggregate's item test, whose evidence does not grow with repeated units; the McNemar test
 # conditional on the units is always exploratory).

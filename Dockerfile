@@ -70,6 +70,7 @@ RUN pip install \
         pydantic==2.14.3 \
         matplotlib==3.11.2 \
         scipy==1.17.1 \
+        statsmodels==0.15.0 \
         gguf==0.19.0 \
         bm25s==0.3.11
 

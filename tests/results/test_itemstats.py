@@ -56,6 +56,19 @@ def test_holm_on_a_known_family():
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
+def test_holm_is_the_textbook_step_down_on_random_families():
+    """statsmodels' Holm against Holm (1979) written out: sort, multiply by (m - rank), keep monotone."""
+    rng = np.random.default_rng(7)
+    for m in (1, 2, 5, 30):
+        p = rng.uniform(0, 0.2, m).tolist()
+        order = sorted(range(m), key=lambda i: p[i])
+        expected, running = [0.0] * m, 0.0
+        for rank, i in enumerate(order):
+            running = max(running, min(1.0, (m - rank) * p[i]))
+            expected[i] = running
+        assert holm(p) == pytest.approx(expected)
+
+
 def test_smallest_sign_flip_p():
     assert smallest_sign_flip_p(4) == 0.125 and smallest_sign_flip_p(1) == 1.0
     assert smallest_sign_flip_p(20) == pytest.approx(2 / 2**20)

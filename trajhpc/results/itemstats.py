@@ -67,14 +67,16 @@ def stratified_mcnemar(pairs: Sequence[tuple[int, int]]) -> float:
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm step-down adjusted p-values (None stays None and is not counted in the family)."""
-    present = [(p, i) for i, p in enumerate(pvalues) if p is not None]
-    m = len(present)
+    """Holm step-down adjusted p-values, statsmodels' ``multipletests(method="holm")``; None stays
+    None and is not counted in the family."""
+    from statsmodels.stats.multitest import multipletests  # imported here: it loads pandas
+
+    present = [i for i, p in enumerate(pvalues) if p is not None]
     adjusted: list[float | None] = [None] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(sorted(present)):
-        running = max(running, min(1.0, (m - rank) * p))
-        adjusted[i] = running
+    if present:
+        _, corrected, _, _ = multipletests([pvalues[i] for i in present], method="holm")
+        for i, q in zip(present, corrected):
+            adjusted[i] = float(q)
     return adjusted
 
 

@@ -444,7 +444,8 @@ def print_plan(console: Any, p: Plan, title: str, sources: dict[str, str]) -> No
         f"Two-sided, rejecting at p <= {a.alpha:g}. The sign-flip test as `trajhpc aggregate` runs it (exact up "
         f"to 16 units, else {stats.RESAMPLES:,} sign patterns), power simulated over {p.draws:,} studies with "
         f"Normal(effect, unit SD) unit differences (numpy default_rng({SEED})). Item-level: exact sign test over "
-        "the discordant items, exact power.", style="dim", highlight=False, markup=False,
+        "the discordant items, exact power, items taken as independent (the aggregate's item test flips whole "
+        "dialogues: with items correlated within a dialogue its power is lower).", style="dim", highlight=False, markup=False,
     )
 
 

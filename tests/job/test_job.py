@@ -459,7 +459,10 @@ def test_second_run_job_exits_2_and_ctrl_c_exits_130_leaving_the_job_interrupted
     spec_file, job_dir = tmp_path / "spec.json", tmp_path / "job"
     spec_file.write_text(json.dumps(BASE | {"train": BASE["train"] | {"max_steps": 50}}))
     command = [sys.executable, "-m", "trajhpc.cli", "run-job", str(spec_file), "--job-dir", str(job_dir)]
-    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # 0.2 s a step: stage 1 trains for at least 10 s, so the Ctrl-C below lands in training even on a
+    # loaded machine, where the job could otherwise finish before this process polls again.
+    slow = {**os.environ, "TRAJHPC_FAULT_INJECT": "slow:200"}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=slow)
     try:
         _wait_for(lambda: _state(job_dir) == "running" or first.poll() is not None)
         before = read(job_dir, "state.json")

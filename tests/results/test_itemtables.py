@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import synthetic_jobs as sj  # noqa: E402
 
+from trajhpc.core.errors import TrajhpcError
 from trajhpc.data.splits import load_study_data
 from trajhpc.results import aggregate as agg
 from trajhpc.results import report
@@ -165,3 +166,41 @@ def test_a_job_repeating_an_item_id_is_left_out(tmp_path):
     result = _result(root)
     assert any("leave out 1 job(s) whose final predictions repeat an `item` id" in n for n in result.notes)
     assert set(paired_table(result).filter(pl.col("test") != "sign-flip")["pairs"]) == {5}
+
+
+# ---------------------------------------------------------------- unusable prediction files
+
+
+def _two_units(root: Path) -> dict[str, Path]:
+    items = sj.ITEMS[:4]
+    return {arm: _write_unit(root / "s1", arm, 0, ORDERS[0], sj.prediction_rows(items, [True, False, True, False]))
+            for arm in ARMS}
+
+
+@pytest.mark.parametrize(
+    ("damage", "detail"),
+    [
+        (lambda lines: lines[:1] + [lines[1].replace('"exact": false', '"exact": "false"')] + lines[2:],
+         "stage-3.jsonl:2: corrupt: exact: Input should be a valid boolean"),
+        (lambda lines: lines[:2] + ["[1, 2]"] + lines[3:], "stage-3.jsonl:3: corrupt: not a JSON object"),
+        (lambda lines: lines[:3] + ["{not json"], "stage-3.jsonl:4: corrupt: not a JSON object"),
+        (lambda lines: [], "stage-3.jsonl: corrupt: no prediction rows"),
+        (None, "stage-3.jsonl: missing"),
+    ],
+    ids=["string-bool", "not-an-object", "not-json", "empty", "missing"],
+)
+def test_an_unusable_prediction_file_is_named_never_read_as_something_else(tmp_path, damage, detail):
+    jobs = _two_units(tmp_path)
+    path = jobs["A"] / "predictions" / "stage-3.jsonl"
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_text("".join(line + "\n" for line in damage(path.read_text().splitlines())))
+    result = _result(tmp_path)
+    # A's items are gone from the item tables, and the report says whose and why.
+    assert result.item_paired.height == 0
+    note = next(n for n in result.notes if "could not be used" in n)
+    assert f"{jobs['A']}/predictions/{detail}" in note
+    assert result.units.height == 2  # its unit still counts
+    with pytest.raises(TrajhpcError, match=f"{jobs['A']}/predictions/" + detail.split(":")[0]):
+        agg.aggregate([tmp_path], strict=True, resamples=200)

@@ -184,7 +184,7 @@ def test_study_estimates_come_from_the_primary_comparison_and_the_predictions(st
     (result,) = aggregate([study_with_predictions], resamples=200)
     from trajhpc.results.jobrecords import collect_jobs, read_items
 
-    est = pw.study_estimates(result, read_items(collect_jobs([study_with_predictions])))
+    est = pw.study_estimates(result, read_items(collect_jobs([study_with_predictions]))[0])
     b_vs_a = result.paired.filter((pl.col("arm") == "B") & (pl.col("baseline") == "A") & (pl.col("metric") == "exact"))
     assert (est.comparison, est.pairs) == ("B − A in exact", 6)
     assert est.effect == pytest.approx(100 * b_vs_a["mean_diff"].item())

@@ -48,7 +48,15 @@ from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.job import logfilters
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir import trainlog
-from trajhpc.jobdir.documents import METRICS_SCHEMA, TOKENS_SCHEMA, MetricsDoc, TokensDoc, checked, identity
+from trajhpc.jobdir.documents import (
+    METRICS_SCHEMA,
+    TOKENS_SCHEMA,
+    MetricsDoc,
+    PredictionRow,
+    TokensDoc,
+    checked,
+    identity,
+)
 from trajhpc.jobdir.paths import JobDir
 from trajhpc.jobdir.state import write_state
 from trajhpc.spec import JobSpec, load_spec, spec_from_dict
@@ -371,7 +379,7 @@ class _Run:
                 self._activity(outputs.done, {"phase": "evaluating", "stage": k})
                 log(self.console, f"stage {k}/{n}: evaluating {len(prep.heldout)} held-out examples")
                 entry, rows = evaluate(model, ckpt.state)
-                atomic_write_jsonl(JobDir(job_dir).predictions(k), rows)
+                atomic_write_jsonl(JobDir(job_dir).predictions(k), [checked(PredictionRow, r) for r in rows])
                 outputs.stages.append(entry)
                 outputs.token_stages.append(dict(ckpt.state.tokens))
                 self._write_outputs(outputs, ckpt.state.consumed, prep.budgets, complete=k == n)

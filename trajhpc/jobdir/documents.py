@@ -57,6 +57,23 @@ class BlockScores(_Doc):
     errors: dict[str, int] = {}
 
 
+class PredictionRow(_Doc):
+    """One row of ``predictions/stage-K.jsonl`` as the aggregate reads it (strict: ``"false"`` is no bool).
+    ``item`` is null in files written before rows named their record; the text fields are optional."""
+
+    item: str | None = None
+    block: str
+    dialogue_key: str
+    step: int = Field(ge=0)
+    exact: bool
+    name: bool
+    target_kind: str | None = None
+    gold_name_in_prompt: bool | None = None
+    gold_values_in_prompt: bool | None = None
+    prediction: str | None = None
+    gold: str | None = None
+
+
 class MetricsStage(_Doc):
     stage: int = Field(ge=0)
     trained_block: str | None

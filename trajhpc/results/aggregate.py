@@ -75,14 +75,26 @@ def aggregate(
             # The study's manifest orders the arms and declares the primary and secondary comparisons;
             # without one the aggregate keeps its own order (B first, A last) and B − A, checked
             # either way against the analysis the jobs' submission records hold.
-            _analyze(s, resamples=resamples, seed=seed) for s in read_studies(targets, strict=strict)
+            _analyze(s, strict=strict, resamples=resamples, seed=seed) for s in read_studies(targets, strict=strict)
         ]
 
 
-def _analyze(s: "StudyRecords", *, resamples: int, seed: int) -> StudyResult:
+def _analyze(s: "StudyRecords", *, strict: bool, resamples: int, seed: int) -> StudyResult:
+    items, unread = read_items(s.records)
+    # Jobs whose predictions are unusable while others' are read would silently narrow the
+    # item tables to the rest. (A study none of whose jobs left predictions has no item tables.)
+    if items is None or items.height == 0:
+        unread = []
+    if unread and strict:
+        more = f" (and {len(unread) - 1} more jobs)" if len(unread) > 1 else ""
+        raise TrajhpcError(f"{unread[0]}{more}")
     # ToolSearcher calls are rescored by retrieval from the stored predictions, so a finished
     # study gains exact_retrieval without rerunning a job.
-    items, notes = add_exact_retrieval(read_items(s.records), s.records)
+    items, notes = add_exact_retrieval(items, s.records)
+    if unread:
+        notes.insert(0, f"the final predictions of {len(unread)} job(s) could not be used, so their items are "
+                        f"left out of every example-level table (their units still count): {'; '.join(unread[:3])}"
+                        + (" …" if len(unread) > 3 else ""))
     result = analyze_study(
         s.folder.name, s.folder, s.records, resamples=resamples, seed=seed, items=items,
         manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import polars as pl
+from pydantic import ValidationError
 
 from trajhpc.core.errors import TrajhpcError
+from trajhpc.jobdir.documents import PredictionRow
 from trajhpc.jobdir.paths import FileProblem, JobDir, read_bytes
 from trajhpc.results import itemstats
 from trajhpc.results.factorial import factorial_rows
@@ -48,21 +50,39 @@ def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[p
     ``item`` is the row's record id (``source#index``), null in files written before rows had
     one: block|dialogue_key|step is no substitute, it repeats (:func:`items_with_ids`)."""
     path = JobDir(job_dir).predictions(n_stages)
+    where = f"predictions/{path.name}"
+    empty = pl.DataFrame(schema=_ITEM_SCHEMA)
     try:
-        raw = read_bytes(path, max_bytes=MAX_PREDICTION_BYTES)
-        rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
-        cols = {k: [] for k in _ITEM_SCHEMA}
-        for row in rows:
-            item = None if row.get("item") is None else str(row["item"])
-            values = (job_id, item, str(row["dialogue_key"]), row["block"], bool(row["exact"]), bool(row["name"]),
-                      *(row.get(s) for s in STRATA), row.get("prediction"), row.get("gold"))
-            for key, value in zip(cols, values):
-                cols[key].append(value)
-        return pl.DataFrame(cols, schema=_ITEM_SCHEMA), None
+        text = read_bytes(path, max_bytes=MAX_PREDICTION_BYTES).decode("utf-8")
     except FileProblem as err:
-        return pl.DataFrame(schema=_ITEM_SCHEMA), str(err)
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        return pl.DataFrame(schema=_ITEM_SCHEMA), f"{path.name}: corrupt: {type(err).__name__}"
+        return empty, f"{where}: {err.detail}"
+    except UnicodeDecodeError:
+        return empty, f"{where}: corrupt: not UTF-8"
+    cols: dict[str, list[Any]] = {k: [] for k in _ITEM_SCHEMA}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        # Checked like metrics.json and tokens.json: a row that is not what the job writes
+        # ("exact": "false", a missing field) makes the file unusable, never a guessed value.
+        try:
+            value = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            value = None
+        if not isinstance(value, dict):
+            return empty, f"{where}:{number}: corrupt: not a JSON object"
+        try:
+            row = PredictionRow.model_validate(value)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"]) or "row"
+            return empty, f"{where}:{number}: corrupt: {field}: {first['msg']}"
+        values = (job_id, row.item, row.dialogue_key, row.block, row.exact, row.name, row.target_kind,
+                  row.gold_name_in_prompt, row.gold_values_in_prompt, row.prediction, row.gold)
+        for key, value in zip(cols, values):
+            cols[key].append(value)
+    if not cols["job_id"]:
+        return empty, f"{where}: corrupt: no prediction rows"
+    return pl.DataFrame(cols, schema=_ITEM_SCHEMA), None
 
 
 def retrieval_units(items: pl.DataFrame) -> pl.DataFrame:

@@ -165,16 +165,19 @@ def group_by_study(records: Sequence[JobRecord]) -> dict[Path, list[JobRecord]]:
     return {k: sorted(v, key=lambda r: r.path.name) for k, v in sorted(groups.items())}
 
 
-def read_items(records: Sequence[JobRecord]) -> pl.DataFrame | None:
-    """The final-stage prediction rows of the ``ok`` jobs (those whose predictions are readable)."""
+def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[str]]:
+    """The final-stage prediction rows of the ``ok`` jobs, and one ``<job dir>/<file>: why`` for each
+    job whose final predictions are missing, empty or unusable (its rows are left out)."""
     from trajhpc.results.itemtables import read_final_predictions
 
-    frames = []
+    frames, problems = [], []
     for r in records:
         if r.status == OK and r.spec is not None:
-            frame, _problem = read_final_predictions(r.path, len(r.spec.order), r.path.name)
+            frame, problem = read_final_predictions(r.path, len(r.spec.order), r.path.name)
             frames.append(frame)
-    return pl.concat(frames) if frames else None
+            if problem is not None:
+                problems.append(f"{r.path}/{problem}")
+    return (pl.concat(frames) if frames else None), problems
 
 
 def read_logs(records: Sequence[JobRecord]) -> TrainLogs:

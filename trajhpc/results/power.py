@@ -475,7 +475,7 @@ def power_command(
     for s in studies:
         with gc_paused():  # without items: the item-level tables (and their bootstrap) are not needed
             result = analyze_study(s.folder.name, s.folder, s.records, manifest=s.manifest)
-            est = study_estimates(result, read_items(s.records))
+            est = study_estimates(result, read_items(s.records)[0])
         a, sources = assumptions_from(given, est, alpha=alpha)
         p = plan(a, max_units=max_units, detect_units=units or est.pairs or GRID_UNITS)
         print_plan(console, p, f"study {est.study}: {est.comparison}, {est.pairs} pairs", sources)

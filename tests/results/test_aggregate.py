@@ -587,3 +587,26 @@ def test_compute_table_compares_arms_after_the_same_blocks(tmp_path):
 def test_report_names_the_token_matched_arm_as_the_compute_control(study):
     report = agg.write_outputs(_result(study), plots=False).joinpath("report.md").read_text()
     assert "Compute control: B − A@B in final exact accuracy" in report
+
+
+def test_a_grid_run_in_part_lists_every_missing_job_and_fails_strict(tmp_path):
+    """One arm of the manifest's grid never ran: its jobs are listed as missing, never read as complete."""
+    from trajhpc.study.grid import expand
+    from trajhpc.study.manifest import load_manifest
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"study: part\nrun_root: {tmp_path / 'runs'}\nconditions: [A, B]\nseeds: [0, 1]\n"
+                        "orders: [[care-appointments, medication-treatment]]\n")
+    grid = expand(load_manifest(manifest))
+    ran = [j for j in grid if j.spec.condition == "B"]
+    for job in ran:  # arm B ran; arm A has no job directory
+        sj.write_job(job.run_dir.parent, job.spec, [[0.5, 0.5]] * 3, blocks=sorted(job.spec.order), study="part")
+    (result,) = agg.aggregate([manifest], resamples=100)
+    missing = result.jobs.filter(pl.col("status") == "missing")
+    assert sorted(missing["job_id"]) == sorted(j.job_id for j in grid if j.spec.condition == "A")
+    assert all("arm A, seed" in reason for reason in missing["reason"])
+    assert any("2 of the manifest's jobs have no job directory" in n for n in result.notes)
+    text = agg.write_outputs(result, plots=False).joinpath("report.md").read_text()
+    assert "2 job directories were found" in text and "## Excluded jobs" in text and "no job directory: arm A" in text
+    with pytest.raises(TrajhpcError, match=r"missing: no job directory: arm A, seed 0, .*\(and 1 more\)"):
+        agg.aggregate([manifest], strict=True, resamples=100)

@@ -151,7 +151,9 @@ def test_an_analysis_changed_after_submission_is_labelled_with_both_versions(stu
     _submit_records(manifest, study / "s1")
     recorded = load_manifest(manifest).analysis.document()
     r = _aggregate(manifest)
-    assert not r.analysis_changed and r.recorded_analyses == ((recorded, 18),) and not r.notes
+    # (The synthetic jobs are not the manifest's grid, whose jobs the aggregate notes as missing.)
+    assert not r.analysis_changed and r.recorded_analyses == ((recorded, 18),)
+    assert [n for n in r.notes if "have no job directory" not in n] == []
     text = agg.write_outputs(r, plots=False).joinpath("report.md").read_text()
     assert "changed after submission" not in text
     assert "These families are the ones recorded when the jobs were submitted." in text

@@ -31,6 +31,7 @@ from trajhpc.results.jobrecords import (
     group_by_study,
     read_items,
     read_logs,
+    missing_jobs,
     recorded_analyses,
     resolve_targets_and_manifests,
     study_manifest,
@@ -100,6 +101,20 @@ def _analyze(s: "StudyRecords", *, strict: bool, resamples: int, seed: int) -> S
         manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),
     )
     result.notes += notes
+    if s.manifest is not None:
+        # A grid run only in part must not read as complete: every job of the manifest without a
+        # directory is listed in jobs.csv and the report (and fails --strict).
+        missing, why = missing_jobs(s.manifest, s.folder, s.records)
+        if why is not None:
+            result.notes.append(why)
+        if missing.height and strict:
+            first = missing.row(0, named=True)
+            more = f" (and {missing.height - 1} more)" if missing.height > 1 else ""
+            raise TrajhpcError(f"{first['path']}: missing: {first['reason']}{more}")
+        if missing.height:
+            result.jobs = pl.concat([result.jobs, missing])
+            result.notes.append(f"{missing.height} of the manifest's jobs have no job directory (status missing in "
+                                "jobs.csv and Excluded jobs): the study is not complete.")
     return result
 
 

@@ -115,6 +115,34 @@ def study_manifest(folder: Path, records: Sequence[JobRecord], given: Manifest |
     return None
 
 
+MISSING = "missing"
+
+
+def missing_jobs(manifest: Manifest, folder: Path, records: Sequence[JobRecord]) -> tuple[pl.DataFrame, str | None]:
+    """The jobs of the manifest's grid with no job directory in ``folder``, as jobs.csv rows of
+    status ``missing``; and why the grid could not be expanded (None when it was)."""
+    from trajhpc.study.grid import expand
+
+    try:
+        grid = expand(manifest, run_root=folder.parent)
+    except (TrajhpcError, ValueError) as err:
+        return jobs_frame([]), f"the manifest's grid could not be expanded to check for missing jobs: {err}"
+    found = {r.path.name for r in records}
+    absent = [j for j in grid if j.job_id not in found]
+    return pl.DataFrame(
+        {
+            "study": [j.study for j in absent],
+            "job_id": [j.job_id for j in absent],
+            "status": [MISSING] * len(absent),
+            "reason": [f"no job directory: arm {j.spec.arm}, seed {j.spec.seed}, order {'>'.join(j.spec.order)} "
+                       "(not submitted yet, still queued, or removed)" for j in absent],
+            "file": [None] * len(absent),
+            "path": [str(j.run_dir) for j in absent],
+        },
+        schema=dict.fromkeys(("study", "job_id", "status", "reason", "file", "path"), pl.String),
+    ), None
+
+
 def recorded_analyses(records: Sequence[JobRecord]) -> list[tuple[dict[str, Any], int]]:
     """The analyses ``trajhpc submit`` recorded in the jobs' ``submission.json``, every attempt
     (``previous``) included, defaults filled: each with the number of jobs that recorded it, most first.

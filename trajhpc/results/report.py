@@ -124,7 +124,8 @@ def methods_paragraph(result: StudyResult) -> str:
     arms = ", ".join(f"{a} ({u.filter(pl.col('arm') == a).height})" for a in result.arms)
     return " ".join(
         [
-            f"{jobs.height} job directories were found; {u.height} complete jobs entered the statistics and "
+            f"{jobs.filter(pl.col('status') != 'missing').height} job directories were found; {u.height} complete "
+            "jobs entered the statistics and "
             f"{excluded.height} were excluded ({excl}).",
             f"A unit is one job, i.e. one (seed, order) pair of an arm: {_count(len(seeds), 'seed')} "
             f"({', '.join(map(str, seeds))}), {_count(orders, 'block order')}, {n_stages} training stage(s) over "

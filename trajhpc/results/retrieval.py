@@ -22,7 +22,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import bm25s
@@ -74,6 +74,8 @@ class ToolRetriever:
 
     names: tuple[str, ...]
     index: bm25s.BM25
+    # Every job of a study asks about the same gold keywords: each query is scored once.
+    _answers: dict[str, str | None] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def build(cls, catalogue: Mapping[str, str]) -> "ToolRetriever":
@@ -85,12 +87,12 @@ class ToolRetriever:
     def best(self, keywords: str) -> str | None:
         """The catalogue's best tool for ``keywords``; None when no word of them is in the catalogue.
         Ties go to the first name in sorted order, so the answer never depends on BM25's internals."""
-        tokens = bm25s.tokenize([keywords], return_ids=False, show_progress=False)[0]
-        if not tokens:
-            return None
-        scores = self.index.get_scores(tokens)
-        top = int(np.argmax(scores))
-        return self.names[top] if scores[top] > 0 else None
+        if keywords not in self._answers:
+            tokens = bm25s.tokenize([keywords], return_ids=False, show_progress=False)[0]
+            scores = self.index.get_scores(tokens) if tokens else None
+            top = int(np.argmax(scores)) if scores is not None else 0
+            self._answers[keywords] = self.names[top] if scores is not None and scores[top] > 0 else None
+        return self._answers[keywords]
 
 
 def _keywords(text: str, *, gold: bool) -> str | None:
@@ -190,19 +192,21 @@ def add_exact_retrieval(items: pl.DataFrame | None, records: Sequence[JobRecord]
     read here, or the rows lack their text). A row that cannot be scored is null, never ``exact``."""
     if items is None or items.height == 0:
         return items, []
-    data_of = {r.path.name: r.spec.data for r in records if r.status == OK and r.spec is not None}
     scorers: dict[str, _Scorer | str] = {}  # one per distinct data spec; a str says why there is none
-    for data in data_of.values():
-        key = data.model_dump_json()
+    scorer_of: dict[str, _Scorer | str] = {}  # job id -> its data's scorer
+    for r in records:
+        if r.status != OK or r.spec is None:
+            continue
+        key = r.spec.data.model_dump_json()
         if key not in scorers:
             try:
-                scorers[key] = _scorer(data)
+                scorers[key] = _scorer(r.spec.data)
             except TrajhpcError as err:
                 scorers[key] = last_line(str(err))
+        scorer_of[r.path.name] = scorers[key]
     values: list[bool | None] = []
     for job_id, prediction, gold, exact in items.select("job_id", "prediction", "gold", "exact").iter_rows():
-        data = data_of.get(job_id)
-        scorer = scorers.get(data.model_dump_json()) if data is not None else None
+        scorer = scorer_of.get(job_id)
         if not isinstance(scorer, _Scorer) or prediction is None or gold is None:
             values.append(None)
             continue

@@ -11,14 +11,26 @@ ORDER = ("care-appointments", "medication-treatment", "mental-wellness-fitness",
 
 
 def test_job_id_is_stable_across_runs_and_machines():
-    # A golden value: if it changes, every existing run directory is orphaned.
-    spec = JobSpec(condition="B", seed=3, order=ORDER)
-    assert spec.job_id == JobSpec.model_validate(json.loads(spec.canonical_json())).job_id
+    # A golden value: if it changes, every existing run directory is orphaned. Written as
+    # recipe 1 (what the spec was before the recipe version existed): that id never moves.
+    spec = JobSpec(condition="B", seed=3, order=ORDER, recipe=1)
+    assert spec.job_id == spec_from_dict(json.loads(spec.canonical_json())).job_id
     assert len(spec.job_id) == 12
     # The same spec as before the eval.max_new_tokens default went from 64 to 160 (a change
     # of what is computed, so of the id) keeps its old id: hashing itself is unchanged.
     assert spec.model_copy(update={"eval": EvalSpec(max_new_tokens=64)}).job_id == "0845a8762ea9"
     assert spec.job_id == "01a9c03dd140"
+    # Today's recipe: the same spec computes something else, under another id.
+    assert JobSpec(condition="B", seed=3, order=ORDER).job_id == "34d959e431b6"
+
+
+def test_a_spec_of_another_recipe_is_refused_before_the_job_starts(tmp_path):
+    from trajhpc.core.errors import InputError
+    from trajhpc.spec import check_recipe
+
+    check_recipe(JobSpec(condition="B", order=ORDER))
+    with pytest.raises(InputError, match=r"spec.json: recipe: job \w+ was made for recipe v1; this trajhpc computes"):
+        check_recipe(JobSpec(condition="B", order=ORDER, recipe=1), tmp_path / "spec.json")
 
 
 def test_job_id_changes_with_anything_that_changes_the_computation():
@@ -137,7 +149,7 @@ def test_unreadable_spec_file_is_an_input_error(tmp_path, kind):
 def test_fields_added_later_leave_existing_ids_unchanged_at_their_default():
     from trajhpc.spec import TrainSpec
 
-    spec = JobSpec(condition="B", seed=3, order=ORDER)
+    spec = JobSpec(condition="B", seed=3, order=ORDER, recipe=1)
     explicit = spec.model_copy(
         update={"train": TrainSpec(tokens_per_batch=None), "eval": EvalSpec(tokens_per_batch=None, backend="peft")}
     )

@@ -41,6 +41,14 @@ SEED_MAX = 2**32 - 1
 # v2: pre-trained on the lv3 training dialogues (tiny_corpus), tokenizer trained on them too.
 # v3: copy drills and renamed tools first (trajhpc.job.tinycorpus): it copies unseen tool names.
 TINY_VERSION = 3
+
+# What a job computes from an unchanged spec (batching, schedule, scoring inside the job).
+# Specs record it, so old and new results never share a job id; a spec.json without the
+# field was written before it existed (recipe 1) and keeps its id. The job runs only the
+# current recipe; results of an older one stay readable.
+# v1: batches grouped by each arm's own token lengths, warm-up from learning rate 0.
+# v2: the same examples in every optimizer step of every arm of a unit (the controlled comparison).
+RECIPE_VERSION = 2
 _TINY = re.compile(r"tiny(?:-v(\d+))?(?:-seed(\d+))?")
 
 
@@ -245,7 +253,11 @@ class TokenBudget(StrictModel):
 
 
 class JobSpec(StrictModel):
-    """Everything that determines what one job computes."""
+    """Everything that determines what one job computes.
+
+    Read spec.json files with :func:`spec_from_dict` (a file without ``recipe`` is recipe 1);
+    a JobSpec built in code takes the current recipe.
+    """
 
     schema_: Literal["trajhpc.spec/1"] = Field(SPEC_SCHEMA, alias="schema")
     condition: ConditionName
@@ -260,8 +272,17 @@ class JobSpec(StrictModel):
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     token_budget: TokenBudget | None = None
+    # The recipe version (RECIPE_VERSION above); new specs take the current one.
+    recipe: Int = Field(RECIPE_VERSION, ge=1)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)  # JobSpec has no field omitted at its default
+        if self.recipe == 1:  # recipe 1 specs were written without the field: their ids stay
+            data.pop("recipe", None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "JobSpec":
@@ -306,13 +327,28 @@ class JobSpec(StrictModel):
 
 
 def spec_from_dict(obj: Any, source: str | Path | None = None) -> JobSpec:
-    """Validate a plain dict into a JobSpec; errors name the source file and field."""
+    """Validate a plain dict (a spec.json) into a JobSpec; errors name the source file and field.
+
+    A spec without ``recipe`` was written before the field existed: it is recipe 1.
+    """
+    if isinstance(obj, dict) and "recipe" not in obj:
+        obj = {**obj, "recipe": 1}
     try:
         return JobSpec.model_validate(obj)
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or None
         raise InputError(source, loc, first["msg"]) from None
+
+
+def check_recipe(spec: JobSpec, source: str | Path | None = None) -> None:
+    """Refuse to run a spec of another recipe version: this trajhpc computes only its own."""
+    if spec.recipe != RECIPE_VERSION:
+        raise InputError(
+            source, "recipe",
+            f"job {spec.job_id} was made for recipe v{spec.recipe}; this trajhpc computes recipe v{RECIPE_VERSION} "
+            "only (its results stay readable by aggregate): submit the manifest again for new jobs",
+        )
 
 
 def load_spec(path: str | Path) -> JobSpec:

@@ -59,7 +59,7 @@ from trajhpc.jobdir.documents import (
 )
 from trajhpc.jobdir.paths import JobDir
 from trajhpc.jobdir.state import write_state
-from trajhpc.spec import JobSpec, load_spec, spec_from_dict
+from trajhpc.spec import JobSpec, check_recipe, load_spec, spec_from_dict
 
 if TYPE_CHECKING:  # imported where used: they import torch, which bad input never waits for
     import torch
@@ -123,6 +123,7 @@ def run_job(
     second run-job, a duplicate array task) is refused before it writes anything.
     """
     job_dir = Path(job_dir)
+    check_recipe(spec, JobDir(job_dir).spec)
     logfilters.install()  # before torch, transformers and bitsandbytes are imported
     with locks.exclusive(JobDir(job_dir).lock) as held:
         if not held:

@@ -140,6 +140,7 @@ FINISHED_SPEC = {
     "train": {"max_steps": 2, "batch_size": 4, "max_seq_len": 384},
     "lora": {"r": 4, "alpha": 8},
     "eval": {"batch_size": 8, "max_new_tokens": 4},
+    "recipe": 2,  # a spec.json file without it is recipe 1, which this trajhpc no longer runs
 }
 FINISHED_CONTEXT = {"container_image": "/images/trajhpc.sif", "container_digest": "sha256:0123abcd"}
 

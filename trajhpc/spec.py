@@ -30,7 +30,7 @@ from trajhpc.core.errors import InputError, TrajhpcError, read_json_input
 
 SPEC_SCHEMA = "trajhpc.spec/1"
 # What the prompt keeps of the earlier API turns (trajhpc.data.conditions renders each).
-ConditionName = Literal["A", "B", "calls-only", "responses-only", "last-k"]
+ConditionName = Literal["A", "A-slots", "B", "calls-only", "responses-only", "last-k"]
 CONDITIONS: tuple[str, ...] = get_args(ConditionName)
 # What numpy, torch and random all accept as a seed.
 SEED_MAX = 2**32 - 1
@@ -295,7 +295,7 @@ class JobSpec(StrictModel):
         if self.token_budget is not None and self.token_budget.match == "last-k" and self.condition != "last-k":
             raise ValueError(
                 "token_budget.match 'last-k' needs k, which only condition 'last-k' sets (condition_k); "
-                f"condition {self.condition!r} can match 'A', 'B', 'calls-only' or 'responses-only'"
+                f"condition {self.condition!r} can match 'A', 'A-slots', 'B', 'calls-only' or 'responses-only'"
             )
         return self
 
@@ -347,7 +347,8 @@ def check_recipe(spec: JobSpec, source: str | Path | None = None) -> None:
         raise InputError(
             source, "recipe",
             f"job {spec.job_id} was made for recipe v{spec.recipe}; this trajhpc computes recipe v{RECIPE_VERSION} "
-            "only (its results stay readable by aggregate): submit the manifest again for new jobs",
+            "only (its results stay readable by aggregate): submit the manifest again for new jobs "
+            f"(a spec written by hand takes \"recipe\": {RECIPE_VERSION})",
         )
 
 

@@ -82,6 +82,27 @@ def test_b_keeps_the_trajectory_verbatim(with_calls):
         assert "\n".join(lines[:-1]) == "\n".join(t.line() for t in record.history)
 
 
+def test_a_slots_keeps_one_fixed_line_per_earlier_call_in_place(with_calls):
+    for record in with_calls:
+        lines = _user(record, "A-slots")[:-1]
+        assert lines == [t.line() if t.role != "api" else "API-Request: [omitted]" for t in record.history], record.uid
+        assert lines.count("API-Request: [omitted]") == len(record.api_turns)
+        # Nothing of a call or its response is left: only where the calls were.
+        assert not any(t.call in "\n".join(lines) for t in record.api_turns)
+
+
+def test_a_slots_tells_the_steps_of_one_user_turn_apart_where_a_cannot(records):
+    """lv3's ToolSearcher call and the tool call answer the same user turn: under A the two
+    prompts are identical, under A-slots they differ by the omitted line."""
+    lv3 = [r for r in records if r.source.endswith("lv3-api-train.json")]
+    by_prompt = {}
+    for r in lv3:
+        by_prompt.setdefault(("A", tuple(_user(r, "A"))), set()).add(r.step)
+        by_prompt.setdefault(("A-slots", tuple(_user(r, "A-slots"))), set()).add(r.step)
+    assert any(len(steps) > 1 for (c, _), steps in by_prompt.items() if c == "A")
+    assert all(len(steps) == 1 for (c, _), steps in by_prompt.items() if c == "A-slots")
+
+
 def test_calls_only_keeps_calls_without_responses(with_calls):
     for record in with_calls:
         calls = _calls(_user(record, "calls-only"))
@@ -113,7 +134,7 @@ def test_rendered_conditions_golden(records, golden):
     lv3 = next(r for r in records if r.source.startswith("training-data") and r.step == 3)
     parts = []
     for record in (level1, lv3):
-        for condition, k in (("A", None), ("B", None), ("calls-only", None), ("last-k", 1)):
+        for condition, k in (("A", None), ("A-slots", None), ("B", None), ("calls-only", None), ("last-k", 1)):
             parts.append(f"===== {record.uid} {condition} k={k}\n" + build_messages(record, condition, k)[1]["content"])
     text = "\n".join(parts) + "\n"
     golden("conditions.txt", text)
@@ -122,7 +143,7 @@ def test_rendered_conditions_golden(records, golden):
 @pytest.mark.parametrize(
     "condition, k, message",
     [
-        ("C", None, "condition: unknown 'C'; known: ['A', 'B', 'calls-only', 'responses-only', 'last-k']"),
+        ("C", None, "condition: unknown 'C'; known: ['A', 'A-slots', 'B', 'calls-only', 'responses-only', 'last-k']"),
         ("last-k", None, "condition 'last-k' needs k >= 0, got None"),
         ("A", 2, "k is only used by condition 'last-k', not 'A'"),
     ],

@@ -67,7 +67,7 @@ def test_without_docs_no_a_prompt_names_the_next_tool_and_with_them_most_do():
 
 def test_tool_docs_is_part_of_the_job_id_only_when_set():
     spec = JobSpec(condition="B", seed=3, order=ORDER)
-    assert JobSpec(condition="B", seed=3, order=ORDER, data=DataSpec(tool_docs="none")).job_id == "01a9c03dd140"
+    assert JobSpec(condition="B", seed=3, order=ORDER, data=DataSpec(tool_docs="none"), recipe=1).job_id == "01a9c03dd140"
     with_docs_spec = JobSpec(condition="B", seed=3, order=ORDER, data=DataSpec(tool_docs="dialogue"))
     assert with_docs_spec.job_id != spec.job_id and with_docs_spec.to_dict()["data"]["tool_docs"] == "dialogue"
 

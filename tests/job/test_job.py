@@ -259,7 +259,8 @@ def test_jobtask_checkpoint_requeues_the_same_call():
         ('{"condition": "B", "order": ["care-appointments"], "train": {"batch_size": 0}}', "train.batch_size"),
         ('{"condition": "B", "order": ["care-appointments"],\n "seed": }', "bad.json:2"),
         ('{"order": ["care-appointments"]}', "condition"),
-        ('{"condition": "B", "order": ["care-appointments", "nope"]}', "order: unknown block(s) ['nope']"),
+        ('{"condition": "B", "order": ["care-appointments", "nope"], "recipe": 2}', "order: unknown block(s) ['nope']"),
+        ('{"condition": "B", "order": ["care-appointments"]}', "bad.json: recipe: job "),
     ],
 )
 def test_bad_spec_file_exits_2_with_one_line(tmp_path, content, expected):

@@ -254,7 +254,7 @@ ERRORS = [
     # bad values
     (HEAD + "train:\n  batch_size: 8\n  lr: 0\n", "m.yaml:5: train.lr: Input should be greater than 0"),
     (HEAD + "executor: slurmm\n", "m.yaml:3: executor: Input should be 'slurm', 'local' or 'auto'"),
-    ("study: s\nconditions:\n  - A\n  - C\n", "m.yaml:4: conditions.1: unknown condition 'C'; use one of A, B, "
+    ("study: s\nconditions:\n  - A\n  - C\n", "m.yaml:4: conditions.1: unknown condition 'C'; use one of A, A-slots, B, "
      "calls-only, responses-only, or {condition: last-k, k: N}"),
     ("study: s\nconditions:\n  - last-k\n", "m.yaml:3: conditions.0: 'last-k' needs k: write {condition: last-k, k: 2}"),
     ("study: s\nconditions:\n  - {condition: B, k: 2}\n", "m.yaml:3: conditions.0: k is only used by condition last-k"),

@@ -171,7 +171,7 @@ VALUES = [
     (HEAD + "data:\n  root: /nowhere/at/all\n", "m.yaml:4: data.root: folder /nowhere/at/all not found"),
     ("study: s\nconditions:\n  - {condition: A, token_budget: {match: last-k}}\n",
      "m.yaml:3: conditions.0: token_budget.match last-k needs k, which only condition last-k has; "
-     "condition A can match A, B, calls-only or responses-only"),
+     "condition A can match A, A-slots, B, calls-only or responses-only"),
     (HEAD + "run_root: /proc/runs\n", "m.yaml:3: run_root: /proc/runs is in the system folder /proc; job directories cannot go there"),
     (HEAD + "run_root: /sys\n", "m.yaml:3: run_root: /sys is in the system folder /sys; job directories cannot go there"),
     (HEAD + "container: {runtime: docker, image: t:1, binds: [/]}\n",

@@ -30,6 +30,8 @@ GENERATE_MARKER = "Generate API Request:"
 CALL_PREFIX = "API-Request: "
 # responses-only: an earlier API turn shown by its response alone (the call left out).
 RESPONSE_PREFIX = "API-Response: "
+# A-slots: an earlier API turn shown as this fixed line: where a call was, not which or what it returned.
+OMITTED_CALL_LINE = CALL_PREFIX + "[omitted]"
 _ROLE_PREFIXES: tuple[tuple[str, Literal["user", "ai", "api"]], ...] = (
     ("User: ", "user"),
     ("AI: ", "ai"),

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from trajhpc.core.errors import TrajhpcError
 from trajhpc.core.gcpause import gc_paused
-from trajhpc.data.apibank import DESCRIPTIONS_MARKER, GENERATE_MARKER, Record, Turn
+from trajhpc.data.apibank import DESCRIPTIONS_MARKER, GENERATE_MARKER, OMITTED_CALL_LINE, Record, Turn
 
 IGNORE_INDEX = -100  # label of tokens that are not supervised (PyTorch cross-entropy default)
 
@@ -28,6 +28,15 @@ HistoryFn = Callable[[Sequence[Turn], int | None], list[str]]
 def condition_a(history: Sequence[Turn], k: int | None = None) -> list[str]:
     """A: every earlier API call and its response is dropped."""
     return [t.line() for t in history if t.role != "api"]
+
+
+def condition_a_slots(history: Sequence[Turn], k: int | None = None) -> list[str]:
+    """A-slots: every earlier API turn becomes one fixed, content-free line (``API-Request: [omitted]``).
+
+    The model sees how many calls came before and where, not which tool or what it returned:
+    A-slots - A measures knowing the step, B - A-slots the content of the trajectory.
+    """
+    return [t.line() if t.role != "api" else OMITTED_CALL_LINE for t in history]
 
 
 def condition_b(history: Sequence[Turn], k: int | None = None) -> list[str]:
@@ -62,6 +71,7 @@ def condition_last_k(history: Sequence[Turn], k: int | None = None) -> list[str]
 
 CONDITIONS: dict[str, HistoryFn] = {
     "A": condition_a,
+    "A-slots": condition_a_slots,
     "B": condition_b,
     "calls-only": condition_calls_only,
     "responses-only": condition_responses_only,

@@ -80,6 +80,7 @@ class InjectedFault(BaseException):
 def run_job_command(console: Console, spec_path: Path, job_dir: Path | None) -> dict[str, Any]:
     """``trajhpc run-job SPEC.json [--job-dir DIR]``: run (or resume) one job and print its final scores."""
     spec = load_spec(spec_path)
+    check_recipe(spec, spec_path)
     job_dir = job_dir or Path("jobs") / spec.job_id
     use_threads(job_threads(os.environ, len(os.sched_getaffinity(0))))
     metrics = run_job(spec, job_dir, console=console)

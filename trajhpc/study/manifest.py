@@ -131,7 +131,7 @@ def _condition_name(value: str) -> str:
         raise ValueError("'last-k' needs k: write {condition: last-k, k: 2}")
     if value not in CONDITIONS:
         raise ValueError(
-            f"unknown condition {value!r}; use one of A, B, calls-only, responses-only, or {{condition: last-k, k: N}}"
+            f"unknown condition {value!r}; use one of A, A-slots, B, calls-only, responses-only, or {{condition: last-k, k: N}}"
         )
     return value
 
@@ -156,7 +156,7 @@ class ConditionEntry(StrictModel):
         if self.token_budget is not None and self.token_budget.match == "last-k" and self.condition != "last-k":
             raise ValueError(
                 f"token_budget.match last-k needs k, which only condition last-k has; "
-                f"condition {self.condition} can match A, B, calls-only or responses-only"
+                f"condition {self.condition} can match A, A-slots, B, calls-only or responses-only"
             )
         return self
 
@@ -179,7 +179,7 @@ def _by_kind(error: str, message: str, mapping: Any, **others: tuple[type, Any])
 
 
 ConditionItem = _by_kind(
-    "condition", "expected a condition name (A, B, calls-only) or a mapping like {condition: A, ...}",
+    "condition", "expected a condition name (A, A-slots, B, calls-only) or a mapping like {condition: A, ...}",
     ConditionEntry, name=(str, Annotated[str, AfterValidator(_condition_name)]),
 )
 

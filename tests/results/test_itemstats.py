@@ -15,11 +15,10 @@ from trajhpc.results.itemstats import (
     holm,
     item_test,
     mcnemar_exact,
-    smallest_sign_flip_p,
     stratified_mcnemar,
     two_level_bootstrap,
 )
-from trajhpc.results.stats import sign_flip_pvalue
+from trajhpc.results.stats import sign_flip_pvalue, smallest_sign_flip_p
 
 
 @pytest.mark.parametrize(
@@ -69,9 +68,16 @@ def test_holm_is_the_textbook_step_down_on_random_families():
         assert holm(p) == pytest.approx(expected)
 
 
-def test_smallest_sign_flip_p():
-    assert smallest_sign_flip_p(4) == 0.125 and smallest_sign_flip_p(1) == 1.0
-    assert smallest_sign_flip_p(20) == pytest.approx(2 / 2**20)
+def test_smallest_sign_flip_p_is_the_floor_of_the_test_the_aggregate_runs():
+    assert smallest_sign_flip_p(4) == 0.125 and smallest_sign_flip_p(1) == 1.0 and smallest_sign_flip_p(0) == 1.0
+    assert smallest_sign_flip_p(16) == pytest.approx(2 / 2**16)
+    # Past 2^16 patterns the test draws 10,000 of them: no p below 1/10,001, however many pairs.
+    assert smallest_sign_flip_p(20) == pytest.approx(1 / 10_001)
+    for n in (4, 16, 17, 20):
+        p, _ = sign_flip_pvalue(np.ones(n))
+        assert p == pytest.approx(smallest_sign_flip_p(n))
+    # 1,024 pairs and more: 2.0 ** n overflowed here once (issue 22 item 19).
+    assert smallest_sign_flip_p(1_024) == smallest_sign_flip_p(100_000) == pytest.approx(1 / 10_001)
 
 
 def test_two_level_bootstrap_includes_test_set_sampling():

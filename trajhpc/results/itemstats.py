@@ -21,8 +21,6 @@ ignore test-set sampling: with 208 items, a binomial standard error near 3.5 poi
 * :func:`two_level_bootstrap` — percentile CI of a mean accuracy (or a paired
   difference) resampling units and held-out dialogues (all items of a dialogue together).
 * :func:`holm` — Holm's step-down adjustment over a family of p-values.
-* :func:`smallest_sign_flip_p` — the smallest two-sided p a sign-flip test over n pairs
-  can reach (with 4 pairs it is 0.125: no result can be "significant").
 
 scipy is imported inside the functions: it costs most of a second, which only the
 aggregate should pay.
@@ -78,11 +76,6 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
         for i, q in zip(present, corrected):
             adjusted[i] = float(q)
     return adjusted
-
-
-def smallest_sign_flip_p(n_pairs: int) -> float:
-    """Smallest two-sided p a sign-flip test over ``n_pairs`` pairs can give."""
-    return min(1.0, 2.0 / 2.0**n_pairs) if n_pairs > 0 else 1.0
 
 
 @dataclass(frozen=True)

@@ -72,15 +72,6 @@ class Assumptions:
 # ---------------------------------------------------------------- the sign-flip test over units
 
 
-def smallest_p(n: int) -> float:
-    """The smallest p the aggregate's sign-flip test can give with ``n`` pairs (all signs agreeing)."""
-    if n < 1:
-        return 1.0
-    if n < 63 and 2**n <= stats.MAX_EXACT:
-        return 2.0 / 2**n
-    return 1.0 / (1 + stats.RESAMPLES)  # Monte Carlo: no drawn pattern as extreme
-
-
 def _sign_patterns(n: int) -> np.ndarray:
     codes = np.arange(2**n, dtype=np.int64)
     return ((codes[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
@@ -143,7 +134,7 @@ class SignFlipPower:
     def __call__(self, effect: float, n: int) -> float:
         key = (abs(effect), n)
         if key not in self._cache:
-            if smallest_p(n) > self.alpha:
+            if stats.smallest_sign_flip_p(n) > self.alpha:
                 power = 0.0  # no data can reach alpha
             else:
                 p = sign_flip_pvalues(abs(effect) + self.unit_sd * self._draws(n))
@@ -298,7 +289,7 @@ def plan(
     fewest = {t: min_units(lambda n: sim(a.effect, n), grid, powers, t) for t in targets}
     unit_mde: dict[float, float | None] = {}
     for t in targets:
-        if smallest_p(detect_units) > a.alpha:
+        if stats.smallest_sign_flip_p(detect_units) > a.alpha:
             unit_mde[t] = None
         elif a.unit_sd == 0:
             unit_mde[t] = 0.0  # every unit shows the effect exactly
@@ -400,7 +391,7 @@ def plan_table(p: Plan, width: int):
     """Power per number of units: the smallest p there, the sign-flip power, the item-level power."""
     from trajhpc.core.termtable import Col, fit_table
 
-    smallest = [f"{x:.3f}" if x >= 0.001 else "<0.001" for x in map(smallest_p, p.units)]
+    smallest = [f"{x:.3f}" if x >= 0.001 else "<0.001" for x in map(stats.smallest_sign_flip_p, p.units)]
     cols = [
         Col("units", [str(n) for n in p.units], justify="right"),
         Col("smallest p", smallest, keep=10, justify="right"),

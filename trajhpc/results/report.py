@@ -287,7 +287,7 @@ def _paired_section(result: StudyResult) -> list[str]:
 
 def _evidence_section(result: StudyResult) -> list[str]:
     """Pooled vs macro accuracy, item-level tests (Holm-adjusted), baselines, strata, factorial."""
-    from trajhpc.results.itemstats import smallest_sign_flip_p
+    from trajhpc.results.stats import smallest_sign_flip_p
     from trajhpc.results.itemtables import ITEM_TEST, MCNEMAR_TEST
 
     out = ["## Example-level evidence", ""]

@@ -154,6 +154,17 @@ def describe(values: Sequence[float | None], **kwargs) -> Estimate:
     return describe_columns(x[:, None], **kwargs)[0]
 
 
+def smallest_sign_flip_p(n: int) -> float:
+    """The smallest two-sided p :func:`sign_flip_pvalue` can give over ``n`` pairs (all signs agreeing):
+    2 / 2^n where it enumerates every pattern, 1 / (1 + RESAMPLES) where it draws them (with
+    4 pairs it is 0.125: no result can be "significant"; past 16 pairs the draws set the floor)."""
+    if n < 1:
+        return 1.0
+    if n < 63 and 2**n <= MAX_EXACT:
+        return min(1.0, 2.0 / 2**n)
+    return 1.0 / (1 + RESAMPLES)
+
+
 def sign_flip_pvalue(
     diffs: Sequence[float] | np.ndarray, *, max_exact: int = MAX_EXACT, resamples: int = RESAMPLES, seed: int = SEED
 ) -> tuple[np.ndarray | float, bool]:

@@ -369,6 +369,8 @@ def _record_manifest(study_dir: Path, manifest: Path) -> None:
 def test_arms_follow_the_manifest_order_everywhere(study, tmp_path):
     (r,) = agg.aggregate([_manifest(tmp_path / "m.yaml", study)], resamples=100)
     assert r.arms == ["A", "B", "A@B"] and r.listed_arms == ("A", "B", "A@B")
+    # The synthetic jobs are not in the manifest's grid (blocks a, b, c): read anyway, and said.
+    assert any("None of the 18 job directories in this folder is in the grid of" in n for n in r.notes)
     out = agg.write_outputs(r, plots=False)
     assert pl.read_csv(out / "summary.csv")["arm"].unique(maintain_order=True).to_list() == ["A", "B", "A@B"]
     assert pl.read_csv(out / "units.csv")["arm"].unique(maintain_order=True).to_list() == ["A", "B", "A@B"]
@@ -610,3 +612,33 @@ def test_a_grid_run_in_part_lists_every_missing_job_and_fails_strict(tmp_path):
     assert "2 job directories were found" in text and "## Excluded jobs" in text and "no job directory: arm A" in text
     with pytest.raises(TrajhpcError, match=r"missing: no job directory: arm A, seed 0, .*\(and 1 more\)"):
         agg.aggregate([manifest], strict=True, resamples=100)
+
+
+def test_a_given_manifest_aggregates_its_grid_only_and_lists_the_foreign_jobs(tmp_path):
+    """Another manifest's jobs share the study folder: with a manifest named, they are left out
+    (listed as foreign, never read into the arms, never failing --strict), so the declared
+    primary comparison is made on this grid's jobs."""
+    from trajhpc.study.grid import expand
+    from trajhpc.study.manifest import load_manifest
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"study: mixed\nrun_root: {tmp_path / 'runs'}\nconditions: [A, B]\nseeds: [0, 1]\n"
+                        "orders: [[care-appointments, medication-treatment]]\n")
+    for job in expand(load_manifest(manifest)):
+        sj.write_job(job.run_dir.parent, job.spec, [[0.5, 0.5]] * 3, blocks=sorted(job.spec.order), study="mixed")
+    other = tmp_path / "other.yaml"  # the same study, other settings: its own jobs in the same folder
+    other.write_text(manifest.read_text() + "train: {lr: 0.001}\n")
+    foreign = expand(load_manifest(other))
+    for job in foreign:
+        sj.write_job(job.run_dir.parent, job.spec, [[0.1, 0.1]] * 3, blocks=sorted(job.spec.order), study="mixed")
+    (result,) = agg.aggregate([manifest], strict=True, resamples=100)
+    assert sorted(result.units["arm"].unique()) == ["A", "B"]  # no "A (5b1c37)": one variant
+    assert result.paired.filter((pl.col("arm") == "B") & (pl.col("baseline") == "A")).height  # the primary, B − A
+    left_out = result.jobs.filter(pl.col("status") == "foreign")
+    assert sorted(left_out["job_id"]) == sorted(j.job_id for j in foreign)
+    assert all("not in the grid of" in reason and "m.yaml" in reason for reason in left_out["reason"])
+    assert any("4 job directories in this folder are not in the grid of" in n for n in result.notes)
+    # Named as a folder, the study still holds every job, its arms split by variant and the split explained.
+    (everything,) = agg.aggregate([tmp_path / "runs" / "mixed"], resamples=100)
+    assert everything.units.height == 8 and all(" (" in a for a in everything.units["arm"].unique())
+    assert any("variant" in n and "settings" in n for n in everything.notes)

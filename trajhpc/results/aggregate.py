@@ -13,7 +13,7 @@ not match its id is listed with the reason and left out of every statistic.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,11 +29,14 @@ from trajhpc.results.jobrecords import (
     JobRecord,
     collect_jobs,
     group_by_study,
+    jobs_frame,
+    manifest_grid,
+    missing_jobs,
     read_items,
     read_logs,
-    missing_jobs,
     recorded_analyses,
     resolve_targets_and_manifests,
+    split_foreign,
     study_manifest,
 )
 from trajhpc.results.retrieval import add_exact_retrieval
@@ -101,10 +104,29 @@ def _analyze(s: "StudyRecords", *, strict: bool, resamples: int, seed: int) -> S
         manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),
     )
     result.notes += notes
+    if s.foreign.height:
+        result.jobs = pl.concat([result.jobs, s.foreign])
+        result.notes.append(
+            f"{s.foreign.height} job directories in this folder are not in the grid of {s.manifest_source} "
+            "(another manifest's jobs, or earlier settings): left out of every table (status foreign in jobs.csv)."
+        )
+    if s.outside_grid:
+        result.notes.append(
+            f"None of the {s.outside_grid} job directories in this folder is in the grid of {s.manifest_source} "
+            "(was it edited since the jobs were submitted?): all of them are aggregated, ordered and compared as "
+            "the manifest declares, and its own jobs are listed as missing."
+        )
+    if result.long.height and result.long["variant"].n_unique() > 1:
+        result.notes.append(
+            "This folder mixes jobs of different settings (model, data, LoRA, training or evaluation settings, "
+            "recipe): each arm is split by variant, labelled `ARM (xxxxxx)` where the suffix is a short hash of "
+            "those settings (`variant` in units.csv and long.csv); arms of different variants differ in more than "
+            "the arm. Name the study's manifest to aggregate its grid only."
+        )
     if s.manifest is not None:
         # A grid run only in part must not read as complete: every job of the manifest without a
         # directory is listed in jobs.csv and the report (and fails --strict).
-        missing, why = missing_jobs(s.manifest, s.folder, s.records)
+        missing, why = missing_jobs(s.manifest, s.folder, s.records, s.grid)
         if why is not None:
             result.notes.append(why)
         if missing.height and strict:
@@ -125,6 +147,11 @@ class StudyRecords:
     folder: Path
     records: list[JobRecord]
     manifest: Manifest | None
+    # With a manifest named as the target: its grid, and the folder's other jobs (left out).
+    grid: list[Any] | None = None
+    foreign: pl.DataFrame = field(default_factory=lambda: jobs_frame([]))
+    manifest_source: str | None = None
+    outside_grid: int = 0  # jobs read although not in the named manifest's grid (none of the folder's is)
 
 
 def read_studies(targets: Sequence[Path], *, strict: bool = False) -> list[StudyRecords]:
@@ -137,16 +164,28 @@ def read_studies(targets: Sequence[Path], *, strict: bool = False) -> list[Study
     if not records:
         where = ", ".join(str(r) for r in roots)
         raise TrajhpcError(f"no job directories (folders with spec.json) under {where}")
-    bad = [r for r in records if r.status != OK]
+    studies = []
+    for folder, recs in group_by_study(records).items():
+        given = manifests.get(folder)
+        study = StudyRecords(folder, recs, study_manifest(folder, recs, given))
+        if given is not None:
+            grid, _ = manifest_grid(given, folder)
+            own, foreign = split_foreign(recs, grid, str(given.source)) if grid is not None else (recs, None)
+            if foreign is not None and own:
+                # A named manifest is the study: the folder's other jobs (another manifest's) are left out.
+                study = StudyRecords(folder, own, given, grid, foreign, str(given.source))
+            elif foreign is not None:
+                # None of the folder's jobs is in its grid (edited since submit?): every job is read,
+                # ordered and compared as it declares, and the report says so (and lists its grid as missing).
+                study = StudyRecords(folder, recs, given, grid, outside_grid=len(recs), manifest_source=str(given.source))
+        studies.append(study)
+    bad = [r for s in studies for r in s.records if r.status != OK]
     if strict and bad:
         first = bad[0]
         detail = (first.reason or "").split(": ", 1)[-1]  # the reason starts with the file name
         more = f" (and {len(bad) - 1} more bad jobs)" if len(bad) > 1 else ""
         raise TrajhpcError(f"{first.file}: {first.status}: {detail}{more}")
-    return [
-        StudyRecords(folder, recs, study_manifest(folder, recs, manifests.get(folder)))
-        for folder, recs in group_by_study(records).items()
-    ]
+    return studies
 
 
 def aggregate_command(console: Any, targets: list[Path], *, strict: bool, plots: bool) -> list[StudyResult]:

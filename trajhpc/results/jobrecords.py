@@ -116,17 +116,46 @@ def study_manifest(folder: Path, records: Sequence[JobRecord], given: Manifest |
 
 
 MISSING = "missing"
+FOREIGN = "foreign"
 
 
-def missing_jobs(manifest: Manifest, folder: Path, records: Sequence[JobRecord]) -> tuple[pl.DataFrame, str | None]:
-    """The jobs of the manifest's grid with no job directory in ``folder``, as jobs.csv rows of
-    status ``missing``; and why the grid could not be expanded (None when it was)."""
+def manifest_grid(manifest: Manifest, folder: Path) -> tuple[list[Any] | None, str | None]:
+    """(the manifest's grid jobs in ``folder``, None) or (None, why it could not be expanded)."""
     from trajhpc.study.grid import expand
 
     try:
-        grid = expand(manifest, run_root=folder.parent)
+        return expand(manifest, run_root=folder.parent), None
     except (TrajhpcError, ValueError) as err:
-        return jobs_frame([]), f"the manifest's grid could not be expanded to check for missing jobs: {err}"
+        return None, f"the manifest's grid could not be expanded to check for missing jobs: {err}"
+
+
+def split_foreign(
+    records: Sequence[JobRecord], grid: Sequence[Any], source: str
+) -> tuple[list[JobRecord], pl.DataFrame]:
+    """(the records of the grid's jobs, the others as jobs.csv rows of status ``foreign``): job
+    directories in the study folder that another manifest (or other settings) made."""
+    ids = {j.job_id for j in grid}
+    own = [r for r in records if r.path.name in ids]
+    other = [r for r in records if r.path.name not in ids]
+    rows = jobs_frame(other).with_columns(
+        pl.lit(FOREIGN).alias("status"),
+        pl.lit(f"not in the grid of {source} (another manifest's job, or other settings): left out").alias("reason"),
+        pl.lit(None, dtype=pl.String).alias("file"),
+    )
+    return own, rows
+
+
+def missing_jobs(
+    manifest: Manifest, folder: Path, records: Sequence[JobRecord], grid: Sequence[Any] | None = None
+) -> tuple[pl.DataFrame, str | None]:
+    """The jobs of the manifest's grid (expanded here unless given) with no job directory in
+    ``folder``, as jobs.csv rows of status ``missing``; and why the grid could not be expanded
+    (None when it was)."""
+    why = None
+    if grid is None:
+        grid, why = manifest_grid(manifest, folder)
+    if grid is None:
+        return jobs_frame([]), why
     found = {r.path.name for r in records}
     absent = [j for j in grid if j.job_id not in found]
     return pl.DataFrame(

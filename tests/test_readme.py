@@ -36,6 +36,7 @@ def _section(title: str) -> str:
 
 def test_how_many_seeds_quotes_what_trajhpc_power_computes():
     from trajhpc.results import power as pw
+    from trajhpc.results import stats
 
     text = _section("How many seeds?")
     a = pw.Assumptions()
@@ -43,7 +44,7 @@ def test_how_many_seeds_quotes_what_trajhpc_power_computes():
     at_20 = p.unit_power[p.units.index(pw.GRID_UNITS)]
     expected = [
         f"gain of {a.effect:g} points", f"unit SD of {a.unit_sd:g} points", f"disagree on {a.discordance:.0%}",
-        f"{a.items} held-out items", f"smallest p with 5 pairs is {pw.smallest_p(5):g}",
+        f"{a.items} held-out items", f"smallest p with 5 pairs is {stats.smallest_sign_flip_p(5):g}",
         f"grid.yaml's {pw.GRID_UNITS} units", f"power {at_20:.2f};",
         f"80% power needs {p.min_units[0.8]} units and 90% needs {p.min_units[0.9]}",
         f"at {p.detect_units} units the smallest effect detected with 80% power is {p.unit_detectable[0.8]:.1f} "

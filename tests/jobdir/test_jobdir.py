@@ -371,3 +371,81 @@ def test_random_content_never_breaks_status_or_aggregate(tmp_path_factory, monke
     statuses = dict(zip(result.jobs["job_id"], result.jobs["status"]))
     assert set(statuses) == {job.name, other.name} and statuses[other.name] == "ok"
     assert statuses[job.name] == "ok" or result.jobs.filter(pl.col("job_id") == job.name)["reason"].item()
+
+
+# ---------------------------------------------------------------- property: damaged predictions are used whole or named
+
+from trajhpc.jobdir.documents import PredictionRow  # noqa: E402
+
+_ROW_KEYS = ("item", "block", "dialogue_key", "step", "exact", "name", "target_kind", "gold_name_in_prompt")
+
+
+def _damage():
+    """One damage to a predictions file: a line replaced by bytes, a field replaced by any JSON value,
+    a line dropped or repeated, or the whole file replaced."""
+    line = st.integers(min_value=0, max_value=17)
+    return st.one_of(
+        st.tuples(st.just("bytes"), line, st.binary(max_size=24)),
+        st.tuples(st.just("field"), line, st.tuples(st.sampled_from(_ROW_KEYS), JSON)),
+        st.tuples(st.just("drop"), line, st.none()),
+        st.tuples(st.just("repeat"), line, st.none()),
+        st.tuples(st.just("file"), st.just(0), st.binary(max_size=64)),
+    )
+
+
+def _apply(lines: list[bytes], damage) -> list[bytes]:
+    kind, at, value = damage
+    lines = list(lines)
+    if kind == "file" or not lines:
+        return [value or b""]
+    at %= len(lines)
+    if kind == "bytes":
+        lines[at] = value
+    elif kind == "field":
+        try:
+            row = json.loads(lines[at])
+        except (ValueError, RecursionError):
+            return lines
+        if isinstance(row, dict):
+            row[value[0]] = value[1]
+            lines[at] = json.dumps(row).encode()
+    elif kind == "drop":
+        del lines[at]
+    else:
+        lines.insert(at, lines[at])
+    return lines
+
+
+def _usable(lines: list[bytes], items: set[str]) -> bool:
+    """What the aggregate may use as it stands: every row a valid PredictionRow, each of the study's items once."""
+    seen = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            seen.append(PredictionRow.model_validate(json.loads(line)).item)
+        except (ValueError, RecursionError):
+            return False
+    return None not in seen and sorted(seen) == sorted(items)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damages=st.lists(_damage(), min_size=1, max_size=3))
+def test_damaged_predictions_are_used_whole_or_named_and_never_break_aggregate(tmp_path_factory, damages):
+    root = tmp_path_factory.mktemp("pred")
+    jobs = sj.write_study(root, "s", arms=("A", "B"), seeds=(0, 1), orders=[("a", "b", "c")], items=sj.ITEMS)
+    victim = jobs[0] / "predictions" / "stage-3.jsonl"
+    original = victim.read_bytes().splitlines()
+    lines = original
+    for damage in damages:
+        lines = _apply(lines, damage)
+    victim.write_bytes(b"\n".join(lines) + b"\n" if lines else b"")
+    with deadline(20):
+        (result,) = agg.aggregate([root], resamples=20)
+    named = any(jobs[0].name in note for note in result.notes)
+    if not _usable(lines, {item[0] for item in sj.ITEMS}):
+        # Never a guessed value, never a silently narrower item table: the job is named.
+        assert named, (damages, result.notes)
+    if named:
+        with pytest.raises(TrajhpcError):
+            agg.aggregate([root], strict=True, resamples=20)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -18,7 +19,7 @@ import polars as pl
 
 from trajhpc.core.errors import TrajhpcError
 from trajhpc.jobdir.documents import OK, JobProblem, MetricsDoc, TokensDoc, read_job_docs
-from trajhpc.jobdir.paths import RECORD, FileProblem, find_job_dirs, read_json_object
+from trajhpc.jobdir.paths import RECORD, FileProblem, JobDir, find_job_dirs, read_json_object
 from trajhpc.results.losscurves import TrainLogs, read_train_logs
 from trajhpc.spec import JobSpec
 from trajhpc.study.comparison import canonical_json, normalised
@@ -227,13 +228,42 @@ def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[
     job whose final predictions are missing, empty or unusable (its rows are left out)."""
     from trajhpc.results.itemtables import read_final_predictions
 
-    frames, problems = [], []
+    read: list[tuple[JobRecord, pl.DataFrame]] = []
+    problems = []
     for r in records:
         if r.status == OK and r.spec is not None:
             frame, problem = read_final_predictions(r.path, len(r.spec.order), r.path.name)
-            frames.append(frame)
             if problem is not None:
                 problems.append(f"{r.path}/{problem}")
+            read.append((r, frame))
+    # Jobs of one variant (same data, same split) score the same held-out items, each once: a file
+    # missing a line or repeating one would otherwise narrow or tilt the item tables without notice.
+    # The item set most of a variant's jobs hold is the study's; with no majority, none is trusted.
+    sets: dict[str | None, Counter[frozenset[str]]] = {}
+    for r, frame in read:
+        if frame.height and frame["item"].null_count() == 0:
+            sets.setdefault(r.variant, Counter())[frozenset(frame["item"].to_list())] += 1
+    expected: dict[str | None, frozenset[str] | None] = {}
+    for variant, counts in sets.items():
+        (top, n), *rest = counts.most_common(2) + [(None, 0)]
+        expected[variant] = top if n > rest[0][1] else None
+    frames = []
+    for r, frame in read:
+        items = frame["item"].to_list()
+        want = expected.get(r.variant)
+        nulls = items.count(None)
+        if 0 < nulls < len(items):  # files written before rows had ids have none: this one lost some
+            where = JobDir(r.path).predictions(len(r.spec.order)).name
+            problems.append(f"{r.path}/predictions/{where}: corrupt: {nulls} of {len(items)} rows have no item id")
+            frame = frame.clear()
+        elif frame.height and not nulls and (len(set(items)) != len(items) or set(items) != want):
+            where = JobDir(r.path).predictions(len(r.spec.order)).name
+            others = (f"the study's other jobs score {len(want)} items once each" if want is not None
+                      else "the study's jobs disagree on which items they score, no set held by most")
+            problems.append(f"{r.path}/predictions/{where}: corrupt: {len(set(items))} distinct items in "
+                            f"{len(items)} rows, where {others}")
+            frame = frame.clear()
+        frames.append(frame)
     return (pl.concat(frames) if frames else None), problems
 
 

@@ -650,36 +650,120 @@ def test_submit_killed_after_sbatch_is_recovered_not_resubmitted(queued_slurm, t
     assert not (tmp_path / "jobs" / "st" / ".submitting.json").exists()
 
 
-def test_submit_killed_before_sbatch_submits_again(queued_slurm, tmp_path, monkeypatch):
+class _DiesInMapArray:
+    """An executor whose process dies inside map_array: before submitit wrote the batch script
+    (so before sbatch), or after (so sbatch may have run)."""
+
+    def __init__(self, launch, wrote_script: bool):
+        self.folder, self.wrote_script = launch.folder, wrote_script
+
+    def map_array(self, *args):
+        if self.wrote_script:
+            (self.folder / ".submission_file_0123.sh").write_text("#!/bin/sh\n")
+        raise KeyboardInterrupt
+
+
+def _killed_in_map_array(monkeypatch, wrote_script: bool) -> None:
     import trajhpc.launch.submit as launch_mod
 
-    def killed(launch):
-        raise KeyboardInterrupt  # the process dies before sbatch
-
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(launch_mod, "make_slurm_executor", killed)
+        m.setattr(launch_mod, "make_slurm_executor", lambda launch: _DiesInMapArray(launch, wrote_script))
         _submit(Path("m.yaml"))
+
+
+def test_submit_killed_before_sbatch_submits_again(queued_slurm, tmp_path, monkeypatch):
+    _killed_in_map_array(monkeypatch, wrote_script=False)
     assert (tmp_path / "jobs" / "st" / ".submitting.json").exists() and _sbatch_calls(queued_slurm) == 0
 
+    for name in ("squeue", "sacct"):  # the journal's folder alone shows sbatch never ran: Slurm is not asked
+        (queued_slurm / name).write_text("#!/bin/sh\necho asked >> $0.calls\nexit 1\n")
+    text = _submit(Path("m.yaml"))
+    assert "stopped before it called sbatch" in text and "they are submitted again" in text
+    assert "submitted 4 jobs as Slurm array 100" in text and _sbatch_calls(queued_slurm) == 1
+    assert not (queued_slurm / "squeue.calls").exists() and not (queued_slurm / "sacct.calls").exists()
+
+
+def test_submit_killed_while_sbatch_may_run_asks_slurm(queued_slurm, tmp_path, monkeypatch):
+    _killed_in_map_array(monkeypatch, wrote_script=True)
     text = _submit(Path("m.yaml"))
     assert "interrupted before Slurm accepted its 4 jobs: they are submitted again" in text
     assert "submitted 4 jobs as Slurm array 100" in text and _sbatch_calls(queued_slurm) == 1
 
 
 def test_an_interrupted_submit_is_never_guessed_when_slurm_is_down(queued_slurm, tmp_path, monkeypatch):
-    import trajhpc.launch.submit as launch_mod
-
-    def killed(launch):
-        raise KeyboardInterrupt  # the process dies before sbatch
-
-    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(launch_mod, "make_slurm_executor", killed)
-        _submit(Path("m.yaml"))
+    _killed_in_map_array(monkeypatch, wrote_script=True)
     for name in ("squeue", "sacct"):
         (queued_slurm / name).write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")
     with pytest.raises(TrajhpcError, match="cannot ask Slurm whether the interrupted submission reached it"):
         _submit(Path("m.yaml"))
     assert (tmp_path / "jobs" / "st" / ".submitting.json").exists() and _sbatch_calls(queued_slurm) == 0
+
+
+# ---------------------------------------------------------------- a machine without Slurm (issue 22 item 8)
+
+
+@pytest.fixture
+def no_slurm(tmp_path, monkeypatch):
+    """PATH holds no Slurm command (only an empty folder): a laptop, a workstation."""
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text(MANIFEST.replace("executor: auto", "executor: slurm"))
+    return tmp_path
+
+
+def test_executor_slurm_without_slurm_is_one_line_exit_2_and_leaves_nothing(no_slurm):
+    out = subprocess.run([sys.executable, "-m", "trajhpc.cli", "submit", "m.yaml"], cwd=no_slurm,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: executor slurm: this machine has no Slurm (sbatch and srun not found on PATH); "
+        "submit from a Slurm login node, or run here with --executor local"
+    ]
+    assert not (no_slurm / "jobs").exists()  # no journal, no spec, no lock, no study folder
+    dry = _submit(Path("m.yaml"), dry_run=True)  # a dry run still shows the script, and warns
+    assert "sbatch script for 4 jobs" in dry
+    assert "warning: sbatch and srun not found on PATH: this machine has no Slurm; a real submit stops here" in dry
+
+
+def test_a_journal_whose_sbatch_never_ran_does_not_need_slurm(no_slurm):
+    """A journal left by a start that failed before sbatch (trajhpc < this fix left one when
+    submitit found no srun): a local submit on a machine without Slurm is not stuck on it."""
+    from trajhpc.launch.submission import JOURNAL, recover_interrupted
+
+    study = no_slurm / "jobs" / "st"
+    (study / ".submitit" / "20261206T000000-abcdef").mkdir(parents=True)
+    (study / JOURNAL).write_text(json.dumps({
+        "schema": "trajhpc.submitting/1", "since": "2026-12-06T00:00:00+00:00",
+        "folder": str(study / ".submitit" / "20261206T000000-abcdef"), "job_name": "trajhpc-st",
+        "manifest": None, "analysis": None, "jobs": ["a", "b"],
+    }))
+    out = io.StringIO()
+    recover_interrupted(Console(file=out, width=300), study)
+    assert "stopped before it called sbatch" in out.getvalue() and not (study / JOURNAL).exists()
+    # One whose batch script was written may have reached Slurm: never guessed.
+    (study / ".submitit" / "20261206T000000-abcdef" / "100_submission.sh").write_text("#!/bin/sh\n")
+    (study / JOURNAL).write_text(json.dumps({
+        "schema": "trajhpc.submitting/1", "since": "2026-12-06T00:00:00+00:00",
+        "folder": str(study / ".submitit" / "20261206T000000-abcdef"), "job_name": "trajhpc-st", "jobs": ["a"],
+    }))
+    with pytest.raises(TrajhpcError, match="cannot ask Slurm whether the interrupted submission reached it"):
+        recover_interrupted(Console(file=io.StringIO()), study)
+    assert (study / JOURNAL).exists()
+
+
+def test_a_failed_slurm_start_leaves_no_journal(fake_slurm, tmp_path, monkeypatch):
+    import trajhpc.launch.submit as launch_mod
+
+    def no_srun(launch):  # what submitit raises when it finds no srun
+        raise RuntimeError('Could not detect "srun", are you indeed on a slurm cluster?')
+
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    monkeypatch.setattr(launch_mod, "make_slurm_executor", no_srun)
+    with pytest.raises(TrajhpcError, match='cannot set up the Slurm submission: Could not detect "srun"'):
+        _submit(Path("m.yaml"))
+    assert not (tmp_path / "jobs" / "st" / ".submitting.json").exists()
 
 
 # ---------------------------------------------------------------- exit statuses and leftovers

@@ -74,6 +74,22 @@ def resolve_executor(choice: str, sbatch_on_path: bool) -> str:
     return choice
 
 
+def missing_slurm_commands() -> list[str]:
+    """The Slurm commands a submission needs that are not on PATH (submitit runs ``srun`` in the
+    script and checks for it up front; ``sbatch`` submits)."""
+    return [name for name in ("sbatch", "srun") if shutil.which(name) is None]
+
+
+def check_slurm_here() -> None:
+    """Before anything is written: ``executor: slurm`` needs Slurm's commands on this machine."""
+    missing = missing_slurm_commands()
+    if missing:
+        raise TrajhpcError(
+            f"executor slurm: this machine has no Slurm ({' and '.join(missing)} not found on PATH); "
+            "submit from a Slurm login node, or run here with --executor local"
+        )
+
+
 def slurm_parameters(manifest: Manifest) -> dict[str, Any]:
     """``SlurmExecutor.update_parameters`` keywords for the manifest's resources (submitit's names)."""
     res = manifest.resources
@@ -197,6 +213,9 @@ class Launch:
         runtime = self.manifest.container.runtime
         if self.kind == "local" and runtime != "none" and shutil.which(runtime) is None:
             out.append(f"{runtime} is not on PATH: the local jobs run in the container and would fail")
+        if self.kind == "slurm" and missing_slurm_commands():
+            out.append(f"{' and '.join(missing_slurm_commands())} not found on PATH: this machine has no Slurm; "
+                       "a real submit stops here")
         return out
 
     def digest(self) -> None:
@@ -247,8 +266,11 @@ def submit_slurm(jobs: Sequence[GridJob], launch: Launch) -> list[str]:
 
     study_dir = launch.run_root / launch.manifest.study
     _each(write_spec, jobs)
+    try:
+        executor = make_slurm_executor(launch)  # submitit checks for srun here: before any journal
+    except Exception as err:
+        raise TrajhpcError(f"cannot set up the Slurm submission: {last_line(str(err), width=400) or repr(err)}") from None
     write_journal(study_dir, jobs, launch.submitter)
-    executor = make_slurm_executor(launch)
     try:
         submitted = executor.map_array(JobTask(), *_task_args(jobs, launch))
     except Exception as err:  # sbatch's own message (the last line) is the useful part
@@ -408,6 +430,8 @@ def submit_command(
     ``--wait``) and some did not finish, 130 when the wait was interrupted, else 0.
     """
     sub = prepare_submission(manifest_path, run_root, executor)
+    if not dry_run and sub.launch.kind == "slurm":
+        check_slurm_here()
     # A dry run only reads; a real one holds the study's lock from reading the jobs'
     # states to writing their records.
     with contextlib.nullcontext() if dry_run else study_lock(console, sub.study_dir):

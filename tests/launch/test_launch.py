@@ -867,3 +867,37 @@ def test_dry_run_table_and_lines_fit_the_terminal(tmp_path, monkeypatch, name, w
     assert list(dict.fromkeys(shown)) == arms  # in the manifest's order
     if width == 120:
         assert "job id" in table and "order" in table and "not shown" not in text
+
+
+# ---------------------------------------------------------------- a job Slurm still holds, whatever the executor (issue 22 item 9)
+
+
+def test_still_held_by_slurm():
+    from trajhpc.launch.slurmheld import still_held
+    from trajhpc.launch.slurmquery import SlurmInfo
+
+    ids = {"a": ("7_0", "trajhpc-st"), "b": ("7_1", "trajhpc-st"), "c": ("8", "trajhpc-st"), "d": ("9", None)}
+    live = {"7_0": SlurmInfo("PENDING", "trajhpc-st"), "7_1": SlurmInfo("COMPLETED", "trajhpc-st"),
+            "8": SlurmInfo("RUNNING", "someone-else"), "9": SlurmInfo("RUNNING", "x")}
+    # pending: held; ended: not; an id reused by another job: not ours; a record without a name: held
+    assert still_held(ids, live) == {"a": "PENDING", "d": "RUNNING"}
+    assert still_held(ids, {}) == {}
+
+
+def test_a_local_submit_leaves_a_job_slurm_still_holds(fake_slurm, tmp_path):
+    """sacct still holds an older, ended job of the same id (ids restart when a cluster's state is
+    wiped) while the controller has ours pending: the local submit asks squeue before it takes
+    the job over, leaves it, and says so; its record still names Slurm."""
+    (tmp_path / "m.yaml").write_text(MANIFEST.replace("conditions: [A, B]", "conditions: [A]").replace("[0, 1]", "[0]"))
+    assert "submitted 1 job as Slurm job 100" in _submit(Path("m.yaml"))
+    (fake_slurm / "states").write_text("JobID|State|NodeList|JobName\n100|COMPLETED|vm|trajhpc-st\n")
+    (fake_slurm / "squeue").write_text("#!/bin/sh\nprintf '100|PENDING||trajhpc-st\\n'\n")
+    (job,) = expand(load_manifest(tmp_path / "m.yaml"))
+    (job.run_dir / "metrics.json").write_text("{corrupt")  # were it run here, it would fail at once
+    text = _submit(Path("m.yaml"), executor="local")
+    assert "1 job: 0 to submit, 0 done (skipped), 1 queued or running (left alone)" in text, text
+    assert ("1 job still pending or running in Slurm (job 100): left alone, a local submit does not take over "
+            "a Slurm job (scancel 100 first to run it here)") in text
+    assert "running 1 job locally" not in text
+    record = _records(tmp_path)[job.job_id]
+    assert record["executor"] == "slurm" and record["slurm_job_id"] == "100" and record["previous"] == []

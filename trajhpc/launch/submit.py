@@ -34,7 +34,10 @@ from trajhpc.launch import container as ctr
 from trajhpc.launch import slurmclient
 from trajhpc.launch.liveview import watch_rows
 from trajhpc.launch.localrun import run_local
-from trajhpc.launch.status import collect_rows, counts_line, decide, is_active, make_row, observe, render_table
+from trajhpc.launch.slurmheld import held_message, recheck_before_resubmit
+from trajhpc.launch.status import (
+    ACTIVE_STATES, collect_rows, counts_line, decide, is_active, make_row, observe, render_table,
+)
 from trajhpc.launch.submission import (
     JOURNAL,
     Submitter,
@@ -355,6 +358,10 @@ def prepare_submission(manifest_path: Path, run_root: Path | None, executor: str
 def observe_submission(sub: Submission) -> None:
     """Plan: read every job's directory and scheduler state, split into skip / leave / submit."""
     sub.files, sub.sched = observe([job.run_dir for job in sub.jobs], sub.specs)
+    # Whatever this submit's executor, a job Slurm's controller still holds is never run again.
+    again = [f.job_id for f in sub.files if decide(f.complete, sub.sched.get(f.job_id)) == "submit"]
+    held = recheck_before_resubmit(sub.files, again)
+    sub.sched.update(held)
     sub.groups = jobs_by_action(sub.jobs, sub.files, sub.sched)
 
 
@@ -370,6 +377,10 @@ def show_submission(console: Console, sub: Submission, *, dry_run: bool, rates: 
         f"{len(sub.groups['leave'])} queued or running (left alone)",
         highlight=False, soft_wrap=True,
     )
+    held = {f.job_id: sub.sched[f.job_id] for f in sub.files if sub.sched.get(f.job_id) in ACTIVE_STATES}
+    message = held_message(sub.launch.kind, held, sub.files)
+    if message:
+        console.print(message, highlight=False, soft_wrap=True)
     if rates is not None:
         print_estimate(console, sub.manifest, sub.jobs, sub.todo, rates)
     if not dry_run:

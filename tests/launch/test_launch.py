@@ -901,3 +901,32 @@ def test_a_local_submit_leaves_a_job_slurm_still_holds(fake_slurm, tmp_path):
     assert "running 1 job locally" not in text
     record = _records(tmp_path)[job.job_id]
     assert record["executor"] == "slurm" and record["slurm_job_id"] == "100" and record["previous"] == []
+
+
+# ---------------------------------------------------------------- SIGTERM to a local submit (issue 22 item 16)
+
+
+def test_sigterm_to_a_local_submit_stops_its_job_like_ctrl_c(tmp_path, monkeypatch):
+    import signal
+    import time
+
+    monkeypatch.chdir(tmp_path)  # the manifest's run root, jobs/, is relative
+    (tmp_path / "m.yaml").write_text(LOCAL.replace("conditions: [A, B]", "conditions: [B]").replace("max_steps: 1", "max_steps: 400"))
+    (job,) = expand(load_manifest(tmp_path / "m.yaml"))
+    proc = subprocess.Popen([sys.executable, "-m", "trajhpc.cli", "submit", "m.yaml"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = job.run_dir / "state.json"
+    end = time.monotonic() + 240
+    while not (state.exists() and json.loads(state.read_text() or "{}").get("state") == "running"):
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stdout + stderr
+    assert stderr.strip().splitlines()[-1] == "terminated (SIGTERM)", stderr
+    # Its job was stopped as Ctrl-C stops it: interrupted, resumable, and its process gone.
+    pid = json.loads((job.run_dir / "submission.json").read_text())["local_pid"]
+    while json.loads(state.read_text()).get("state") == "running" or Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < end + 60, state.read_text()
+        time.sleep(0.5)
+    assert json.loads(state.read_text())["state"] == "interrupted"

@@ -178,3 +178,10 @@ def test_a_closed_pipe_ends_every_command_quietly_with_0(tmp_path, command):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 0, stderr
     assert stderr == ""
+
+
+def test_a_closed_stdout_is_no_reader_either(tmp_path):
+    runs = _study(tmp_path)
+    out = subprocess.run(f"{sys.executable} -m trajhpc.cli status {runs} >&-", shell=True, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr

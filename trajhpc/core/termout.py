@@ -88,13 +88,15 @@ class GuardedOutput:
     def __init__(self, stream: Any, name: str = "standard output"):
         self._stream = stream
         self._name = name
-        self.pipe_closed = False
+        self.pipe_closed = stream is None  # started with the descriptor closed (`>&-`): no reader either
         try:  # unencodable text degrades to ASCII instead of raising
             stream.reconfigure(errors=ASCII_FALLBACK)
         except (AttributeError, ValueError, OSError):
             pass
 
     def __getattr__(self, name: str) -> Any:
+        if self._stream is None:
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
     def _guard(self, action: str, *args: Any) -> Any:

@@ -1,7 +1,13 @@
 """The CLI frame: lists its commands; user mistakes are one line on stderr and exit code 2."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _trajhpc(*args, cwd=None):
@@ -67,8 +73,6 @@ def test_run_job_on_a_folder_is_one_line_not_a_traceback(tmp_path):
 
 
 def test_ctrl_c_in_any_command_exits_130_with_a_message(monkeypatch, capsys):
-    import pytest
-
     import trajhpc.launch.statuscmd
     from trajhpc import cli
 
@@ -84,8 +88,6 @@ def test_ctrl_c_in_any_command_exits_130_with_a_message(monkeypatch, capsys):
 
 
 def test_an_exit_status_raised_by_a_command_reaches_the_shell(monkeypatch):
-    import pytest
-
     import trajhpc.launch.submit
     from trajhpc import cli
 
@@ -94,3 +96,92 @@ def test_an_exit_status_raised_by_a_command_reaches_the_shell(monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         cli.main()
     assert exit_.value.code == 3
+
+
+# ---------------------------------------------------------------- what reaches the terminal (issue 22 items 10, 11, 17)
+
+
+def _study(tmp_path):
+    """A finished synthetic study under tmp_path/runs, and the environment to run trajhpc on it."""
+    import synthetic_jobs as sj
+
+    sj.write_study(tmp_path / "runs", "s1")
+    return tmp_path / "runs"
+
+
+COMMANDS_ON_A_STUDY = {
+    "aggregate": lambda runs, tmp: ["aggregate", str(runs), "--no-plots"],
+    "status": lambda runs, tmp: ["status", str(runs)],
+    "submit --dry-run": lambda runs, tmp: [
+        "submit", str(REPO / "manifests" / "smoke.yaml"), "--dry-run", "--executor", "local", "--run-root", str(tmp / "r"),
+    ],
+}
+
+
+def _env(**extra):
+    return {**os.environ, **extra}
+
+
+def test_an_ascii_terminal_gets_ascii_not_a_traceback(tmp_path):
+    runs = _study(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "trajhpc.cli", "aggregate", str(runs), "--no-plots"], capture_output=True,
+        cwd=tmp_path, timeout=300, env=_env(PYTHONIOENCODING="ascii"),
+    )
+    assert out.returncode == 0 and b"Traceback" not in out.stderr, out.stderr.decode(errors="replace")
+    text = out.stdout.decode("ascii")  # nothing else in it
+    assert "B - A" in text, text
+
+
+def test_ascii_text_spells_symbols_out():
+    from trajhpc.core.termout import ascii_text
+
+    assert ascii_text("B − A · 3×2 ≥ 1 … café ☃") == "B - A - 3x2 >= 1 ... cafe ?"
+
+
+def test_a_full_disk_on_stdout_is_one_line_and_exit_2(tmp_path):
+    runs = _study(tmp_path)
+    with open("/dev/full", "w") as full:
+        out = subprocess.run(
+            [sys.executable, "-m", "trajhpc.cli", "status", str(runs)], stdout=full, stderr=subprocess.PIPE,
+            text=True, cwd=tmp_path, timeout=120,
+        )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == ["error: cannot write to standard output: No space left on device"]
+
+
+@pytest.mark.parametrize("columns", ["0", "-3", "abc", ""])
+def test_a_bad_columns_value_does_not_silence_output(tmp_path, columns):
+    runs = _study(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "trajhpc.cli", "status", str(runs)], capture_output=True, text=True, cwd=tmp_path,
+        timeout=120, env=_env(COLUMNS=columns),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "job id" in out.stdout and "18 jobs: 18 done" in out.stdout
+    assert max(len(line) for line in out.stdout.splitlines()) <= 80  # rich's width when not a terminal
+    error = subprocess.run(
+        [sys.executable, "-m", "trajhpc.cli", "status", str(tmp_path / "nowhere")], capture_output=True, text=True,
+        cwd=tmp_path, timeout=120, env=_env(COLUMNS=columns),
+    )
+    assert error.returncode == 2 and "no such manifest or run directory" in error.stderr
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS_ON_A_STUDY))
+def test_a_closed_pipe_ends_every_command_quietly_with_0(tmp_path, command):
+    runs = _study(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trajhpc.cli", *COMMANDS_ON_A_STUDY[command](runs, tmp_path)], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, cwd=tmp_path,
+    )
+    proc.stdout.close()  # the reader is gone before the first line: every write meets a closed pipe
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, stderr
+    assert stderr == ""
+
+
+def test_a_closed_stdout_is_no_reader_either(tmp_path):
+    runs = _study(tmp_path)
+    out = subprocess.run(f"{sys.executable} -m trajhpc.cli status {runs} >&-", shell=True, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr

@@ -54,3 +54,19 @@ def test_how_many_seeds_quotes_what_trajhpc_power_computes():
         f"({p.draws:,} studies",
     ]
     assert [e for e in expected if e not in text] == []
+
+
+def test_the_exit_status_table_is_what_trajhpc_returns():
+    """The README's table lists exactly the statuses the code has names for (issue 22: true for every case)."""
+    from trajhpc import cli
+    from trajhpc.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
+    from trajhpc.launch.submit import EXIT_JOBS_FAILED
+
+    text = (REPO / "README.md").read_text()
+    table = text.split("| exit | when |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = {int(line.split("|")[1]): line for line in table.splitlines()}
+    assert sorted(rows) == sorted({0, 1, 2, EXIT_JOBS_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED})
+    assert "`submit` waited" in rows[EXIT_JOBS_FAILED] and "Ctrl-C" in rows[EXIT_INTERRUPTED]
+    assert "SIGTERM" in rows[EXIT_TERMINATED] and "head" in rows[0] and "no Slurm" in rows[2]
+    for status in rows:
+        assert str(status) in cli.main.__doc__, status

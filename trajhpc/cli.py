@@ -6,15 +6,16 @@ Heavy imports (torch, transformers, polars) happen inside the commands so that
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-from trajhpc.core.errors import EXIT_INTERRUPTED, TrajhpcError
+from trajhpc.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, TrajhpcError
+from trajhpc.core.termout import GuardedOutput, make_console
 
 app = typer.Typer(
     name="trajhpc",
@@ -30,8 +31,8 @@ data_app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 @data_app.command("inspect", short_help="Per block: dialogues, records, APIs, ToolSearcher share.")
@@ -192,10 +193,42 @@ def power(
     )
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program stands so that it unwinds as from Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _terminated
+    _terminated = True
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise _Terminated
+
+
+_terminated = False
+
+
 def main() -> None:
-    """Console-script entry point. Exit statuses: 0 success; 1 a bug (traceback); 2 a user
-    mistake (one line on stderr); 3 submit ran or watched jobs and some did not finish
-    (``EXIT_JOBS_FAILED``); 130 interrupted (Ctrl-C)."""
+    """Console-script entry point. Exit statuses: 0 success (also when the reader of the output
+    went away, ``| head``); 1 a bug (traceback); 2 a user mistake or an output that cannot be
+    written (one line on stderr); 3 submit ran or watched jobs and some did not finish
+    (``EXIT_JOBS_FAILED``); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM), which stops
+    what runs the way Ctrl-C does."""
+    global _terminated
+    _terminated = False
+    saved = sys.stdout, sys.stderr
+    sys.stdout = GuardedOutput(sys.stdout)
+    sys.stderr = GuardedOutput(sys.stderr, "standard error")
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        code = _run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sys.stdout, sys.stderr = saved
+    sys.exit(code)
+
+
+def _run() -> int:
+    """The command's exit status (see ``main``)."""
     from typer.exceptions import TyperException
 
     try:
@@ -205,7 +238,7 @@ def main() -> None:
     except TrajhpcError as err:
         # The message is user text (a regex, a path): escaped, so rich shows it as written.
         err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return 2
     except (typer.Abort, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
     except typer.Exit as err:
@@ -215,10 +248,13 @@ def main() -> None:
             err.show()
         else:
             err_console.print(f"error: {err.format_message()}")
-        sys.exit(2)
+        return 2
+    if code == EXIT_INTERRUPTED and _terminated:
+        err_console.print("terminated (SIGTERM)")
+        return EXIT_TERMINATED
     if code == EXIT_INTERRUPTED:
         err_console.print("interrupted (Ctrl-C)")
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

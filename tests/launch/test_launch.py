@@ -650,36 +650,120 @@ def test_submit_killed_after_sbatch_is_recovered_not_resubmitted(queued_slurm, t
     assert not (tmp_path / "jobs" / "st" / ".submitting.json").exists()
 
 
-def test_submit_killed_before_sbatch_submits_again(queued_slurm, tmp_path, monkeypatch):
+class _DiesInMapArray:
+    """An executor whose process dies inside map_array: before submitit wrote the batch script
+    (so before sbatch), or after (so sbatch may have run)."""
+
+    def __init__(self, launch, wrote_script: bool):
+        self.folder, self.wrote_script = launch.folder, wrote_script
+
+    def map_array(self, *args):
+        if self.wrote_script:
+            (self.folder / ".submission_file_0123.sh").write_text("#!/bin/sh\n")
+        raise KeyboardInterrupt
+
+
+def _killed_in_map_array(monkeypatch, wrote_script: bool) -> None:
     import trajhpc.launch.submit as launch_mod
 
-    def killed(launch):
-        raise KeyboardInterrupt  # the process dies before sbatch
-
     with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(launch_mod, "make_slurm_executor", killed)
+        m.setattr(launch_mod, "make_slurm_executor", lambda launch: _DiesInMapArray(launch, wrote_script))
         _submit(Path("m.yaml"))
+
+
+def test_submit_killed_before_sbatch_submits_again(queued_slurm, tmp_path, monkeypatch):
+    _killed_in_map_array(monkeypatch, wrote_script=False)
     assert (tmp_path / "jobs" / "st" / ".submitting.json").exists() and _sbatch_calls(queued_slurm) == 0
 
+    for name in ("squeue", "sacct"):  # the journal's folder alone shows sbatch never ran: Slurm is not asked
+        (queued_slurm / name).write_text("#!/bin/sh\necho asked >> $0.calls\nexit 1\n")
+    text = _submit(Path("m.yaml"))
+    assert "stopped before it called sbatch" in text and "they are submitted again" in text
+    assert "submitted 4 jobs as Slurm array 100" in text and _sbatch_calls(queued_slurm) == 1
+    assert not (queued_slurm / "squeue.calls").exists() and not (queued_slurm / "sacct.calls").exists()
+
+
+def test_submit_killed_while_sbatch_may_run_asks_slurm(queued_slurm, tmp_path, monkeypatch):
+    _killed_in_map_array(monkeypatch, wrote_script=True)
     text = _submit(Path("m.yaml"))
     assert "interrupted before Slurm accepted its 4 jobs: they are submitted again" in text
     assert "submitted 4 jobs as Slurm array 100" in text and _sbatch_calls(queued_slurm) == 1
 
 
 def test_an_interrupted_submit_is_never_guessed_when_slurm_is_down(queued_slurm, tmp_path, monkeypatch):
-    import trajhpc.launch.submit as launch_mod
-
-    def killed(launch):
-        raise KeyboardInterrupt  # the process dies before sbatch
-
-    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
-        m.setattr(launch_mod, "make_slurm_executor", killed)
-        _submit(Path("m.yaml"))
+    _killed_in_map_array(monkeypatch, wrote_script=True)
     for name in ("squeue", "sacct"):
         (queued_slurm / name).write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")
     with pytest.raises(TrajhpcError, match="cannot ask Slurm whether the interrupted submission reached it"):
         _submit(Path("m.yaml"))
     assert (tmp_path / "jobs" / "st" / ".submitting.json").exists() and _sbatch_calls(queued_slurm) == 0
+
+
+# ---------------------------------------------------------------- a machine without Slurm (issue 22 item 8)
+
+
+@pytest.fixture
+def no_slurm(tmp_path, monkeypatch):
+    """PATH holds no Slurm command (only an empty folder): a laptop, a workstation."""
+    bare = tmp_path / "bare-bin"
+    bare.mkdir()
+    monkeypatch.setenv("PATH", str(bare))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text(MANIFEST.replace("executor: auto", "executor: slurm"))
+    return tmp_path
+
+
+def test_executor_slurm_without_slurm_is_one_line_exit_2_and_leaves_nothing(no_slurm):
+    out = subprocess.run([sys.executable, "-m", "trajhpc.cli", "submit", "m.yaml"], cwd=no_slurm,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "error: executor slurm: this machine has no Slurm (sbatch and srun not found on PATH); "
+        "submit from a Slurm login node, or run here with --executor local"
+    ]
+    assert not (no_slurm / "jobs").exists()  # no journal, no spec, no lock, no study folder
+    dry = _submit(Path("m.yaml"), dry_run=True)  # a dry run still shows the script, and warns
+    assert "sbatch script for 4 jobs" in dry
+    assert "warning: sbatch and srun not found on PATH: this machine has no Slurm; a real submit stops here" in dry
+
+
+def test_a_journal_whose_sbatch_never_ran_does_not_need_slurm(no_slurm):
+    """A journal left by a start that failed before sbatch (trajhpc < this fix left one when
+    submitit found no srun): a local submit on a machine without Slurm is not stuck on it."""
+    from trajhpc.launch.submission import JOURNAL, recover_interrupted
+
+    study = no_slurm / "jobs" / "st"
+    (study / ".submitit" / "20261206T000000-abcdef").mkdir(parents=True)
+    (study / JOURNAL).write_text(json.dumps({
+        "schema": "trajhpc.submitting/1", "since": "2026-12-06T00:00:00+00:00",
+        "folder": str(study / ".submitit" / "20261206T000000-abcdef"), "job_name": "trajhpc-st",
+        "manifest": None, "analysis": None, "jobs": ["a", "b"],
+    }))
+    out = io.StringIO()
+    recover_interrupted(Console(file=out, width=300), study)
+    assert "stopped before it called sbatch" in out.getvalue() and not (study / JOURNAL).exists()
+    # One whose batch script was written may have reached Slurm: never guessed.
+    (study / ".submitit" / "20261206T000000-abcdef" / "100_submission.sh").write_text("#!/bin/sh\n")
+    (study / JOURNAL).write_text(json.dumps({
+        "schema": "trajhpc.submitting/1", "since": "2026-12-06T00:00:00+00:00",
+        "folder": str(study / ".submitit" / "20261206T000000-abcdef"), "job_name": "trajhpc-st", "jobs": ["a"],
+    }))
+    with pytest.raises(TrajhpcError, match="cannot ask Slurm whether the interrupted submission reached it"):
+        recover_interrupted(Console(file=io.StringIO()), study)
+    assert (study / JOURNAL).exists()
+
+
+def test_a_failed_slurm_start_leaves_no_journal(fake_slurm, tmp_path, monkeypatch):
+    import trajhpc.launch.submit as launch_mod
+
+    def no_srun(launch):  # what submitit raises when it finds no srun
+        raise RuntimeError('Could not detect "srun", are you indeed on a slurm cluster?')
+
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    monkeypatch.setattr(launch_mod, "make_slurm_executor", no_srun)
+    with pytest.raises(TrajhpcError, match='cannot set up the Slurm submission: Could not detect "srun"'):
+        _submit(Path("m.yaml"))
+    assert not (tmp_path / "jobs" / "st" / ".submitting.json").exists()
 
 
 # ---------------------------------------------------------------- exit statuses and leftovers
@@ -783,3 +867,66 @@ def test_dry_run_table_and_lines_fit_the_terminal(tmp_path, monkeypatch, name, w
     assert list(dict.fromkeys(shown)) == arms  # in the manifest's order
     if width == 120:
         assert "job id" in table and "order" in table and "not shown" not in text
+
+
+# ---------------------------------------------------------------- a job Slurm still holds, whatever the executor (issue 22 item 9)
+
+
+def test_still_held_by_slurm():
+    from trajhpc.launch.slurmheld import still_held
+    from trajhpc.launch.slurmquery import SlurmInfo
+
+    ids = {"a": ("7_0", "trajhpc-st"), "b": ("7_1", "trajhpc-st"), "c": ("8", "trajhpc-st"), "d": ("9", None)}
+    live = {"7_0": SlurmInfo("PENDING", "trajhpc-st"), "7_1": SlurmInfo("COMPLETED", "trajhpc-st"),
+            "8": SlurmInfo("RUNNING", "someone-else"), "9": SlurmInfo("RUNNING", "x")}
+    # pending: held; ended: not; an id reused by another job: not ours; a record without a name: held
+    assert still_held(ids, live) == {"a": "PENDING", "d": "RUNNING"}
+    assert still_held(ids, {}) == {}
+
+
+def test_a_local_submit_leaves_a_job_slurm_still_holds(fake_slurm, tmp_path):
+    """sacct still holds an older, ended job of the same id (ids restart when a cluster's state is
+    wiped) while the controller has ours pending: the local submit asks squeue before it takes
+    the job over, leaves it, and says so; its record still names Slurm."""
+    (tmp_path / "m.yaml").write_text(MANIFEST.replace("conditions: [A, B]", "conditions: [A]").replace("[0, 1]", "[0]"))
+    assert "submitted 1 job as Slurm job 100" in _submit(Path("m.yaml"))
+    (fake_slurm / "states").write_text("JobID|State|NodeList|JobName\n100|COMPLETED|vm|trajhpc-st\n")
+    (fake_slurm / "squeue").write_text("#!/bin/sh\nprintf '100|PENDING||trajhpc-st\\n'\n")
+    (job,) = expand(load_manifest(tmp_path / "m.yaml"))
+    (job.run_dir / "metrics.json").write_text("{corrupt")  # were it run here, it would fail at once
+    text = _submit(Path("m.yaml"), executor="local")
+    assert "1 job: 0 to submit, 0 done (skipped), 1 queued or running (left alone)" in text, text
+    assert ("1 job still pending or running in Slurm (job 100): left alone, a local submit does not take over "
+            "a Slurm job (scancel 100 first to run it here)") in text
+    assert "running 1 job locally" not in text
+    record = _records(tmp_path)[job.job_id]
+    assert record["executor"] == "slurm" and record["slurm_job_id"] == "100" and record["previous"] == []
+
+
+# ---------------------------------------------------------------- SIGTERM to a local submit (issue 22 item 16)
+
+
+def test_sigterm_to_a_local_submit_stops_its_job_like_ctrl_c(tmp_path, monkeypatch):
+    import signal
+    import time
+
+    monkeypatch.chdir(tmp_path)  # the manifest's run root, jobs/, is relative
+    (tmp_path / "m.yaml").write_text(LOCAL.replace("conditions: [A, B]", "conditions: [B]").replace("max_steps: 1", "max_steps: 400"))
+    (job,) = expand(load_manifest(tmp_path / "m.yaml"))
+    proc = subprocess.Popen([sys.executable, "-m", "trajhpc.cli", "submit", "m.yaml"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = job.run_dir / "state.json"
+    end = time.monotonic() + 240
+    while not (state.exists() and json.loads(state.read_text() or "{}").get("state") == "running"):
+        assert proc.poll() is None and time.monotonic() < end, proc.communicate()
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stdout + stderr
+    assert stderr.strip().splitlines()[-1] == "terminated (SIGTERM)", stderr
+    # Its job was stopped as Ctrl-C stops it: interrupted, resumable, and its process gone.
+    pid = json.loads((job.run_dir / "submission.json").read_text())["local_pid"]
+    while json.loads(state.read_text()).get("state") == "running" or Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < end + 60, state.read_text()
+        time.sleep(0.5)
+    assert json.loads(state.read_text())["state"] == "interrupted"

@@ -183,3 +183,22 @@ def test_time_limit_shorter_than_the_work_requeues_and_gives_the_same_metrics(st
     interrupted = json.loads((job.run_dir / "metrics.json").read_text())
     reference = json.loads((ref_job.run_dir / "metrics.json").read_text())
     assert _scores(interrupted) == _scores(reference)
+
+
+def test_a_local_submit_leaves_a_job_pending_in_slurm_alone(study_dir):
+    """A job held in Slurm's queue (pending): `submit --executor local` asks Slurm, runs nothing, says
+    why, and the job's record still names its Slurm id (issue 22 item 9)."""
+    manifest = _write(study_dir / "m.yaml", study="held", conditions="[A, B]",
+                      resources="{cpus_per_task: 1, mem_gb: 1, timeout_min: 5, extra_sbatch: {hold: true}}")
+    assert "submitted 2 jobs as Slurm array" in _submit(manifest)
+    before = {job.job_id: _record(job) for job in expand(load_manifest(manifest))}
+    array = next(iter(before.values()))["slurm_job_id"].split("_")[0]
+    out = io.StringIO()
+    code = submit_command(Console(file=out, width=300, color_system=None), manifest, dry_run=False, run_root=None,
+                          executor="local", wait=False)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "2 jobs: 0 to submit, 0 done (skipped), 2 queued or running (left alone)" in text
+    assert f"2 jobs still pending or running in Slurm (job {array}): left alone" in text
+    assert "locally" not in text
+    assert {job.job_id: _record(job) for job in expand(load_manifest(manifest))} == before

@@ -8,5 +8,6 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "errors": ["InputError", "TrajhpcError", "last_line", "read_json_input"],
     "gcpause": ["gc_paused"],
     "provenance": ["now_iso"],
+    "termout": ["GuardedOutput", "OutputError", "ascii_text", "make_console"],
     "termtable": ["Col", "fit_table"],
 })

@@ -8,6 +8,8 @@ from typing import Any
 # Exit status of a command stopped by Ctrl-C (128 + SIGINT): `trajhpc` exits with it, and
 # `submit` returns it when interrupted while it waits for its jobs.
 EXIT_INTERRUPTED = 130
+# Exit status of a command stopped by SIGTERM (128 + SIGTERM), which unwinds as Ctrl-C does.
+EXIT_TERMINATED = 143
 
 
 class TrajhpcError(Exception):

@@ -20,6 +20,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from trajhpc.core.termout import make_console
+
 
 def _eta(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -42,7 +44,7 @@ class StageProgress:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.label, self.total = label, total
-        self.console = console or Console()
+        self.console = console or make_console()
         self.interval_s = interval_s
         self.clock = clock
         self.tokens = 0
@@ -92,4 +94,4 @@ class StageProgress:
 
 def log(console: Console | None, message: str) -> None:
     """One plain status line (stage starts/ends, resume notes)."""
-    (console or Console()).print(message, highlight=False, soft_wrap=True)
+    (console or make_console()).print(message, highlight=False, soft_wrap=True)

@@ -45,6 +45,7 @@ from rich.console import Console
 from trajhpc.core import locks, provenance
 from trajhpc.core.atomic import atomic_write_json, atomic_write_jsonl
 from trajhpc.core.errors import InputError, TrajhpcError
+from trajhpc.core.termout import make_console
 from trajhpc.job import logfilters
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir import trainlog
@@ -151,7 +152,7 @@ def _run_locked(
     sigint: list[int] = []
     try:
         with _noting_sigint(sigint):
-            return _Run(spec, job_dir, study, context, console or Console()).run(metrics)
+            return _Run(spec, job_dir, study, context, console or make_console()).run(metrics)
     except (Exception, KeyboardInterrupt) as err:
         # Ctrl-C (SIGINT) is no failure: "interrupted" resumes like a killed job when started again.
         # A library may turn the KeyboardInterrupt into another error (one landing mid-import does).

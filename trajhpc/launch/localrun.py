@@ -133,10 +133,29 @@ def run_local(
                         console.print(line + (f" ({row.detail})" if row.detail else ""), highlight=False,
                                       soft_wrap=True)
                 _show(board, jobs, {job.job_id for job, _ in running.values()}, ended, not_started)
-        except BaseException:  # Ctrl-C, or a record that could not be written (disk full)
+        except BaseException:  # Ctrl-C, SIGTERM, or a record that could not be written (disk full)
             for _, handle in running.values():
                 handle.cancel()
+            _wait_ended([handle for _, handle in running.values()])
             raise
+
+
+def _wait_ended(handles: Sequence[Any], timeout_s: float = 15.0) -> None:
+    """Wait (a bounded time) for cancelled jobs to stop, so that none outlives this submit and their
+    last words come before its own (submitit's controller kills a job 1 s after its SIGINT)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end and not all(_ended_quietly(h) for h in handles):
+        try:
+            time.sleep(0.1)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+            return
+
+
+def _ended_quietly(handle: Any) -> bool:
+    try:
+        return bool(handle.done())
+    except Exception:  # noqa: BLE001 - a job whose state cannot be read has ended as far as we can tell
+        return True
 
 
 def _ended(job: GridJob, handle: Any) -> tuple[JobFiles, Row]:

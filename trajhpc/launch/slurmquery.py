@@ -87,6 +87,20 @@ def ask_slurm(ids: Iterable[str]) -> tuple[dict[str, SlurmInfo], set[str]]:
     return {i: found[i] for i in ids if i in found}, seen
 
 
+def ask_squeue(ids: Iterable[str]) -> dict[str, SlurmInfo] | None:
+    """What the controller itself (``squeue``) lists of these job ids, ranges expanded; None when it
+    cannot be asked. Ids it does not list are left out."""
+    ids = sorted(set(ids))
+    masters = sorted({i.split("_")[0] for i in ids})
+    if not masters:
+        return {}
+    squeue = _run(["squeue", "-h", "--states=all", "-j", ",".join(masters), "-o", "%i|%T|%N|%j"])
+    if not _squeue_ok(squeue):
+        return None
+    live = _parse_table(_SLURM_COLUMNS + "\n" + squeue.stdout)
+    return {i: live[i] for i in ids if i in live}
+
+
 def find_submission(job_name: str, folder: str | Path, since: dt.datetime) -> str | None:
     """The Slurm job (array) id submitted from submitit folder ``folder``, "" when Slurm has none.
 

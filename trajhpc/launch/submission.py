@@ -164,12 +164,26 @@ def write_journal(study_dir: Path, jobs: Sequence[GridJob], by: Submitter) -> No
     )
 
 
+def sbatch_may_have_run(folder: Path) -> bool:
+    """Whether a submission from submitit folder ``folder`` may have reached sbatch: submitit
+    writes the batch script there (``.submission_file_*.sh``, then ``<id>_submission.sh``) just
+    before it calls sbatch, so a folder without one proves sbatch never ran (Slurm need not be asked)."""
+    try:
+        return any("submission" in entry.name for entry in folder.iterdir())
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # unreadable: ask Slurm rather than guess
+
+
 def recover_interrupted(console: Console, study_dir: Path) -> None:
     """Finish a submit that was killed between sbatch and its records (its journal is still there).
 
-    The array is looked up in Slurm by job name and submitit folder: found, its jobs get
-    their records (so they are left alone); not found, the journal goes and they are
-    submitted like any job without a record. Slurm unreachable: TrajhpcError (never guess).
+    When its submitit folder holds no batch script, sbatch never ran: the journal goes without
+    asking Slurm (a local submit on a machine without Slurm is not stuck). Otherwise the array
+    is looked up in Slurm by job name and submitit folder: found, its jobs get their records
+    (so they are left alone); not found, the journal goes and they are submitted like any job
+    without a record. Slurm unreachable: TrajhpcError (never guess).
     """
     path = study_dir / JOURNAL
     try:
@@ -182,6 +196,14 @@ def recover_interrupted(console: Console, study_dir: Path) -> None:
         return
     except (OSError, ValueError, KeyError, TypeError):
         console.print(f"ignoring unreadable {path}", highlight=False, soft_wrap=True)
+        path.unlink(missing_ok=True)
+        return
+    if not sbatch_may_have_run(folder):
+        console.print(
+            f"an earlier submit of {jobs_phrase(len(job_ids))} stopped before it called sbatch "
+            f"(nothing in {folder}): they are submitted again",
+            highlight=False, soft_wrap=True,
+        )
         path.unlink(missing_ok=True)
         return
     try:

@@ -34,7 +34,10 @@ from trajhpc.launch import container as ctr
 from trajhpc.launch import slurmclient
 from trajhpc.launch.liveview import watch_rows
 from trajhpc.launch.localrun import run_local
-from trajhpc.launch.status import collect_rows, counts_line, decide, is_active, make_row, observe, render_table
+from trajhpc.launch.slurmheld import held_message, recheck_before_resubmit
+from trajhpc.launch.status import (
+    ACTIVE_STATES, collect_rows, counts_line, decide, is_active, make_row, observe, render_table,
+)
 from trajhpc.launch.submission import (
     JOURNAL,
     Submitter,
@@ -72,6 +75,22 @@ def resolve_executor(choice: str, sbatch_on_path: bool) -> str:
     if choice == "auto":
         return "slurm" if sbatch_on_path else "local"
     return choice
+
+
+def missing_slurm_commands() -> list[str]:
+    """The Slurm commands a submission needs that are not on PATH (submitit runs ``srun`` in the
+    script and checks for it up front; ``sbatch`` submits)."""
+    return [name for name in ("sbatch", "srun") if shutil.which(name) is None]
+
+
+def check_slurm_here() -> None:
+    """Before anything is written: ``executor: slurm`` needs Slurm's commands on this machine."""
+    missing = missing_slurm_commands()
+    if missing:
+        raise TrajhpcError(
+            f"executor slurm: this machine has no Slurm ({' and '.join(missing)} not found on PATH); "
+            "submit from a Slurm login node, or run here with --executor local"
+        )
 
 
 def slurm_parameters(manifest: Manifest) -> dict[str, Any]:
@@ -197,6 +216,9 @@ class Launch:
         runtime = self.manifest.container.runtime
         if self.kind == "local" and runtime != "none" and shutil.which(runtime) is None:
             out.append(f"{runtime} is not on PATH: the local jobs run in the container and would fail")
+        if self.kind == "slurm" and missing_slurm_commands():
+            out.append(f"{' and '.join(missing_slurm_commands())} not found on PATH: this machine has no Slurm; "
+                       "a real submit stops here")
         return out
 
     def digest(self) -> None:
@@ -247,8 +269,11 @@ def submit_slurm(jobs: Sequence[GridJob], launch: Launch) -> list[str]:
 
     study_dir = launch.run_root / launch.manifest.study
     _each(write_spec, jobs)
+    try:
+        executor = make_slurm_executor(launch)  # submitit checks for srun here: before any journal
+    except Exception as err:
+        raise TrajhpcError(f"cannot set up the Slurm submission: {last_line(str(err), width=400) or repr(err)}") from None
     write_journal(study_dir, jobs, launch.submitter)
-    executor = make_slurm_executor(launch)
     try:
         submitted = executor.map_array(JobTask(), *_task_args(jobs, launch))
     except Exception as err:  # sbatch's own message (the last line) is the useful part
@@ -333,6 +358,10 @@ def prepare_submission(manifest_path: Path, run_root: Path | None, executor: str
 def observe_submission(sub: Submission) -> None:
     """Plan: read every job's directory and scheduler state, split into skip / leave / submit."""
     sub.files, sub.sched = observe([job.run_dir for job in sub.jobs], sub.specs)
+    # Whatever this submit's executor, a job Slurm's controller still holds is never run again.
+    again = [f.job_id for f in sub.files if decide(f.complete, sub.sched.get(f.job_id)) == "submit"]
+    held = recheck_before_resubmit(sub.files, again)
+    sub.sched.update(held)
     sub.groups = jobs_by_action(sub.jobs, sub.files, sub.sched)
 
 
@@ -348,6 +377,10 @@ def show_submission(console: Console, sub: Submission, *, dry_run: bool, rates: 
         f"{len(sub.groups['leave'])} queued or running (left alone)",
         highlight=False, soft_wrap=True,
     )
+    held = {f.job_id: sub.sched[f.job_id] for f in sub.files if sub.sched.get(f.job_id) in ACTIVE_STATES}
+    message = held_message(sub.launch.kind, held, sub.files)
+    if message:
+        console.print(message, highlight=False, soft_wrap=True)
     if rates is not None:
         print_estimate(console, sub.manifest, sub.jobs, sub.todo, rates)
     if not dry_run:
@@ -408,6 +441,8 @@ def submit_command(
     ``--wait``) and some did not finish, 130 when the wait was interrupted, else 0.
     """
     sub = prepare_submission(manifest_path, run_root, executor)
+    if not dry_run and sub.launch.kind == "slurm":
+        check_slurm_here()
     # A dry run only reads; a real one holds the study's lock from reading the jobs'
     # states to writing their records.
     with contextlib.nullcontext() if dry_run else study_lock(console, sub.study_dir):

@@ -36,6 +36,7 @@ from trajhpc.results.jobrecords import (
     resolve_targets_and_manifests,
     study_manifest,
 )
+from trajhpc.results.ceilings import ceiling_frame
 from trajhpc.results.retrieval import add_exact_retrieval
 from trajhpc.results.studyresult import OUTPUT_DIR, StudyResult
 from trajhpc.results.tables import analyze_study, paired_table
@@ -57,7 +58,8 @@ def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
     atomic_write_bytes(out / "long.parquet", buf.getvalue())
     atomic_write_text(out / "long.csv", _csv(result.long))
     atomic_write_text(out / "jobs.csv", _csv(result.jobs.drop("path")))
-    tables = ("units", "summary", "stages", "rmatrix", "rmatrix_blocks", "compute", "strata", "baselines", "factorial")
+    tables = ("units", "summary", "stages", "rmatrix", "rmatrix_blocks", "compute", "strata", "baselines", "factorial",
+              "ceiling")
     for name in tables:
         atomic_write_text(out / f"{name}.csv", _csv(getattr(result, name)))
     atomic_write_text(out / "loss_curves.csv", _csv(result.loss))
@@ -101,6 +103,9 @@ def _analyze(s: "StudyRecords", *, strict: bool, resamples: int, seed: int) -> S
         manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),
     )
     result.notes += notes
+    # Each arm's ceiling from the data alone: loads the data of the jobs' specs (no model).
+    result.ceiling, ceiling_notes = ceiling_frame(s.records, result.units, result.arms)
+    result.notes += ceiling_notes
     if s.manifest is not None:
         # A grid run only in part must not read as complete: every job of the manifest without a
         # directory is listed in jobs.csv and the report (and fails --strict).

@@ -1,0 +1,59 @@
+"""``ceiling.csv``: each arm's ceiling on the data its jobs use, and the report's ceiling cells.
+
+The ceiling (:mod:`trajhpc.data.ceiling`) is computed from the data alone, without any model: the
+best score when identical prompts must get one answer. It is pooled over the items, so the report
+sets it beside the pooled scores; under condition A it is far below the other arms', which is
+part of what B − A measures.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import polars as pl
+
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.data.ceiling import CEILING_COLUMNS, study_ceiling_rows
+from trajhpc.jobdir.documents import OK
+from trajhpc.results.jobrecords import JobRecord
+
+_TEXT, _RATES = ("arm", "tool_docs", "split"), ("ceiling_exact", "ceiling_name")
+SCHEMA = {c: pl.String if c in _TEXT else pl.Float64 if c in _RATES else pl.Int64 for c in CEILING_COLUMNS}
+CEILING_NOTE = ("ceiling: the best any model can score on the held-out items when identical prompts must get one "
+                "answer (the most frequent gold call per prompt), from the data alone and pooled over the items "
+                "(ceiling.csv); set it beside the pooled scores.")
+
+
+def ceiling_frame(records: Sequence[JobRecord], units: pl.DataFrame, arms: Sequence[str]) -> tuple[pl.DataFrame, list[str]]:
+    """``ceiling.csv`` rows (train and held-out per arm, in the order of ``arms``) and notes on the arms
+    whose data could not be loaded. Each arm's data is its first job's spec (the arm label keeps jobs
+    with other data apart); its train rows count the blocks its jobs' orders train on."""
+    from trajhpc.data.splits import load_study_data
+
+    arm_of = dict(zip(units["job_id"].to_list(), units["arm"].to_list())) if units.height else {}
+    specs: dict[str, list[Any]] = {}
+    for r in records:
+        if r.status == OK and r.spec is not None and r.path.name in arm_of:
+            specs.setdefault(arm_of[r.path.name], []).append(r.spec)
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    loaded: dict[str, Any] = {}
+    for arm in [a for a in arms if a in specs]:
+        spec = specs[arm][0]
+        key = spec.data.model_dump_json()
+        try:
+            if key not in loaded:
+                loaded[key] = load_study_data(spec.data)
+        except (TrajhpcError, OSError) as err:
+            notes.append(f"no ceiling for arm {arm} in ceiling.csv: its data could not be loaded ({err})")
+            continue
+        blocks = {b for s in specs[arm] for b in s.order}
+        rows += study_ceiling_rows(arm, spec.condition, spec.condition_k, spec.data.tool_docs, loaded[key], blocks)
+    return pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA), notes
+
+
+def ceiling_cells(ceiling: pl.DataFrame, arm: str) -> tuple[str, str]:
+    """(exact, name) held-out ceiling of ``arm`` as report cells; ``–`` where ceiling.csv has none."""
+    row = ceiling.filter((pl.col("arm") == arm) & (pl.col("split") == "heldout")) if ceiling.height else ceiling
+    values = (row["ceiling_exact"][0], row["ceiling_name"][0]) if row.height else (None, None)
+    return tuple("–" if v is None else f"{v:.3f}" for v in values)  # type: ignore[return-value]

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from trajhpc.data.apibank import Record
 from trajhpc.data.calls import parse_gold
 from trajhpc.data.conditions import build_messages
-from trajhpc.data.splits import StudyData
+from trajhpc.core.errors import TrajhpcError
+from trajhpc.data.splits import StudyData, load_study_data
+from trajhpc.spec import JobSpec
 
 CEILING_COLUMNS = (
     "arm", "tool_docs", "split", "records", "distinct_prompts", "shared_prompt_other_target",
@@ -97,3 +99,27 @@ def study_ceiling_rows(arm: str, condition: str, k: int | None, tool_docs: str, 
     heldout = [r for b in study.blocks for r in study.heldout[b]]
     return [ceiling_row(arm, tool_docs, "train", train, condition, k),
             ceiling_row(arm, tool_docs, "heldout", heldout, condition, k)]
+
+
+def arms_ceiling_rows(specs: Mapping[str, Sequence[JobSpec]]) -> tuple[list[dict[str, object]], list[tuple[str, str]]]:
+    """``ceiling.csv`` rows of each arm (in the mapping's order) from its jobs' specs, and (arm, why) for
+    each arm whose data could not be loaded. An arm's data is its first spec's (its jobs share it);
+    its train rows count the blocks its jobs' orders train on. Data shared by arms is loaded once."""
+    rows: list[dict[str, object]] = []
+    failed: list[tuple[str, str]] = []
+    loaded: dict[str, StudyData | str] = {}
+    for arm, arm_specs in specs.items():
+        spec = arm_specs[0]
+        key = spec.data.model_dump_json()
+        if key not in loaded:
+            try:
+                loaded[key] = load_study_data(spec.data)
+            except (TrajhpcError, OSError) as err:
+                loaded[key] = str(err)
+        study = loaded[key]
+        if isinstance(study, str):
+            failed.append((arm, study))
+            continue
+        blocks = {b for s in arm_specs for b in s.order}
+        rows += study_ceiling_rows(arm, spec.condition, spec.condition_k, spec.data.tool_docs, study, blocks)
+    return rows, failed

@@ -12,8 +12,7 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from trajhpc.core.errors import TrajhpcError
-from trajhpc.data.ceiling import CEILING_COLUMNS, study_ceiling_rows
+from trajhpc.data.ceiling import CEILING_COLUMNS, arms_ceiling_rows
 from trajhpc.jobdir.documents import OK
 from trajhpc.results.jobrecords import JobRecord
 
@@ -25,30 +24,16 @@ CEILING_NOTE = ("ceiling: the best any model can score on the held-out items whe
 
 
 def ceiling_frame(records: Sequence[JobRecord], units: pl.DataFrame, arms: Sequence[str]) -> tuple[pl.DataFrame, list[str]]:
-    """``ceiling.csv`` rows (train and held-out per arm, in the order of ``arms``) and notes on the arms
-    whose data could not be loaded. Each arm's data is its first job's spec (the arm label keeps jobs
-    with other data apart); its train rows count the blocks its jobs' orders train on."""
-    from trajhpc.data.splits import load_study_data
-
+    """``ceiling.csv`` rows (train and held-out per arm with units, in the order of ``arms``) from the
+    jobs' specs (:func:`trajhpc.data.ceiling.arms_ceiling_rows`), and a note per arm whose data could
+    not be loaded."""
     arm_of = dict(zip(units["job_id"].to_list(), units["arm"].to_list())) if units.height else {}
     specs: dict[str, list[Any]] = {}
     for r in records:
         if r.status == OK and r.spec is not None and r.path.name in arm_of:
             specs.setdefault(arm_of[r.path.name], []).append(r.spec)
-    rows: list[dict[str, Any]] = []
-    notes: list[str] = []
-    loaded: dict[str, Any] = {}
-    for arm in [a for a in arms if a in specs]:
-        spec = specs[arm][0]
-        key = spec.data.model_dump_json()
-        try:
-            if key not in loaded:
-                loaded[key] = load_study_data(spec.data)
-        except (TrajhpcError, OSError) as err:
-            notes.append(f"no ceiling for arm {arm} in ceiling.csv: its data could not be loaded ({err})")
-            continue
-        blocks = {b for s in specs[arm] for b in s.order}
-        rows += study_ceiling_rows(arm, spec.condition, spec.condition_k, spec.data.tool_docs, loaded[key], blocks)
+    rows, failed = arms_ceiling_rows({arm: specs[arm] for arm in arms if arm in specs})
+    notes = [f"no ceiling for arm {arm} in ceiling.csv: its data could not be loaded ({why})" for arm, why in failed]
     return pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA), notes
 
 

@@ -666,3 +666,13 @@ def test_an_arm_whose_data_cannot_be_loaded_has_no_ceiling_and_a_note(tmp_path):
         "no ceiling for arm B in ceiling.csv", "no ceiling for arm A in ceiling.csv"]
     text = agg.write_outputs(r, plots=False).joinpath("report.md").read_text()
     assert "| B | 1 | 0.500 | 0.600 | 0.550 | 0.250 | 0.500 | – / – |" in text and "Note: no ceiling for arm A" in text
+
+
+def test_a_pooled_score_above_the_ceiling_is_labelled(tmp_path):
+    # The synthetic A scores 0.6 on items that are not the data's; A's ceiling on the default split is 0.356.
+    sj.write_job(tmp_path / "s", sj.spec_for("A", seed=0), [[0.6] * 3] * 4)
+    sj.write_job(tmp_path / "s", sj.spec_for("B", seed=0), [[0.6] * 3] * 4)
+    (r,) = agg.aggregate([tmp_path])
+    above = [n for n in r.notes if "above the arm's ceiling" in n]
+    assert [n.split(":")[0] for n in above] == ["arm A", "arm A"]  # exact and name; B's ceiling (0.990 / 1.000) holds
+    assert "(0.600) is above the arm's ceiling (0.356)" in above[0]

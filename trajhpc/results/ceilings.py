@@ -34,7 +34,31 @@ def ceiling_frame(records: Sequence[JobRecord], units: pl.DataFrame, arms: Seque
             specs.setdefault(arm_of[r.path.name], []).append(r.spec)
     rows, failed = arms_ceiling_rows({arm: specs[arm] for arm in arms if arm in specs})
     notes = [f"no ceiling for arm {arm} in ceiling.csv: its data could not be loaded ({why})" for arm, why in failed]
-    return pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA), notes
+    frame = pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA)
+    return frame, notes + above_ceiling_notes(frame, units)
+
+
+def above_ceiling_notes(ceiling: pl.DataFrame, units: pl.DataFrame) -> list[str]:
+    """A note per arm and metric where some unit's pooled score is above the arm's held-out ceiling.
+
+    No function of the prompt can score above it, so such a score means that identical prompts got
+    different answers (e.g. batched generation's padding tipped a near tie) or that the ceiling was
+    computed from other data than the jobs evaluated on: either way the two are not comparable.
+    """
+    notes = []
+    held = ceiling.filter(pl.col("split") == "heldout") if ceiling.height else ceiling
+    for row in held.to_dicts():
+        for metric in ("exact", "name"):
+            limit, column = row[f"ceiling_{metric}"], f"{metric}_pooled"
+            if limit is None or column not in units.columns:
+                continue
+            top = units.filter(pl.col("arm") == row["arm"])[column].max()
+            if top is not None and top > limit + 1e-9:
+                notes.append(f"arm {row['arm']}: a unit's pooled {metric} accuracy ({top:.3f}) is above the arm's "
+                             f"ceiling ({limit:.3f}), which no function of the prompt can exceed: identical prompts "
+                             "got different answers, or the jobs evaluated other data than ceiling.csv was computed "
+                             "from; do not read the score against that ceiling.")
+    return notes
 
 
 def ceiling_cells(ceiling: pl.DataFrame, arm: str) -> tuple[str, str]:

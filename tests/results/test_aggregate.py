@@ -650,7 +650,7 @@ def test_ceiling_csv_per_arm_and_split_from_the_jobs_data(tmp_path):
     assert held["B"]["ceiling_name"] == 1.0
     # The synthetic orders name no block of the data: nothing trained on, no train ceiling (not every record's).
     assert ceiling.filter(pl.col("split") == "train")["records"].to_list() == [0, 0, 0]
-    assert "| 0.356 / 0.505 |" in (out / "report.md").read_text()
+    assert "| 0.356† / 0.505† |" in (out / "report.md").read_text()  # the synthetic A scores above it
 
 
 def test_an_arm_whose_data_cannot_be_loaded_has_no_ceiling_and_a_note(tmp_path):
@@ -668,11 +668,16 @@ def test_an_arm_whose_data_cannot_be_loaded_has_no_ceiling_and_a_note(tmp_path):
     assert "| B | 1 | 0.500 | 0.600 | 0.550 | 0.250 | 0.500 | – / – |" in text and "Note: no ceiling for arm A" in text
 
 
-def test_a_pooled_score_above_the_ceiling_is_labelled(tmp_path):
+def test_a_pooled_score_above_the_ceiling_is_marked(tmp_path):
     # The synthetic A scores 0.6 on items that are not the data's; A's ceiling on the default split is 0.356.
     sj.write_job(tmp_path / "s", sj.spec_for("A", seed=0), [[0.6] * 3] * 4)
     sj.write_job(tmp_path / "s", sj.spec_for("B", seed=0), [[0.6] * 3] * 4)
     (r,) = agg.aggregate([tmp_path])
-    above = [n for n in r.notes if "above the arm's ceiling" in n]
-    assert [n.split(":")[0] for n in above] == ["arm A", "arm A"]  # exact and name; B's ceiling (0.990 / 1.000) holds
-    assert "(0.600) is above the arm's ceiling (0.356)" in above[0]
+    text = agg.write_outputs(r, plots=False).joinpath("report.md").read_text()
+    assert "| A | 1 | 0.600 | 0.700 | 0.650 | 0.200 | 0.600 | 0.356† / 0.505† |" in text
+    assert "| B | 1 | 0.600 | 0.700 | 0.650 | 0.200 | 0.600 | 0.990 / 1.000 |" in text  # B's ceiling holds
+    assert "†: a unit of the arm scored above this ceiling" in text
+    sj.write_job(tmp_path / "s", sj.spec_for("A", seed=0), [[0.3] * 3] * 4)  # the same job, rewritten below it
+    (r,) = agg.aggregate([tmp_path])
+    text = agg.write_outputs(r, plots=False).joinpath("report.md").read_text()
+    assert "†" not in text

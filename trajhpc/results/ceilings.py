@@ -34,35 +34,43 @@ def ceiling_frame(records: Sequence[JobRecord], units: pl.DataFrame, arms: Seque
             specs.setdefault(arm_of[r.path.name], []).append(r.spec)
     rows, failed = arms_ceiling_rows({arm: specs[arm] for arm in arms if arm in specs})
     notes = [f"no ceiling for arm {arm} in ceiling.csv: its data could not be loaded ({why})" for arm, why in failed]
-    frame = pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA)
-    return frame, notes + above_ceiling_notes(frame, units)
+    return pl.DataFrame(rows, schema=SCHEMA) if rows else pl.DataFrame(schema=SCHEMA), notes
 
 
-def above_ceiling_notes(ceiling: pl.DataFrame, units: pl.DataFrame) -> list[str]:
-    """A note per arm and metric where some unit's pooled score is above the arm's held-out ceiling.
+def _heldout(ceiling: pl.DataFrame, arm: str) -> dict[str, Any]:
+    row = ceiling.filter((pl.col("arm") == arm) & (pl.col("split") == "heldout")) if ceiling.height else ceiling
+    return row.row(0, named=True) if row.height else {}
+
+
+def above_ceiling(ceiling: pl.DataFrame, units: pl.DataFrame, arm: str, metric: str) -> bool:
+    """Whether some unit of ``arm`` has a pooled ``metric`` (exact, name) above the arm's held-out ceiling.
 
     No function of the prompt can score above it, so such a score means that identical prompts got
     different answers (e.g. batched generation's padding tipped a near tie) or that the ceiling was
     computed from other data than the jobs evaluated on: either way the two are not comparable.
     """
-    notes = []
-    held = ceiling.filter(pl.col("split") == "heldout") if ceiling.height else ceiling
-    for row in held.to_dicts():
-        for metric in ("exact", "name"):
-            limit, column = row[f"ceiling_{metric}"], f"{metric}_pooled"
-            if limit is None or column not in units.columns:
-                continue
-            top = units.filter(pl.col("arm") == row["arm"])[column].max()
-            if top is not None and top > limit + 1e-9:
-                notes.append(f"arm {row['arm']}: a unit's pooled {metric} accuracy ({top:.3f}) is above the arm's "
-                             f"ceiling ({limit:.3f}), which no function of the prompt can exceed: identical prompts "
-                             "got different answers, or the jobs evaluated other data than ceiling.csv was computed "
-                             "from; do not read the score against that ceiling.")
-    return notes
+    limit, column = _heldout(ceiling, arm).get(f"ceiling_{metric}"), f"{metric}_pooled"
+    if limit is None or column not in units.columns:
+        return False
+    top = units.filter(pl.col("arm") == arm)[column].max()
+    return top is not None and top > limit + 1e-9  # type: ignore[operator]
 
 
-def ceiling_cells(ceiling: pl.DataFrame, arm: str) -> tuple[str, str]:
-    """(exact, name) held-out ceiling of ``arm`` as report cells; ``–`` where ceiling.csv has none."""
-    row = ceiling.filter((pl.col("arm") == arm) & (pl.col("split") == "heldout")) if ceiling.height else ceiling
-    values = (row["ceiling_exact"][0], row["ceiling_name"][0]) if row.height else (None, None)
-    return tuple("–" if v is None else f"{v:.3f}" for v in values)  # type: ignore[return-value]
+def ceiling_cells(ceiling: pl.DataFrame, units: pl.DataFrame, arm: str) -> tuple[str, str]:
+    """(exact, name) held-out ceiling of ``arm`` as report cells: ``–`` where ceiling.csv has none,
+    marked ``†`` where a unit scored above it (:func:`above_ceiling`)."""
+    row = _heldout(ceiling, arm)
+    cells = []
+    for metric in ("exact", "name"):
+        value = row.get(f"ceiling_{metric}")
+        mark = "†" if above_ceiling(ceiling, units, arm, metric) else ""
+        cells.append("–" if value is None else f"{value:.3f}{mark}")
+    return cells[0], cells[1]
+
+
+def ceiling_note(ceiling: pl.DataFrame, units: pl.DataFrame, arms: Sequence[str]) -> str:
+    """What the ceiling is, and what a ``†`` means when some cell has one."""
+    marked = any(above_ceiling(ceiling, units, arm, m) for arm in arms for m in ("exact", "name"))
+    return CEILING_NOTE + (" †: a unit of the arm scored above this ceiling, which no function of the prompt can "
+                           "exceed: identical prompts got different answers, or the jobs evaluated other data "
+                           "than the ceiling was computed from; do not read the score against it." if marked else "")

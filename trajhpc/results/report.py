@@ -13,7 +13,7 @@ import polars as pl
 
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.results import families
-from trajhpc.results.ceilings import CEILING_NOTE, ceiling_cells
+from trajhpc.results.ceilings import ceiling_cells, ceiling_note
 from trajhpc.results.continual import CONTINUAL_METRICS
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.results.tables import paired_table
@@ -170,12 +170,13 @@ def _accuracy_section(result: StudyResult) -> list[str]:
     metrics = [SCORE_KEYS[0], *retrieval, *SCORE_KEYS[1:]]
     rows = [
         [arm, str(_lookup(s, arm, "exact").get("n", 0)), *(_ci(_lookup(s, arm, m)) for m in metrics),
-         " / ".join(ceiling_cells(result.ceiling, arm))]
+         " / ".join(ceiling_cells(result.ceiling, result.units, arm))]
         for arm in result.arms
     ]
     header = ["arm", "units", "exact", *(["exact, ToolSearcher by retrieval"] if retrieval else []), "API name",
               "API name excl. ToolSearcher", "parse failures", "argument F1", "ceiling exact / name (pooled)"]
-    note = f"Mean [95% bootstrap CI] over units; sd in summary.csv. {CEILING_NOTE}" + (
+    ceiling = ceiling_note(result.ceiling, result.units, result.arms)
+    note = f"Mean [95% bootstrap CI] over units; sd in summary.csv. {ceiling}" + (
         " exact, ToolSearcher by retrieval: a ToolSearcher call counts when its keywords retrieve the gold "
         "keywords' tool (see the notes for how far the retriever agrees with the data)." if retrieval else "")
     return ["## Final accuracy", "", note, "", _table(header, rows), ""]
@@ -293,9 +294,9 @@ def _evidence_section(result: StudyResult) -> list[str]:
     from trajhpc.results.itemtables import ITEM_TEST, MCNEMAR_TEST
 
     out = ["## Example-level evidence", ""]
-    rows = [[arm, *(_ci(_lookup(result.summary, arm, m)) for m in
-                    ("exact_pooled", "exact_macro", "name_pooled", "name_macro")), *ceiling_cells(result.ceiling, arm)]
-            for arm in result.arms]
+    rows = [[arm, *(_ci(_lookup(result.summary, arm, m)) for m in ("exact_pooled", "exact_macro", "name_pooled",
+                                                                   "name_macro")),
+             *ceiling_cells(result.ceiling, result.units, arm)] for arm in result.arms]
     out += ["Final accuracy pooled over held-out examples (each example counts once) and as the mean over "
             "blocks (each block counts once; the `exact`/`name` of the other tables), beside the pooled ceiling.", "",
             _table(["arm", "exact, pooled", "exact, block mean", "name, pooled", "name, block mean", "exact ceiling",

@@ -65,6 +65,10 @@ def data_inspect(
     max_seq_len: Optional[int] = typer.Option(
         None, "--max-seq-len", help="Truncation for --tokens (default: the manifest's, else 2048 as in grid.yaml)."
     ),
+    ceiling: bool = typer.Option(
+        False, "--ceiling",
+        help="Also each condition's (with --manifest: each arm's) ceiling from the data alone, train and held-out.",
+    ),
 ) -> None:
     """Per block: dialogues, train/held-out records, distinct API names, ToolSearcher share."""
     from trajhpc.study.inspect import inspect_command
@@ -80,6 +84,7 @@ def data_inspect(
         manifest=manifest,
         tokens=tokens,
         max_seq_len=max_seq_len,
+        ceiling=ceiling,
     )
 
 

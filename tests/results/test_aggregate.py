@@ -642,3 +642,74 @@ def test_a_given_manifest_aggregates_its_grid_only_and_lists_the_foreign_jobs(tm
     (everything,) = agg.aggregate([tmp_path / "runs" / "mixed"], resamples=100)
     assert everything.units.height == 8 and all(" (" in a for a in everything.units["arm"].unique())
     assert any("variant" in n and "settings" in n for n in everything.notes)
+
+
+def test_position_and_content_effects_with_a_slots_in_factorial_csv_and_the_report(tmp_path):
+    BLOCKS, spec_for, write_job = sj.BLOCKS, sj.spec_for, sj.write_job
+
+    # Final exact: A 0.2, A-slots +0.15 (position), B +0.10 more (content); calls-only, responses-only as before.
+    planted = {"A": 0.2, "A-slots": 0.35, "calls-only": 0.3, "responses-only": 0.25, "B": 0.45}
+    for arm, value in planted.items():
+        for seed in (0, 1, 2):
+            v = value + 0.05 * seed
+            write_job(tmp_path / "fact", spec_for(arm, seed=seed), [[v] * len(BLOCKS)] * (len(BLOCKS) + 1),
+                      blocks=sorted(BLOCKS))
+    (r,) = agg.aggregate([tmp_path])
+    exact = r.factorial.filter(pl.col("metric") == "exact")
+    assert exact["effect"].to_list() == ["position", "content", "calls", "responses", "interaction"]
+    rows = dict(exact.select("effect", "estimate").iter_rows())
+    assert rows["position"] == pytest.approx(0.15) and rows["content"] == pytest.approx(0.10)
+    out = agg.write_outputs(r, plots=False)
+    assert pl.read_csv(out / "factorial.csv").height == 10  # 5 effects x (exact, name)
+    text = (out / "report.md").read_text()
+    assert "## Factorial: position x content, calls x responses" in text
+    assert "| plain | position | exact | 0.150 [0.150, 0.150] |" in text
+
+
+def test_ceiling_csv_per_arm_and_split_from_the_jobs_data(tmp_path):
+    sj.write_study(tmp_path, "s", arms=("A", "B", "A@B"), seeds=(0,))
+    (r,) = agg.aggregate([tmp_path])
+    out = agg.write_outputs(r, plots=False)
+    ceiling = pl.read_csv(out / "ceiling.csv")
+    assert ceiling.columns == ["arm", "tool_docs", "split", "records", "distinct_prompts",
+                               "shared_prompt_other_target", "ceiling_exact", "ceiling_name"]
+    assert ceiling.select("arm", "split").rows() == [(a, s) for a in r.arms for s in ("train", "heldout")]
+    held = {row["arm"]: row for row in ceiling.filter(pl.col("split") == "heldout").to_dicts()}
+    # A@B is trained on A's prompts: A's ceiling. The synthetic jobs use the default split.
+    for arm in ("A", "A@B"):
+        assert (held[arm]["records"], held[arm]["distinct_prompts"], held[arm]["tool_docs"]) == (208, 71, "none")
+        assert held[arm]["ceiling_exact"] == pytest.approx(74 / 208)
+    assert held["B"]["ceiling_name"] == 1.0
+    # The synthetic orders name no block of the data: nothing trained on, no train ceiling (not every record's).
+    assert ceiling.filter(pl.col("split") == "train")["records"].to_list() == [0, 0, 0]
+    assert "| 0.356† / 0.505† |" in (out / "report.md").read_text()  # the synthetic A scores above it
+
+
+def test_an_arm_whose_data_cannot_be_loaded_has_no_ceiling_and_a_note(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()  # no record files in it
+    for condition, value in (("A", 0.4), ("B", 0.5)):
+        spec = sj.spec_for(condition, seed=0)
+        spec = spec.model_copy(update={"data": spec.data.model_copy(update={"root": str(data)})})
+        sj.write_job(tmp_path / "runs" / "s", spec, [[value] * 3] * 4)
+    (r,) = agg.aggregate([tmp_path / "runs"])
+    assert r.ceiling.height == 0
+    assert [n.split(":")[0] for n in r.notes if n.startswith("no ceiling")] == [
+        "no ceiling for arm B in ceiling.csv", "no ceiling for arm A in ceiling.csv"]
+    text = agg.write_outputs(r, plots=False).joinpath("report.md").read_text()
+    assert "| B | 1 | 0.500 | 0.600 | 0.550 | 0.250 | 0.500 | – / – |" in text and "Note: no ceiling for arm A" in text
+
+
+def test_a_pooled_score_above_the_ceiling_is_marked(tmp_path):
+    # The synthetic A scores 0.6 on items that are not the data's; A's ceiling on the default split is 0.356.
+    sj.write_job(tmp_path / "s", sj.spec_for("A", seed=0), [[0.6] * 3] * 4)
+    sj.write_job(tmp_path / "s", sj.spec_for("B", seed=0), [[0.6] * 3] * 4)
+    (r,) = agg.aggregate([tmp_path])
+    text = agg.write_outputs(r, plots=False).joinpath("report.md").read_text()
+    assert "| A | 1 | 0.600 | 0.700 | 0.650 | 0.200 | 0.600 | 0.356† / 0.505† |" in text
+    assert "| B | 1 | 0.600 | 0.700 | 0.650 | 0.200 | 0.600 | 0.990 / 1.000 |" in text  # B's ceiling holds
+    assert "†: a unit of the arm scored above this ceiling" in text
+    sj.write_job(tmp_path / "s", sj.spec_for("A", seed=0), [[0.3] * 3] * 4)  # the same job, rewritten below it
+    (r,) = agg.aggregate([tmp_path])
+    text = agg.write_outputs(r, plots=False).joinpath("report.md").read_text()
+    assert "†" not in text

@@ -19,7 +19,7 @@ ABC = "study: s\nconditions: [A, B, calls-only]\n"
 # ---------------------------------------------------------------- shipped manifests
 
 
-def test_grid_manifest_is_the_60_job_study():
+def test_grid_manifest_is_the_80_job_study():
     m = load_manifest(REPO / "manifests" / "grid.yaml")
     assert m.model == "meta-llama/Llama-3.1-8B-Instruct" and m.quantization == "nf4"
     assert m.executor == "slurm" and m.container.runtime == "apptainer" and m.container.image == "trajhpc.sif"
@@ -31,8 +31,8 @@ def test_grid_manifest_is_the_60_job_study():
     assert m.train.gradient_checkpointing == "auto" and m.eval.max_new_tokens == 160
     assert (m.eval.tokens_per_batch, m.eval.backend) == (65536, "merged")
     jobs = expand(m)
-    assert len(jobs) == 60
-    assert sorted({j.spec.arm for j in jobs}) == ["A", "A@B", "B"]
+    assert len(jobs) == 80
+    assert sorted({j.spec.arm for j in jobs}) == ["A", "A-slots", "A@B", "B"]
     assert {j.spec.seed for j in jobs} == {0, 1, 2, 3, 4}
     assert len({j.spec.order for j in jobs}) == 4
     budget = next(j.spec.token_budget for j in jobs if j.spec.arm == "A@B")
@@ -206,6 +206,21 @@ def test_shipped_studies_declare_their_analysis(name):
     p = m.analysis.primary
     assert m.written("analysis.primary") and (p.arm, p.baseline, p.metric) == ("B", "A", "exact")
     assert m.analysis.secondary  # Holm's family is declared, not "every other row"
+    # A-slots is in every shipped study at scale, compared both ways: position (A-slots − A), content (B − A-slots).
+    assert "A-slots" in m.arms()
+    assert {("A-slots", "A"), ("B", "A-slots")} <= {(c.arm, c.baseline) for c in m.analysis.secondary}
+
+
+def test_factorial_and_paper_manifests_add_a_slots_to_their_arms():
+    factorial = load_manifest(REPO / "manifests" / "factorial.yaml")
+    assert factorial.arms() == ["A", "A-slots", "calls-only", "responses-only", "B", "A+docs-dialogue",
+                                "A-slots+docs-dialogue", "calls-only+docs-dialogue", "responses-only+docs-dialogue",
+                                "B+docs-dialogue"]
+    assert len(expand(factorial)) == 20
+    paper = load_manifest(REPO / "manifests" / "paper.yaml")
+    assert paper.arms() == ["A", "B", "A-slots"] and len(expand(paper)) == 3
+    # The pilot's comparison stays the primary; A-slots enters only the declared secondary family.
+    assert (paper.analysis.primary.arm, paper.analysis.primary.baseline) == ("B", "A")
 
 
 # ---------------------------------------------------------------- errors: file, line, field, message

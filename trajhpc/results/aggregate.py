@@ -25,6 +25,7 @@ from trajhpc.core.gcpause import gc_paused
 from trajhpc.jobdir.documents import OK
 from trajhpc.results import plots as plots_module
 from trajhpc.results import report, stats
+from trajhpc.results.ceilings import ceiling_frame
 from trajhpc.results.jobrecords import (
     JobRecord,
     collect_jobs,
@@ -60,7 +61,8 @@ def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
     atomic_write_bytes(out / "long.parquet", buf.getvalue())
     atomic_write_text(out / "long.csv", _csv(result.long))
     atomic_write_text(out / "jobs.csv", _csv(result.jobs.drop("path")))
-    tables = ("units", "summary", "stages", "rmatrix", "rmatrix_blocks", "compute", "strata", "baselines", "factorial")
+    tables = ("units", "summary", "stages", "rmatrix", "rmatrix_blocks", "compute", "strata", "baselines", "factorial",
+              "ceiling")
     for name in tables:
         atomic_write_text(out / f"{name}.csv", _csv(getattr(result, name)))
     atomic_write_text(out / "loss_curves.csv", _csv(result.loss))
@@ -104,6 +106,9 @@ def _analyze(s: "StudyRecords", *, strict: bool, resamples: int, seed: int) -> S
         manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),
     )
     result.notes += notes
+    # Each arm's ceiling from the data alone: loads the data of the jobs' specs (no model).
+    result.ceiling, ceiling_notes = ceiling_frame(s.records, result.units, result.arms)
+    result.notes += ceiling_notes
     if s.foreign.height:
         result.jobs = pl.concat([result.jobs, s.foreign])
         result.notes.append(

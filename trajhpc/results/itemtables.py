@@ -14,7 +14,8 @@ the held-out items every job was scored on, read from each job's final
   counts an item once per unit and so holds only conditional on the units;
 - ``items_with_ids``: the prediction rows those tests can join on their ``item`` id;
 - ``study_baselines``: the data-only baselines (trajhpc.job.baselines) on the jobs' held-out sets;
-- ``factorial_frame``: the calls x responses effects when A, calls-only, responses-only and B are all present.
+- ``factorial_frame``: the position x content effects (A, A-slots, B) and the calls x responses effects
+  (A, calls-only, responses-only, B), each when its arms are present.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import polars as pl
 
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.results import families
+from trajhpc.results.ceilings import ceiling_cells, ceiling_note
 from trajhpc.results.continual import CONTINUAL_METRICS
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.results.tables import paired_table
@@ -168,12 +169,14 @@ def _accuracy_section(result: StudyResult) -> list[str]:
     retrieval = ["exact_retrieval"] if any(_lookup(s, arm, "exact_retrieval").get("n") for arm in result.arms) else []
     metrics = [SCORE_KEYS[0], *retrieval, *SCORE_KEYS[1:]]
     rows = [
-        [arm, str(_lookup(s, arm, "exact").get("n", 0)), *(_ci(_lookup(s, arm, m)) for m in metrics)]
+        [arm, str(_lookup(s, arm, "exact").get("n", 0)), *(_ci(_lookup(s, arm, m)) for m in metrics),
+         " / ".join(ceiling_cells(result.ceiling, result.units, arm))]
         for arm in result.arms
     ]
     header = ["arm", "units", "exact", *(["exact, ToolSearcher by retrieval"] if retrieval else []), "API name",
-              "API name excl. ToolSearcher", "parse failures", "argument F1"]
-    note = "Mean [95% bootstrap CI] over units; sd in summary.csv." + (
+              "API name excl. ToolSearcher", "parse failures", "argument F1", "ceiling exact / name (pooled)"]
+    ceiling = ceiling_note(result.ceiling, result.units, result.arms)
+    note = f"Mean [95% bootstrap CI] over units; sd in summary.csv. {ceiling}" + (
         " exact, ToolSearcher by retrieval: a ToolSearcher call counts when its keywords retrieve the gold "
         "keywords' tool (see the notes for how far the retriever agrees with the data)." if retrieval else "")
     return ["## Final accuracy", "", note, "", _table(header, rows), ""]
@@ -291,11 +294,13 @@ def _evidence_section(result: StudyResult) -> list[str]:
     from trajhpc.results.itemtables import ITEM_TEST, MCNEMAR_TEST
 
     out = ["## Example-level evidence", ""]
-    rows = [[arm, *(_ci(_lookup(result.summary, arm, m)) for m in
-                    ("exact_pooled", "exact_macro", "name_pooled", "name_macro"))] for arm in result.arms]
+    rows = [[arm, *(_ci(_lookup(result.summary, arm, m)) for m in ("exact_pooled", "exact_macro", "name_pooled",
+                                                                   "name_macro")),
+             *ceiling_cells(result.ceiling, result.units, arm)] for arm in result.arms]
     out += ["Final accuracy pooled over held-out examples (each example counts once) and as the mean over "
-            "blocks (each block counts once; the `exact`/`name` of the other tables).", "",
-            _table(["arm", "exact, pooled", "exact, block mean", "name, pooled", "name, block mean"], rows), ""]
+            "blocks (each block counts once; the `exact`/`name` of the other tables), beside the pooled ceiling.", "",
+            _table(["arm", "exact, pooled", "exact, block mean", "name, pooled", "name, block mean", "exact ceiling",
+                    "name ceiling"], rows), ""]
     paired = paired_table(result)
     if paired.height:
         lines = []
@@ -337,9 +342,11 @@ def _evidence_section(result: StudyResult) -> list[str]:
         rows = [[r["family"], r["effect"], r["metric"],
                  _ci({"mean": r["estimate"], "ci_lo": r["ci_low"], "ci_hi": r["ci_high"]}),
                  f"{_num(r['p_value'], 4)} ({r['p_kind']})", str(r["n"])] for r in result.factorial.to_dicts()]
-        out += ["## Calls x responses factorial", "", "Main effects of keeping the earlier calls and the earlier "
-                "responses, and their interaction, on units present in A, calls-only, responses-only and B "
-                "(family: without tool documentation, or with it).", "",
+        out += ["## Factorial: position x content, calls x responses", "", "position: A-slots − A (knowing the "
+                "step), content: B − A-slots (the trajectory's content once the step is known), on units present "
+                "in A, A-slots and B; main effects of keeping the earlier calls and the earlier responses, and "
+                "their interaction, on units present in A, calls-only, responses-only and B (family: without "
+                "tool documentation, or with it).", "",
                 _table(["family", "effect", "metric", "estimate [95% CI]", "p", "units"], rows), ""]
     out += [f"Note: {n}" for n in result.notes]
     return out

@@ -36,6 +36,7 @@ class StudyResult:
     strata: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stratum x metric
     baselines: pl.DataFrame = field(default_factory=pl.DataFrame)  # baseline x block x metric
     factorial: pl.DataFrame = field(default_factory=pl.DataFrame)  # effect x metric
+    ceiling: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x split: the data's ceiling (results.ceilings)
     notes: list[str] = field(default_factory=list)  # what could not be computed, and why
     budgets: dict[str, float | None] = field(default_factory=dict)
     resamples: int = stats.RESAMPLES

@@ -208,10 +208,12 @@ def inspect_command(
     manifest: Path | None = None,
     tokens: str | None = None,
     max_seq_len: int | None = None,
+    ceiling: bool = False,
 ) -> None:
     """Load the data as a study would and print the per-block table; with ``tokens`` (a
-    model spec) also the B/A training-token tables. ``manifest`` takes the data settings
-    (and ``train.max_seq_len``) from a manifest instead of the options."""
+    model spec) also the B/A training-token tables; with ``ceiling`` each arm's ceiling from the
+    data alone. ``manifest`` takes the data settings (and ``train.max_seq_len``, and the arms of
+    ``ceiling``) from a manifest instead of the options."""
     if manifest is not None:
         options = (
             ("--source", source), ("--hf", hf), ("--revision", revision), ("--file", files or None),
@@ -249,6 +251,12 @@ def inspect_command(
     if spec.source is not None:
         at = f"@{spec.source.revision}" if spec.source.revision else ""
         console.print(f"data: Hugging Face dataset {spec.source.hf}{at} (local cache), fingerprint {spec.fingerprint}")
+    if ceiling:
+        from trajhpc.study.ceilingtable import condition_rows, manifest_rows, render_ceiling_table
+
+        rows = manifest_rows(study_manifest) if manifest is not None else condition_rows(study, spec)
+        arms = "the manifest's arms" if manifest is not None else "each condition"
+        console.print(render_ceiling_table(rows, f"ceiling of {arms}, from the data alone"))
     if tokens is None:
         return
     from transformers import AutoTokenizer

@@ -331,14 +331,17 @@ def spec_from_dict(obj: Any, source: str | Path | None = None) -> JobSpec:
 
     A spec without ``recipe`` was written before the field existed: it is recipe 1.
     """
-    if isinstance(obj, dict) and "recipe" not in obj:
-        obj = {**obj, "recipe": 1}
     try:
-        return JobSpec.model_validate(obj)
+        return as_written(JobSpec.model_validate(obj))
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or None
         raise InputError(source, loc, first["msg"]) from None
+
+
+def as_written(spec: JobSpec) -> JobSpec:
+    """A spec validated from a file: one written without ``recipe`` (before the field existed) is recipe 1."""
+    return spec if "recipe" in spec.model_fields_set else spec.model_copy(update={"recipe": 1})
 
 
 def check_recipe(spec: JobSpec, source: str | Path | None = None) -> None:

@@ -375,7 +375,7 @@ def test_random_content_never_breaks_status_or_aggregate(tmp_path_factory, monke
 
 # ---------------------------------------------------------------- property: damaged predictions are used whole or named
 
-from trajhpc.jobdir.documents import PredictionRow  # noqa: E402
+from trajhpc.jobdir.documents import PredictionRow, read_job_docs  # noqa: E402
 
 _ROW_KEYS = ("item", "block", "dialogue_key", "step", "exact", "name", "target_kind", "gold_name_in_prompt")
 
@@ -449,3 +449,12 @@ def test_damaged_predictions_are_used_whole_or_named_and_never_break_aggregate(t
     if named:
         with pytest.raises(TrajhpcError):
             agg.aggregate([root], strict=True, resamples=20)
+
+
+def test_a_job_directory_written_before_recipe_versions_reads_as_recipe_1(tmp_path):
+    """Its spec.json has no ``recipe`` and its folder is named by the id it had then: still ok."""
+    old = sj.spec_for("A", order=("a", "b"), recipe=1)
+    job = sj.write_job(tmp_path / "s", old, [[0.5, 0.5]] * 3)
+    assert "recipe" not in json.loads((job / "spec.json").read_text()) and job.name == old.job_id
+    spec, _, _ = read_job_docs(job)
+    assert spec.recipe == 1 and spec.job_id == job.name

@@ -30,7 +30,7 @@ from trajhpc.jobdir.paths import (
     read_bytes,
     read_json_object,
 )
-from trajhpc.spec import SPEC_SCHEMA, JobSpec, spec_from_dict
+from trajhpc.spec import SPEC_SCHEMA, JobSpec, as_written, spec_from_dict
 
 METRICS_SCHEMA = "trajhpc.metrics/1"
 TOKENS_SCHEMA = "trajhpc.tokens/1"
@@ -215,6 +215,8 @@ def read_job_docs(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
 
 def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
     spec: JobSpec | None = _load(job_dir, SPEC, JobSpec, SPEC_SCHEMA)
+    if spec is not None:
+        spec = as_written(spec)
     if spec is None:  # the folder has results but no spec: nothing says what they are
         present = [name for name in JOB_FILES[1:] if (job_dir / name).exists()]
         raise JobProblem(CORRUPT, SPEC, f"missing (the folder has {' and '.join(present) or 'no job files'})")

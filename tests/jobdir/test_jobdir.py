@@ -458,3 +458,28 @@ def test_a_job_directory_written_before_recipe_versions_reads_as_recipe_1(tmp_pa
     assert "recipe" not in json.loads((job / "spec.json").read_text()) and job.name == old.job_id
     spec, _, _ = read_job_docs(job)
     assert spec.recipe == 1 and spec.job_id == job.name
+
+
+def _depth(value) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    return 0
+
+
+_TRICKY = st.text(alphabet='[]{}"\\ab', max_size=6)  # brackets, quotes and escapes inside strings
+_NESTED = st.recursive(
+    st.none() | st.integers() | _TRICKY,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY, inner, max_size=3),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_NESTED, limit=st.integers(min_value=0, max_value=8), indent=st.sampled_from([None, 1]))
+def test_nested_deeper_than_is_the_depth_of_any_json_text(value, limit, indent):
+    from trajhpc.jobdir.paths import nested_deeper_than
+
+    raw = json.dumps(value, indent=indent, ensure_ascii=False).encode()
+    assert nested_deeper_than(raw, limit) == (_depth(value) > limit)

@@ -76,7 +76,8 @@ def train_eval_frame(
         sub = final.filter(pl.col("arm") == arm)
         own = set(sub["condition"].to_list())
         for condition in _conditions(sub):
-            cell = sub.filter(pl.col("eval_condition") == condition).sort("seed", "order", "job_id")
+            # In job id order, as the summary samples units: one unit set, one CI in both tables.
+            cell = sub.filter(pl.col("eval_condition") == condition).sort("job_id")
             keys.append((arm, condition, condition in own))
             samples.append(cell.select(pl.col(m).cast(pl.Float64).fill_null(float("nan"))
                                        for m in TRAIN_EVAL_METRICS).to_numpy())

@@ -220,6 +220,17 @@ class TrainSpec(StrictModel):
     _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch"})
 
 
+def _eval_conditions(value: tuple[str, ...]) -> tuple[str, ...]:
+    if "last-k" in value:
+        raise ValueError("'last-k' needs k, which an evaluation condition does not carry; "
+                         f"use one of {', '.join(repr(c) for c in CONDITIONS if c != 'last-k')}")
+    repeated = sorted({c for c in value if value.count(c) > 1})
+    if repeated:
+        raise ValueError(f"lists {', '.join(map(repr, repeated))} more than once")
+    # One order for one set: the same conditions in another order are the same job.
+    return tuple(sorted(value, key=CONDITIONS.index))
+
+
 class EvalSpec(StrictModel):
     batch_size: Int = Field(16, ge=1)
     # Long enough for the longest gold calls (up to 99 tokens with the tiny tokenizer, v2 and v3);
@@ -232,8 +243,12 @@ class EvalSpec(StrictModel):
     # "merged": through a copy whose weights are the dequantized base plus the merged
     # adapter in the compute dtype: the same function up to rounding, much faster.
     backend: Literal["peft", "merged"] = "peft"
+    # Conditions the held-out items are scored under again after every stage (same items,
+    # order and generation settings, prompts rendered under each), so the condition an arm
+    # trains under and the one it is evaluated under come apart (issue 20 item 2).
+    also_under: Annotated[tuple[ConditionName, ...], AfterValidator(_eval_conditions)] = ()
 
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "backend"})
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "backend", "also_under"})
 
 
 class TokenBudget(StrictModel):
@@ -292,6 +307,11 @@ class JobSpec(StrictModel):
             raise ValueError("condition_k is only used by condition 'last-k'")
         if len(set(self.order)) != len(self.order) or not self.order:
             raise ValueError(f"order must list distinct blocks, got {list(self.order)}")
+        if self.condition in self.eval.also_under:
+            raise ValueError(
+                f"eval.also_under lists {self.condition!r}, the job's own condition, under which it is evaluated "
+                "anyway; leave it out (a manifest's eval.also_under drops each arm's own condition itself)"
+            )
         if self.token_budget is not None and self.token_budget.match == "last-k" and self.condition != "last-k":
             raise ValueError(
                 "token_budget.match 'last-k' needs k, which only condition 'last-k' sets (condition_k); "

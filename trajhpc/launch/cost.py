@@ -135,7 +135,8 @@ class WorkPlanner:
         out = []
         for stage, block in enumerate(spec.order, start=1):
             examples = self._block_examples(spec, block, condition, k)
-            plan = spec_stage_batches(spec.train, [len(e.input_ids) for e in examples], seed=spec.seed, stage=stage)
+            ids = [e.record.uid for e in examples]
+            plan = spec_stage_batches(spec.train, ids, [len(e.input_ids) for e in examples], seed=spec.seed, stage=stage)
             counts = count_tokens(examples[i] for i in plan.consumed())
             out.append((counts.total_tokens, counts.supervised_tokens))
         return out

@@ -69,6 +69,22 @@ def test_micro_batches_split_a_step_within_the_cap():
     assert step_ids(rows) == step_ids(p)
 
 
+def test_token_capped_micro_batches_are_the_fewest_with_the_least_padding():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        lengths = [int(x) for x in rng.integers(50, 1500, size=16)]
+        step = list(range(16))
+        micro = batching.micro_batches(step, lengths, batch_size=8, tokens_per_batch=3000)
+        ranked = sorted(step, key=lambda i: lengths[i])
+        greedy = batching._fill(ranked, lengths, 3000)  # the fewest runs, not the least padding
+        assert sorted(i for b in micro for i in b) == step and len(micro) == len(greedy)
+        assert all(len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 3000 for b in micro)
+        pad = sum(len(b) * max(lengths[i] for i in b) for b in micro)
+        assert pad <= sum(len(b) * max(lengths[i] for i in b) for b in greedy)
+        assert [max(lengths[i] for i in b) for b in micro] == sorted((max(lengths[i] for i in b) for b in micro),
+                                                                    reverse=True)  # the longest first
+
+
 def test_epochs_and_max_steps_count_steps_of_examples():
     one = plan()
     assert Counter(i for s in step_ids(one) for i in s) == Counter(IDS) and one.passes == 1

@@ -11,9 +11,9 @@ token budget stops on a prefix of the same step sequence. Each step records a sh
 of its example ids (:func:`examples_hash`), written to ``train_log.jsonl``.
 
 **Micro-batches only inside a step**, grouped by the arm's own lengths: the step's
-examples sorted by length, cut into ``batch_size`` rows, or with ``tokens_per_batch``
-filled while rows x longest row stays within that cap (an example longer than the cap
-forms its own micro-batch). They run as gradient accumulation whose loss is normalised
+examples sorted by length, cut into ``batch_size`` rows, or with ``tokens_per_batch`` cut
+into the fewest runs whose rows x longest row stays within that cap, with the least
+padding among those (an example longer than the cap forms its own micro-batch). They run as gradient accumulation whose loss is normalised
 over the whole step, so splitting a step leaves its gradient unchanged up to rounding.
 Batches are right-padded with an attention mask: no packing, no attention across examples.
 
@@ -260,15 +260,43 @@ def micro_batches(
     """One step's examples as micro-batches grouped by their (this arm's) lengths, longest first.
 
     Sorted by length (ties keep the step's order), cut into ``batch_size`` rows from the
-    short end, or with ``tokens_per_batch`` filled while rows x longest stays within it.
+    short end, or with ``tokens_per_batch`` by :func:`_cut_fewest`.
     """
     ranked = sorted(step, key=lambda i: lengths[i])
     if tokens_per_batch is None:
         batches = [ranked[j : j + batch_size] for j in range(0, len(ranked), batch_size)]
     else:
-        batches = _fill(ranked, lengths, tokens_per_batch)
+        batches = _cut_fewest(ranked, lengths, tokens_per_batch)
     # The longest first: an out-of-memory shows at a step's first forward.
     return [tuple(b) for b in reversed(batches)]
+
+
+def _cut_fewest(ranked: Sequence[int], lengths: Sequence[int], limit: int) -> list[list[int]]:
+    """Examples in ascending length, cut into the fewest runs whose rows x longest stays within
+    ``limit`` (an example longer than that alone), and among those the least padding.
+
+    Exact over a step (dynamic programming over cut points, quadratic in its size); where
+    greedy filling leaves the last run of long examples with the short ones' padding, this
+    moves the cut.
+    """
+    n = len(ranked)
+    best: list[tuple[int, int, int]] = [(0, 0, 0)] + [(n + 1, 0, 0)] * n  # (runs, padded, start of last run)
+    for j in range(1, n + 1):
+        top = lengths[ranked[j - 1]]
+        for i in range(j - 1, -1, -1):
+            if j - i > 1 and (j - i) * top > limit:
+                break
+            runs, pad, _ = best[i]
+            cand = (runs + 1, pad + (j - i) * top, i)
+            if cand[:2] < best[j][:2]:
+                best[j] = cand
+    runs: list[list[int]] = []
+    j = n
+    while j > 0:
+        i = best[j][2]
+        runs.append(list(ranked[i:j]))
+        j = i
+    return runs[::-1]
 
 
 def plan_steps(

@@ -206,18 +206,23 @@ class TrainSpec(StrictModel):
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_ratio: Float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: Float = Field(0.0, ge=0.0)
-    batch_size: Int = Field(8, ge=1)
+    batch_size: Int = Field(8, ge=1)  # rows per micro-batch (without tokens_per_batch)
     grad_accum: Int = Field(1, ge=1)
+    # Examples per optimizer step (None: batch_size x grad_accum). Which examples form a step
+    # depends on their ids, the seed, the stage and the pass only: every arm of a unit takes
+    # the same steps (trajhpc.job.batching); micro-batches split a step, never merge two.
+    examples_per_step: Int | None = Field(None, ge=1)
     max_seq_len: Int = Field(1024, ge=16)
     # "auto": off when the largest planned batch fits in the device's memory, on otherwise
     # (the choice is recorded in metrics.json, resources.gradient_checkpointing).
     gradient_checkpointing: bool | Literal["auto"] = False
     max_grad_norm: Float = Field(1.0, gt=0)
-    # Batches by tokens: as many length-grouped examples as fit in this many padded
-    # tokens (batch_size is then unused), so short examples form large batches.
+    # The padded-token cap of one micro-batch: a step's examples, grouped by length, as many
+    # per micro-batch as fit in this many padded tokens (batch_size is then unused), so
+    # short examples form large micro-batches. It never changes which examples form a step.
     tokens_per_batch: Int | None = Field(None, ge=16)
 
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch"})
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "examples_per_step"})
 
 
 def _eval_conditions(value: tuple[str, ...]) -> tuple[str, ...]:

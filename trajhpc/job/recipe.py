@@ -178,7 +178,7 @@ def _gradient_checkpointing(spec: JobSpec, model_path, train_examples, dtype, de
     return train.resolve_gradient_checkpointing(
         t.gradient_checkpointing,
         config=AutoConfig.from_pretrained(str(model_path)),
-        batch_tokens=train.largest_batch_tokens(lengths, t.batch_size, t.tokens_per_batch),
+        batch_tokens=train.largest_batch_tokens(lengths, t.batch_size, t.tokens_per_batch, t.examples_per_step),
         compute_dtype=dtype,
         quantization=spec.quantization,
         free_bytes=train.free_memory_bytes(device),
@@ -186,8 +186,9 @@ def _gradient_checkpointing(spec: JobSpec, model_path, train_examples, dtype, de
 
 
 def block_batches(spec: JobSpec, examples, stage: int, budget: int | None):
-    """The batches of stage ``stage`` over one block's ``examples`` under the job's training settings
-    (trajhpc.job.batching.spec_stage_batches), stopped at ``budget`` when given."""
+    """The steps of stage ``stage`` over one block's ``examples`` under the job's training settings
+    (trajhpc.job.batching.spec_stage_batches: steps from the records' uids, the same in every arm),
+    stopped at ``budget`` when given."""
     from trajhpc.job.batching import spec_stage_batches
 
     counts = None
@@ -195,7 +196,8 @@ def block_batches(spec: JobSpec, examples, stage: int, budget: int | None):
         key = f"{spec.token_budget.count}_tokens"
         counts = [count([e])[key] for e in examples]
     lengths = [len(e.input_ids) for e in examples]
-    return spec_stage_batches(spec.train, lengths, seed=spec.seed, stage=stage, budget=budget, counts=counts)
+    ids = [e.record.uid for e in examples]
+    return spec_stage_batches(spec.train, ids, lengths, seed=spec.seed, stage=stage, budget=budget, counts=counts)
 
 
 def _budgets(spec: JobSpec, tokenizer, data, own_examples, console: Console) -> list[int]:

@@ -440,7 +440,7 @@ class _Run:
             progress.update(r.step, r.n_steps, r.loss, r.tokens)
             self.train_log.append(trainlog.entry(
                 stage=stage, step=r.step, loss=r.loss, lr=r.lr, tokens=r.supervised_tokens,
-                tokens_per_s=r.tokens / r.seconds if r.seconds > 0 else 0.0,
+                tokens_per_s=r.tokens / r.seconds if r.seconds > 0 else 0.0, examples=r.examples,
             ))
             if self.fault == ("step", stage, r.step):
                 raise InjectedFault(f"stage {stage} step {r.step}")

@@ -201,7 +201,7 @@ def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[
     frames, problems = [], []
     for r in records:
         if r.status == OK and r.spec is not None:
-            frame, problem = read_final_predictions(r.path, len(r.spec.order), r.path.name)
+            frame, problem = read_final_predictions(r.path, len(r.spec.stage_blocks), r.path.name)
             frames.append(frame)
             if problem is not None:
                 problems.append(f"{r.path}/{problem}")
@@ -210,7 +210,7 @@ def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[
 
 def read_logs(records: Sequence[JobRecord]) -> TrainLogs:
     """The ``train_log.jsonl`` of the ``ok`` jobs (missing or damaged ones noted, never raised)."""
-    return read_train_logs([(r.path.name, r.path, len(r.spec.order)) for r in records if r.status == OK and r.spec])
+    return read_train_logs([(r.path.name, r.path, len(r.spec.stage_blocks)) for r in records if r.status == OK and r.spec])
 
 
 # ---------------------------------------------------------------- arms
@@ -219,11 +219,13 @@ def read_logs(records: Sequence[JobRecord]) -> TrainLogs:
 # The arm's own fields (data.tool_docs names arms too: "B+docs-dialogue") are not a variant.
 _NOT_VARIANT: dict[str, Any] = {
     "condition": True, "condition_k": True, "seed": True, "order": True, "token_budget": True, "data": {"tool_docs"},
+    "curriculum": True, "replay": True,
 }
 
 
 def variant_of(spec: JobSpec) -> str:
-    """Hash of the settings other than the arm's (condition, budget, tool docs), seed and order: equal variants compare."""
+    """Hash of the settings other than the arm's (condition, budget, tool docs, curriculum), seed and order:
+    equal variants compare."""
     return hashlib.sha256(spec.model_dump_json(exclude=_NOT_VARIANT).encode()).hexdigest()[:6]
 
 
@@ -244,7 +246,8 @@ def jobs_frame(records: Sequence[JobRecord]) -> pl.DataFrame:
 
 def _arm_identity(spec: JobSpec) -> tuple[Any, ...]:
     budget = spec.token_budget
-    return (spec.condition, spec.condition_k, budget.match if budget else None, budget.count if budget else None)
+    return (spec.condition, spec.condition_k, budget.match if budget else None, budget.count if budget else None,
+            spec.curriculum, spec.replay)
 
 
 def arm_labels(records: Sequence[JobRecord]) -> dict[str, str]:
@@ -264,7 +267,7 @@ def arm_labels(records: Sequence[JobRecord]) -> dict[str, str]:
         label = spec.arm
         if len(groups[(label, r.variant)]) > 1:
             counts = {identity[3] for identity in groups[(label, r.variant)]}
-            same_but_count = len({identity[:3] for identity in groups[(label, r.variant)]}) == 1
+            same_but_count = len({identity[:3] + identity[4:] for identity in groups[(label, r.variant)]}) == 1
             if spec.token_budget is not None and same_but_count and len(counts) == len(groups[(label, r.variant)]):
                 label = f"{label}:{spec.token_budget.count}"
             else:

@@ -97,7 +97,7 @@ class WorkPlanner:
             own_count = sum(t if spec.token_budget.count == "total" else s for t, s in own)
             total = round(total * budget / own_count) if own_count else 0
         heldout = sum(len(data.heldout[b]) for b in data.blocks)
-        return JobWork(train_tokens=total, eval_prompts=heldout * (len(spec.order) + 1))
+        return JobWork(train_tokens=total, eval_prompts=heldout * (len(spec.stage_blocks) + 1))
 
     def _study_data(self, spec: JobSpec):
         from trajhpc.data.splits import load_study_data
@@ -128,13 +128,15 @@ class WorkPlanner:
         return self._examples[key]
 
     def _stage_counts(self, spec: JobSpec, condition: str, k: int | None) -> list[tuple[int, int]]:
-        """(total, supervised) tokens of each stage's unbudgeted plan."""
+        """(total, supervised) tokens of each stage's unbudgeted plan, over the examples its curriculum gives it."""
         from trajhpc.data.tokens import count_tokens
         from trajhpc.job.batching import spec_stage_batches
+        from trajhpc.job.curriculum import stage_examples
 
+        blocks = {block: self._block_examples(spec, block, condition, k) for block in spec.order}
         out = []
-        for stage, block in enumerate(spec.order, start=1):
-            examples = self._block_examples(spec, block, condition, k)
+        for stage in range(1, len(spec.stage_blocks) + 1):
+            examples = stage_examples(spec, blocks, stage)
             plan = spec_stage_batches(spec.train, [len(e.input_ids) for e in examples], seed=spec.seed, stage=stage)
             counts = count_tokens(examples[i] for i in plan.consumed())
             out.append((counts.total_tokens, counts.supervised_tokens))

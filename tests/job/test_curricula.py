@@ -148,10 +148,18 @@ def test_aggregate_reads_the_curricula_and_names_each_controls_confound(study):
     assert result.paired.filter((pl.col("metric") == "exact") & pl.col("arm").is_in(["B+joint", "B+replay"])).height
     out = agg.write_outputs(result, plots=False)
     report = (out / "report.md").read_text()
-    assert "- B@A (B trained on A's token budget at each stage): confound: fewer examples seen" in report
+    assert "- B@A (B trained to A's token budget at each stage): confound: fewer examples seen" in report
     assert "- B − A (plain): the same examples in the same optimizer steps; confound: B's longer prompts" in report
     joint_row = next(line for line in report.splitlines() if line.startswith("| B+joint | n/a"))
     assert joint_row.count("n/a") == 8 and "n/a: B+joint trained every block in one stage" in report
+    from rich.console import Console
+
+    from trajhpc.results.report import print_summary
+
+    console = Console(record=True, width=200)
+    print_summary(console, result)
+    joint_line = next(line for line in console.export_text().splitlines() if "B+joint" in line)
+    assert joint_line.rstrip(" │").endswith("n/a")  # BWT exact, the last column
 
 
 def test_cost_estimates_count_joint_and_replay_examples(study):

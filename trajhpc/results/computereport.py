@@ -101,12 +101,16 @@ def control_confound(arm: str, counts: dict[str, dict[str, Any]]) -> str | None:
     if seen is None or plain is None:
         return (f"it reaches {matched}'s token budget with more or fewer examples than {own}; "
                 "the counts that say which are missing")
+    steps, own_steps = (counts.get(a, {}).get("steps") for a in (arm, own))
+    numbers = f"{seen:,.0f} examples seen against {own}'s {plain:,.0f}" + (
+        f", {steps:,.0f} optimizer steps against {own_steps:,.0f}" if steps is not None and own_steps is not None else "")
     if seen > plain:
-        return (f"more optimizer steps and repetition of the same examples ({seen:,.0f} examples seen against "
-                f"{own}'s {plain:,.0f}): {own}'s prompts are shorter than {matched}'s")
+        more_steps = steps is not None and own_steps is not None and steps > own_steps
+        return (f"{'more optimizer steps and ' if more_steps else ''}repetition of the same examples ({numbers}): "
+                f"{own}'s prompts are shorter than {matched}'s")
     if seen < plain:
-        return (f"fewer examples seen ({seen:,.0f} against {own}'s {plain:,.0f}): it stops on a prefix of "
-                f"{own}'s step sequence at {matched}'s budget, a confound that works against {own}")
+        return (f"fewer examples seen ({numbers}): it stops on a prefix of {own}'s step sequence at "
+                f"{matched}'s budget, a confound that works against {own}")
     return "none in the counts: it saw as many examples as its own condition"
 
 
@@ -121,7 +125,7 @@ def _confound_lines(result: StudyResult) -> list[str]:
     for arm in result.arms:
         confound = control_confound(arm, counts)
         if confound is not None:
-            items.append(f"{arm} ({matched_arms(arm)[0]} trained on {matched_arms(arm)[1]}'s token budget at each "
+            items.append(f"{arm} ({matched_arms(arm)[0]} trained to {matched_arms(arm)[1]}'s token budget at each "
                          f"stage): confound: {confound}.")
     out = ["### What each comparison controls", "", *(f"- {item}" for item in items), ""] if items else []
     if not any("@" in a for a in result.arms):
@@ -133,5 +137,5 @@ def _confound_lines(result: StudyResult) -> list[str]:
         for r in p.filter(((pl.col("arm") == other) & (pl.col("baseline") == arm)) |
                           ((pl.col("arm") == arm) & (pl.col("baseline") == other))).to_dicts():
             out += [f"Compute control: {r['arm']} − {r['baseline']} in final exact accuracy {_diff(r)} over "
-                    f"{r['pairs']} pairs (the two arms train on the same total-token budget).", ""]
+                    f"{r['pairs']} pairs ({arm} is trained to {other}'s token budget, reached within one batch).", ""]
     return out

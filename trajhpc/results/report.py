@@ -124,11 +124,17 @@ def _accuracy_section(result: StudyResult) -> list[str]:
     return ["## Final accuracy", "", note, "", _table(header, rows), ""]
 
 
+def one_stage_arms(result: StudyResult) -> set[str]:
+    """Arms trained in one stage (curriculum joint): no earlier stage to forget or transfer from, so
+    BWT, forgetting and FWT are not applicable there (shown as n/a, never 0)."""
+    units = result.units
+    return set(units.group_by("arm").agg(pl.col("n_stages").max()).filter(pl.col("n_stages") < 2)["arm"])
+
+
 def _continual_section(result: StudyResult) -> list[str]:
     s = result.summary
     metrics = [f"{m}_{score}" for score in ("exact", "name") for m in CONTINUAL_METRICS]
-    # An arm trained in one stage (curriculum joint) has no earlier stage to forget or transfer from.
-    one_stage = set(result.units.group_by("arm").agg(pl.col("n_stages").max()).filter(pl.col("n_stages") < 2)["arm"])
+    one_stage = one_stage_arms(result)
     rows = [[arm, *("n/a" if arm in one_stage else _ci(_lookup(s, arm, m)) for m in metrics)] for arm in result.arms]
     names = {"bwt": "BWT", "forgetting_chaudhry": "forgetting (Chaudhry)",
              "forgetting_since_learned": "forgetting (since learned)", "fwt": "FWT"}
@@ -336,9 +342,11 @@ def print_summary(console: Any, result: StudyResult, out: Path | None = None) ->
     if result.units.height:
         s = result.summary
         # Two narrow tables rather than one wide one; at 80 columns the low-value columns go (the caption says which).
+        one_stage = one_stage_arms(result)
         rows = [
             [arm, str(_lookup(s, arm, "exact").get("n", 0)),
-             *(_ci(_lookup(s, arm, m)) for m in ("exact", "name", "name_excl_toolsearcher", "bwt_exact"))]
+             *(_ci(_lookup(s, arm, m)) for m in ("exact", "name", "name_excl_toolsearcher")),
+             "n/a" if arm in one_stage else _ci(_lookup(s, arm, "bwt_exact"))]
             for arm in result.arms
         ]
         heads = [("arm", None), ("units", 30), ("exact", None), ("API name", 60), ("API name excl.\nToolSearcher", 40),

@@ -32,6 +32,12 @@ SPEC_SCHEMA = "trajhpc.spec/1"
 # What the prompt keeps of the earlier API turns (trajhpc.data.conditions renders each).
 ConditionName = Literal["A", "A-slots", "B", "calls-only", "responses-only", "last-k"]
 CONDITIONS: tuple[str, ...] = get_args(ConditionName)
+# How a job trains the blocks (trajhpc.job.curriculum): sequential = one stage per block of the
+# order (the study); joint = one stage on every block's examples together (the retention upper
+# bound); replay = stage k adds a seeded draw of earlier blocks' examples to block k's.
+CurriculumName = Literal["sequential", "joint", "replay"]
+# replay's default share of a stage's examples drawn from earlier blocks (the arm name omits it).
+DEFAULT_REPLAY = 0.25
 # What numpy, torch and random all accept as a seed.
 SEED_MAX = 2**32 - 1
 
@@ -294,18 +300,40 @@ class JobSpec(StrictModel):
     token_budget: TokenBudget | None = None
     # The recipe version (RECIPE_VERSION above); new specs take the current one.
     recipe: Int = Field(RECIPE_VERSION, ge=1)
+    curriculum: CurriculumName = "sequential"
+    # replay only: the share of each stage's examples drawn from earlier blocks (DEFAULT_REPLAY when not given).
+    replay: Float | None = Field(None, gt=0.0, lt=1.0)
+
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"curriculum", "replay"})
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)  # JobSpec has no field omitted at its default
+        data = handler(self)
+        for name in self._omit_when_default:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name, None)
         if self.recipe == 1:  # recipe 1 specs were written without the field: their ids stay
             data.pop("recipe", None)
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_replay(cls, data: Any) -> Any:
+        # Written out, so a replay arm with the default share has one id whether or not the share was given.
+        if isinstance(data, dict) and data.get("curriculum") == "replay" and data.get("replay") is None:
+            data = {**data, "replay": DEFAULT_REPLAY}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "JobSpec":
+        if self.replay is not None and self.curriculum != "replay":
+            raise ValueError(
+                f"replay (a share of earlier blocks' examples) needs curriculum 'replay', not {self.curriculum!r}"
+            )
+        if self.token_budget is not None and self.curriculum != "sequential":
+            raise ValueError(f"token_budget works with curriculum 'sequential' only, not {self.curriculum!r}")
         if self.condition == "last-k" and self.condition_k is None:
             raise ValueError("condition 'last-k' needs condition_k")
         if self.condition != "last-k" and self.condition_k is not None:
@@ -328,7 +356,8 @@ class JobSpec(StrictModel):
     def arm(self) -> str:
         """The study arm: the condition, or e.g. ``A@B`` for A matched to B's total tokens
         (``A@B:supervised`` when matched on supervised tokens, so the two never merge);
-        ``+docs-dialogue`` / ``+docs-block`` with tool documentation (``data.tool_docs``)."""
+        ``+docs-dialogue`` / ``+docs-block`` with tool documentation (``data.tool_docs``);
+        ``+joint``, ``+replay`` (``+replay0.5`` for a share other than the default) by curriculum."""
         name = self.condition if self.condition != "last-k" else f"last-{self.condition_k}"
         if self.token_budget is not None:
             name += f"@{self.token_budget.match}"
@@ -336,7 +365,22 @@ class JobSpec(StrictModel):
                 name += f":{self.token_budget.count}"
         if self.data.tool_docs != "none":
             name += f"+docs-{self.data.tool_docs}"
+        if self.curriculum == "joint":
+            name += "+joint"
+        elif self.curriculum == "replay":
+            name += "+replay" + ("" if self.replay == DEFAULT_REPLAY else f"{self.replay:g}")
         return name
+
+    @property
+    def stage_blocks(self) -> tuple[str, ...]:
+        """What each training stage (1..n) trains, as metrics.json and tokens.json name it: the order's
+        blocks, or for curriculum joint one stage named by all of them (``a+b+c``)."""
+        return ("+".join(self.order),) if self.curriculum == "joint" else self.order
+
+    @property
+    def block_stage(self) -> dict[str, int]:
+        """Each trained block -> the stage that trains it (under joint, stage 1 for every block)."""
+        return {b: 1 if self.curriculum == "joint" else i for i, b in enumerate(self.order, start=1)}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (the form written to spec.json)."""

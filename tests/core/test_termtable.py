@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import io
 
+from conftest import assert_fits
 from rich.console import Console
 
 from trajhpc.core.termtable import Col, Style, fit_table, fit_widths
-
-from conftest import assert_fits
 
 
 def render(table, width: int) -> str:

@@ -58,11 +58,11 @@ def test_job_directory_follows_the_contract(done_job):
     assert tokens["schema"] == "trajhpc.tokens/1" and tokens["job_id"] == spec.job_id
     assert tokens["condition"] == "B" and tokens["arm"] == "B" and tokens["budget"] is None
     zero, *trained = tokens["stages"]
-    assert zero == {"stage": 0, "block": None, "examples": 0, "prompt_tokens": 0, "supervised_tokens": 0,
+    assert zero == {"stage": 0, "block": None, "steps": 0, "examples": 0, "prompt_tokens": 0, "supervised_tokens": 0,
                     "total_tokens": 0, "padded_tokens": 0, "passes": 0, "truncated_examples": 0}
     assert [t["block"] for t in trained] == ORDER
     for t in trained:
-        assert t["examples"] == 8 and t["passes"] == 1  # 2 steps x batch 4 of 12 examples
+        assert t["examples"] == 8 and t["passes"] == 1 and t["steps"] == 2  # 2 steps x batch 4 of 12 examples
         assert t["prompt_tokens"] + t["supervised_tokens"] == t["total_tokens"] <= t["padded_tokens"]
         assert "budget_cumulative" not in t  # no token budget
 

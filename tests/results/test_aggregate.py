@@ -558,6 +558,10 @@ def test_factorial_effects_from_synthetic_job_directories_with_a_planted_interac
     assert dict(docs.select("effect", "estimate").iter_rows())["interaction"] == pytest.approx(0.15)
 
 
+RESOURCES = {"peak_memory_bytes": 1, "train_tokens_per_s": 1.0, "eval_examples_per_s": 1.0,
+             "gradient_checkpointing": False, "params_base": 1000, "params_trainable": 10}
+
+
 def test_compute_table_compares_arms_after_the_same_blocks(tmp_path):
     """compute.csv: at the end of stage k, each arm's mean cumulative tokens and accuracy, ratio to A there."""
     exact = {"A": [[0.0] * 3, [0.3, 0.0, 0.0], [0.3, 0.6, 0.0], [0.3, 0.6, 0.9]],
@@ -567,7 +571,7 @@ def test_compute_table_compares_arms_after_the_same_blocks(tmp_path):
     for arm in ("A", "B"):
         for seed in (0, 1):
             sj.write_job(tmp_path / "s", sj.spec_for(arm, seed=seed, order=ORDERS[0]), exact[arm],
-                         supervised=supervised[arm], total=total[arm])
+                         supervised=supervised[arm], total=total[arm], resources=RESOURCES)
     result = _result(tmp_path)
     c = {(r["arm"], r["stage"]): r for r in result.compute.to_dicts()}
     assert [a for a, _ in list(c)[::4]] == result.arms  # arms in the report's order, stages 0..3 each
@@ -577,13 +581,35 @@ def test_compute_table_compares_arms_after_the_same_blocks(tmp_path):
     assert c[("A", 2)]["acc_exact"] == pytest.approx(0.3) and c[("B", 2)]["acc_exact"] == pytest.approx(0.4)
     assert c[("A", 2)]["acc_seen_exact"] == pytest.approx(0.45)  # blocks a, b trained: (0.3 + 0.6) / 2
     assert c[("B", 3)]["units"] == 2
+    # 3 optimizer steps and supervised // 10 examples per stage (synthetic_jobs), cumulative
+    assert [c[("A", t)]["steps"] for t in range(4)] == [0, 3, 6, 9]
+    assert [c[("B", t)]["examples"] for t in range(4)] == [0, 10, 20, 30]
+    # FLOPs = (4 N_base + 6 N_lora) x cumulative padded tokens (5 x supervised)
+    assert [c[("B", t)]["flops"] for t in range(3)] == [0, (4 * 1000 + 6 * 10) * 500, (4 * 1000 + 6 * 10) * 1000]
+    # the interpolated exact @ budget only on each arm's last stage, labelled exploratory
+    assert c[("A", 3)]["exploratory_exact_at_budget_total"] == pytest.approx(result.units.filter(
+        pl.col("arm") == "A")["exact_at_budget_total"].mean())
+    assert c[("A", 2)]["exploratory_exact_at_budget_total"] is None
     out = agg.write_outputs(result, plots=False)
-    assert pl.read_csv(out / "compute.csv").columns[:5] == ["arm", "stage", "supervised_tokens", "total_tokens",
-                                                            "total_ratio_vs_A"]
+    assert pl.read_csv(out / "compute.csv").columns == [
+        "arm", "stage", "units", "steps", "examples", "supervised_tokens", "total_tokens", "flops",
+        "total_ratio_vs_A", "acc_exact", "acc_exact_ci_lo", "acc_exact_ci_hi", "acc_seen_exact",
+        "exploratory_exact_at_budget_supervised", "exploratory_exact_at_budget_total"]
+    assert "exact_at_budget_total" not in set(pl.read_csv(out / "summary.csv")["metric"])  # not a headline metric
     report = (out / "report.md").read_text()
     assert "### Stage by stage (the same blocks trained)" in report
-    assert "| 1 | B | 600 | 1.500 |" in report
+    assert "| 1 | B | 2 | 3 | 10 | 100 | 600 |" in report
     assert "No token-matched arm in this study" in report
+    assert "exact @ total-token budget" not in report and "Interpolated to equal compute" not in report
+    assert "- B − A (plain): the same examples in the same optimizer steps; confound: B's longer prompts" in report
+
+
+def test_steps_missing_from_old_tokens_files_show_as_missing_not_zero(tmp_path):
+    for arm in ("A", "B"):
+        sj.write_job(tmp_path / "s", sj.spec_for(arm, order=ORDERS[0]), [[0.0] * 3] * 4, steps=None)
+    c = {(r["arm"], r["stage"]): r for r in _result(tmp_path).compute.to_dicts()}
+    assert c[("A", 0)]["steps"] is None and c[("B", 3)]["steps"] is None
+    assert c[("B", 3)]["examples"] == 60  # the counts the files have still show
 
 
 def test_report_names_the_token_matched_arm_as_the_compute_control(study):

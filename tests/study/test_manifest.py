@@ -19,7 +19,7 @@ ABC = "study: s\nconditions: [A, B, calls-only]\n"
 # ---------------------------------------------------------------- shipped manifests
 
 
-def test_grid_manifest_is_the_80_job_study():
+def test_grid_manifest_is_the_140_job_study():
     m = load_manifest(REPO / "manifests" / "grid.yaml")
     assert m.model == "meta-llama/Llama-3.1-8B-Instruct" and m.quantization == "nf4"
     assert m.executor == "slurm" and m.container.runtime == "apptainer" and m.container.image == "trajhpc.sif"
@@ -31,8 +31,9 @@ def test_grid_manifest_is_the_80_job_study():
     assert m.train.gradient_checkpointing == "auto" and m.eval.max_new_tokens == 160
     assert (m.eval.tokens_per_batch, m.eval.backend) == (65536, "merged")
     jobs = expand(m)
-    assert len(jobs) == 80
-    assert sorted({j.spec.arm for j in jobs}) == ["A", "A-slots", "A@B", "B"]
+    assert len(jobs) == 140
+    # A-slots, both compute controls (A@B, B@A) and the continual-learning baselines as curricula of B
+    assert sorted({j.spec.arm for j in jobs}) == ["A", "A-slots", "A@B", "B", "B+joint", "B+replay", "B@A"]
     assert {j.spec.seed for j in jobs} == {0, 1, 2, 3, 4}
     assert len({j.spec.order for j in jobs}) == 4
     budget = next(j.spec.token_budget for j in jobs if j.spec.arm == "A@B")

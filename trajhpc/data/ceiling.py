@@ -16,10 +16,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from trajhpc.core.errors import TrajhpcError
 from trajhpc.data.apibank import Record
 from trajhpc.data.calls import parse_gold
 from trajhpc.data.conditions import build_messages
-from trajhpc.core.errors import TrajhpcError
 from trajhpc.data.splits import StudyData, load_study_data
 from trajhpc.spec import JobSpec
 

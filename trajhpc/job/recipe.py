@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # imported where used: trajhpc.job.checkpoint imports torch, 
     from trajhpc.job.checkpoint import CheckpointState
 
 TOKEN_KEYS = (
-    "examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes", "truncated_examples",
+    "steps", "examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes", "truncated_examples",
 )
 
 
@@ -308,7 +308,7 @@ class Evaluator:
         stage = state.stage
         entry = {
             "stage": stage,
-            "trained_block": prep.spec.order[stage - 1] if stage else None,
+            "trained_block": prep.spec.stage_blocks[stage - 1] if stage else None,
             "train_loss": state.train_loss,
             "train_seconds": state.train_seconds,
             "eval_seconds": ev.seconds,
@@ -323,23 +323,26 @@ class Evaluator:
 
 def next_stage_batches(prep: Prepared, after: CheckpointState):
     """The batches of the training stage after ``after``'s stage (with what is left of a budget)."""
+    from trajhpc.job.curriculum import stage_examples
+
     stage = after.stage + 1
-    examples = prep.train_examples[prep.spec.order[stage - 1]]
+    examples = stage_examples(prep.spec, prep.train_examples, stage)
     return block_batches(prep.spec, examples, stage, prep.budgets[stage - 1] - after.consumed if prep.budgets else None)
 
 
 def train_stage(
     prep: Prepared, model, optimizer, plan, after: CheckpointState, on_step: Callable[..., None]
 ) -> tuple[CheckpointState, Any]:
-    """Train the stage after ``after``'s (block ``order[stage-1]``) by its ``plan`` (:func:`next_stage_batches`);
-    returns (the stage's checkpoint state, the scheduler state to checkpoint)."""
+    """Train the stage after ``after``'s (block ``order[stage-1]``, or what the curriculum gives it) by its
+    ``plan`` (:func:`next_stage_batches`); returns (the stage's checkpoint state, the scheduler state to checkpoint)."""
     from trajhpc.job import batching, train
     from trajhpc.job.checkpoint import CheckpointState
+    from trajhpc.job.curriculum import stage_examples
 
     spec = prep.spec
     stage = after.stage + 1
-    block = spec.order[stage - 1]
-    examples = prep.train_examples[block]
+    block = spec.stage_blocks[stage - 1]
+    examples = stage_examples(spec, prep.train_examples, stage)
     lengths = [len(e.input_ids) for e in examples]
     result = train.train_batches(
         model, optimizer, examples, plan, spec.train,
@@ -348,7 +351,7 @@ def train_stage(
     consumed = [examples[i] for i in plan.consumed()]
     counts = count(consumed)
     tokens = {
-        "stage": stage, "block": block, **counts,
+        "stage": stage, "block": block, "steps": len(plan.steps), **counts,
         "padded_tokens": batching.padded_tokens(plan, lengths), "passes": plan.passes,
         "truncated_examples": sum(e.is_truncated for e in consumed),
     }

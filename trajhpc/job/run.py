@@ -142,7 +142,7 @@ def _run_locked(
 ) -> dict[str, Any]:
     claim_job_dir(spec, job_dir)
     metrics = read_json(JobDir(job_dir).metrics)
-    n = len(spec.order)
+    n = len(spec.stage_blocks)
     if metrics is not None and metrics.get("complete"):
         _mark_done(job_dir, metrics, n)
         return metrics
@@ -380,7 +380,7 @@ class _Run:
         from trajhpc.job import checkpoint, recipe
         from trajhpc.job.progress import StageProgress, log
 
-        spec, job_dir, prep, n = self.spec, self.job_dir, self.prep, len(self.spec.order)
+        spec, job_dir, prep, n = self.spec, self.job_dir, self.prep, len(self.spec.stage_blocks)
         k = ckpt.state.stage
         while True:
             if k > outputs.done:  # evaluate the checkpoint's stage
@@ -401,7 +401,7 @@ class _Run:
             k += 1
             plan = recipe.next_stage_batches(prep, ckpt.state)
             self._activity(outputs.done, {"phase": "training", "stage": k, "steps": len(plan.steps)})
-            with StageProgress(f"stage {k}/{n} {spec.order[k - 1]}", len(plan.steps), self.console) as progress:
+            with StageProgress(f"stage {k}/{n} {spec.stage_blocks[k - 1]}", len(plan.steps), self.console) as progress:
                 state, scheduler_state = recipe.train_stage(
                     prep, model, optimizer, plan, ckpt.state, self._step_hook(k, progress)
                 )
@@ -414,7 +414,7 @@ class _Run:
 
     def _activity(self, done: int, activity: Mapping[str, Any]) -> None:
         """state.json says what the job does now (a live view reads it with train_log.jsonl)."""
-        write_state(self.job_dir, "running", max(done, 0), len(self.spec.order), started=self.provenance["started"],
+        write_state(self.job_dir, "running", max(done, 0), len(self.spec.stage_blocks), started=self.provenance["started"],
                     activity=activity)
 
     def _earlier_attempts(self, metrics: Mapping[str, Any] | None, found: Checkpoint | None) -> _Outputs:
@@ -452,7 +452,7 @@ class _Run:
     def _write_outputs(
         self, outputs: _Outputs, consumed: int, budgets: Sequence[int] | None, *, complete: bool
     ) -> None:
-        spec, n = self.spec, len(self.spec.order)
+        spec, n = self.spec, len(self.spec.stage_blocks)
         stages, token_stages = outputs.stages, outputs.token_stages
         budget = None
         if spec.token_budget is not None:

@@ -113,6 +113,8 @@ class MetricsDoc(_Doc):
 class TokenStage(_Doc):
     stage: int = Field(ge=0)
     block: str | None = None
+    # Optimizer steps of the stage; None in files written before jobs recorded them (not 0: unknown).
+    steps: int | None = Field(None, ge=0)
     examples: int | None = Field(None, ge=0)
     supervised_tokens: int = Field(ge=0)
     total_tokens: int = Field(ge=0)
@@ -234,7 +236,8 @@ def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
     if job_dir.name != job_id:
         raise JobProblem(MISMATCH, SPEC, f"hashes to {job_id} but the folder is named {job_dir.name}")
     order = list(spec.order)
-    n_stages = len(order)
+    trained = list(spec.stage_blocks)  # what each stage trains: the order's blocks, or one joint stage
+    n_stages = len(trained)
 
     metrics: MetricsDoc | None = _load(job_dir, METRICS, MetricsDoc, METRICS_SCHEMA)
     if metrics is None:
@@ -246,7 +249,7 @@ def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
     if metrics.study is not None and metrics.study != job_dir.parent.name:
         folder = job_dir.parent.name
         raise JobProblem(MISMATCH, METRICS, f"study {metrics.study!r} does not match its folder {folder!r}")
-    _check_stages(metrics.stages, order, spec.eval.also_under)
+    _check_stages(metrics.stages, order, trained, spec.eval.also_under)
     if not metrics.complete or len(metrics.stages) < n_stages + 1:
         done = f"stage {len(metrics.stages) - 1} of {n_stages}" if metrics.stages else "no stage evaluated yet"
         complete = str(metrics.complete).lower()
@@ -258,7 +261,7 @@ def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
     if tokens.job_id != job_id:
         raise JobProblem(MISMATCH, TOKENS, f"job_id {tokens.job_id!r} does not match spec.json ({job_id!r})")
     for t, stage in enumerate(tokens.stages):
-        block = order[t - 1] if 0 < t <= n_stages else None
+        block = trained[t - 1] if 0 < t <= n_stages else None
         if stage.stage != t or stage.block != block:
             got = f"stage {stage.stage} on {stage.block!r}"
             raise JobProblem(CORRUPT, TOKENS, f"stages.{t}: expected stage {t} on block {block!r}, got {got}")
@@ -267,14 +270,17 @@ def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
     return spec, metrics, tokens
 
 
-def _check_stages(stages: list[MetricsStage], order: list[str], also_under: tuple[str, ...] = ()) -> None:
-    """Stage t must follow training block order[t-1] and evaluate the same blocks as stage 0, under its own
-    condition and under each of the spec's ``eval.also_under`` (no more, no fewer)."""
-    if len(stages) > len(order) + 1:
-        raise JobProblem(CORRUPT, METRICS, f"stages: {len(stages)} stages for an order of {len(order)} blocks")
+def _check_stages(
+    stages: list[MetricsStage], order: list[str], stage_blocks: list[str], also_under: tuple[str, ...] = ()
+) -> None:
+    """Stage t must follow training stage_blocks[t-1] (order[t-1] unless the curriculum is joint) and
+    evaluate the same blocks as stage 0, under its own condition and under each of the spec's
+    ``eval.also_under`` (no more, no fewer)."""
+    if len(stages) > len(stage_blocks) + 1:
+        raise JobProblem(CORRUPT, METRICS, f"stages: {len(stages)} stages for {len(stage_blocks)} training stages")
     blocks = set(stages[0].per_block) if stages else set()
     for t, stage in enumerate(stages):
-        trained = order[t - 1] if t else None
+        trained = stage_blocks[t - 1] if t else None
         if stage.stage != t or stage.trained_block != trained:
             got = f"stage {stage.stage} after {stage.trained_block!r}"
             expected = f"expected stage {t} after training {trained!r}"

@@ -96,14 +96,14 @@ class WorkPlanner:
             key = 1 if spec.token_budget.count == "supervised" else 0
             cumulative, consumed, total = 0, 0, 0
             matched = self._stage_counts(spec, spec.token_budget.match, k)
-            for stage, block in enumerate(spec.order, start=1):
+            for stage in range(1, len(spec.stage_blocks) + 1):
                 cumulative += matched[stage - 1][key]
-                t, s = self._stage_counts_of(spec, block, stage, spec.condition, spec.condition_k,
+                t, s = self._stage_counts_of(spec, stage, spec.condition, spec.condition_k,
                                              budget=cumulative - consumed, key=key)
                 consumed += (t, s)[key]
                 total += t
         heldout = sum(len(data.heldout[b]) for b in data.blocks)
-        return JobWork(train_tokens=total, eval_prompts=heldout * (len(spec.order) + 1))
+        return JobWork(train_tokens=total, eval_prompts=heldout * (len(spec.stage_blocks) + 1))
 
     def _study_data(self, spec: JobSpec):
         from trajhpc.data.splits import load_study_data
@@ -134,19 +134,21 @@ class WorkPlanner:
         return self._examples[key]
 
     def _stage_counts(self, spec: JobSpec, condition: str, k: int | None) -> list[tuple[int, int]]:
-        """(total, supervised) tokens of each stage's unbudgeted plan."""
-        return [self._stage_counts_of(spec, block, stage, condition, k) for stage, block in enumerate(spec.order, start=1)]
+        """(total, supervised) tokens of each stage's unbudgeted plan, over the examples its curriculum gives it."""
+        return [self._stage_counts_of(spec, stage, condition, k) for stage in range(1, len(spec.stage_blocks) + 1)]
 
     def _stage_counts_of(
-        self, spec: JobSpec, block: str, stage: int, condition: str, k: int | None,
-        budget: int | None = None, key: int = 0,
+        self, spec: JobSpec, stage: int, condition: str, k: int | None, budget: int | None = None, key: int = 0,
     ) -> tuple[int, int]:
-        """(total, supervised) tokens of one stage's plan (the job's: batching.spec_stage_batches),
-        stopped at ``budget`` counted in total (``key`` 0) or supervised (1) tokens when given."""
+        """(total, supervised) tokens of one stage's plan (the job's: batching.spec_stage_batches) over
+        the examples its curriculum gives it, stopped at ``budget`` counted in total (``key`` 0) or
+        supervised (1) tokens when given."""
         from trajhpc.data.tokens import count_tokens
         from trajhpc.job.batching import spec_stage_batches
+        from trajhpc.job.curriculum import stage_examples
 
-        examples = self._block_examples(spec, block, condition, k)
+        blocks = {block: self._block_examples(spec, block, condition, k) for block in spec.order}
+        examples = stage_examples(spec, blocks, stage)
         counts = None
         if budget is not None:
             counts = [(c.total_tokens, c.supervised_tokens)[key] for c in (count_tokens([e]) for e in examples)]

@@ -36,7 +36,14 @@ from trajhpc.launch.liveview import watch_rows
 from trajhpc.launch.localrun import run_local
 from trajhpc.launch.slurmheld import held_message, recheck_before_resubmit
 from trajhpc.launch.status import (
-    ACTIVE_STATES, collect_rows, counts_line, decide, is_active, make_row, observe, render_table,
+    ACTIVE_STATES,
+    collect_rows,
+    counts_line,
+    decide,
+    is_active,
+    make_row,
+    observe,
+    render_table,
 )
 from trajhpc.launch.submission import (
     JOURNAL,

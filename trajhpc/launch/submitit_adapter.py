@@ -17,7 +17,6 @@ from submitit.core.utils import JobPaths
 from submitit.local.local import LocalJobEnvironment
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJobEnvironment, _convert_mem, _make_sbatch_string
 
-
 # The module submitit's local controller runs as (`python -m submitit.local._local <folder>`).
 LOCAL_CONTROLLER_MODULE = "submitit.local._local"
 

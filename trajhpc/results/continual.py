@@ -1,7 +1,7 @@
 """Continual learning, from each job's accuracy matrix ``R[stage][block]`` (pure polars): per unit
 BWT, forgetting (two ways: Chaudhry et al.'s, and since the block was learned) and FWT; per arm
-the mean R-matrix (by position in the order and by block) and the tokens and accuracy after the
-same blocks (compute.csv).
+the mean R-matrix (by position in the order and by block) and the steps, examples, tokens, FLOPs and
+accuracy after the same blocks (compute.csv).
 
 ``R`` is given as a long frame, one row per unit x stage x evaluated block
 (:func:`trajhpc.results.tables.build_long_table`).
@@ -38,7 +38,8 @@ def continual_metrics(long: pl.DataFrame, score: str, *, unit: str = "job_id") -
       gain on a block from training the earlier ones, against stage 0, the untrained
       (zero-shot) model (Lopez-Paz & Ranzato compare with a randomly initialised model).
 
-    Null scores are skipped in the means and maxima; T = 1 gives null bwt/forgetting/fwt.
+    Null scores are skipped in the means and maxima; T = 1 (a joint curriculum trains every block in
+    one stage) gives null bwt/forgetting/fwt: not applicable, never 0.
     """
     base = long.select(unit, "stage", "n_stages", "block_pos", pl.col(score).cast(pl.Float64).alias("r"))
     keys = [unit, "block_pos"]
@@ -74,21 +75,37 @@ def continual_metrics(long: pl.DataFrame, score: str, *, unit: str = "job_id") -
     return acc.join(metrics, on=unit, how="left").sort(unit)
 
 
-def stage_compute(stages: pl.DataFrame) -> pl.DataFrame:
-    """compute.csv: per arm and stage, the mean cumulative tokens and accuracy after the same blocks.
+# compute.csv's columns: arm, stage, units, then each cumulative count (mean per unit) from stages.csv.
+COMPUTE_COUNTS = {
+    "steps": "cum_steps", "examples": "cum_examples", "supervised_tokens": "cum_supervised_tokens",
+    "total_tokens": "cum_total_tokens", "flops": "cum_flops",
+}
+COMPUTE_SCHEMA = {
+    "arm": pl.String, "stage": pl.Int64, "units": pl.Int64, **dict.fromkeys(COMPUTE_COUNTS, pl.Float64),
+    "total_ratio_vs_A": pl.Float64, "acc_exact": pl.Float64, "acc_exact_ci_lo": pl.Float64,
+    "acc_exact_ci_hi": pl.Float64, "acc_seen_exact": pl.Float64,
+    # Interpolated at the smallest final token count of any unit (units.csv): exploratory, on each arm's last stage only.
+    "exploratory_exact_at_budget_supervised": pl.Float64, "exploratory_exact_at_budget_total": pl.Float64,
+}
 
-    Like with like: at the end of stage k every arm has trained the same k blocks, so
-    its tokens and accuracy there compare without interpolating across stages.
-    ``total_ratio_vs_A`` is the arm's mean cumulative total tokens / plain A's at that stage.
+
+def stage_compute(stages: pl.DataFrame, units: pl.DataFrame | None = None) -> pl.DataFrame:
+    """compute.csv: per arm and stage, the mean cumulative optimizer steps, examples seen, supervised
+    and total tokens and training FLOPs per unit (``units``: how many units the accuracy averages;
+    a count a unit did not record is left out of its mean), with the accuracy after the same blocks.
+
+    Like with like: at the end of stage k every sequential arm has trained the same k blocks, so
+    its counts and accuracy there compare without interpolating across stages (a joint arm's one
+    stage trains every block). ``total_ratio_vs_A`` is the arm's mean cumulative total tokens /
+    plain A's at that stage. ``exploratory_exact_at_budget_*`` is the mean over ``units`` of the
+    interpolated exact @ budget, on the arm's last stage.
     """
-    wanted = ("cum_supervised_tokens", "cum_total_tokens", "acc_exact", "acc_seen_exact")
-    schema = {"arm": pl.String, "stage": pl.Int64, "supervised_tokens": pl.Float64, "total_tokens": pl.Float64,
-              "total_ratio_vs_A": pl.Float64, "acc_exact": pl.Float64, "acc_exact_ci_lo": pl.Float64,
-              "acc_exact_ci_hi": pl.Float64, "acc_seen_exact": pl.Float64, "units": pl.Int64}
     if stages.height == 0:
-        return pl.DataFrame(schema=schema)
+        return pl.DataFrame(schema=COMPUTE_SCHEMA)
+    wanted = (*COMPUTE_COUNTS.values(), "acc_exact", "acc_seen_exact")
     long = stages.filter(pl.col("metric").is_in(wanted))
     wide = long.pivot(on="metric", index=["arm", "stage"], values="mean")
+    wide = wide.with_columns(pl.lit(None, pl.Float64).alias(c) for c in wanted if c not in wide.columns)
     acc = long.filter(pl.col("metric") == "acc_exact").select(
         "arm", "stage", pl.col("ci_lo").alias("acc_exact_ci_lo"), pl.col("ci_hi").alias("acc_exact_ci_hi"),
         pl.col("n").alias("units"))
@@ -97,16 +114,23 @@ def stage_compute(stages: pl.DataFrame) -> pl.DataFrame:
     ref_arm = pl.when(variant.is_null()).then(pl.lit("A")).otherwise(pl.lit("A (") + variant)
     ref = wide.select(pl.col("arm").alias("ref_arm"), "stage", pl.col("cum_total_tokens").alias("ref_total"))
     ratio = pl.when(pl.col("ref_total") > 0).then(pl.col("cum_total_tokens") / pl.col("ref_total"))
+    at_budget = [f"exact_at_budget_{c}" for c in ("supervised", "total")]
+    if units is not None and units.height and all(c in units.columns for c in at_budget):
+        last = units.group_by("arm").agg(pl.col("n_stages").max().alias("stage"), *(pl.col(c).mean() for c in at_budget))
+    else:
+        last = pl.DataFrame(schema={"arm": pl.String, "stage": pl.Int64, **dict.fromkeys(at_budget, pl.Float64)})
+    last = last.rename({c: f"exploratory_{c}" for c in at_budget}).cast({"stage": pl.Int64})
     return (
         wide.with_columns(ref_arm.alias("ref_arm"))
         .join(ref, on=["ref_arm", "stage"], how="left")
         .join(acc, on=["arm", "stage"], how="left")
+        .join(last, on=["arm", "stage"], how="left")
         .select(
-            "arm", "stage", pl.col("cum_supervised_tokens").alias("supervised_tokens"),
-            pl.col("cum_total_tokens").alias("total_tokens"), ratio.alias("total_ratio_vs_A"), "acc_exact",
-            "acc_exact_ci_lo", "acc_exact_ci_hi", "acc_seen_exact", "units",
+            "arm", "stage", "units", *(pl.col(c).alias(name) for name, c in COMPUTE_COUNTS.items()),
+            ratio.alias("total_ratio_vs_A"), "acc_exact", "acc_exact_ci_lo", "acc_exact_ci_hi", "acc_seen_exact",
+            *(f"exploratory_{c}" for c in at_budget),
         )
-        .cast(schema)
+        .cast(COMPUTE_SCHEMA)
     )
 
 

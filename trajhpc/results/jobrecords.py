@@ -232,7 +232,7 @@ def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[
     problems = []
     for r in records:
         if r.status == OK and r.spec is not None:
-            frame, problem = read_final_predictions(r.path, len(r.spec.order), r.path.name)
+            frame, problem = read_final_predictions(r.path, len(r.spec.stage_blocks), r.path.name)
             if problem is not None:
                 problems.append(f"{r.path}/{problem}")
             read.append((r, frame))
@@ -253,11 +253,11 @@ def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[
         want = expected.get(r.variant)
         nulls = items.count(None)
         if 0 < nulls < len(items):  # files written before rows had ids have none: this one lost some
-            where = JobDir(r.path).predictions(len(r.spec.order)).name
+            where = JobDir(r.path).predictions(len(r.spec.stage_blocks)).name
             problems.append(f"{r.path}/predictions/{where}: corrupt: {nulls} of {len(items)} rows have no item id")
             frame = frame.clear()
         elif frame.height and not nulls and (len(set(items)) != len(items) or set(items) != want):
-            where = JobDir(r.path).predictions(len(r.spec.order)).name
+            where = JobDir(r.path).predictions(len(r.spec.stage_blocks)).name
             others = (f"the study's other jobs score {len(want)} items once each" if want is not None
                       else "the study's jobs disagree on which items they score, no set held by most")
             problems.append(f"{r.path}/predictions/{where}: corrupt: {len(set(items))} distinct items in "
@@ -269,7 +269,7 @@ def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[
 
 def read_logs(records: Sequence[JobRecord]) -> TrainLogs:
     """The ``train_log.jsonl`` of the ``ok`` jobs (missing or damaged ones noted, never raised)."""
-    return read_train_logs([(r.path.name, r.path, len(r.spec.order)) for r in records if r.status == OK and r.spec])
+    return read_train_logs([(r.path.name, r.path, len(r.spec.stage_blocks)) for r in records if r.status == OK and r.spec])
 
 
 # ---------------------------------------------------------------- arms
@@ -280,12 +280,13 @@ def read_logs(records: Sequence[JobRecord]) -> TrainLogs:
 # manifest's also_under: [B] is dropped from the B arm's jobs, which must still pair with A's).
 _NOT_VARIANT: dict[str, Any] = {
     "condition": True, "condition_k": True, "seed": True, "order": True, "token_budget": True, "data": {"tool_docs"},
-    "eval": {"also_under"},
+    "eval": {"also_under"}, "curriculum": True, "replay": True,
 }
 
 
 def variant_of(spec: JobSpec) -> str:
-    """Hash of the settings other than the arm's (condition, budget, tool docs), seed and order: equal variants compare."""
+    """Hash of the settings other than the arm's (condition, budget, tool docs, curriculum), seed and order:
+    equal variants compare."""
     return hashlib.sha256(spec.model_dump_json(exclude=_NOT_VARIANT).encode()).hexdigest()[:6]
 
 
@@ -306,7 +307,8 @@ def jobs_frame(records: Sequence[JobRecord]) -> pl.DataFrame:
 
 def _arm_identity(spec: JobSpec) -> tuple[Any, ...]:
     budget = spec.token_budget
-    return (spec.condition, spec.condition_k, budget.match if budget else None, budget.count if budget else None)
+    return (spec.condition, spec.condition_k, budget.match if budget else None, budget.count if budget else None,
+            spec.curriculum, spec.replay)
 
 
 def arm_labels(records: Sequence[JobRecord]) -> dict[str, str]:
@@ -326,7 +328,7 @@ def arm_labels(records: Sequence[JobRecord]) -> dict[str, str]:
         label = spec.arm
         if len(groups[(label, r.variant)]) > 1:
             counts = {identity[3] for identity in groups[(label, r.variant)]}
-            same_but_count = len({identity[:3] for identity in groups[(label, r.variant)]}) == 1
+            same_but_count = len({identity[:3] + identity[4:] for identity in groups[(label, r.variant)]}) == 1
             if spec.token_budget is not None and same_but_count and len(counts) == len(groups[(label, r.variant)]):
                 label = f"{label}:{spec.token_budget.count}"
             else:

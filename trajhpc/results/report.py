@@ -14,7 +14,9 @@ import polars as pl
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.results import families, traineval
 from trajhpc.results.ceilings import ceiling_cells, ceiling_note
+from trajhpc.results.computereport import compute_section
 from trajhpc.results.continual import CONTINUAL_METRICS
+from trajhpc.results.mdformat import _cell, _ci, _count, _diff, _int, _lookup, _num, _p, _sci, _table  # noqa: F401
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.results.tables import paired_table
 from trajhpc.study.comparison import SIGN_FLIP
@@ -45,66 +47,9 @@ PLOT_CAPTIONS = {
 }
 
 
-# ---------------------------------------------------------------- formatting helpers
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    text = f"{x:.{digits}f}"
-    # -0.000 reads as a sign that is not there.
-    return text[1:] if text.startswith("-") and float(text) == 0 else text
-
-
-def _int(x: float | None) -> str:
-    return "–" if x is None else f"{round(x):,}"
-
-
-def _sci(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3g}"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
-
-
-def _ci(row: dict[str, Any], digits: int = 3) -> str:
-    """'mean [lo, hi]', or just the mean when there is no CI (fewer than 2 units)."""
-    if row.get("mean") is None:
-        return "–"
-    ci = f" [{_num(row['ci_lo'], digits)}, {_num(row['ci_hi'], digits)}]" if row.get("ci_lo") is not None else ""
-    return f"{_num(row['mean'], digits)}{ci}"
-
-
-def _diff(row: dict[str, Any]) -> str:
-    return _ci({"mean": row["mean_diff"], "ci_lo": row["ci_lo"], "ci_hi": row["ci_hi"]})
-
-
-def _p(p: float | None, exact: bool) -> str:
-    if p is None:
-        return "–"
-    return f"{p:.4f}" + ("" if exact else " (MC)")
-
-
-def _cell(text: str) -> str:
-    # A '|' or a line break inside a cell would break the markdown table.
-    return " ".join(text.split("\n")).replace("|", "\\|")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def curve_of(stages: pl.DataFrame, arm: str, metric: str) -> pl.DataFrame:
     """One arm's per-stage estimates of one metric, by stage."""
     return stages.filter((pl.col("arm") == arm) & (pl.col("metric") == metric)).sort("stage")
-
-
-def _lookup(summary: pl.DataFrame, arm: str, metric: str) -> dict[str, Any]:
-    rows = summary.filter((pl.col("arm") == arm) & (pl.col("metric") == metric)).to_dicts()
-    return rows[0] if rows else {}
 
 
 # ---------------------------------------------------------------- markdown
@@ -144,8 +89,8 @@ def methods_paragraph(result: StudyResult) -> str:
             "reached before the block was trained; FWT = mean over i≥2 of R[i−1][b_i] − R[0][b_i], against "
             "stage 0, the untrained (zero-shot) model, not a randomly initialised one as in Lopez-Paz & "
             "Ranzato (2017).",
-            "At equal compute, each unit's mean exact accuracy is interpolated linearly between stages along its "
-            "cumulative tokens (stage 0 at 0) at the smallest final count of any unit: "
+            "Exploratory only (compute.csv): each unit's mean exact accuracy interpolated linearly between stages "
+            "along its cumulative tokens (stage 0 at 0) at the smallest final count of any unit, "
             f"{_int(budget.get('supervised'))} supervised or {_int(budget.get('total'))} total tokens.",
             STATIC_CAVEAT,
         ]
@@ -182,14 +127,24 @@ def _accuracy_section(result: StudyResult) -> list[str]:
     return ["## Final accuracy", "", note, "", _table(header, rows), ""]
 
 
+def one_stage_arms(result: StudyResult) -> set[str]:
+    """Arms trained in one stage (curriculum joint): no earlier stage to forget or transfer from, so
+    BWT, forgetting and FWT are not applicable there (shown as n/a, never 0)."""
+    units = result.units
+    return set(units.group_by("arm").agg(pl.col("n_stages").max()).filter(pl.col("n_stages") < 2)["arm"])
+
+
 def _continual_section(result: StudyResult) -> list[str]:
     s = result.summary
     metrics = [f"{m}_{score}" for score in ("exact", "name") for m in CONTINUAL_METRICS]
-    rows = [[arm, *(_ci(_lookup(s, arm, m)) for m in metrics)] for arm in result.arms]
+    one_stage = one_stage_arms(result)
+    rows = [[arm, *("n/a" if arm in one_stage else _ci(_lookup(s, arm, m)) for m in metrics)] for arm in result.arms]
     names = {"bwt": "BWT", "forgetting_chaudhry": "forgetting (Chaudhry)",
              "forgetting_since_learned": "forgetting (since learned)", "fwt": "FWT"}
     header = ["arm", *(f"{names[m]} {score}" for score in ("exact", "name") for m in CONTINUAL_METRICS)]
-    out = ["## Continual learning", "", _table(header, rows), ""]
+    note = ([f"n/a: {', '.join(sorted(one_stage))} trained every block in one stage (curriculum joint), so no block "
+             "has a later stage to be forgotten in or an earlier one to transfer from.", ""] if one_stage else [])
+    out = ["## Continual learning", "", _table(header, rows), "", *note]
     stages = result.stages
     numbers = sorted(stages["stage"].unique().to_list())
     for metric, title in (("acc_exact", "all blocks"), ("acc_seen_exact", "blocks trained so far")):
@@ -202,80 +157,10 @@ def _continual_section(result: StudyResult) -> list[str]:
     return out
 
 
-_PARAMS_SOURCES = {"resources": "the counts each job recorded", "model table": "trajhpc's table of known models"}
-
-
-def _compute_section(result: StudyResult) -> list[str]:
-    s = result.summary
-    rows = []
-    for arm in result.arms:
-        sup, tot, flops = (_lookup(s, arm, m) for m in ("supervised_tokens", "total_tokens", "flops"))
-        rows.append([
-            arm, _int(sup.get("mean")), _num(sup.get("ratio_vs_A")), _int(tot.get("mean")),
-            _num(tot.get("ratio_vs_A")), _sci(flops.get("mean")), _ci(_lookup(s, arm, "exact_per_m_supervised"), 2),
-        ])
-    header = ["arm", "supervised tokens", "ratio vs A", "total tokens", "ratio vs A", "training FLOPs",
-              "exact per M supervised tokens"]
-    sources = result.units["params_source"].drop_nulls().unique().sort().to_list()
-    flops_note = (
-        f"FLOPs ≈ (4·N_base + 6·N_LoRA) × padded tokens, with parameter counts from "
-        f"{' and '.join(_PARAMS_SOURCES.get(s, s) for s in sources)}."
-        if sources
-        else "FLOPs are unknown: the jobs did not record parameter counts and the model is not in the table."
-    )
-    budget = result.budgets
-    at_budget = [
-        [arm, *(_ci(_lookup(s, arm, f"exact_at_budget_{c}")) for c in ("supervised", "total"))] for arm in result.arms
-    ]
-    return [
-        "## Compute", "", "Mean cumulative tokens per unit after the last stage; ratio = arm mean / A mean.", "",
-        _table(header, rows), "", flops_note, "",
-        *_stage_compute_lines(result),
-        "### Interpolated to equal compute", "",
-        f"Exact accuracy interpolated at {_int(budget.get('supervised'))} supervised / "
-        f"{_int(budget.get('total'))} total tokens. Caveat: the budget is the smallest arm's final count, "
-        "so an arm that reads more tokens is read before it has trained its last block: this mixes "
-        "compute with domain coverage. The stage-by-stage table and the token-matched arm compare like with like.", "",
-        _table(["arm", "exact @ supervised budget", "exact @ total budget"], at_budget), "",
-    ]
-
-
-def _stage_compute_lines(result: StudyResult) -> list[str]:
-    """Tokens and accuracy at the end of each stage (the same blocks trained), and the token-matched control."""
-    c = result.compute
-    if c.height == 0:
-        return []
-    rows = [
-        [str(r["stage"]), r["arm"], _int(r["total_tokens"]), _num(r["total_ratio_vs_A"]),
-         _ci({"mean": r["acc_exact"], "ci_lo": r["acc_exact_ci_lo"], "ci_hi": r["acc_exact_ci_hi"]}),
-         _num(r["acc_seen_exact"])]
-        for r in c.sort("stage").to_dicts() if r["stage"] > 0
-    ]
-    out = [
-        "### Stage by stage (the same blocks trained)", "",
-        "After stage k every arm has trained the same k blocks: cumulative total tokens (mean per unit), the "
-        "ratio to A at that stage, exact accuracy over all blocks and over the blocks trained so far.", "",
-        _table(["stage", "arm", "total tokens", "ratio vs A", "exact (all blocks)", "exact (trained blocks)"], rows),
-        "",
-    ]
-    matched = [a for a in result.arms if "@" in a]
-    if not matched:
-        out += ["No token-matched arm in this study: add one (e.g. `A@B`, A trained on B's token budget) for a "
-                "compute control that needs no interpolation.", ""]
-        return out
-    p = result.paired
-    for arm in matched:
-        for r in p.filter((pl.col("metric") == "exact") & (
-                ((pl.col("arm") == "B") & (pl.col("baseline") == arm)) |
-                ((pl.col("arm") == arm) & (pl.col("baseline") == "B")))).to_dicts():
-            out += [f"Compute control: {r['arm']} − {r['baseline']} in final exact accuracy {_diff(r)} over "
-                    f"{r['pairs']} pairs ({arm} trains on B's token budget, so this difference is not one of compute).",
-                    ""]
-    return out
-
-
 def _paired_section(result: StudyResult) -> list[str]:
     paired = result.paired.with_columns(families.family(result.analysis, SIGN_FLIP)) if result.paired.height else None
+    if paired is not None:  # the interpolated exact @ budget is exploratory: in paired.csv, here only when declared
+        paired = paired.filter(~pl.col("metric").str.starts_with("exact_at_budget") | (pl.col("family") != "exploratory"))
     rows = [
         [f"{r['arm']} − {r['baseline']}" + (" (primary)" if r["family"] == "primary" else ""),
          METRIC_LABELS[r["metric"]], r["family"], str(r["pairs"]), _diff(r), _p(r["p_value"], r["p_exact"])]
@@ -290,8 +175,8 @@ def _paired_section(result: StudyResult) -> list[str]:
 
 def _evidence_section(result: StudyResult) -> list[str]:
     """Pooled vs macro accuracy, item-level tests (Holm-adjusted), baselines, strata, factorial."""
-    from trajhpc.results.stats import smallest_sign_flip_p
     from trajhpc.results.itemtables import ITEM_TEST, MCNEMAR_TEST
+    from trajhpc.results.stats import smallest_sign_flip_p
 
     out = ["## Example-level evidence", ""]
     rows = [[arm, *(_ci(_lookup(result.summary, arm, m)) for m in ("exact_pooled", "exact_macro", "name_pooled",
@@ -410,7 +295,7 @@ def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
     out += _excluded_section(result.jobs)
     out += _accuracy_section(result)
     out += _continual_section(result)
-    out += _compute_section(result)
+    out += compute_section(result)
     out += _paired_section(result)
     out += traineval.markdown_section(result.train_eval, result.train_eval_paired)
     out += _evidence_section(result)
@@ -465,9 +350,11 @@ def print_summary(console: Any, result: StudyResult, out: Path | None = None) ->
     if result.units.height:
         s = result.summary
         # Two narrow tables rather than one wide one; at 80 columns the low-value columns go (the caption says which).
+        one_stage = one_stage_arms(result)
         rows = [
             [arm, str(_lookup(s, arm, "exact").get("n", 0)),
-             *(_ci(_lookup(s, arm, m)) for m in ("exact", "name", "name_excl_toolsearcher", "bwt_exact"))]
+             *(_ci(_lookup(s, arm, m)) for m in ("exact", "name", "name_excl_toolsearcher")),
+             "n/a" if arm in one_stage else _ci(_lookup(s, arm, "bwt_exact"))]
             for arm in result.arms
         ]
         heads = [("arm", None), ("units", 30), ("exact", None), ("API name", 60), ("API name excl.\nToolSearcher", 40),
@@ -478,11 +365,11 @@ def print_summary(console: Any, result: StudyResult, out: Path | None = None) ->
             sup, tot = _lookup(s, arm, "supervised_tokens"), _lookup(s, arm, "total_tokens")
             rows.append([
                 arm, _int(sup.get("mean")), _num(sup.get("ratio_vs_A")), _int(tot.get("mean")),
-                _num(tot.get("ratio_vs_A")), _ci(_lookup(s, arm, "exact_at_budget_total")),
+                _num(tot.get("ratio_vs_A")), _sci(_lookup(s, arm, "flops").get("mean")),
             ])
-        heads = [("arm", None), ("supervised", 50), ("vs A", 40), ("total", 50), ("vs A", 40), ("exact @ total budget", None)]
+        heads = [("arm", None), ("supervised", 50), ("vs A", 40), ("total", 50), ("vs A", 40), ("FLOPs", None)]
         console.print(_fit(f"{result.study}: compute, mean tokens per unit", heads, rows, console.width))
-        shown = ["exact", "exact_at_budget_supervised", "exact_at_budget_total"]
+        shown = ["exact"]
         paired = result.paired.filter(pl.col("metric").is_in(shown))
         if paired.height:
             rows = [[f"{r['arm']} − {r['baseline']}", METRIC_LABELS[r["metric"]], str(r["pairs"]), _diff(r),

@@ -44,7 +44,6 @@ SUMMARY_METRICS = (
     *(f"{m}_{score}" for score in ("exact", "name") for m in CONTINUAL_METRICS),
     "supervised_tokens", "total_tokens", "padded_tokens", "flops",
     "exact_per_m_supervised",
-    "exact_at_budget_supervised", "exact_at_budget_total",
     # Final accuracy pooled over examples beside the mean over blocks (= exact, name).
     "exact_pooled", "exact_macro", "name_pooled", "name_macro",
     # ToolSearcher calls scored by the tool their keywords retrieve (trajhpc.results.retrieval).
@@ -54,13 +53,16 @@ TOKEN_METRICS = ("supervised_tokens", "total_tokens", "padded_tokens", "flops")
 # Metrics compared between arms on units matched by (seed, order): PAIRED_METRICS, defined in
 # trajhpc.study.comparison, where the manifest's analysis is checked against them.
 # Per-stage curves summarised per arm x stage.
+# The interpolated exact @ budget (exact_at_budget_*) stays in units.csv and compute.csv, labelled
+# exploratory: it reads an arm with longer prompts before it has trained its last block.
 STAGE_METRICS = (
     "acc_exact", "acc_name", "acc_seen_exact", "acc_seen_name", "cum_supervised_tokens", "cum_total_tokens",
+    "cum_steps", "cum_examples", "cum_flops",
 )
 
 _JOB_COLUMNS = ("study", "job_id", "variant", "model", "quantization", "condition", "arm", "seed", "order", "n_stages")
 _STAGE_COLUMNS = ("eval_condition", "stage", "trained_block", "train_loss")
-_TOKEN_COLUMNS = ("examples", "supervised_tokens", "total_tokens", "padded_tokens")
+_TOKEN_COLUMNS = ("steps", "examples", "supervised_tokens", "total_tokens", "padded_tokens")
 
 
 def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
@@ -69,7 +71,8 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     Columns: study, job_id, variant, model, condition, arm, seed, order ('a>b>c'),
     n_stages, eval_condition (the condition the prompts were rendered under: the job's own
     condition, then one set of rows per ``eval.also_under`` condition; every other table reads
-    the own rows only, :func:`own_rows`), stage, trained_block, block, block_pos (1-based position in the order,
+    the own rows only, :func:`own_rows`), stage, trained_block, block, block_pos (the stage that
+    trains the block: its 1-based position in the order, 1 for every block under curriculum joint;
     null if never trained), per-stage and cumulative examples/supervised/total/padded
     tokens, train_loss, the scores (n, exact, name, name_excl_toolsearcher,
     parse_fail, arg_f1) and one ``errors_<type>`` count column per error type.
@@ -89,13 +92,13 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
             continue
         job_id = r.path.name  # == spec.job_id, checked on reading
         blocks = sorted(metrics.stages[0].per_block)
-        order_pos = {b: i for i, b in enumerate(spec.order, start=1)}
+        order_pos = spec.block_stage  # under joint, every block is trained at stage 1
         positions = [order_pos.get(b) for b in blocks]
         under = list(spec.eval.also_under)  # read_job_docs checked every stage scores exactly these
         rows = len(blocks) * len(metrics.stages) * (1 + len(under))
         job_values = (
             r.study, job_id, r.variant, spec.model, spec.quantization, spec.condition, labels[job_id], spec.seed,
-            ">".join(spec.order), len(spec.order),
+            ">".join(spec.order), len(spec.stage_blocks),
         )
         for key, value in zip(job_cols, job_values):
             job_cols[key].extend([value] * rows)
@@ -108,7 +111,7 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
                 block_pos.extend(positions)
                 scores.extend(per_block[b] for b in blocks)
         for t in tokens.stages:
-            values = (job_id, t.stage, t.examples, t.supervised_tokens, t.total_tokens, t.padded_tokens)
+            values = (job_id, t.stage, t.steps, t.examples, t.supervised_tokens, t.total_tokens, t.padded_tokens)
             for key, value in zip(tok, values):
                 tok[key].append(value)
     fields = ("n", *SCORE_KEYS)
@@ -124,9 +127,12 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     score_schema = {"n": pl.Int64, **dict.fromkeys(SCORE_KEYS, pl.Float64), **dict.fromkeys(error_cols, pl.Int64)}
     long = pl.DataFrame({**job_cols, **stage_cols, **block_cols, **error_cols}, schema={**front_schema, **score_schema})
     token_schema = {"job_id": pl.String, "stage": pl.Int64, **dict.fromkeys(_TOKEN_COLUMNS, pl.Int64)}
-    cumulative = [f"cum_{c}" for c in _TOKEN_COLUMNS[1:]]
+    cumulative = [f"cum_{c}" for c in _TOKEN_COLUMNS]
+    # A count some stage did not record (steps before jobs wrote them) leaves the job's cumulative unknown, not short.
     tokens_frame = pl.DataFrame(tok, schema=token_schema).with_columns(
-        pl.col(c).cum_sum().over("job_id", order_by="stage").alias(f"cum_{c}") for c in _TOKEN_COLUMNS[1:]
+        pl.when(pl.col(c).is_null().any().over("job_id")).then(None)
+        .otherwise(pl.col(c).cum_sum().over("job_id", order_by="stage")).alias(f"cum_{c}")
+        for c in _TOKEN_COLUMNS
     )
     return (
         long.join(tokens_frame, on=["job_id", "stage"], how="left")
@@ -171,6 +177,8 @@ def unit_table(
             pl.col("cum_supervised_tokens").first(),
             pl.col("cum_total_tokens").first(),
             pl.col("cum_padded_tokens").first(),
+            pl.col("cum_steps").first(),
+            pl.col("cum_examples").first(),
         )
         .sort("job_id", "stage")
     )
@@ -206,10 +214,14 @@ def unit_table(
     # (4 N_base + 6 N_lora). Null when the parameter counts are unknown.
     computed = pl.coalesce("padded_tokens", "total_tokens")
     per_million = pl.col("exact") / (pl.col("supervised_tokens") / 1e6)
+    per_token = 4 * pl.col("params_base") + 6 * pl.col("params_trainable")
     units = units.join(params, on="job_id", how="left").with_columns(
-        ((4 * pl.col("params_base") + 6 * pl.col("params_trainable")) * computed).alias("flops"),
+        (per_token * computed).alias("flops"),
         pl.when(pl.col("supervised_tokens") > 0).then(per_million).alias("exact_per_m_supervised"),
     )
+    curves = curves.join(params, on="job_id", how="left").with_columns(
+        (per_token * pl.coalesce("cum_padded_tokens", "cum_total_tokens")).alias("cum_flops")
+    ).drop(params.columns[1:])
     return units.sort("arm", "seed", "order", "job_id"), curves, budgets
 
 
@@ -443,7 +455,7 @@ def analyze_study(
     if train_logs is not None:
         result.loss = in_arm_order(loss_frame(train_logs.rows, units), arms, "global_step")
         result.notes += loss_notes(train_logs, units.height)
-    result.compute = in_arm_order(stage_compute(result.stages), arms, "stage")
+    result.compute = in_arm_order(stage_compute(result.stages, units), arms, "stage")
     _add_item_tables(result, records, items, pairs)
     return result
 

@@ -105,7 +105,8 @@ def arm_fields(item: str | ConditionEntry) -> dict[str, Any]:
     """JobSpec fields of one ``conditions`` entry."""
     if isinstance(item, str):
         return {"condition": item}
-    return {"condition": item.condition, "condition_k": item.k, "token_budget": item.token_budget}
+    return {"condition": item.condition, "condition_k": item.k, "token_budget": item.token_budget,
+            "curriculum": item.curriculum, "replay": item.replay}
 
 
 def arm_eval(shared: EvalSpec, condition: str) -> EvalSpec:

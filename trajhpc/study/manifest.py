@@ -30,8 +30,10 @@ from pydantic import (
 from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.spec import (
     CONDITIONS,
+    DEFAULT_REPLAY,
     SEED_MAX,
     ConditionName,
+    CurriculumName,
     DataSpec,
     EvalSpec,
     Float,
@@ -137,14 +139,24 @@ def _condition_name(value: str) -> str:
 
 
 class ConditionEntry(StrictModel):
-    """One study arm: a condition, its k (last-k only), an optional token budget, and
+    """One study arm: a condition, its k (last-k only), an optional token budget,
     optionally its own ``tool_docs`` (else ``data.tool_docs``), so one manifest can run
-    the arms with and without tool documentation."""
+    the arms with and without tool documentation, and a ``curriculum`` (``replay``: its share)."""
 
     condition: ConditionName
     k: Int | None = Field(None, ge=1)
     token_budget: TokenBudget | None = None
     tool_docs: Literal["none", "dialogue", "block"] | None = None
+    curriculum: CurriculumName = "sequential"
+    replay: Float | None = Field(None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_replay(cls, data: Any) -> Any:
+        # As JobSpec does: a replay entry with and without the default share are one arm.
+        if isinstance(data, dict) and data.get("curriculum") == "replay" and data.get("replay") is None:
+            data = {**data, "replay": DEFAULT_REPLAY}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "ConditionEntry":
@@ -152,6 +164,11 @@ class ConditionEntry(StrictModel):
             raise ValueError("condition last-k needs k (how many earlier calls to keep)")
         if self.condition != "last-k" and self.k is not None:
             raise ValueError("k is only used by condition last-k")
+        if self.replay is not None and self.curriculum != "replay":
+            raise ValueError(f"replay is the share of earlier blocks' examples of curriculum replay; "
+                             f"add curriculum: replay (this entry's curriculum is {self.curriculum})")
+        if self.token_budget is not None and self.curriculum != "sequential":
+            raise ValueError(f"token_budget works with curriculum sequential only, not {self.curriculum}")
         # The same rule as JobSpec's, said here so it is refused with this entry's line.
         if self.token_budget is not None and self.token_budget.match == "last-k" and self.condition != "last-k":
             raise ValueError(
@@ -358,7 +375,8 @@ def arm_name(item: str | ConditionEntry, tool_docs: str = "none") -> str:
     if isinstance(item, str):
         fields["condition"] = item
     else:
-        fields.update(condition=item.condition, condition_k=item.k, token_budget=item.token_budget)
+        fields.update(condition=item.condition, condition_k=item.k, token_budget=item.token_budget,
+                      curriculum=item.curriculum, replay=item.replay)
         if item.tool_docs is not None:
             fields["data"] = DataSpec(tool_docs=item.tool_docs)
     return JobSpec(order=("_",), **fields).arm

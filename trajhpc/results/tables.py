@@ -68,14 +68,12 @@ _TOKEN_COLUMNS = ("steps", "examples", "supervised_tokens", "total_tokens", "pad
 def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     """The tidy long table of the ``ok`` jobs: one row per job x stage x evaluated block.
 
-    Columns: study, job_id, variant, model, condition, arm, seed, order ('a>b>c'),
-    n_stages, eval_condition (the condition the prompts were rendered under: the job's own
-    condition, then one set of rows per ``eval.also_under`` condition; every other table reads
-    the own rows only, :func:`own_rows`), stage, trained_block, block, block_pos (the stage that
-    trains the block: its 1-based position in the order, 1 for every block under curriculum joint;
-    null if never trained), per-stage and cumulative examples/supervised/total/padded
-    tokens, train_loss, the scores (n, exact, name, name_excl_toolsearcher,
-    parse_fail, arg_f1) and one ``errors_<type>`` count column per error type.
+    Columns: study, job_id, variant, model, condition, arm, seed, order ('a>b>c'), n_stages,
+    eval_condition (the job's own condition, then one set of rows per ``eval.also_under`` condition;
+    other tables read the own rows, :func:`own_rows`), stage, trained_block, block, block_pos (the
+    stage that trains the block, 1 for all under curriculum joint; null if never trained), per-stage
+    and cumulative examples/supervised/total/padded tokens, train_loss, the scores (n, exact, name,
+    name_excl_toolsearcher, parse_fail, arg_f1) and one ``errors_<type>`` column per error type.
     """
     # Job- and stage-level values are extended in runs; per-block scores are gathered
     # as objects and turned into columns at the end, one pass per column.

@@ -183,8 +183,10 @@ def test_settings_that_truncate_every_example_are_refused(tmp_path, tiny):
                               "train: {max_seq_len: 512}\neval: {max_new_tokens: 48}\n")
     assert text.startswith(":5: train.max_seq_len: all ")
     assert " training examples of arm B+docs-block with tool_docs: block are longer than 512 tokens (the shortest is " in text
-    assert text.endswith("tokens): every one would be shortened, most losing their system message with the API "
-                         "descriptions; raise train.max_seq_len to at least " + text.rsplit(" ", 1)[1])
+    need = text.split("(the shortest is ")[1].split(" ")[0]
+    assert text.endswith(f"{need} tokens): every one would be shortened, most losing their system message with the "
+                         f"API descriptions; raise train.max_seq_len to at least {need}, or give this arm less "
+                         "documentation than tool_docs: block")
     # Arm A alone fits: only some of its examples are shortened, and the job counts them.
     _accepted(tmp_path, "study: s\nconditions: [A]\norders: [[care-appointments]]\ntrain: {max_seq_len: 512}\n"
                         "eval: {max_new_tokens: 48}\n")
@@ -215,6 +217,20 @@ def test_the_dry_run_refuses_with_one_line_and_exit_2(tmp_path):
             "in any block: the study would evaluate nothing (the default is 0.2)"
         ]
         assert not (tmp_path / "runs").exists()  # nothing written, no job started
+
+
+def test_truncation_is_refused_on_the_command_line_with_one_line(tmp_path, tiny):
+    """The exact count tokenizes prompts longer than the model's positions: no library warning beside the error."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("study: s\nconditions: [{condition: B, tool_docs: block}]\ntrain: {max_seq_len: 512}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "trajhpc.cli", "submit", str(bad), "--dry-run", "--executor", "local",
+         "--run-root", str(tmp_path / "runs")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {bad}:3: train.max_seq_len: all "), out.stderr
 
 
 def test_a_hub_model_missing_here_is_a_dry_run_warning_and_a_submit_refusal(tmp_path, monkeypatch):

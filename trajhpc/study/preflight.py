@@ -223,6 +223,8 @@ class ModelFolder:
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.folder()))
+            # Only lengths are measured here: no "longer than the model's maximum" warning on stderr.
+            self._tokenizer.model_max_length = 2**62
         return self._tokenizer
 
     def modules(self) -> dict[str, str] | None:
@@ -325,7 +327,8 @@ def check_truncation(
                 f"(the shortest is {shortest} tokens"
                 + ("" if with_target else f"; eval.max_new_tokens {manifest.eval.max_new_tokens} is kept for the answer")
                 + f"): every one would be shortened, most losing their system message with the API descriptions; "
-                f"raise train.max_seq_len to at least {need}",
+                f"raise train.max_seq_len to at least {need}"
+                + (f", or give this arm less documentation than tool_docs: {docs}" if docs != "none" else ""),
             )
 
 

@@ -424,3 +424,28 @@ def test_responses_only_on_real_records(with_calls):
         assert not _calls(lines), record.uid
         responses = [t.response for t in record.history if t.role == "api" and t.response is not None]
         assert [x[len("API-Response: "):] for x in lines if x.startswith("API-Response: ")] == responses
+
+
+def test_an_evaluation_prompt_keeps_room_for_the_answer_and_never_depends_on_the_gold(tokenizer, with_calls):
+    """``reserve`` (eval.max_new_tokens) stands in for the target: the same rule, the same prompt whatever the gold."""
+    import dataclasses
+
+    from trajhpc.data.conditions import full_lengths
+
+    record = _long_record(with_calls)
+    (prompt_len, target_len), = full_lengths(tokenizer, [record], "B")
+    full = tokenize_example(tokenizer, record, "B", max_seq_len=4096)
+    assert (prompt_len, target_len) == (len(full.prompt_ids), full.supervised_tokens)
+    limit, reserve = prompt_len + 20, 60  # the whole prompt leaves 20 tokens: less than the reserve
+    ex = tokenize_examples(tokenizer, [record], "B", max_seq_len=limit, reserve=reserve)[0]
+    assert len(ex.prompt_ids) <= limit - reserve and ex.truncated >= 1 and ex.cut_tokens == 0
+    # The training rule at max_seq_len = limit - reserve + target gives the same prompt.
+    trained = tokenize_example(tokenizer, record, "B", max_seq_len=limit - reserve + target_len)
+    assert trained.prompt_ids == ex.prompt_ids
+    longer_gold = dataclasses.replace(record, target=record.target[:-2] + ", extra='a much longer gold call')]")
+    again = tokenize_examples(tokenizer, [longer_gold], "B", max_seq_len=limit, reserve=reserve)[0]
+    assert again.prompt_ids == ex.prompt_ids
+    fits = tokenize_examples(tokenizer, [record], "B", max_seq_len=prompt_len + reserve, reserve=reserve)[0]
+    assert fits.prompt_ids == full.prompt_ids and not fits.is_truncated
+    with pytest.raises(TrajhpcError, match=r"eval.max_new_tokens \(60\) leaves no room for a prompt in train.max_seq_len \(60\)"):
+        tokenize_examples(tokenizer, [record], "B", max_seq_len=60, reserve=60)

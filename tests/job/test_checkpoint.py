@@ -127,3 +127,90 @@ def test_tensor_loads_refuse_a_fifo_or_a_huge_file_without_reading_it(tmp_path, 
     monkeypatch.setattr(checkpoint, "TENSOR_MAX_BYTES", 10)
     with pytest.raises(TrajhpcError, match=re.escape(f"{files.rng}: corrupt: larger than 10 bytes (100); delete")):
         load_tensors(files.rng)
+
+
+# ---------------------------------------------------------------- adapter settings on resume
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(tiny, tmp_path_factory):
+    """(folder of a saved adapter, a fresh base to load it on, the LoraSpec it was made with)."""
+    import torch
+
+    from trajhpc.job import train
+    from trajhpc.spec import LoraSpec
+
+    path, _ = tiny
+    lora = LoraSpec(r=4, alpha=16, dropout=0.05, target_modules=("q_proj", "v_proj"))
+
+    def base():
+        return train.load_base_model(path, quantization="none", compute_dtype=torch.float32,
+                                     device=torch.device("cpu"), gradient_checkpointing=False)
+
+    folder = tmp_path_factory.mktemp("job") / "checkpoint" / "adapter"
+    train.attach_lora(base(), lora).save_pretrained(str(folder))
+    checkpoint._sort_target_modules(folder)
+    return folder, base, lora
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("lora_alpha", 1600, "lora_alpha is 1600, but this job's spec has lora.alpha 16"),
+        ("r", 8, "r is 8, but this job's spec has lora.r 4"),
+        ("lora_dropout", 0.5, "lora_dropout is 0.5, but this job's spec has lora.dropout 0.05"),
+        ("lora_alpha", "16", "lora_alpha is '16', but this job's spec has lora.alpha 16"),
+        ("target_modules", ["k_proj", "v_proj"], "target_modules is ['k_proj', 'v_proj'], but this job's spec has "
+                                                 "lora.target_modules ['q_proj', 'v_proj']"),
+    ],
+)
+def test_a_checkpoint_with_other_adapter_settings_is_refused_naming_file_field_and_remedy(
+    saved_adapter, tmp_path, field, value, message
+):
+    import shutil
+
+    from trajhpc.job import train
+
+    folder, base, lora = saved_adapter
+    edited = tmp_path / "checkpoint" / "adapter"
+    shutil.copytree(folder, edited)
+    config = json.loads((edited / "adapter_config.json").read_text())
+    config[field] = value
+    (edited / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(TrajhpcError) as err:
+        train.attach_lora(base(), lora, edited)
+    text = str(err.value)
+    assert text.startswith(f"{edited / 'adapter_config.json'}: {message}")
+    assert text.endswith(f"delete {tmp_path} to start the job over")
+
+
+def test_a_checkpoint_with_the_specs_adapter_settings_loads(saved_adapter):
+    from trajhpc.job import train
+
+    folder, base, lora = saved_adapter
+    model = train.attach_lora(base(), lora, folder)
+    assert model.peft_config["default"].lora_alpha == 16
+    # The same spec written in another order or as a set is the same adapter.
+    train.attach_lora(base(), lora.model_copy(update={"target_modules": ("v_proj", "q_proj")}), folder)
+
+
+def test_all_linear_is_compared_as_the_modules_it_stands_for(tiny, tmp_path):
+    import torch
+
+    from trajhpc.job import train
+    from trajhpc.spec import LoraSpec
+
+    path, _ = tiny
+
+    def base():
+        return train.load_base_model(path, quantization="none", compute_dtype=torch.float32,
+                                     device=torch.device("cpu"), gradient_checkpointing=False)
+
+    folder = tmp_path / "checkpoint" / "adapter"
+    train.attach_lora(base(), LoraSpec(r=4)).save_pretrained(str(folder))
+    train.attach_lora(base(), LoraSpec(r=4), folder)  # all-linear against the list peft saved for it
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["target_modules"] = ["q_proj"]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(TrajhpcError, match=r"target_modules is \['q_proj'\], but this job's spec has lora.target_modules \["):
+        train.attach_lora(base(), LoraSpec(r=4), folder)

@@ -59,7 +59,7 @@ def test_job_directory_follows_the_contract(done_job):
     assert tokens["condition"] == "B" and tokens["arm"] == "B" and tokens["budget"] is None
     zero, *trained = tokens["stages"]
     assert zero == {"stage": 0, "block": None, "steps": 0, "examples": 0, "prompt_tokens": 0, "supervised_tokens": 0,
-                    "total_tokens": 0, "padded_tokens": 0, "passes": 0, "truncated_examples": 0}
+                    "total_tokens": 0, "padded_tokens": 0, "passes": 0, "truncated_examples": 0, "cut_examples": 0}
     assert [t["block"] for t in trained] == ORDER
     for t in trained:
         assert t["examples"] == 8 and t["passes"] == 1 and t["steps"] == 2  # 2 steps x batch 4 of 12 examples
@@ -326,6 +326,61 @@ def test_truncated_examples_are_counted_per_stage(done_job):
                                   seed=1, stage=k)
         assert stages[k]["truncated_examples"] == sum(examples[i].is_truncated for i in plan.consumed())
     assert any(t["truncated_examples"] > 0 for t in stages)
+
+
+def test_heldout_prompts_are_shortened_by_the_training_rule_counted_and_warned_about_once(done_job):
+    """Held-out prompts keep max_seq_len - max_new_tokens tokens (384 - 4), shortened as training examples are;
+    tokens.json counts them (``evaluation``) and the job log warns once."""
+    from transformers import AutoTokenizer
+
+    from trajhpc.data.conditions import tokenize_examples
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job.evaluate import prompt_hash
+    from trajhpc.job.models import resolve_model
+
+    spec = spec_of()
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model("tiny")))
+    data = load_study_data(spec.data)
+    records = [r for block in data.blocks for r in data.heldout[block]]
+    examples = tokenize_examples(tokenizer, records, "B", max_seq_len=384, reserve=4)
+    assert all(len(e.prompt_ids) <= 380 for e in examples)
+    evaluation = read(done_job, "tokens.json")["evaluation"]
+    assert evaluation == {"examples": len(records), "truncated_examples": sum(e.is_truncated for e in examples),
+                          "cut_examples": sum(e.cut_tokens > 0 for e in examples), "prompt_room": 380}
+    rows = [json.loads(line) for line in (done_job / "predictions" / "stage-2.jsonl").read_text().splitlines()]
+    assert [r["prompt_hash"] for r in rows] == [prompt_hash(e.prompt_ids) for e in examples]
+    warnings = [line for line in LOGS["done_job"].splitlines() if "are shortened" in line]
+    assert len(warnings) == 1, warnings
+    assert "prompts longer than train.max_seq_len=384 are shortened: " in warnings[0]
+    assert f"{evaluation['truncated_examples']} of {len(records)} held-out prompts" in warnings[0]
+
+
+def test_heldout_prompts_that_do_not_fit_lose_their_oldest_turns_and_are_warned_about(tiny):
+    """recipe.prepare's held-out items at a max_seq_len most B prompts exceed: each keeps max_seq_len - max_new_tokens."""
+    import io
+
+    from rich.console import Console
+
+    from trajhpc.data.splits import load_study_data
+    from trajhpc.job import recipe
+
+    _, tokenizer = tiny
+    spec = spec_of().model_copy(update={"train": spec_of().train.model_copy(update={"max_seq_len": 300}),
+                                        "eval": spec_of().eval.model_copy(update={"max_new_tokens": 40})})
+    data = load_study_data(spec.data)
+    items = recipe._heldout(spec, tokenizer, data)
+    assert all(len(it.prompt_ids) <= 260 for it in items)
+    shortened = [it for it in items if it.truncated or it.cut_tokens]
+    assert 0 < len(shortened) < len(items)
+    out = io.StringIO()
+    counts = recipe._warn_truncation(spec, {}, items, Console(file=out, width=400))
+    assert counts == {"examples": len(items), "truncated_examples": len(shortened),
+                      "cut_examples": sum(it.cut_tokens > 0 for it in items), "prompt_room": 260}
+    assert out.getvalue().count("warning: prompts longer than train.max_seq_len=300 are shortened: 0 of 0 training "
+                                f"examples and {len(shortened)} of {len(items)} held-out prompts") == 1
+    quiet = io.StringIO()
+    recipe._warn_truncation(spec, {}, [it for it in items if it not in shortened], Console(file=quiet))
+    assert quiet.getvalue() == ""
 
 
 def test_gold_calls_longer_than_max_new_tokens_are_warned_about(done_job):

@@ -91,3 +91,29 @@ def test_terminal_summary_fits_the_width_with_whole_cells(result, width):
         assert "API name excl." in text and "BWT exact" in text and "not shown" not in text
     else:
         assert "not shown at 80 columns:" in text
+
+
+def test_shortened_prompts_are_a_labelled_note_per_arm(tmp_path):
+    """tokens.json counts the training examples and held-out prompts shortened to fit max_seq_len;
+    the report names each arm that had any, and says nothing for an arm that had none."""
+    dirs = sj.write_study(tmp_path, "cut", arms=("A", "B"), seeds=(0, 1))
+    for job_dir in dirs:
+        doc = json.loads((job_dir / "tokens.json").read_text())
+        if doc["arm"] == "B":
+            for stage in doc["stages"][1:]:
+                stage.update(truncated_examples=2, cut_examples=1)
+            doc["evaluation"] = {"examples": 10, "truncated_examples": 3, "cut_examples": 0, "prompt_room": 864}
+        else:
+            doc["evaluation"] = {"examples": 10, "truncated_examples": 0, "cut_examples": 0, "prompt_room": 864}
+        (job_dir / "tokens.json").write_text(json.dumps(doc))
+    (r,) = agg.aggregate([tmp_path])
+    text = report.render_markdown(r)
+    notes = [line for line in text.splitlines() if "truncated prompts" in line]
+    n_train = sum(s["examples"] for d in dirs for s in json.loads((d / "tokens.json").read_text())["stages"]
+                  if json.loads((d / "tokens.json").read_text())["arm"] == "B")
+    assert notes == [
+        f"Note: truncated prompts: arm B trained on 24 of {n_train} examples and was evaluated on 12 of 40 held-out "
+        "prompts shortened to fit train.max_seq_len (oldest history turns left out; 12 of them lost the start of the "
+        "system message, its API descriptions): its scores are for the shortened prompts (counts summed over its "
+        "jobs, tokens.json)"
+    ]

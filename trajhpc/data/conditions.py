@@ -309,24 +309,53 @@ def tokenize_examples(
     *,
     k: int | None = None,
     max_seq_len: int,
+    reserve: int | None = None,
 ) -> list[Example]:
-    """Tokenize many records at once (batched tokenizer calls); see :func:`tokenize_example`."""
+    """Tokenize many records at once (batched tokenizer calls); see :func:`tokenize_example`.
+
+    ``reserve`` (evaluation: ``eval.max_new_tokens``) is kept free after the prompt in place of
+    the target's tokens: an evaluation prompt fits ``max_seq_len - reserve`` by the same rule,
+    so it never depends on the gold call and prompt plus generation stay within ``max_seq_len``.
+    """
     check_condition(condition, k)
     if not records:
         return []
     renderer = _Renderer(tokenizer)
     lines = [condition_lines(r, condition, k) for r in records]
-    texts = renderer.texts_many(list(zip(records, lines)))
+    prompt_ids, target_ids = _token_ids(tokenizer, renderer, records, lines)
     with gc_paused():  # millions of small ints and tuples, no cycles: skip GC passes over them
-        prompt_ids = _encode(tokenizer, [p for p, _ in texts])
-        target_ids = _encode(tokenizer, [t for _, t in texts])
-        return _examples(tokenizer, renderer, records, condition, k, lines, prompt_ids, target_ids, max_seq_len)
+        return _examples(tokenizer, renderer, records, condition, k, lines, prompt_ids, target_ids, max_seq_len, reserve)
 
 
-def _examples(tokenizer, renderer, records, condition, k, lines, prompt_ids, target_ids, max_seq_len) -> list[Example]:
+def _token_ids(tokenizer, renderer, records, lines) -> tuple[list[list[int]], list[list[int]]]:
+    texts = renderer.texts_many(list(zip(records, lines)))
+    with gc_paused():
+        return _encode(tokenizer, [p for p, _ in texts]), _encode(tokenizer, [t for _, t in texts])
+
+
+def full_lengths(tokenizer: Any, records: Sequence[Record], condition: str, *, k: int | None = None) -> list[tuple[int, int]]:
+    """(prompt tokens, target tokens) of each record under ``condition`` before any truncation:
+    :func:`tokenize_examples` shortens a prompt when prompt + target exceed ``max_seq_len``
+    (with ``reserve``: when the prompt exceeds ``max_seq_len - reserve``)."""
+    check_condition(condition, k)
+    if not records:
+        return []
+    renderer = _Renderer(tokenizer)
+    prompt_ids, target_ids = _token_ids(tokenizer, renderer, records, [condition_lines(r, condition, k) for r in records])
+    return [(len(p), len(t)) for p, t in zip(prompt_ids, target_ids)]
+
+
+def _examples(
+    tokenizer, renderer, records, condition, k, lines, prompt_ids, target_ids, max_seq_len, reserve=None
+) -> list[Example]:
     examples: list[Example] = []
     for record, record_lines, prompt, target in zip(records, lines, prompt_ids, target_ids):
-        room = max_seq_len - len(target)
+        room = max_seq_len - (len(target) if reserve is None else reserve)
+        if room < 1 and reserve is not None:
+            raise TrajhpcError(
+                f"eval.max_new_tokens ({reserve}) leaves no room for a prompt in train.max_seq_len ({max_seq_len}); "
+                "lower eval.max_new_tokens or raise train.max_seq_len"
+            )
         if room < 1:
             raise TrajhpcError(
                 f"{record.uid}: the target alone is {len(target)} tokens, max_seq_len is {max_seq_len}; raise train.max_seq_len"
@@ -379,6 +408,11 @@ def tokenize_example(tokenizer: Any, record: Record, condition: str, *, k: int |
     the system message (instruction + API descriptions) and the whole target are always
     kept, under every condition alike. ``Example.truncated`` counts the turns left out.
     Only if the prompt without any history turn is still too long is it cut from the
-    left (``Example.cut_tokens``).
+    left (``Example.cut_tokens``), and the system message loses its beginning.
+
+    Evaluation prompts follow the same rule with ``eval.max_new_tokens`` in place of the
+    target (``tokenize_examples(..., reserve=)``): a held-out prompt is at most
+    ``max_seq_len - max_new_tokens`` tokens, so the model never reads past the positions it
+    was trained on, and what it is shown does not depend on the length of the gold call.
     """
     return tokenize_examples(tokenizer, [record], condition, k=k, max_seq_len=max_seq_len)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from trajhpc.core.errors import TrajhpcError
@@ -55,14 +56,16 @@ def _cap(records: list[Record], cap: int | None) -> list[Record]:
     return records if cap is None else records[:cap]
 
 
-def load_study_data(data: DataSpec) -> StudyData:
+def load_study_data(data: DataSpec, loaded: tuple[Path, list[Record]] | None = None) -> StudyData:
     """Load ``data.files`` from ``data.source``, ``data.root`` or the bundled copy
     (``trajhpc.data.source``), block, split and cap them.
 
     Records whose gold call does not parse (2 bracket-less lv3 targets) are excluded
-    from both train and held-out and listed in ``excluded``.
+    from both train and held-out and listed in ``excluded``. ``loaded``: the
+    ``(folder, records)`` :func:`~trajhpc.data.source.load_data` returned for ``data``, when
+    the caller has read them already.
     """
-    root, records = load_data(data)
+    root, records = loaded if loaded is not None else load_data(data)
     catalogue = None
     if data.blocks.kind == "scenario":
         local = root / CATALOGUE_FILE

@@ -186,6 +186,41 @@ def _sort_target_modules(adapter_dir: Path) -> None:
         atomic_write_json(path, config)
 
 
+# The spec's LoRA settings as peft's adapter_config.json names them.
+_ADAPTER_FIELDS = (("r", "r"), ("lora_alpha", "alpha"), ("lora_dropout", "dropout"), ("target_modules", "target_modules"))
+
+
+def check_adapter_settings(adapter_dir: Path, lora: Any, all_linear: Any = None) -> None:
+    """Refuse a saved adapter whose settings are not the spec's ``lora`` (a LoraSpec).
+
+    peft loads an adapter with the settings of its own ``adapter_config.json``; an edited or
+    foreign one would resume and finish with results the spec does not describe.
+    ``all_linear`` gives the module names ``target_modules: all-linear`` stands for on this
+    model (peft saves them as a list); without it that field is not compared.
+    """
+    path = adapter_dir / ADAPTER_CONFIG
+    advice = _start_over(adapter_dir.parent)
+    config = _read_object(path, advice)
+    for saved_name, spec_name in _ADAPTER_FIELDS:
+        expected = getattr(lora, spec_name)
+        saved = config.get(saved_name)
+        if spec_name == "target_modules":
+            if expected == "all-linear":
+                if all_linear is None:
+                    continue
+                expected = all_linear
+            if not isinstance(expected, str):
+                expected = sorted(set(expected))
+                saved = sorted(set(saved)) if isinstance(saved, list) and all(isinstance(m, str) for m in saved) else saved
+        elif type(saved) not in (int, float) or isinstance(saved, bool):
+            saved = repr(saved)  # shown as found, never equal to a number
+        if saved != expected:
+            raise TrajhpcError(
+                f"{path}: {saved_name} is {saved}, but this job's spec has lora.{spec_name} {expected}: the checkpoint "
+                f"was not trained with the job's adapter settings; {advice}"
+            )
+
+
 def save_checkpoint(
     job_dir: Path,
     model: torch.nn.Module,

@@ -38,6 +38,9 @@ class HeldOut:
     gold_tokens: int = 0  # tokens generation needs to write the gold call (end of turn excluded)
     # What the prompt already carries of the gold call (trajhpc.job.baselines.diagnostics).
     diagnostics: Mapping[str, Any] = field(default_factory=dict)
+    # How the prompt was shortened to fit (trajhpc.data.conditions.Example.truncated / cut_tokens).
+    truncated: int = 0
+    cut_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # imported where used: trajhpc.job.checkpoint imports torch, 
     from trajhpc.job.checkpoint import CheckpointState
 
 TOKEN_KEYS = (
-    "steps", "examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes", "truncated_examples",
+    "steps", "examples", "prompt_tokens", "supervised_tokens", "total_tokens", "padded_tokens", "passes",
+    "truncated_examples", "cut_examples",
 )
 
 
@@ -45,6 +46,7 @@ class Prepared:
     heldout_in_pretraining: int | None = None  # held-out dialogues the model was pre-trained on (tiny only)
     # eval.also_under: condition -> the same held-out items, in the same order, rendered under it.
     heldout_under: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    eval_truncation: Mapping[str, int] | None = None  # tokens.json "evaluation": held-out prompts shortened
 
 
 # ---------------------------------------------------------------- prepare
@@ -73,6 +75,7 @@ def prepare(spec: JobSpec, console: Console) -> Prepared:
         tokenizer.pad_token = tokenizer.eos_token
     train_examples = {b: _tokenize(spec, tokenizer, data.train[b], spec.condition, spec.condition_k) for b in spec.order}
     heldout = _heldout(spec, tokenizer, data, spec.condition, spec.condition_k)
+    eval_truncation = _warn_truncation(spec, train_examples, heldout, console)
     return Prepared(
         spec=spec,
         model_path=model_path,
@@ -88,6 +91,7 @@ def prepare(spec: JobSpec, console: Console) -> Prepared:
         gradient_checkpointing=_gradient_checkpointing(spec, model_path, train_examples, dtype, device),
         heldout_in_pretraining=in_pretraining,
         heldout_under={c: _heldout(spec, tokenizer, data, c, None) for c in spec.eval.also_under},
+        eval_truncation=eval_truncation,
     )
 
 
@@ -112,10 +116,36 @@ def _check_pretraining(spec: JobSpec, model_path: Path, data, console: Console) 
     return overlap
 
 
-def _tokenize(spec: JobSpec, tokenizer, records, condition: str, k: int | None):
+def _tokenize(spec: JobSpec, tokenizer, records, condition: str, k: int | None, reserve: int | None = None):
     from trajhpc.data.conditions import tokenize_examples
 
-    return tokenize_examples(tokenizer, records, condition, k=k, max_seq_len=spec.train.max_seq_len)
+    return tokenize_examples(tokenizer, records, condition, k=k, max_seq_len=spec.train.max_seq_len, reserve=reserve)
+
+
+def _warn_truncation(spec: JobSpec, train_examples, heldout, console: Console) -> dict[str, int]:
+    """One job-log warning when any training example or held-out prompt was shortened to fit
+    ``train.max_seq_len``; returns the held-out counts (tokens.json ``evaluation``)."""
+    train = [e for examples in train_examples.values() for e in examples]
+    counts = {
+        "examples": len(heldout),
+        "truncated_examples": sum(it.truncated > 0 or it.cut_tokens > 0 for it in heldout),
+        "cut_examples": sum(it.cut_tokens > 0 for it in heldout),
+        "prompt_room": spec.train.max_seq_len - spec.eval.max_new_tokens,
+    }
+    short_train, cut_train = sum(e.is_truncated for e in train), sum(e.cut_tokens > 0 for e in train)
+    if short_train or counts["truncated_examples"]:
+        cut = cut_train + counts["cut_examples"]
+        log(
+            console,
+            f"warning: prompts longer than train.max_seq_len={spec.train.max_seq_len} are shortened: "
+            f"{short_train} of {len(train)} training examples and {counts['truncated_examples']} of {len(heldout)} "
+            f"held-out prompts (which keep {counts['prompt_room']} tokens, eval.max_new_tokens="
+            f"{spec.eval.max_new_tokens} being left for the answer) lose their oldest history turns"
+            + (f"; {cut} of them lose the start of the system message (instruction and API descriptions) too"
+               if cut else "")
+            + " (counted in tokens.json; raise train.max_seq_len to keep them whole)",
+        )
+    return counts
 
 
 def _heldout(spec: JobSpec, tokenizer, data, condition: str, k: int | None) -> list:
@@ -127,10 +157,12 @@ def _heldout(spec: JobSpec, tokenizer, data, condition: str, k: int | None) -> l
     items = []
     for block in data.blocks:
         records = data.heldout[block]
-        for r, ex in zip(records, _tokenize(spec, tokenizer, records, condition, k)):
+        reserve = spec.eval.max_new_tokens  # the prompt leaves room for the answer (conditions.tokenize_example)
+        for r, ex in zip(records, _tokenize(spec, tokenizer, records, condition, k, reserve)):
             gold = gold_token_count(ex.input_ids[len(ex.prompt_ids) :], special)
             seen = diagnostics(r.target, tokenizer.decode(ex.prompt_ids))  # the prompt as the model sees it
-            items.append(HeldOut(r.uid, block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold, seen))
+            items.append(HeldOut(r.uid, block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold, seen,
+                                 truncated=ex.truncated, cut_tokens=ex.cut_tokens))
     return items
 
 
@@ -354,6 +386,7 @@ def train_stage(
         "stage": stage, "block": block, "steps": len(plan.steps), **counts,
         "padded_tokens": batching.padded_tokens(plan, lengths), "passes": plan.passes,
         "truncated_examples": sum(e.is_truncated for e in consumed),
+        "cut_examples": sum(e.cut_tokens > 0 for e in consumed),
     }
     if prep.budgets:
         tokens["budget_cumulative"] = prep.budgets[stage - 1]

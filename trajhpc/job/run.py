@@ -465,7 +465,8 @@ class _Run:
         atomic_write_json(
             JobDir(self.job_dir).tokens,
             checked(TokensDoc, {"schema": TOKENS_SCHEMA, "job_id": spec.job_id, "condition": spec.condition,
-                                "arm": spec.arm, "budget": budget, "stages": token_stages}),
+                                "arm": spec.arm, "budget": budget, "stages": token_stages,
+                                "evaluation": self.prep.eval_truncation}),
         )
         if complete:
             self.provenance["ended"] = provenance.now_iso()

@@ -190,8 +190,6 @@ def attach_lora(base: torch.nn.Module, lora: LoraSpec, adapter_dir: Path | None 
     """A fresh LoRA adapter on every linear projection, or the one saved in ``adapter_dir``."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    if adapter_dir is not None:
-        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
     targets = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
     config = LoraConfig(
         r=lora.r,
@@ -201,7 +199,25 @@ def attach_lora(base: torch.nn.Module, lora: LoraSpec, adapter_dir: Path | None 
         bias="none",
         task_type="CAUSAL_LM",
     )
+    if adapter_dir is not None:
+        from trajhpc.job.checkpoint import check_adapter_settings
+
+        check_adapter_settings(adapter_dir, lora, _all_linear(config, base) if targets == "all-linear" else None)
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
     return get_peft_model(base, config)
+
+
+def _all_linear(config: Any, base: torch.nn.Module) -> list[str] | None:
+    """The module names peft writes for ``target_modules: all-linear`` on ``base`` (None if this peft cannot say)."""
+    from peft.tuners import tuners_utils
+
+    expand = getattr(tuners_utils, "_maybe_include_all_linear_layers", None)
+    if expand is None:
+        return None
+    import copy
+
+    targets = expand(copy.deepcopy(config), base).target_modules
+    return sorted(targets) if isinstance(targets, (set, list, tuple)) else None
 
 
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -119,12 +119,26 @@ class TokenStage(_Doc):
     supervised_tokens: int = Field(ge=0)
     total_tokens: int = Field(ge=0)
     padded_tokens: int | None = Field(None, ge=0)
+    # Training examples shortened to fit train.max_seq_len (cut: the system message lost its start too);
+    # absent in files written before they were counted.
+    truncated_examples: int | None = Field(None, ge=0)
+    cut_examples: int | None = Field(None, ge=0)
+
+
+class EvalTruncation(_Doc):
+    """Held-out prompts shortened to fit ``train.max_seq_len - eval.max_new_tokens`` (``prompt_room``)."""
+
+    examples: int = Field(ge=0)
+    truncated_examples: int = Field(ge=0)
+    cut_examples: int = Field(ge=0)
+    prompt_room: int
 
 
 class TokensDoc(_Doc):
     schema_: str = Field(alias="schema")
     job_id: str
     stages: list[TokenStage]
+    evaluation: EvalTruncation | None = None
 
 
 def identity(spec: JobSpec) -> dict[str, Any]:

@@ -59,6 +59,7 @@ from trajhpc.launch.submitit_adapter import convert_mem, sbatch_string, task_com
 from trajhpc.study import containerfields as fields
 from trajhpc.study.grid import GridJob, expand
 from trajhpc.study.manifest import Manifest, load_manifest, run_root_problem
+from trajhpc.study.preflight import check_study
 
 SUBMITIT_DIR = ".submitit"
 EXECUTORS = ("slurm", "local", "auto")
@@ -340,6 +341,8 @@ class Submission:
     files: list[JobFiles] = field(default_factory=list)
     sched: dict[str, str] = field(default_factory=dict)
     groups: dict[str, list[GridJob]] = field(default_factory=dict)
+    # (manifest field, message) of what a real submit refuses and a dry run only shows (study.preflight).
+    deferred: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def todo(self) -> list[GridJob]:
@@ -358,8 +361,9 @@ def prepare_submission(manifest_path: Path, run_root: Path | None, executor: str
     root = Path(run_root) if run_root is not None else Path(manifest.run_root)
     jobs = expand(manifest, root)
     kind = resolve_executor(executor or manifest.executor, shutil.which("sbatch") is not None)
+    deferred = check_study(manifest, jobs)  # what would fail every job, refused once here (dry run too)
     launch = Launch(manifest, Path(manifest_path), root, kind)
-    return Submission(manifest, launch, jobs, {job.job_id: job.spec.to_dict() for job in jobs})
+    return Submission(manifest, launch, jobs, {job.job_id: job.spec.to_dict() for job in jobs}, deferred=deferred)
 
 
 def observe_submission(sub: Submission) -> None:
@@ -393,7 +397,8 @@ def show_submission(console: Console, sub: Submission, *, dry_run: bool, rates: 
     if not dry_run:
         return
     launch = sub.launch
-    for warning in launch.missing_paths():
+    deferred = [f"{sub.manifest.error(f, m)}; a real submit stops here" for f, m in sub.deferred]
+    for warning in deferred + launch.missing_paths():
         console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     if not sub.todo:
         console.print("nothing to submit")
@@ -415,6 +420,8 @@ def send_submission(console: Console, sub: Submission) -> None:
     if not todo:
         console.print("nothing to submit")
         return
+    for field_name, message in sub.deferred[:1]:
+        raise sub.manifest.error(field_name, message)
     launch.check_paths()
     launch.folder.mkdir(parents=True, exist_ok=True)
     launch.digest()

@@ -43,6 +43,7 @@ from trajhpc.results.jobrecords import (
 from trajhpc.results.retrieval import add_exact_retrieval
 from trajhpc.results.studyresult import OUTPUT_DIR, StudyResult
 from trajhpc.results.tables import analyze_study, paired_table
+from trajhpc.results.truncation import truncation_notes
 from trajhpc.study.manifest import Manifest
 
 # ---------------------------------------------------------------- outputs and command
@@ -108,7 +109,7 @@ def _analyze(s: "StudyRecords", *, strict: bool, resamples: int, seed: int) -> S
         s.folder.name, s.folder, s.records, resamples=resamples, seed=seed, items=items,
         manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),
     )
-    result.notes += notes
+    result.notes += notes + truncation_notes(s.records)
     # Each arm's ceiling from the data alone: loads the data of the jobs' specs (no model).
     result.ceiling, ceiling_notes = ceiling_frame(s.records, result.units, result.arms)
     result.notes += ceiling_notes

@@ -316,6 +316,8 @@ class Manifest(StrictModel):
     def _check_study(cls, value: str) -> str:
         if not _STUDY.fullmatch(value):
             raise ValueError("must be a simple name: letters, digits, '.', '_' or '-' (it names a folder)")
+        if len(value) > 255:  # the longest folder name; ASCII only, so characters are bytes
+            raise ValueError(f"is {len(value)} characters; it names a folder, and a folder name has at most 255")
         return value
 
     @field_validator("model")

@@ -35,6 +35,14 @@ console = make_console()
 err_console = make_console(stderr=True)
 
 
+def _set_option(what: str) -> object:
+    """The ``--set`` option, read by the study package (``trajhpc.study.overrides``)."""
+    return typer.Option(
+        None, "--set", metavar="KEY=VALUE",
+        help=f"Override a manifest field, value read as YAML (--set train.lr=1e-4 --set 'seeds=[0,1]'; repeatable){what}.",
+    )
+
+
 @data_app.command("inspect", short_help="Per block: dialogues, records, APIs, ToolSearcher share.")
 def data_inspect(
     source: Optional[Path] = typer.Option(
@@ -119,12 +127,14 @@ def submit(
     rates: Optional[Path] = typer.Option(
         None, "--rates", help="Rates file from benchmarks/bench_gpu_qlora.py --job: print the estimated GPU-hours."
     ),
+    set_: list[str] = _set_option("; recorded in each job's submission.json"),
 ) -> None:
     """Expand a manifest into jobs and submit the pending ones (Slurm job array or local)."""
     from trajhpc.launch.submit import submit_command
 
     code = submit_command(
-        console, manifest, dry_run=dry_run, run_root=run_root, executor=executor, wait=wait, rates=rates
+        console, manifest, dry_run=dry_run, run_root=run_root, executor=executor, wait=wait, rates=rates,
+        overrides=set_ or [],
     )
     if code:
         raise typer.Exit(code)
@@ -140,6 +150,7 @@ def status(
     ),
     watch: bool = typer.Option(False, "--watch", help="Refresh until interrupted (Ctrl-C), with each job's progress."),
     interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
+    set_: list[str] = _set_option(": the grid submitted with the same --set"),
 ) -> None:
     """Per job: Slurm state and job-directory state (stage k of n, done, failed); counts per state.
 
@@ -147,7 +158,7 @@ def status(
     """
     from trajhpc.launch.statuscmd import status_command
 
-    status_command(console, target, run_root=run_root, watch=watch, interval=interval)
+    status_command(console, target, run_root=run_root, watch=watch, interval=interval, overrides=set_ or [])
 
 
 @app.command("aggregate", short_help="Compare the arms of finished studies: CSVs, report.md, plots.")
@@ -155,11 +166,12 @@ def aggregate(
     targets: list[Path] = typer.Argument(None, metavar="TARGET", help="Run roots or manifests (default: jobs/)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any incomplete or corrupt job."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
+    set_: list[str] = _set_option(" of the manifest TARGETs: the grid submitted with the same --set"),
 ) -> None:
     """Join metrics with token counts and compare conditions at matched compute."""
     from trajhpc.results.aggregate import aggregate_command
 
-    aggregate_command(console, targets or [Path("jobs")], strict=strict, plots=plots)
+    aggregate_command(console, targets or [Path("jobs")], strict=strict, plots=plots, overrides=set_ or [])
 
 
 @app.command("power", short_help="How many units (seeds x orders) a comparison needs: power tables.")

@@ -108,7 +108,7 @@ def render_studies(
 
 
 def _target_dirs(
-    target: Path | None, run_root: Path | None
+    target: Path | None, run_root: Path | None, overrides: Sequence[str] = ()
 ) -> tuple[Callable[[], list[Path]], str, dict[str, dict[str, Any]], Path | None]:
     """(job directory lister, title, specs by job id, the run directory to group by study, or None
     for a manifest) for a manifest, a run directory, or the default run root."""
@@ -117,12 +117,14 @@ def _target_dirs(
         from trajhpc.study.grid import expand
         from trajhpc.study.manifest import load_manifest
 
-        manifest = load_manifest(target)
+        manifest = load_manifest(target, overrides)
         jobs = expand(manifest, run_root)
         dirs = [job.run_dir for job in jobs]
         return (lambda: dirs), f"study {manifest.study} ({target})", {j.job_id: j.spec.to_dict() for j in jobs}, None
     if not target.is_dir():
         raise TrajhpcError(f"{target}: no such manifest or run directory")
+    if overrides:
+        raise TrajhpcError(f"--set applies to a manifest; {target} is a run directory")
     return (lambda: find_job_dirs(target)), str(target), {}, target
 
 
@@ -138,10 +140,12 @@ def status_view(
 
 
 def status_command(
-    console: Console, target: Path | None, *, run_root: Path | None, watch: bool, interval: float
+    console: Console, target: Path | None, *, run_root: Path | None, watch: bool, interval: float,
+    overrides: Sequence[str] = (),
 ) -> None:
-    """``trajhpc status``: a table per study and counts per state; ``--watch`` refreshes until Ctrl-C."""
-    lister, title, specs, root = _target_dirs(target, run_root)
+    """``trajhpc status``: a table per study and counts per state (a manifest's grid with the ``--set``
+    ``overrides``); ``--watch`` refreshes until Ctrl-C."""
+    lister, title, specs, root = _target_dirs(target, run_root, overrides)
     if watch:
         if interval <= 0:
             raise TrajhpcError(f"--interval must be positive, got {interval}")

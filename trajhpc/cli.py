@@ -174,6 +174,24 @@ def aggregate(
     aggregate_command(console, targets or [Path("jobs")], strict=strict, plots=plots, overrides=set_ or [])
 
 
+@app.command("diff", short_help="The spec fields two jobs, or two manifests' grids, differ in.")
+def diff(
+    a: str = typer.Argument(..., metavar="A", help="A job id (or a unique prefix), a job directory, or a manifest."),
+    b: str = typer.Argument(..., metavar="B", help="The same kind as A."),
+    run_root: Path = typer.Option(
+        Path("jobs"), "--run-root", help="Where job ids are looked up: a run root or a study folder."
+    ),
+) -> None:
+    """Print the spec fields that differ between two jobs, or between two manifests' grids (arms, seeds
+    and orders only one has, jobs in both, settings that differ). Exit status as diff(1): 0 the same,
+    1 different, 2 a mistake in the input."""
+    from trajhpc.study.diffcmd import diff_command
+
+    code = diff_command(console, a, b, run_root=run_root)
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("power", short_help="How many units (seeds x orders) a comparison needs: power tables.")
 def power(
     targets: list[Path] = typer.Argument(
@@ -226,8 +244,8 @@ _terminated = False
 
 def main() -> None:
     """Console-script entry point. Exit statuses: 0 success (also when the reader of the output
-    went away, ``| head``); 1 a bug (traceback); 2 a user mistake or an output that cannot be
-    written (one line on stderr); 3 submit ran or watched jobs and some did not finish
+    went away, ``| head``); 1 a bug (traceback), or ``diff`` found a difference (``EXIT_DIFFERENT``,
+    as diff(1)); 2 a user mistake or an output that cannot be written (one line on stderr); 3 submit ran or watched jobs and some did not finish
     (``EXIT_JOBS_FAILED``); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM), which stops
     what runs the way Ctrl-C does."""
     global _terminated

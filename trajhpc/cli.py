@@ -39,7 +39,7 @@ def _set_option(what: str) -> object:
     """The ``--set`` option, read by the study package (``trajhpc.study.overrides``)."""
     return typer.Option(
         None, "--set", metavar="KEY=VALUE",
-        help=f"Override a manifest field, value read as YAML (--set train.lr=1e-4 --set 'seeds=[0,1]'; repeatable){what}.",
+        help=f"Override a field of {what}, the value read as YAML: --set train.lr=1e-4 --set 'seeds=[0,1]' (repeatable).",
     )
 
 
@@ -127,7 +127,7 @@ def submit(
     rates: Optional[Path] = typer.Option(
         None, "--rates", help="Rates file from benchmarks/bench_gpu_qlora.py --job: print the estimated GPU-hours."
     ),
-    set_: list[str] = _set_option("; recorded in each job's submission.json"),
+    set_: list[str] = _set_option("the manifest (recorded in each job's submission.json)"),
 ) -> None:
     """Expand a manifest into jobs and submit the pending ones (Slurm job array or local)."""
     from trajhpc.launch.submit import submit_command
@@ -150,7 +150,7 @@ def status(
     ),
     watch: bool = typer.Option(False, "--watch", help="Refresh until interrupted (Ctrl-C), with each job's progress."),
     interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
-    set_: list[str] = _set_option(": the grid submitted with the same --set"),
+    set_: list[str] = _set_option("a manifest TARGET, for the grid submitted with the same --set"),
 ) -> None:
     """Per job: Slurm state and job-directory state (stage k of n, done, failed); counts per state.
 
@@ -166,7 +166,7 @@ def aggregate(
     targets: list[Path] = typer.Argument(None, metavar="TARGET", help="Run roots or manifests (default: jobs/)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any incomplete or corrupt job."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
-    set_: list[str] = _set_option(" of the manifest TARGETs: the grid submitted with the same --set"),
+    set_: list[str] = _set_option("the manifest TARGETs, for the grid submitted with the same --set"),
 ) -> None:
     """Join metrics with token counts and compare conditions at matched compute."""
     from trajhpc.results.aggregate import aggregate_command

@@ -245,3 +245,16 @@ def test_diff_exits_like_diff_1(tmp_path):
     ]:
         out = _trajhpc("diff", *args, cwd=tmp_path)
         assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_data_inspect_and_power_take_set_with_a_manifest(tmp_path):
+    out = _trajhpc("data", "inspect", "--manifest", str(SMOKE), "--set", "data.max_train_per_block=2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    total = next(line for line in out.stdout.splitlines() if "total" in line)
+    assert [c.strip() for c in total.split("│")][3] == "8"  # 2 train records in each of 4 blocks (the file: 24)
+    bad = _trajhpc("data", "inspect", "--manifest", str(SMOKE), "--set", "data.max_train_per_block=0", cwd=tmp_path)
+    assert bad.returncode == 2 and "--set data.max_train_per_block=0: data.max_train_per_block:" in bad.stderr
+    alone = _trajhpc("data", "inspect", "--set", "data.max_train_per_block=2", cwd=tmp_path)
+    assert alone.returncode == 2 and "name the manifest with --manifest" in alone.stderr
+    power = _trajhpc("power", str(SMOKE), "--set", "seeds=x", cwd=tmp_path)
+    assert power.returncode == 2 and power.stderr.startswith("error: --set seeds=x: seeds: "), power.stderr

@@ -77,6 +77,7 @@ def data_inspect(
         False, "--ceiling",
         help="Also each condition's (with --manifest: each arm's) ceiling from the data alone, train and held-out.",
     ),
+    set_: list[str] = _set_option("the --manifest"),
 ) -> None:
     """Per block: dialogues, train/held-out records, distinct API names, ToolSearcher share."""
     from trajhpc.study.inspect import inspect_command
@@ -93,6 +94,7 @@ def data_inspect(
         tokens=tokens,
         max_seq_len=max_seq_len,
         ceiling=ceiling,
+        overrides=set_ or [],
     )
 
 
@@ -213,6 +215,7 @@ def power(
         None, "--units", help="Units for the smallest detectable effect (default: the study's pairs, else 20)."
     ),
     max_units: int = typer.Option(40, "--max-units", help="Last row of the table (rows every 4 units)."),
+    set_: list[str] = _set_option("the manifest TARGETs, for the grid submitted with the same --set"),
 ) -> None:
     """Power of the sign-flip test over units and of the item-level test, at 4, 8, ... units.
 
@@ -224,7 +227,7 @@ def power(
 
     power_command(
         console, targets or [], effect=effect, unit_sd=unit_sd, discordance=discordance, items=items, alpha=alpha,
-        units=units, max_units=max_units,
+        units=units, max_units=max_units, overrides=set_ or [],
     )
 
 

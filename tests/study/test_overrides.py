@@ -11,7 +11,7 @@ from trajhpc.study.manifest import load_manifest, parse_manifest
 from trajhpc.study.overrides import apply_overrides, parse_override
 
 SMOKE = REPO / "manifests" / "smoke.yaml"
-TEXT = "study: s\nconditions: [A, B]\nseeds: [0]\ntrain:\n  lr: 1.0e-3\n  max_steps: 3\n"
+TEXT = "study: s\nconditions: [A, B]\nseeds: [0]\ntrain:\n  lr: 1.0e-3\n  max_steps: 3\ncontainer: {binds: []}\n"
 
 
 def _ids(manifest) -> list[str]:
@@ -106,6 +106,8 @@ def test_overrides_create_missing_mappings_and_index_lists():
     [
         ("conditions.2=A", "--set conditions.2=A: conditions.2: conditions is a list of 2: use an index 0..1"),
         ("conditions.x=A", "--set conditions.x=A: conditions.x: conditions is a list of 2"),
+        ("container.binds.0=/x", "--set container.binds.0=/x: container.binds.0: container.binds is a list of 0: "
+                                 "set the whole list instead"),
         ("study.x=1", "--set study.x=1: study: is the value 's', not a mapping: cannot set study.x"),
         ("conditions.0.k=2", "--set conditions.0.k=2: conditions.0: is the value 'A', not a mapping"),
     ],

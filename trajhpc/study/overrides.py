@@ -19,7 +19,7 @@ from trajhpc.core.errors import InputError
 from trajhpc.study.fielderrors import line_map
 from trajhpc.study.yamlread import read_yaml
 
-Path_ = tuple[str | int, ...]
+FieldPath = tuple[str | int, ...]
 
 
 @dataclass(frozen=True)
@@ -89,10 +89,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[Override]) -> dict
                 node = child
             elif isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    parent = ".".join(o.path[:depth]) or "(top)"
-                    raise InputError(
-                        o.source, where, f"{parent} is a list of {len(node)}: use an index 0..{len(node) - 1}"
-                    )
+                    parent = ".".join(o.path[:depth])
+                    hint = f"use an index 0..{len(node) - 1}" if node else "set the whole list instead"
+                    raise InputError(o.source, where, f"{parent} is a list of {len(node)}: {hint}")
                 if last:
                     node[int(part)] = copy.deepcopy(o.value)
                 else:
@@ -107,12 +106,12 @@ def _kind(value: Any) -> str:
     return "a list" if isinstance(value, list) else f"the value {value!r}"
 
 
-def set_paths(overrides: Sequence[Override]) -> set[Path_]:
+def set_paths(overrides: Sequence[Override]) -> set[FieldPath]:
     """Every field path an override writes, the paths inside mapping values included
     (``--set analysis='{primary: {...}}'`` writes ``analysis.primary``)."""
-    out: set[Path_] = set()
+    out: set[FieldPath] = set()
 
-    def walk(path: Path_, value: Any) -> None:
+    def walk(path: FieldPath, value: Any) -> None:
         out.add(path)
         if isinstance(value, dict):
             for k, v in value.items():
@@ -126,7 +125,7 @@ def set_paths(overrides: Sequence[Override]) -> set[Path_]:
     return out
 
 
-def _as_path(field: str) -> Path_:
+def _as_path(field: str) -> FieldPath:
     return tuple(int(p) if p.isdigit() else p for p in field.split("."))
 
 

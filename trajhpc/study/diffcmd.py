@@ -114,9 +114,8 @@ def render_jobs(a: tuple[str, Path], b: tuple[str, Path], diffs: Sequence[Differ
     if not diffs:
         return Group(*lines, Text("the specs are the same" + (" (one job)" if a[0] == b[0] else "")))
     noun = "field differs" if len(diffs) == 1 else "fields differ"
-    return Group(
-        *lines, differences_table(diffs, width), Text(f"{len(diffs)} spec {noun} (–: not in spec.json, the default)")
-    )
+    note = " (–: not in spec.json, the default)" if any(MISSING in (d.a, d.b) for d in diffs) else ""
+    return Group(*lines, differences_table(diffs, width), Text(f"{len(diffs)} spec {noun}{note}"))
 
 
 def render_grids(a: tuple[str, int], b: tuple[str, int], d: GridDiff, width: int) -> RenderableType:

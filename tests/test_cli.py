@@ -202,7 +202,8 @@ def test_set_on_a_dry_run_changes_the_grid_and_a_bad_one_names_the_override(tmp_
         "error: --set train.lr=abc: train.lr: Input should be a valid number"
     ), bad.stderr
     unknown = _trajhpc("status", str(SMOKE), "--set", "train.lrr=1", cwd=tmp_path)
-    assert unknown.returncode == 2 and "--set train.lrr=1: train.lrr: unknown key 'lrr' (did you mean 'lr'?)" in unknown.stderr
+    assert unknown.returncode == 2
+    assert "--set train.lrr=1: train.lrr: unknown key 'lrr' (did you mean 'lr'?)" in unknown.stderr
     assert not (tmp_path / "jobs").exists()
 
 
@@ -225,7 +226,8 @@ def test_diff_exits_like_diff_1(tmp_path):
     from trajhpc.study.grid import expand
     from trajhpc.study.manifest import load_manifest
 
-    jobs = expand(load_manifest(SMOKE), tmp_path / "jobs") + expand(load_manifest(SMOKE, ["lora.r=4"]), tmp_path / "jobs")
+    root = tmp_path / "jobs"
+    jobs = expand(load_manifest(SMOKE), root) + expand(load_manifest(SMOKE, ["lora.r=4"]), root)
     for job in jobs:
         job.run_dir.mkdir(parents=True, exist_ok=True)
         (job.run_dir / "spec.json").write_text(json.dumps(job.spec.to_dict()))

@@ -39,7 +39,8 @@ def _set_option(what: str) -> object:
     """The ``--set`` option, read by the study package (``trajhpc.study.overrides``)."""
     return typer.Option(
         None, "--set", metavar="KEY=VALUE",
-        help=f"Override a field of {what}, the value read as YAML: --set train.lr=1e-4 --set 'seeds=[0,1]' (repeatable).",
+        help=f"Override a field of {what}, the value read as YAML: "
+        "--set train.lr=1e-4 --set 'seeds=[0,1]' (repeatable).",
     )
 
 
@@ -248,8 +249,8 @@ _terminated = False
 def main() -> None:
     """Console-script entry point. Exit statuses: 0 success (also when the reader of the output
     went away, ``| head``); 1 a bug (traceback), or ``diff`` found a difference (``EXIT_DIFFERENT``,
-    as diff(1)); 2 a user mistake or an output that cannot be written (one line on stderr); 3 submit ran or watched jobs and some did not finish
-    (``EXIT_JOBS_FAILED``); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM), which stops
+    as diff(1)); 2 a user mistake or an output that cannot be written (one line on stderr); 3 submit
+    ran or watched jobs and some did not finish (``EXIT_JOBS_FAILED``); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM), which stops
     what runs the way Ctrl-C does."""
     global _terminated
     _terminated = False

@@ -106,8 +106,8 @@ def test_overrides_create_missing_mappings_and_index_lists():
     [
         ("conditions.2=A", "--set conditions.2=A: conditions.2: conditions is a list of 2: use an index 0..1"),
         ("conditions.x=A", "--set conditions.x=A: conditions.x: conditions is a list of 2"),
-        ("container.binds.0=/x", "--set container.binds.0=/x: container.binds.0: container.binds is a list of 0: "
-                                 "set the whole list instead"),
+        ("container.binds.0=/x",
+         "--set container.binds.0=/x: container.binds.0: container.binds is a list of 0: set the whole list instead"),
         ("study.x=1", "--set study.x=1: study: is the value 's', not a mapping: cannot set study.x"),
         ("conditions.0.k=2", "--set conditions.0.k=2: conditions.0: is the value 'A', not a mapping"),
     ],

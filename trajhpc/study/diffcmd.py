@@ -16,7 +16,14 @@ from rich.text import Text
 from trajhpc.core.errors import TrajhpcError
 from trajhpc.core.termtable import Col, fit_table
 from trajhpc.jobdir.paths import SPEC, FileProblem, find_job_dirs, read_json_object
-from trajhpc.study.diff import GRID_KEYS, MISSING, Difference, GridDiff, diff_grids, diff_mappings
+from trajhpc.study.diff import (
+    GRID_KEYS,
+    MISSING,
+    Difference,
+    GridDiff,
+    diff_grids,
+    diff_mappings,
+)
 
 # diff(1)'s status for "they differ"; trajhpc.cli documents every exit status.
 EXIT_DIFFERENT = 1
@@ -160,7 +167,8 @@ def diff_command(console: Console, a: str, b: str, *, run_root: Path) -> int:
         ma, mb = load_manifest(a), load_manifest(b)
         ja, jb = expand(ma), expand(mb)
         # The grid's own keys are compared through the expanded jobs (and their unions would not dump cleanly).
-        d = diff_grids(ma.model_dump(mode="json", exclude=set(GRID_KEYS)), ja, mb.model_dump(mode="json", exclude=set(GRID_KEYS)), jb)
+        plain = {"mode": "json", "exclude": set(GRID_KEYS)}
+        d = diff_grids(ma.model_dump(**plain), ja, mb.model_dump(**plain), jb)
         console.print(render_grids((a, len(ja)), (b, len(jb)), d, console.width), highlight=False)
         return 0 if d.equal else EXIT_DIFFERENT
     da, db = find_job(a, run_root), find_job(b, run_root)

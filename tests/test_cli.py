@@ -16,7 +16,7 @@ def _trajhpc(*args, cwd=None):
     )
 
 
-COMMANDS = {"run-job", "submit", "status", "aggregate", "power", "data"}
+COMMANDS = {"run-job", "submit", "status", "aggregate", "power", "data", "diff"}
 
 
 def _help_commands(text: str) -> dict[str, str]:
@@ -185,3 +185,78 @@ def test_a_closed_stdout_is_no_reader_either(tmp_path):
     out = subprocess.run(f"{sys.executable} -m trajhpc.cli status {runs} >&-", shell=True, cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stderr == "", out.stderr
+
+
+# ---------------------------------------------------------------- --set and diff (issue 23)
+
+
+SMOKE = REPO / "manifests" / "smoke.yaml"
+
+
+def test_set_on_a_dry_run_changes_the_grid_and_a_bad_one_names_the_override(tmp_path):
+    out = _trajhpc("submit", str(SMOKE), "--dry-run", "--set", "seeds=[7]", "--set", "train.lr=1e-4", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "4 jobs: 4 to submit" in out.stdout and "overrides: --set 'seeds=[7]' --set train.lr=1e-4" in out.stdout
+    bad = _trajhpc("submit", str(SMOKE), "--dry-run", "--set", "train.lr=abc", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.startswith(
+        "error: --set train.lr=abc: train.lr: Input should be a valid number"
+    ), bad.stderr
+    unknown = _trajhpc("status", str(SMOKE), "--set", "train.lrr=1", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "--set train.lrr=1: train.lrr: unknown key 'lrr' (did you mean 'lr'?)" in unknown.stderr
+    assert not (tmp_path / "jobs").exists()
+
+
+def test_status_with_the_same_set_lists_the_same_jobs_as_the_dry_run(tmp_path):
+    from trajhpc.study.grid import expand
+    from trajhpc.study.manifest import load_manifest
+
+    ids = [j.job_id for j in expand(load_manifest(SMOKE, ["seeds=[7]"]))]
+    out = _trajhpc("status", str(SMOKE), "--set", "seeds=[7]", cwd=tmp_path)
+    assert out.returncode == 0 and all(i in out.stdout for i in ids), out.stdout
+    plain = _trajhpc("status", str(SMOKE), cwd=tmp_path)
+    assert not any(i in plain.stdout for i in ids)
+    refused = _trajhpc("status", str(tmp_path), "--set", "seeds=[7]", cwd=tmp_path)
+    assert refused.returncode == 2 and "--set applies to a manifest" in refused.stderr
+
+
+def test_diff_exits_like_diff_1(tmp_path):
+    import json
+
+    from trajhpc.study.grid import expand
+    from trajhpc.study.manifest import load_manifest
+
+    root = tmp_path / "jobs"
+    jobs = expand(load_manifest(SMOKE), root) + expand(load_manifest(SMOKE, ["lora.r=4"]), root)
+    for job in jobs:
+        job.run_dir.mkdir(parents=True, exist_ok=True)
+        (job.run_dir / "spec.json").write_text(json.dumps(job.spec.to_dict()))
+    a, b = jobs[0].job_id, jobs[len(jobs) // 2].job_id
+    same = _trajhpc("diff", a, str(jobs[0].run_dir), cwd=tmp_path)
+    assert same.returncode == 0 and "the specs are the same (one job)" in same.stdout, same.stdout + same.stderr
+    differ = _trajhpc("diff", a, b, cwd=tmp_path)
+    assert differ.returncode == 1 and "lora.r" in differ.stdout and "1 spec field differs" in differ.stdout
+    assert "Traceback" not in differ.stderr
+    (tmp_path / "m.yaml").write_text(SMOKE.read_text().replace("lr: 1.0e-3", "lr: 1.0e-4"))
+    grids = _trajhpc("diff", str(SMOKE), "m.yaml", cwd=tmp_path)
+    assert grids.returncode == 1 and "jobs: 0 in both, 8 only in A, 8 only in B" in grids.stdout
+    assert _trajhpc("diff", str(SMOKE), str(SMOKE), cwd=tmp_path).returncode == 0
+    for args, message in [
+        (("ffffffff", a), "ffffffff: no job with this id under jobs"),
+        ((str(SMOKE), a), "diff compares two jobs or two manifests"),
+    ]:
+        out = _trajhpc("diff", *args, cwd=tmp_path)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_data_inspect_and_power_take_set_with_a_manifest(tmp_path):
+    out = _trajhpc("data", "inspect", "--manifest", str(SMOKE), "--set", "data.max_train_per_block=2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    total = next(line for line in out.stdout.splitlines() if "total" in line)
+    assert [c.strip() for c in total.split("│")][3] == "8"  # 2 train records in each of 4 blocks (the file: 24)
+    bad = _trajhpc("data", "inspect", "--manifest", str(SMOKE), "--set", "data.max_train_per_block=0", cwd=tmp_path)
+    assert bad.returncode == 2 and "--set data.max_train_per_block=0: data.max_train_per_block:" in bad.stderr
+    alone = _trajhpc("data", "inspect", "--set", "data.max_train_per_block=2", cwd=tmp_path)
+    assert alone.returncode == 2 and "name the manifest with --manifest" in alone.stderr
+    power = _trajhpc("power", str(SMOKE), "--set", "seeds=x", cwd=tmp_path)
+    assert power.returncode == 2 and power.stderr.startswith("error: --set seeds=x: seeds: "), power.stderr

@@ -61,12 +61,14 @@ def test_the_exit_status_table_is_what_trajhpc_returns():
     from trajhpc import cli
     from trajhpc.core.errors import EXIT_INTERRUPTED, EXIT_TERMINATED
     from trajhpc.launch.submit import EXIT_JOBS_FAILED
+    from trajhpc.study.diffcmd import EXIT_DIFFERENT
 
     text = (REPO / "README.md").read_text()
     table = text.split("| exit | when |\n|---|---|\n", 1)[1].split("\n\n", 1)[0]
     rows = {int(line.split("|")[1]): line for line in table.splitlines()}
-    assert sorted(rows) == sorted({0, 1, 2, EXIT_JOBS_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED})
+    assert sorted(rows) == sorted({0, 1, 2, EXIT_JOBS_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_DIFFERENT})
     assert "`submit` waited" in rows[EXIT_JOBS_FAILED] and "Ctrl-C" in rows[EXIT_INTERRUPTED]
     assert "SIGTERM" in rows[EXIT_TERMINATED] and "head" in rows[0] and "no Slurm" in rows[2]
+    assert "trajhpc diff" in rows[EXIT_DIFFERENT] and "differ" in rows[EXIT_DIFFERENT]
     for status in rows:
         assert str(status) in cli.main.__doc__, status

@@ -35,6 +35,15 @@ console = make_console()
 err_console = make_console(stderr=True)
 
 
+def _set_option(what: str) -> object:
+    """The ``--set`` option, read by the study package (``trajhpc.study.overrides``)."""
+    return typer.Option(
+        None, "--set", metavar="KEY=VALUE",
+        help=f"Override a field of {what}, the value read as YAML: "
+        "--set train.lr=1e-4 --set 'seeds=[0,1]' (repeatable).",
+    )
+
+
 @data_app.command("inspect", short_help="Per block: dialogues, records, APIs, ToolSearcher share.")
 def data_inspect(
     source: Optional[Path] = typer.Option(
@@ -69,6 +78,7 @@ def data_inspect(
         False, "--ceiling",
         help="Also each condition's (with --manifest: each arm's) ceiling from the data alone, train and held-out.",
     ),
+    set_: list[str] = _set_option("the --manifest"),
 ) -> None:
     """Per block: dialogues, train/held-out records, distinct API names, ToolSearcher share."""
     from trajhpc.study.inspect import inspect_command
@@ -85,6 +95,7 @@ def data_inspect(
         tokens=tokens,
         max_seq_len=max_seq_len,
         ceiling=ceiling,
+        overrides=set_ or [],
     )
 
 
@@ -119,12 +130,14 @@ def submit(
     rates: Optional[Path] = typer.Option(
         None, "--rates", help="Rates file from benchmarks/bench_gpu_qlora.py --job: print the estimated GPU-hours."
     ),
+    set_: list[str] = _set_option("the manifest (recorded in each job's submission.json)"),
 ) -> None:
     """Expand a manifest into jobs and submit the pending ones (Slurm job array or local)."""
     from trajhpc.launch.submit import submit_command
 
     code = submit_command(
-        console, manifest, dry_run=dry_run, run_root=run_root, executor=executor, wait=wait, rates=rates
+        console, manifest, dry_run=dry_run, run_root=run_root, executor=executor, wait=wait, rates=rates,
+        overrides=set_ or [],
     )
     if code:
         raise typer.Exit(code)
@@ -140,6 +153,7 @@ def status(
     ),
     watch: bool = typer.Option(False, "--watch", help="Refresh until interrupted (Ctrl-C), with each job's progress."),
     interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
+    set_: list[str] = _set_option("a manifest TARGET, for the grid submitted with the same --set"),
 ) -> None:
     """Per job: Slurm state and job-directory state (stage k of n, done, failed); counts per state.
 
@@ -147,7 +161,7 @@ def status(
     """
     from trajhpc.launch.statuscmd import status_command
 
-    status_command(console, target, run_root=run_root, watch=watch, interval=interval)
+    status_command(console, target, run_root=run_root, watch=watch, interval=interval, overrides=set_ or [])
 
 
 @app.command("aggregate", short_help="Compare the arms of finished studies: CSVs, report.md, plots.")
@@ -155,11 +169,30 @@ def aggregate(
     targets: list[Path] = typer.Argument(None, metavar="TARGET", help="Run roots or manifests (default: jobs/)."),
     strict: bool = typer.Option(False, "--strict", help="Fail on any incomplete or corrupt job."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
+    set_: list[str] = _set_option("the manifest TARGETs, for the grid submitted with the same --set"),
 ) -> None:
     """Join metrics with token counts and compare conditions at matched compute."""
     from trajhpc.results.aggregate import aggregate_command
 
-    aggregate_command(console, targets or [Path("jobs")], strict=strict, plots=plots)
+    aggregate_command(console, targets or [Path("jobs")], strict=strict, plots=plots, overrides=set_ or [])
+
+
+@app.command("diff", short_help="The spec fields two jobs, or two manifests' grids, differ in.")
+def diff(
+    a: str = typer.Argument(..., metavar="A", help="A job id (or a unique prefix), a job directory, or a manifest."),
+    b: str = typer.Argument(..., metavar="B", help="The same kind as A."),
+    run_root: Path = typer.Option(
+        Path("jobs"), "--run-root", help="Where job ids are looked up: a run root or a study folder."
+    ),
+) -> None:
+    """Print the spec fields that differ between two jobs, or between two manifests' grids (arms, seeds
+    and orders only one has, jobs in both, settings that differ). Exit status as diff(1): 0 the same,
+    1 different, 2 a mistake in the input."""
+    from trajhpc.study.diffcmd import diff_command
+
+    code = diff_command(console, a, b, run_root=run_root)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("power", short_help="How many units (seeds x orders) a comparison needs: power tables.")
@@ -183,6 +216,7 @@ def power(
         None, "--units", help="Units for the smallest detectable effect (default: the study's pairs, else 20)."
     ),
     max_units: int = typer.Option(40, "--max-units", help="Last row of the table (rows every 4 units)."),
+    set_: list[str] = _set_option("the manifest TARGETs, for the grid submitted with the same --set"),
 ) -> None:
     """Power of the sign-flip test over units and of the item-level test, at 4, 8, ... units.
 
@@ -194,7 +228,7 @@ def power(
 
     power_command(
         console, targets or [], effect=effect, unit_sd=unit_sd, discordance=discordance, items=items, alpha=alpha,
-        units=units, max_units=max_units,
+        units=units, max_units=max_units, overrides=set_ or [],
     )
 
 
@@ -214,9 +248,9 @@ _terminated = False
 
 def main() -> None:
     """Console-script entry point. Exit statuses: 0 success (also when the reader of the output
-    went away, ``| head``); 1 a bug (traceback); 2 a user mistake or an output that cannot be
-    written (one line on stderr); 3 submit ran or watched jobs and some did not finish
-    (``EXIT_JOBS_FAILED``); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM), which stops
+    went away, ``| head``); 1 a bug (traceback), or ``diff`` found a difference (``EXIT_DIFFERENT``,
+    as diff(1)); 2 a user mistake or an output that cannot be written (one line on stderr); 3 submit
+    ran or watched jobs and some did not finish (``EXIT_JOBS_FAILED``); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM), which stops
     what runs the way Ctrl-C does."""
     global _terminated
     _terminated = False

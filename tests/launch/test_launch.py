@@ -460,6 +460,28 @@ def test_submit_records_the_manifest_analysis_and_its_hash(fake_slurm, tmp_path)
     assert sorted(job.job_id for job in expand(load_manifest(tmp_path / "m.yaml"))) == sorted(records)
 
 
+def test_submit_with_overrides_records_them_and_the_effective_manifest(fake_slurm, tmp_path):
+    """issue 23: --set changes the grid and ids like an edited file would, and the record says so."""
+    (tmp_path / "m.yaml").write_text(MANIFEST)
+    overrides = ["seeds=[5]", "train.lr=1.0e-4"]
+    dry = _submit(Path("m.yaml"), dry_run=True, overrides=overrides)
+    assert "2 jobs: 2 to submit" in dry and "overrides: --set 'seeds=[5]' --set train.lr=1.0e-4" in dry
+    _submit(Path("m.yaml"), overrides=overrides)
+    edited = MANIFEST.replace("seeds: [0, 1]", "seeds: [5]") + "train: {lr: 1.0e-4}\n"
+    (tmp_path / "e.yaml").write_text(edited)
+    records = _records(tmp_path)
+    assert sorted(records) == sorted(job.job_id for job in expand(load_manifest(tmp_path / "e.yaml")))
+    for record in records.values():
+        assert record["overrides"] == overrides
+        assert record["effective_manifest"]["seeds"] == [5] and record["effective_manifest"]["train"] == {"lr": 1e-4}
+        assert record["manifest"] == str(tmp_path / "m.yaml")
+    # Without --set, the record says none were given.
+    (tmp_path / "m.yaml").write_text(MANIFEST.replace("[0, 1]", "[7]"))
+    _submit(Path("m.yaml"))
+    plain = [r for r in _records(tmp_path).values() if r["overrides"] == []]
+    assert len(plain) == 2 and plain[0]["effective_manifest"]["seeds"] == [7]
+
+
 def test_sbatch_failure_is_one_clear_error(fake_slurm, tmp_path):
     (fake_slurm / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
     (tmp_path / "m.yaml").write_text(MANIFEST)

@@ -463,6 +463,20 @@ def test_status_of_a_run_root_is_one_table_per_study_with_arms_in_manifest_order
     assert "study one (jobs/one)" in out.getvalue() and out.getvalue().strip().endswith("2 jobs: 2 not submitted")
 
 
+def test_arms_follow_the_overrides_a_record_lists(tmp_path, monkeypatch):
+    """A study submitted with --set conditions=... lists its arms in the order the override gave."""
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("study: two\nconditions: [A, B]\n")  # the file's order, and the order by name
+    record = {"executor": "local", "local_pid": None, "manifest": str(manifest), "overrides": ["conditions=[B, A]"]}
+    for job_id, condition in [("c1", "A"), ("c2", "B")]:
+        _job(tmp_path / "jobs" / "two", job_id, condition=condition, record=record)
+    out = io.StringIO()
+    status_command(Console(file=out, width=80, color_system=None), None, run_root=None, watch=False, interval=1)
+    rows = [line.split("│")[1:3] for line in out.getvalue().splitlines() if line.startswith("│")]
+    assert [(job.strip(), arm.strip()) for job, arm in rows] == [("c2", "B"), ("c1", "A")]
+
+
 def test_watch_on_a_run_root_groups_by_study_and_adds_progress(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     running = _state("running", 1) | {"activity": {"phase": "training", "stage": 2, "steps": 10}}

@@ -670,6 +670,44 @@ def test_a_given_manifest_aggregates_its_grid_only_and_lists_the_foreign_jobs(tm
     assert any("variant" in n and "settings" in n for n in everything.notes)
 
 
+def test_set_selects_the_grid_submit_ran_and_a_recorded_set_is_applied(tmp_path):
+    """issue 23: `aggregate M.yaml --set ...` reads the grid `submit M.yaml --set ...` ran; without a target
+    manifest, the manifest a record names is read with the overrides the record lists."""
+    from trajhpc.study.grid import expand
+    from trajhpc.study.manifest import load_manifest
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"study: mixed\nrun_root: {tmp_path / 'runs'}\nconditions: [A, B]\nseeds: [0, 1]\n"
+                        "orders: [[care-appointments, medication-treatment]]\n")
+    plain = expand(load_manifest(manifest))
+    overrides = ["train.lr=0.001", "conditions=[B, A]"]
+    changed = expand(load_manifest(manifest, overrides))
+    for jobs, value in ((plain, 0.5), (changed, 0.1)):
+        for job in jobs:
+            sj.write_job(job.run_dir.parent, job.spec, [[value, value]] * 3, blocks=sorted(job.spec.order),
+                         study="mixed")
+    (result,) = agg.aggregate([manifest], strict=True, resamples=100, overrides=overrides)
+    assert sorted(result.jobs.filter(pl.col("status") == "foreign")["job_id"]) == sorted(j.job_id for j in plain)
+    assert result.arms == ["B", "A"] and result.units.height == 4
+    with pytest.raises(TrajhpcError, match="--set applies to a manifest"):
+        agg.aggregate([tmp_path / "runs"], overrides=overrides)
+    for job in changed:
+        (job.run_dir / RECORD).write_text(json.dumps(
+            {"schema": RECORD_SCHEMA, "manifest": str(manifest), "overrides": ["conditions=[B, A]"]}))
+    import shutil
+
+    for job in plain:
+        shutil.rmtree(job.run_dir)
+    (recorded,) = agg.aggregate([tmp_path / "runs"], resamples=100)
+    # The file says [A, B]: B first comes from the recorded override (or from no manifest at all,
+    # which the order [A, B] recorded below rules out).
+    assert recorded.arms == ["B", "A"] and recorded.manifest == str(manifest)
+    for job in changed:
+        (job.run_dir / RECORD).write_text(json.dumps(
+            {"schema": RECORD_SCHEMA, "manifest": str(manifest), "overrides": ["conditions=[A, B]"]}))
+    assert agg.aggregate([tmp_path / "runs"], resamples=100)[0].arms == ["A", "B"]
+
+
 def test_position_and_content_effects_with_a_slots_in_factorial_csv_and_the_report(tmp_path):
     BLOCKS, spec_for, write_job = sj.BLOCKS, sj.spec_for, sj.write_job
 

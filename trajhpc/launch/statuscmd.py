@@ -36,27 +36,37 @@ class Study:
 
 
 def _manifest_arms(files: Sequence[JobFiles]) -> list[str]:
-    """The arms of the manifest a study was submitted from (its record names it), in its order;
-    [] when no record names one that can still be read. Never blocks: regular files only."""
-    paths = {f.record.get("manifest") for f in files if f.record and isinstance(f.record.get("manifest"), str)}
-    for path in sorted(paths):
+    """The arms of the manifest a study was submitted from (its record names it, and the ``--set``
+    overrides it was read with), in its order; [] when no record names one that can still be read.
+    Never blocks: regular files only."""
+    sources = {
+        (f.record["manifest"], _overrides(f.record))
+        for f in files if f.record and isinstance(f.record.get("manifest"), str)
+    }
+    for path, overrides in sorted(sources):
         try:
             st = os.stat(path)
         except (OSError, ValueError):
             continue
-        arms = _arms_of(path, st.st_mtime_ns, st.st_size) if stat.S_ISREG(st.st_mode) else ()
+        arms = _arms_of(path, st.st_mtime_ns, st.st_size, overrides) if stat.S_ISREG(st.st_mode) else ()
         if arms:
             return list(arms)
     return []
 
 
+def _overrides(record: dict[str, Any]) -> tuple[str, ...]:
+    """The ``--set`` texts a submission record lists (none in records from before ``--set``, or damaged)."""
+    value = record.get("overrides")
+    return tuple(value) if isinstance(value, list) and all(isinstance(o, str) for o in value) else ()
+
+
 @functools.lru_cache(maxsize=64)
-def _arms_of(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+def _arms_of(path: str, mtime_ns: int, size: int, overrides: tuple[str, ...] = ()) -> tuple[str, ...]:
     """A manifest file's arms (read once per version of the file: ``status --watch`` asks often)."""
     from trajhpc.study.manifest import arm_name, load_manifest
 
     try:
-        manifest = load_manifest(path)
+        manifest = load_manifest(path, overrides)
     except (TrajhpcError, OSError, ValueError):
         return ()
     return tuple(arm_name(c, manifest.data.tool_docs) for c in manifest.conditions)
@@ -108,7 +118,7 @@ def render_studies(
 
 
 def _target_dirs(
-    target: Path | None, run_root: Path | None
+    target: Path | None, run_root: Path | None, overrides: Sequence[str] = ()
 ) -> tuple[Callable[[], list[Path]], str, dict[str, dict[str, Any]], Path | None]:
     """(job directory lister, title, specs by job id, the run directory to group by study, or None
     for a manifest) for a manifest, a run directory, or the default run root."""
@@ -117,12 +127,14 @@ def _target_dirs(
         from trajhpc.study.grid import expand
         from trajhpc.study.manifest import load_manifest
 
-        manifest = load_manifest(target)
+        manifest = load_manifest(target, overrides)
         jobs = expand(manifest, run_root)
         dirs = [job.run_dir for job in jobs]
         return (lambda: dirs), f"study {manifest.study} ({target})", {j.job_id: j.spec.to_dict() for j in jobs}, None
     if not target.is_dir():
         raise TrajhpcError(f"{target}: no such manifest or run directory")
+    if overrides:
+        raise TrajhpcError(f"--set applies to a manifest; {target} is a run directory")
     return (lambda: find_job_dirs(target)), str(target), {}, target
 
 
@@ -138,10 +150,12 @@ def status_view(
 
 
 def status_command(
-    console: Console, target: Path | None, *, run_root: Path | None, watch: bool, interval: float
+    console: Console, target: Path | None, *, run_root: Path | None, watch: bool, interval: float,
+    overrides: Sequence[str] = (),
 ) -> None:
-    """``trajhpc status``: a table per study and counts per state; ``--watch`` refreshes until Ctrl-C."""
-    lister, title, specs, root = _target_dirs(target, run_root)
+    """``trajhpc status``: a table per study and counts per state (a manifest's grid with the ``--set``
+    ``overrides``); ``--watch`` refreshes until Ctrl-C."""
+    lister, title, specs, root = _target_dirs(target, run_root, overrides)
     if watch:
         if interval <= 0:
             raise TrajhpcError(f"--interval must be positive, got {interval}")

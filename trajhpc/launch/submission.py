@@ -64,6 +64,8 @@ class Submitter:
     manifest: str | None  # the manifest's absolute path
     job_name: str  # the Slurm job name
     analysis: Mapping[str, Any] | None = None  # the manifest's analysis, defaults filled (Analysis.document)
+    overrides: tuple[str, ...] = ()  # the --set texts applied over the manifest file
+    effective: Mapping[str, Any] | None = None  # the manifest mapping with them applied (Manifest.effective)
 
 
 def write_record(job: GridJob, by: Submitter, *, slurm_job_id: str | None, local_pid: int | None) -> None:
@@ -73,6 +75,7 @@ def write_record(job: GridJob, by: Submitter, *, slurm_job_id: str | None, local
     _write_record(
         job.run_dir, executor=by.executor, folder=by.folder, manifest=by.manifest, job_name=by.job_name,
         slurm_job_id=slurm_job_id, local_pid=local_pid, analysis=by.analysis,
+        overrides=list(by.overrides), effective_manifest=by.effective,
     )
 
 
@@ -159,6 +162,8 @@ def write_journal(study_dir: Path, jobs: Sequence[GridJob], by: Submitter) -> No
             "job_name": by.job_name,
             "manifest": by.manifest,
             "analysis": dict(by.analysis) if by.analysis is not None else None,
+            "overrides": list(by.overrides),
+            "effective_manifest": by.effective,
             "jobs": [job.job_id for job in jobs],
         },
     )
@@ -192,6 +197,8 @@ def recover_interrupted(console: Console, study_dir: Path) -> None:
         folder, job_name = Path(journal["folder"]), str(journal["job_name"])
         since = dt.datetime.fromisoformat(journal["since"])
         analysis = journal.get("analysis") if isinstance(journal.get("analysis"), dict) else None
+        # Journals written before --set existed have neither key.
+        settings = {key: journal[key] for key in ("overrides", "effective_manifest") if key in journal}
     except FileNotFoundError:
         return
     except (OSError, ValueError, KeyError, TypeError):
@@ -221,7 +228,7 @@ def recover_interrupted(console: Console, study_dir: Path) -> None:
             slurm_id = f"{array}_{i}" if len(job_ids) > 1 else array
             _write_record(
                 run_dir, executor="slurm", folder=folder, manifest=journal.get("manifest"), job_name=job_name,
-                slurm_job_id=slurm_id, local_pid=None, analysis=analysis, recovered=True,
+                slurm_job_id=slurm_id, local_pid=None, analysis=analysis, recovered=True, **settings,
             )
         console.print(
             f"an earlier submit was interrupted after Slurm accepted its {jobs_phrase(len(job_ids))} "

@@ -240,7 +240,8 @@ class Launch:
     def submitter(self) -> Submitter:
         """What the records of this submission share."""
         return Submitter(self.kind, self.folder, self.context["manifest"], slurm_parameters(self.manifest)["job_name"],
-                         analysis=self.manifest.analysis.document())
+                         analysis=self.manifest.analysis.document(), overrides=tuple(self.manifest.overrides),
+                         effective=self.manifest.effective())
 
 
 # ---------------------------------------------------------------- submission (I/O)
@@ -353,9 +354,12 @@ class Submission:
         return self.launch.run_root / self.manifest.study
 
 
-def prepare_submission(manifest_path: Path, run_root: Path | None, executor: str | None) -> Submission:
-    """Load the manifest, expand the grid, set up the launch (nothing read from job directories yet)."""
-    manifest = load_manifest(manifest_path)
+def prepare_submission(
+    manifest_path: Path, run_root: Path | None, executor: str | None, overrides: Sequence[str] = ()
+) -> Submission:
+    """Load the manifest (``--set`` overrides applied), expand the grid, set up the launch (nothing read
+    from job directories yet)."""
+    manifest = load_manifest(manifest_path, overrides)
     if run_root is not None and run_root_problem(run_root):
         raise TrajhpcError(f"--run-root: {run_root_problem(run_root)}")
     root = Path(run_root) if run_root is not None else Path(manifest.run_root)
@@ -383,6 +387,9 @@ def show_submission(console: Console, sub: Submission, *, dry_run: bool, rates: 
         rows = [make_row(f, sub.sched.get(f.job_id), now) for f in sub.files]
         actions = [Col("action", _action_column(sub.jobs, sub.groups))]
         console.print(render_table(rows, f"study {sub.manifest.study}", actions, width=console.width))
+    if sub.manifest.overrides:  # the grid above is the file's with these applied
+        said = " ".join(f"--set {shlex.quote(o)}" for o in sub.manifest.overrides)
+        console.print(f"overrides: {said}", highlight=False, soft_wrap=True)
     console.print(
         f"{jobs_phrase(len(sub.jobs))}: {len(sub.todo)} to submit, {len(sub.groups['skip'])} done (skipped), "
         f"{len(sub.groups['leave'])} queued or running (left alone)",
@@ -446,6 +453,7 @@ def submit_command(
     executor: str | None,
     wait: bool,
     rates: Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> int:
     """``trajhpc submit``: plan, show, then submit (or, with ``--dry-run``, show the sbatch script).
 
@@ -454,7 +462,7 @@ def submit_command(
     Returns the exit status: ``EXIT_JOBS_FAILED`` when it waited for jobs (local, or
     ``--wait``) and some did not finish, 130 when the wait was interrupted, else 0.
     """
-    sub = prepare_submission(manifest_path, run_root, executor)
+    sub = prepare_submission(manifest_path, run_root, executor, overrides)
     if not dry_run and sub.launch.kind == "slurm":
         check_slurm_here()
     # A dry run only reads; a real one holds the study's lock from reading the jobs'

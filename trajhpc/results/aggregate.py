@@ -77,15 +77,17 @@ def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
 
 
 def aggregate(
-    targets: Sequence[Path], *, strict: bool = False, resamples: int = stats.RESAMPLES, seed: int = stats.SEED
+    targets: Sequence[Path], *, strict: bool = False, resamples: int = stats.RESAMPLES, seed: int = stats.SEED,
+    overrides: Sequence[str] = (),
 ) -> list[StudyResult]:
-    """Discover, validate and analyse every study under the targets (no files written)."""
+    """Discover, validate and analyse every study under the targets (manifests read with the ``--set``
+    ``overrides``; no files written)."""
     with gc_paused():
         return [
             # The study's manifest orders the arms and declares the primary and secondary comparisons;
             # without one the aggregate keeps its own order (B first, A last) and B − A, checked
             # either way against the analysis the jobs' submission records hold.
-            _analyze(s, strict=strict, resamples=resamples, seed=seed) for s in read_studies(targets, strict=strict)
+            _analyze(s, strict=strict, resamples=resamples, seed=seed) for s in read_studies(targets, strict=strict, overrides=overrides)
         ]
 
 
@@ -163,12 +165,12 @@ class StudyRecords:
     outside_grid: int = 0  # jobs read although not in the named manifest's grid (none of the folder's is)
 
 
-def read_studies(targets: Sequence[Path], *, strict: bool = False) -> list[StudyRecords]:
+def read_studies(targets: Sequence[Path], *, strict: bool = False, overrides: Sequence[str] = ()) -> list[StudyRecords]:
     """Every study folder under the targets (run roots, study folders, manifests) with its records.
 
     Raises when there is no job directory at all, or with ``strict`` when any job is not ok.
     """
-    roots, manifests = resolve_targets_and_manifests(targets)
+    roots, manifests = resolve_targets_and_manifests(targets, overrides)
     records = collect_jobs(roots)
     if not records:
         where = ", ".join(str(r) for r in roots)
@@ -197,9 +199,11 @@ def read_studies(targets: Sequence[Path], *, strict: bool = False) -> list[Study
     return studies
 
 
-def aggregate_command(console: Any, targets: list[Path], *, strict: bool, plots: bool) -> list[StudyResult]:
+def aggregate_command(
+    console: Any, targets: list[Path], *, strict: bool, plots: bool, overrides: Sequence[str] = ()
+) -> list[StudyResult]:
     """CLI entry: aggregate, write every study's outputs, print a summary per study."""
-    results = aggregate(targets, strict=strict)
+    results = aggregate(targets, strict=strict, overrides=overrides)
     for result in results:
         try:
             out = write_outputs(result, plots=plots)

@@ -63,13 +63,18 @@ def resolve_targets(targets: Sequence[Path]) -> list[Path]:
     return resolve_targets_and_manifests(targets)[0]
 
 
-def resolve_targets_and_manifests(targets: Sequence[Path]) -> tuple[list[Path], dict[Path, Manifest]]:
-    """:func:`resolve_targets`, and the manifests given as targets by their study folder (resolved)."""
+def resolve_targets_and_manifests(
+    targets: Sequence[Path], overrides: Sequence[str] = ()
+) -> tuple[list[Path], dict[Path, Manifest]]:
+    """:func:`resolve_targets`, and the manifests given as targets by their study folder (resolved),
+    read with the ``--set`` ``overrides`` (which need a manifest among the targets)."""
+    if overrides and not any(Path(t).suffix in (".yaml", ".yml") for t in targets):
+        raise TrajhpcError("--set applies to a manifest: name the manifest (.yaml) the jobs were submitted from")
     roots, manifests = [], {}
     for target in targets:
         target = Path(target)
         if target.is_file() and target.suffix in (".yaml", ".yml"):
-            folder, manifest = _manifest_study_dir(target)
+            folder, manifest = _manifest_study_dir(target, overrides)
             roots.append(folder)
             manifests[Path(os.path.realpath(folder))] = manifest
         elif target.is_dir():
@@ -81,10 +86,10 @@ def resolve_targets_and_manifests(targets: Sequence[Path]) -> tuple[list[Path], 
     return roots, manifests
 
 
-def _manifest_study_dir(path: Path) -> tuple[Path, Manifest]:
-    # The manifest module validates the file (errors name file, field and line);
+def _manifest_study_dir(path: Path, overrides: Sequence[str] = ()) -> tuple[Path, Manifest]:
+    # The manifest module validates the file (errors name file, field and line, or the override);
     # a relative run_root is taken from the current folder, as `trajhpc submit` does.
-    manifest = load_manifest(path)
+    manifest = load_manifest(path, overrides)
     folder = Path(manifest.run_root) / manifest.study
     if not folder.is_dir():
         raise TrajhpcError(f"{folder}: no jobs yet for manifest {path} (study folder missing)")
@@ -93,22 +98,24 @@ def _manifest_study_dir(path: Path) -> tuple[Path, Manifest]:
 
 def study_manifest(folder: Path, records: Sequence[JobRecord], given: Manifest | None = None) -> Manifest | None:
     """The manifest of the study in ``folder``: ``given`` (a manifest named as the aggregate's
-    target) if any; else the manifest the jobs' ``submission.json`` records, when it still
-    exists, parses and names this study (the most often recorded first); else None.
+    target) if any; else the manifest the jobs' ``submission.json`` records, with the ``--set``
+    overrides it records, when it still exists, parses and names this study (the most often
+    recorded first); else None.
 
     Never raises: a manifest that moved, changed or broke since the jobs were submitted is
     simply not used (the aggregate then falls back to its own arm order and primary).
     """
     if given is not None:
         return given
-    counts: dict[str, int] = {}
+    counts: dict[tuple[str, tuple[str, ...]], int] = {}
     for record in _submission_records(records):
-        path = record.get("manifest")
-        if isinstance(path, str) and path:
-            counts[path] = counts.get(path, 0) + 1
-    for path in sorted(counts, key=lambda p: (-counts[p], p)):
+        path, overrides = record.get("manifest"), record.get("overrides") or []
+        if isinstance(path, str) and path and isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
+            key = (path, tuple(overrides))
+            counts[key] = counts.get(key, 0) + 1
+    for path, overrides in sorted(counts, key=lambda k: (-counts[k], k)):
         try:
-            manifest = load_manifest(path)
+            manifest = load_manifest(path, overrides)
         except (TrajhpcError, OSError, ValueError):
             continue
         if manifest.study == folder.name:

@@ -443,10 +443,10 @@ def print_plan(console: Any, p: Plan, title: str, sources: dict[str, str]) -> No
 def power_command(
     console: Any, targets: Sequence[Path], *, effect: float | None = None, unit_sd: float | None = None,
     discordance: float | None = None, items: int | None = None, alpha: float = 0.05, units: int | None = None,
-    max_units: int = MAX_UNITS,
+    max_units: int = MAX_UNITS, overrides: Sequence[str] = (),
 ) -> list[Plan]:
     """CLI entry: the plan for the given values, or for each study under ``targets`` (its estimates
-    where the command line gives none)."""
+    where the command line gives none; manifest targets read with the ``--set`` ``overrides``)."""
     given = {"effect": effect, "unit_sd": unit_sd, "discordance": discordance, "items": items}
     if max_units < 1:
         raise TrajhpcError(f"--max-units {max_units}: must be at least 1")
@@ -462,7 +462,7 @@ def power_command(
 
     plans = []
     with gc_paused():
-        studies = read_studies(targets)
+        studies = read_studies(targets, overrides=overrides)
     for s in studies:
         with gc_paused():  # without items: the item-level tables (and their bootstrap) are not needed
             result = analyze_study(s.folder.name, s.folder, s.records, manifest=s.manifest)

@@ -209,11 +209,14 @@ def inspect_command(
     tokens: str | None = None,
     max_seq_len: int | None = None,
     ceiling: bool = False,
+    overrides: Sequence[str] = (),
 ) -> None:
     """Load the data as a study would and print the per-block table; with ``tokens`` (a
     model spec) also the B/A training-token tables; with ``ceiling`` each arm's ceiling from the
     data alone. ``manifest`` takes the data settings (and ``train.max_seq_len``, and the arms of
-    ``ceiling``) from a manifest instead of the options."""
+    ``ceiling``) from a manifest, read with the ``--set`` ``overrides``, instead of the options."""
+    if overrides and manifest is None:
+        raise TrajhpcError("--set overrides a manifest field: name the manifest with --manifest")
     if manifest is not None:
         options = (
             ("--source", source), ("--hf", hf), ("--revision", revision), ("--file", files or None),
@@ -225,7 +228,7 @@ def inspect_command(
         from trajhpc.study.grid import pinned_data
         from trajhpc.study.manifest import load_manifest
 
-        study_manifest = load_manifest(manifest)
+        study_manifest = load_manifest(manifest, overrides)
         spec = pinned_data(study_manifest)
         seq_len = study_manifest.train.max_seq_len if max_seq_len is None else max_seq_len
     else:

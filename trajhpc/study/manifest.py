@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Sequence, Union
 
 from pydantic import (
     AfterValidator,
@@ -55,6 +55,7 @@ from trajhpc.study.containerfields import (
     check_manifest_image,
 )
 from trajhpc.study.fielderrors import UNION_TAG, line_map, line_of, to_input_error
+from trajhpc.study.overrides import Override, apply_overrides, blamed, jsonable, parse_overrides, set_paths
 from trajhpc.study.yamlread import MAX_BYTES, decode, read_yaml
 
 # Same choices as the JobSpec, so the two can never drift apart.
@@ -310,6 +311,9 @@ class Manifest(StrictModel):
     # Where the manifest came from, so later checks (grid expansion) can name file and line.
     _source: str | None = PrivateAttr(None)
     _lines: dict[tuple[str | int, ...], int] = PrivateAttr(default_factory=dict)
+    # The --set overrides applied over the file, and the mapping they gave (what the submission records).
+    _overrides: tuple[Override, ...] = PrivateAttr(())
+    _effective: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @field_validator("study")
     @classmethod
@@ -331,7 +335,17 @@ class Manifest(StrictModel):
 
     def written(self, field: str) -> bool:
         """Whether the manifest file sets ``field`` (dotted path: ``analysis.primary``), rather than leaving its default."""
-        return tuple(field.split(".")) in self._lines
+        path = tuple(int(p) if p.isdigit() else p for p in field.split("."))
+        return path in self._lines or path in set_paths(self._overrides)
+
+    @property
+    def overrides(self) -> list[str]:
+        """The ``--set`` texts applied over the file, in order."""
+        return [o.text for o in self._overrides]
+
+    def effective(self) -> dict[str, Any]:
+        """The manifest as validated: the file's mapping with the overrides set, as JSON values."""
+        return jsonable(self._effective)
 
     @property
     def source(self) -> str | None:
@@ -345,24 +359,29 @@ class Manifest(StrictModel):
     def error(self, field: str, message: str) -> InputError:
         """An InputError at ``field`` (dotted path) of this manifest, with its file and line."""
         path = tuple(int(p) if p.isdigit() else p for p in field.split("."))
-        return InputError(self._source, field, message, line_of(path, self._lines))
+        return blamed(InputError(self._source, field, message, line_of(path, self._lines)), self._overrides)
 
 
 # ---------------------------------------------------------------- loading
 
 
-def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
-    """Validate manifest YAML text; errors name ``source``, the line and the field."""
+def parse_manifest(text: str, source: str = "<manifest>", overrides: Sequence[str] = ()) -> Manifest:
+    """Validate manifest YAML text with ``--set`` ``overrides`` applied; errors name ``source``, the line
+    and the field, or the override that set the field."""
+    changes = parse_overrides(overrides)
     node, data = read_yaml(text, source)
     if not isinstance(data, dict):
         raise InputError(source, None, "a manifest must be a YAML mapping (study: ..., conditions: ...)", 1)
     lines = line_map(node, source)
+    data = apply_overrides(data, changes)
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as err:
-        raise to_input_error(err, Manifest, source, lines) from None
+        raise blamed(to_input_error(err, Manifest, source, lines), changes) from None
     manifest._source = source
     manifest._lines = lines
+    manifest._overrides = tuple(changes)
+    manifest._effective = data
     check_manifest(manifest)
     return manifest
 
@@ -462,8 +481,8 @@ def _entry(item: str | ConditionEntry) -> ConditionEntry:
     return ConditionEntry(condition=item) if isinstance(item, str) else item
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read and validate a manifest file."""
+def load_manifest(path: str | Path, overrides: Sequence[str] = ()) -> Manifest:
+    """Read and validate a manifest file, with ``--set`` ``overrides`` (``train.lr=1e-4``) applied."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -474,4 +493,4 @@ def load_manifest(path: str | Path) -> Manifest:
         raise InputError(path, None, "is a folder, expected a manifest YAML file") from None
     except OSError as err:
         raise InputError(path, None, f"cannot read manifest ({err.strerror or err})") from None
-    return parse_manifest(decode(raw, str(path)), str(path))
+    return parse_manifest(decode(raw, str(path)), str(path), overrides)

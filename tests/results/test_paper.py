@@ -16,6 +16,7 @@ from trajhpc.results import report
 from trajhpc.results.htmlreport import render_html
 from trajhpc.results.paper import latex_escape, render_latex
 from trajhpc.results.studyresult import StudyResult
+from trajhpc.results.tables import paired_table
 
 
 @pytest.fixture(scope="module")
@@ -118,9 +119,12 @@ def test_summary_and_paired_cells_equal_report_md(result):
     assert page["summary"] == summary
     assert page["headline"] == [row[:4] + row[-1:] for row in summary]
     paired = _md_rows(md, "## Paired differences")
-    for source in ([[_plain(c) for c in row] for row in _tex_rows(tex, "tab:golden-paired")], page["paired"]):
-        # report.md's table has no test column and no p (Holm): the rest must be equal, cell by cell.
-        assert [row[:2] + row[3:7] for row in source] == paired
+    # report.md's table has no test column and no p (Holm): the rest must be equal, cell by cell;
+    # tables.tex shows exact and API name only (and the primary's metric: exact here).
+    assert [row[:2] + row[3:7] for row in page["paired"]] == paired
+    tex_paired = [[_plain(c) for c in row[:2] + row[3:7]] for row in _tex_rows(tex, "tab:golden-paired")]
+    assert tex_paired == [row for row in paired if row[1] in ("metric", "exact", "API name")]
+    assert len(tex_paired) == 1 + 3 * 2 and "(primary)" in tex_paired[3][0]
     assert "0.078 [0.050, 0.111]" in paired[6][4] and "(primary)" in paired[6][0]  # the test reads real rows
 
 
@@ -176,6 +180,42 @@ def test_tables_tex_compiles_in_principle(result):
     for label in ("tab:golden-summary", "tab:golden-paired"):
         rows = _tex_rows(tex, label)
         assert {len(r) for r in rows} == {len(rows[0])}  # no stray & inside a cell
+
+
+def test_a_table_too_long_for_a_page_is_a_longtable_with_its_caption_first(result, monkeypatch):
+    from trajhpc.results import paper
+
+    monkeypatch.setattr(paper, "LONG_TABLE_ROWS", 5)  # the summary has 3 rows, the paired table 6
+    tex = render_latex(result)
+    assert "\\usepackage{booktabs,longtable}" in tex
+    assert tex.count("\\begin{longtable}") == 1 and tex.count("\\begin{table}") == 1
+    assert re.search(r"\\begin\{longtable\}\{[lr]+\}\n\\caption\{golden: Paired comparisons\}"
+                     r"\\label\{tab:golden-paired\}\\\\\n", tex)
+    assert len(_tex_rows(tex, "tab:golden-paired")) == 1 + 6
+
+
+def test_declared_families_and_the_primary_s_metric_reach_both_files(tmp_path):
+    sj.write_study(tmp_path, "s1")
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        f"study: s1\nrun_root: {tmp_path}\nconditions: [A, B, {{condition: A, token_budget: {{match: B}}}}]\n"
+        "analysis:\n  primary: {arm: A@B, baseline: B, metric: exact_at_budget_total}\n"
+        "  secondary:\n    - {metric: name_excl_toolsearcher}\n    - {arm: B, baseline: A, metric: exact}\n")
+    (r,) = agg.aggregate([manifest], resamples=100)
+    paired = paired_table(r)
+    secondary_rows = paired.filter(pl.col("family") == "secondary").to_dicts()
+    holm = {(row["arm"], row["metric"]): row["p_holm"] for row in secondary_rows}
+    rows = {(row[0], row[1]): row for row in _tex_rows(render_latex(r), "tab:s1-paired")[1:]}
+    # The primary's metric joins exact and API name; a declared row of another metric shows too.
+    assert rows[("A@B $-$ B (primary)", "exact @ total-token budget")][3] == "primary"
+    secondary = rows[("B $-$ A", "API name excl. ToolSearcher")]
+    assert secondary[3] == "secondary" and secondary[7] == f"{holm[('B', 'name_excl_toolsearcher')]:.4f}"
+    assert rows[("B $-$ A", "exact")][3] == "secondary"
+    assert all(row[1] in ("exact", "API name", "exact @ total-token budget") or row[3] != "exploratory"
+               for row in rows.values())
+    page = render_html(r)
+    assert "Primary comparison: A@B − B in exact @ total-token budget is " in page
+    assert len(_html_tables(page).tables["paired"]) == 1 + paired.filter(pl.col("test") == "sign-flip").height
 
 
 def test_factorial_effects_are_a_table_when_present(tmp_path):

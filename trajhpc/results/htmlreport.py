@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import polars as pl
 
-from trajhpc.results.paperframes import PaperTable, headline_sentence, headline_table, paper_tables
+from trajhpc.results.paperframes import (
+    PaperTable,
+    headline_sentence,
+    headline_table,
+    paper_tables,
+)
 from trajhpc.results.report import MAX_EXCLUDED_ROWS, PLOT_CAPTIONS, methods_paragraph
 from trajhpc.results.studyresult import StudyResult
 

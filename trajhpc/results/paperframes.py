@@ -6,6 +6,7 @@ The cells come from report.md's own formatters, so a number reads the same in al
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,12 +92,16 @@ def summary_table(result: StudyResult) -> PaperTable:
     return PaperTable("summary", "Final accuracy", _frame(header, rows), note, tuple(header[1:]))
 
 
-def paired_comparisons(result: StudyResult) -> PaperTable:
-    """Every unit-level comparison and the item-level rows of a declared family, each with its family."""
+def paired_comparisons(result: StudyResult, metrics: Sequence[str] | None = None) -> PaperTable:
+    """The unit-level comparisons (of ``metrics`` only, when given) and every row of a declared family,
+    item-level ones included, each with its family."""
     paired = paired_table(result)
     rows = []
     if paired.height:
-        shown = paired.filter((pl.col("test") == SIGN_FLIP) | (pl.col("family") != "exploratory"))
+        unit = pl.col("test") == SIGN_FLIP
+        if metrics is not None:
+            unit = unit & pl.col("metric").is_in(list(metrics))
+        shown = paired.filter(unit | (pl.col("family") != "exploratory"))
         for r in shown.to_dicts():
             unit = r["test"] == SIGN_FLIP
             p = _p(r["p_value"], r["p_exact"]) if unit else f"{_num(r['p_value'], 4)} ({r['p_kind']})"
@@ -106,7 +111,9 @@ def paired_comparisons(result: StudyResult) -> PaperTable:
     header = ["comparison", "metric", "test", "family", "pairs", "mean difference [95% CI]", "p", "p (Holm)"]
     note = ("arm − baseline on units matched by (seed, order); p two-sided, unadjusted; p (Holm) within the "
             "secondary family only (the primary is not adjusted, exploratory rows are leads, not findings). "
-            "(MC): Monte Carlo p. Item-level rows outside a declared family: paired.csv.")
+            "(MC): Monte Carlo p. "
+            + ("Item-level rows outside a declared family: paired.csv." if metrics is None else
+               "Other metrics' rows and item-level rows outside a declared family: paired.csv."))
     return PaperTable("paired", "Paired comparisons", _frame(header, rows), note, ("pairs", header[5], "p", "p (Holm)"))
 
 
@@ -123,9 +130,15 @@ def factorial_effects(result: StudyResult) -> PaperTable | None:
     return PaperTable("factorial", "Factorial effects", _frame(header, rows), note, (header[3], "p", "n"))
 
 
-def paper_tables(result: StudyResult) -> list[PaperTable]:
-    """The tables of tables.tex and report.html, in order (none for a study without complete jobs)."""
+def paper_metrics(result: StudyResult) -> tuple[str, ...]:
+    """The metrics whose comparisons a paper's table shows: exact, API name and the primary's."""
+    return tuple(dict.fromkeys(("exact", "name", result.primary.metric)))
+
+
+def paper_tables(result: StudyResult, metrics: Sequence[str] | None = None) -> list[PaperTable]:
+    """The tables of tables.tex and report.html, in order (none for a study without complete jobs);
+    ``metrics`` narrows the paired comparisons' unit-level rows."""
     if result.units.height == 0:
         return []
     factorial = factorial_effects(result)
-    return [summary_table(result), paired_comparisons(result), *([factorial] if factorial else [])]
+    return [summary_table(result), paired_comparisons(result, metrics), *([factorial] if factorial else [])]

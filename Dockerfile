@@ -71,6 +71,7 @@ RUN pip install \
         matplotlib==3.11.2 \
         scipy==1.17.1 \
         statsmodels==0.15.0 \
+        great_tables==1.1.0 \
         gguf==0.19.0 \
         bm25s==0.3.11
 

@@ -483,7 +483,7 @@ def test_outputs_are_written_and_consistent(study):
     out = agg.write_outputs(r, plots=False)
     names = {p.name for p in out.iterdir()}
     tables = {"long.parquet", "long.csv", "units.csv", "summary.csv", "stages.csv", "paired.csv", "jobs.csv"}
-    assert tables | {"report.md"} <= names
+    assert tables | {"report.md", "tables.tex", "report.html"} <= names
     assert not any(n.endswith(".png") for n in names)
     assert not any(n.startswith(".") for n in names)  # no temp files left behind
     assert pl.read_parquet(out / "long.parquet").equals(r.long)

@@ -25,6 +25,8 @@ from trajhpc.core.gcpause import gc_paused
 from trajhpc.jobdir.documents import OK
 from trajhpc.results import plots as plots_module
 from trajhpc.results import report, stats
+from trajhpc.results.htmlreport import render_html
+from trajhpc.results.paper import render_latex
 from trajhpc.results.ceilings import ceiling_frame
 from trajhpc.results.jobrecords import (
     JobRecord,
@@ -54,7 +56,8 @@ def _csv(frame: pl.DataFrame) -> str:
 
 
 def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
-    """Tables, report.md and (optionally) plots into ``<study folder>/aggregate/``; returns that folder."""
+    """Tables, report.md, tables.tex, report.html and (optionally) plots into ``<study folder>/aggregate/``;
+    returns that folder."""
     out = result.folder / OUTPUT_DIR
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
@@ -73,6 +76,8 @@ def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
         atomic_write_text(out / "train_eval_paired.csv", _csv(result.train_eval_paired))
     figures = plots_module.write_plots(result, out) if plots and result.units.height else []
     atomic_write_text(out / "report.md", report.render_markdown(result, figures))
+    atomic_write_text(out / "tables.tex", render_latex(result))
+    atomic_write_text(out / "report.html", render_html(result, out, figures))
     return out
 
 

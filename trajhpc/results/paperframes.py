@@ -101,6 +101,8 @@ def paired_comparisons(result: StudyResult, metrics: Sequence[str] | None = None
         unit = pl.col("test") == SIGN_FLIP
         if metrics is not None:
             unit = unit & pl.col("metric").is_in(list(metrics))
+        # As report.md: the interpolated exact @ budget is exploratory, shown only when declared.
+        unit = unit & ~pl.col("metric").str.starts_with("exact_at_budget")
         shown = paired.filter(unit | (pl.col("family") != "exploratory"))
         for r in shown.to_dicts():
             unit = r["test"] == SIGN_FLIP

@@ -52,6 +52,7 @@ from trajhpc.launch.submitit_adapter import convert_mem, sbatch_string, task_com
 from trajhpc.study import containerfields as fields
 from trajhpc.study.grid import GridJob, expand
 from trajhpc.study.manifest import Manifest, load_manifest, run_root_problem
+from trajhpc.study.tracking import tracking_context
 
 SUBMITIT_DIR = ".submitit"
 EXECUTORS = ("slurm", "local", "auto")
@@ -190,6 +191,9 @@ class Launch:
             "manifest": str(manifest_path.resolve()),
             "submitit_folder": str(self.folder),
         }
+        tracking = tracking_context(manifest.tracking, cwd)
+        if tracking is not None:  # absent when off: what a job records of its context stays as it was
+            self.context["tracking"] = tracking
 
     def path_problems(self) -> list[tuple[str, str]]:
         """(manifest field, message) for the image file and each manifest bind source that does not exist here."""

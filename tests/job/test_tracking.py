@@ -120,6 +120,11 @@ def wandb_records(path: Path) -> list:
     return out
 
 
+def key(item) -> str:
+    """A history or config item's key (W&B writes it as ``nested_key`` parts or as ``key``)."""
+    return item.key or "/".join(item.nested_key)
+
+
 @pytest.mark.slow
 def test_wandb_offline_run_files(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
@@ -130,19 +135,20 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
     # Offline, each attempt writes a folder of the SAME run id: `wandb sync` uploads them as one run.
     assert len(folders) == 2 and all(f.name.endswith(run_id) for f in folders)
     history: list[dict] = []
+    config: dict = {}
     for folder in folders:
         for record in wandb_records(folder / f"run-{run_id}.wandb"):
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 run = record.run
-                assert (run.run_id, run.group, run.job_type, run.display_name, run.project) == (
+                assert (run.run_id, run.run_group, run.job_type, run.display_name, run.project) == (
                     run_id, STUDY, "B", run_name(SPEC), STUDY)
             elif kind == "history":
-                history.append({item.key: json.loads(item.value_json) for item in record.history.item})
-            elif kind == "config" and folder == folders[0]:
-                config = {u.key: json.loads(u.value_json) for u in record.config.update}
-                if "job_id" in config:
-                    assert config["job_id"] == SPEC.job_id and config["train.max_steps"] == 2
+                row = {key(item): json.loads(item.value_json) for item in record.history.item}
+                history.append(row | {"_step": record.history.step.num})
+            elif kind == "config":
+                config |= {key(u): json.loads(u.value_json) for u in record.config.update}
+    assert config["job_id"] == SPEC.job_id and config["train.max_steps"] == 2  # the spec, as parameters
     steps = [h["_step"] for h in history if "train/loss" in h]
     assert steps == STEPS  # the killed attempt's step 3 is not logged again
     assert [h["train/loss"] for h in history if "train/loss" in h] == pytest.approx(losses(job_dir))

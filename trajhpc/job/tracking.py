@@ -147,10 +147,12 @@ class WandbLogger:
                  attempted: int):
         import wandb
 
+        mode = options.get("mode") or "offline"
         self.run = wandb.init(
             project=options.get("project") or study, entity=options.get("entity"), group=study, job_type=spec.arm,
-            name=run_name(spec), id=run_id, resume="allow" if run_id else None, dir=str(study_dir),
-            mode=options.get("mode") or "offline", reinit="create_new",
+            name=run_name(spec), id=run_id, dir=str(study_dir), mode=mode, reinit="create_new",
+            # Offline, the same id is enough (`wandb sync` joins the folders); online, W&B must resume.
+            resume="allow" if run_id and mode == "online" else None,
             settings=wandb.Settings(console="off", x_disable_stats=True, silent=True),
         )
         self.run_id = self.run.id

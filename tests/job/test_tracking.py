@@ -17,6 +17,7 @@ from rich.console import Console
 
 from trajhpc.job.run import FAULT_ENV, InjectedFault, run_job
 from trajhpc.job.tracking import JobTracker, run_name
+from trajhpc.jobdir.paths import find_job_dirs
 from trajhpc.spec import JobSpec
 
 SPEC = JobSpec.model_validate(FINISHED_SPEC)  # 2 stages of 2 optimizer steps
@@ -67,6 +68,7 @@ def test_tensorboard_run_folder_read_back_with_event_accumulator(tmp_path, monke
         events = acc.Scalars(f"eval/{block}/exact")
         assert [e.step for e in events] == [0, 2, 4]  # after stage 0, 1, 2: the R-matrix rows
         assert [e.value for e in events] == pytest.approx([scores[(k, block)] for k in (0, 1, 2)])
+    assert find_job_dirs(tmp_path / STUDY) == [job_dir]
     assert SPEC.job_id in acc.Tensors("spec/text_summary")[0].tensor_proto.string_val[0].decode()
 
 
@@ -148,6 +150,7 @@ def test_wandb_offline_run_files(tmp_path, monkeypatch):
                 history.append(row | {"_step": record.history.step.num})
             elif kind == "config":
                 config |= {key(u): json.loads(u.value_json) for u in record.config.update}
+    assert find_job_dirs(tmp_path / STUDY) == [job_dir]  # status and aggregate see no job in the tools' folders
     assert config["job_id"] == SPEC.job_id and config["train.max_steps"] == 2  # the spec, as parameters
     steps = [h["_step"] for h in history if "train/loss" in h]
     assert steps == STEPS  # the killed attempt's step 3 is not logged again

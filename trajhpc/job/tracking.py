@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
+from trajhpc.core import locks
 from trajhpc.core.atomic import atomic_write_json
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir import trainlog
@@ -101,6 +102,14 @@ class MLflowLogger:
     """Experiment = the study, one run per job, tags arm/seed/order; through MlflowClient."""
 
     def __init__(self, options: Mapping[str, Any], spec: JobSpec, study_dir: Path, run_id: str | None, study: str):
+        # The study's jobs start together, and each would create (migrate) the SQLite store and the
+        # experiment at once: found in a real 2-job study, both failed. One at a time here.
+        with locks.exclusive(study_dir / ".mlflow.lock", timeout_s=300) as held:
+            if not held:
+                raise TimeoutError(f"{study_dir / '.mlflow.lock'} stayed busy for 300 s")
+            self._open(options, spec, run_id, study, study_dir)
+
+    def _open(self, options: Mapping[str, Any], spec: JobSpec, run_id: str | None, study: str, study_dir: Path) -> None:
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=options.get("uri") or f"sqlite:///{study_dir / 'mlflow.db'}")
@@ -108,10 +117,7 @@ class MLflowLogger:
             name = options.get("experiment") or study
             experiment = self.client.get_experiment_by_name(name)
             if experiment is None:
-                try:
-                    experiment_id = self.client.create_experiment(name)
-                except Exception:  # another job of the study created it first
-                    experiment_id = self.client.get_experiment_by_name(name).experiment_id
+                experiment_id = self.client.create_experiment(name)
             else:
                 experiment_id = experiment.experiment_id
             tags = {"arm": spec.arm, "seed": str(spec.seed), "order": " ".join(spec.order), "job_id": spec.job_id,

@@ -223,3 +223,27 @@ def test_a_missing_library_names_its_extra(tmp_path, monkeypatch):
     tracker = JobTracker.open({"backend": "wandb"}, SPEC, tmp_path / "job", STUDY, 0, lines.append)
     assert tracker.logger is None
     assert len(lines) == 1 and lines[0].endswith("(pip install 'trajhpc[wandb]')")
+
+
+def _open_mlflow(args: tuple[int, str]) -> list[str]:
+    seed, job_dir = args
+    lines: list[str] = []
+    spec = JobSpec.model_validate(FINISHED_SPEC | {"seed": seed})
+    tracker = JobTracker.open({"backend": "mlflow"}, spec, Path(job_dir), STUDY, 0, lines.append)
+    tracker.close()
+    return lines
+
+
+@pytest.mark.slow
+def test_jobs_starting_together_share_the_default_mlflow_store(tmp_path):
+    """Two jobs of a study open the default SQLite store at once (both failed before the store lock)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mlflow.tracking import MlflowClient
+
+    with ProcessPoolExecutor(2) as pool:
+        lines = list(pool.map(_open_mlflow, [(seed, str(tmp_path / STUDY / f"job{seed}")) for seed in (1, 2)]))
+    assert lines == [[], []]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / STUDY / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(STUDY).experiment_id])
+    assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]

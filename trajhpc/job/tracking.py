@@ -262,7 +262,8 @@ class JobTracker:
     def _fail(self, what: str, err: Exception) -> None:
         self.logger = None  # once: the job goes on without tracking
         hint = f" (pip install 'trajhpc[{err.name}]')" if isinstance(err, ImportError) and err.name in BACKENDS else ""
-        self._log(f"tracking ({what}) failed, the job goes on without it: {type(err).__name__}: {err}{hint}")
+        first = (str(err).strip().splitlines() or [""])[0][:300]  # one line: some carry whole SQL statements
+        self._log(f"tracking ({what}) failed, the job goes on without it: {type(err).__name__}: {first}{hint}")
 
 
 def _read_state(path: Path, backend: str) -> dict[str, Any]:

@@ -65,7 +65,8 @@ LLAMA_31_8B = dict(
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 # The grid's settings (manifests/grid.yaml) that the --peer and --job modes use.
 GRID_TRAIN = dict(epochs=2, lr=2e-4, schedule="cosine", warmup_ratio=0.03, batch_size=8, grad_accum=2, max_seq_len=2048)
-GRID_FAST = dict(tokens_per_batch=6144, grad_accum=1, gradient_checkpointing="auto")
+# grid.yaml: 16 examples per step as micro-batches of at most 6144 padded tokens.
+GRID_FAST = dict(tokens_per_batch=6144, examples_per_step=16, grad_accum=1, gradient_checkpointing="auto")
 GRID_EVAL = dict(batch_size=32, max_new_tokens=160)
 GRID_EVAL_FAST = dict(tokens_per_batch=65536, backend="merged")
 
@@ -291,13 +292,13 @@ def job_loop(folder: Path, tokenizer, examples, tokens_per_batch: int) -> float:
     reset_peak()
     cfg = TrainSpec(**{**GRID_TRAIN, "epochs": 1, **GRID_FAST, "tokens_per_batch": tokens_per_batch})
     lengths = [len(e.input_ids) for e in examples]
-    plan_kw = dict(batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=0,
-                   tokens_per_batch=cfg.tokens_per_batch)
+    # The job's plan (steps of examples from their ids); synthetic examples have none, so number them.
+    ids = [getattr(getattr(e, "record", None), "uid", None) or f"example-{i}" for i, e in enumerate(examples)]
     from transformers import AutoConfig
 
     ckpt = train.resolve_gradient_checkpointing(
         cfg.gradient_checkpointing, config=AutoConfig.from_pretrained(str(folder)),
-        batch_tokens=train.largest_batch_tokens(lengths, cfg.batch_size, cfg.tokens_per_batch),
+        batch_tokens=train.largest_batch_tokens(lengths, cfg.batch_size, cfg.tokens_per_batch, cfg.examples_per_step),
         compute_dtype=dtype, quantization="nf4", free_bytes=train.free_memory_bytes(device),
     )
     base = train.load_base_model(folder, quantization="nf4", compute_dtype=dtype, device=device,
@@ -305,10 +306,10 @@ def job_loop(folder: Path, tokenizer, examples, tokens_per_batch: int) -> float:
     model = train.attach_lora(base, LoraSpec(r=16, alpha=32, dropout=0.05))
     optimizer = train.build_optimizer(model, cfg)
     autocast = train.autocast_dtype_for(device, dtype)
-    warm = batching.stage_batches(lengths, stage=1, max_steps=1, **plan_kw)
+    warm = batching.spec_stage_batches(cfg.model_copy(update={"max_steps": 1}), ids, lengths, seed=0, stage=1)
     train.train_batches(model, optimizer, examples, warm, cfg, pad_id=tokenizer.pad_token_id, autocast_dtype=autocast)
     sync()
-    plan = batching.stage_batches(lengths, stage=2, epochs=1, **plan_kw)
+    plan = batching.spec_stage_batches(cfg, ids, lengths, seed=0, stage=2)
     result = train.train_batches(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id,
                                autocast_dtype=autocast)
     sync()

@@ -6,6 +6,10 @@ step at a positive learning rate) computes something else from an unchanged spec
 new spec records ``recipe: 2`` and gets a new id. A recipe-1 spec (its spec.json has no
 ``recipe``) keeps the id it had: pinned below on the hub manifest's old ids.
 
+Moved on purpose: grid.yaml and factorial.yaml score every arm again under B
+(``eval.also_under: [B]``), which is part of what those jobs compute, so their other arms
+have new ids; the B arms keep theirs (the grid drops an arm's own condition from the list).
+
 manifests/paper.yaml reads bundled files, so its ids are pinned like the others; data from
 the Hugging Face cache (``data.source``), which the tests do not have, is pinned on the
 fixture dataset below (the hub_cache fixture, tests/fixtures/hub_api_bank.py)."""

@@ -206,18 +206,34 @@ class TrainSpec(StrictModel):
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup_ratio: Float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: Float = Field(0.0, ge=0.0)
-    batch_size: Int = Field(8, ge=1)
+    batch_size: Int = Field(8, ge=1)  # rows per micro-batch (without tokens_per_batch)
     grad_accum: Int = Field(1, ge=1)
+    # Examples per optimizer step (None: batch_size x grad_accum). Which examples form a step
+    # depends on their ids, the seed, the stage and the pass only: every arm of a unit takes
+    # the same steps (trajhpc.job.batching); micro-batches split a step, never merge two.
+    examples_per_step: Int | None = Field(None, ge=1)
     max_seq_len: Int = Field(1024, ge=16)
     # "auto": off when the largest planned batch fits in the device's memory, on otherwise
     # (the choice is recorded in metrics.json, resources.gradient_checkpointing).
     gradient_checkpointing: bool | Literal["auto"] = False
     max_grad_norm: Float = Field(1.0, gt=0)
-    # Batches by tokens: as many length-grouped examples as fit in this many padded
-    # tokens (batch_size is then unused), so short examples form large batches.
+    # The padded-token cap of one micro-batch: a step's examples, grouped by length, as many
+    # per micro-batch as fit in this many padded tokens (batch_size is then unused), so
+    # short examples form large micro-batches. It never changes which examples form a step.
     tokens_per_batch: Int | None = Field(None, ge=16)
 
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch"})
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "examples_per_step"})
+
+
+def _eval_conditions(value: tuple[str, ...]) -> tuple[str, ...]:
+    if "last-k" in value:
+        raise ValueError("'last-k' needs k, which an evaluation condition does not carry; "
+                         f"use one of {', '.join(repr(c) for c in CONDITIONS if c != 'last-k')}")
+    repeated = sorted({c for c in value if value.count(c) > 1})
+    if repeated:
+        raise ValueError(f"lists {', '.join(map(repr, repeated))} more than once")
+    # One order for one set: the same conditions in another order are the same job.
+    return tuple(sorted(value, key=CONDITIONS.index))
 
 
 class EvalSpec(StrictModel):
@@ -232,8 +248,12 @@ class EvalSpec(StrictModel):
     # "merged": through a copy whose weights are the dequantized base plus the merged
     # adapter in the compute dtype: the same function up to rounding, much faster.
     backend: Literal["peft", "merged"] = "peft"
+    # Conditions the held-out items are scored under again after every stage (same items,
+    # order and generation settings, prompts rendered under each), so the condition an arm
+    # trains under and the one it is evaluated under come apart (issue 20 item 2).
+    also_under: Annotated[tuple[ConditionName, ...], AfterValidator(_eval_conditions)] = ()
 
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "backend"})
+    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "backend", "also_under"})
 
 
 class TokenBudget(StrictModel):
@@ -292,6 +312,11 @@ class JobSpec(StrictModel):
             raise ValueError("condition_k is only used by condition 'last-k'")
         if len(set(self.order)) != len(self.order) or not self.order:
             raise ValueError(f"order must list distinct blocks, got {list(self.order)}")
+        if self.condition in self.eval.also_under:
+            raise ValueError(
+                f"eval.also_under lists {self.condition!r}, the job's own condition, under which it is evaluated "
+                "anyway; leave it out (a manifest's eval.also_under drops each arm's own condition itself)"
+            )
         if self.token_budget is not None and self.token_budget.match == "last-k" and self.condition != "last-k":
             raise ValueError(
                 "token_budget.match 'last-k' needs k, which only condition 'last-k' sets (condition_k); "

@@ -131,7 +131,7 @@ def test_train_log_has_one_line_per_optimizer_step(done_job):
     """train_log.jsonl: the documented keys in order, steps 1-based per stage, tokens = the stage's supervised tokens."""
     lines = (done_job / "train_log.jsonl").read_text().splitlines()
     entries = [json.loads(line) for line in lines]
-    assert [list(e) for e in entries] == [["stage", "step", "loss", "lr", "tokens", "tokens_per_s"]] * 4
+    assert [list(e) for e in entries] == [["stage", "step", "loss", "lr", "tokens", "tokens_per_s", "examples"]] * 4
     assert [(e["stage"], e["step"]) for e in entries] == [(1, 1), (1, 2), (2, 1), (2, 2)]  # max_steps 2 per block
     tokens = read(done_job, "tokens.json")["stages"]
     for stage in (1, 2):
@@ -174,7 +174,7 @@ def test_job_logs_keep_real_warnings_and_drop_library_noise():
     ]
 
 
-def test_token_matched_arm_reaches_its_budget_within_one_batch(tmp_path, done_job):
+def test_token_matched_arm_reaches_its_budget_within_one_step(tmp_path, done_job):
     """A@B counts total tokens: A's prompts are shorter, so it needs more examples (extra passes over
     a block are exercised by tests/job/test_resume.py's token-matched arm)."""
     from transformers import AutoTokenizer
@@ -204,9 +204,14 @@ def test_token_matched_arm_reaches_its_budget_within_one_batch(tmp_path, done_jo
         longest = max(len(e.input_ids) for e in tokenize_examples(tokenizer, data.train[block], "A", max_seq_len=384))
         cum_a += tokens["stages"][k]["total_tokens"]
         cum_b += matched[k]["total_tokens"]
-        assert cum_b <= cum_a < cum_b + 4 * longest  # reached, overshooting by less than one batch
+        assert cum_b <= cum_a < cum_b + 4 * longest  # reached, overshooting by less than one step of 4
         assert tokens["stages"][k]["examples"] > matched[k]["examples"]
     assert read(tmp_path / "a", "metrics.json")["arm"] == "A@B"
+    # The same step sequence as B's, continued: B's steps are the first of A@B's in every stage.
+    logs = [[json.loads(line) for line in (d / "train_log.jsonl").read_text().splitlines()] for d in (done_job, tmp_path / "a")]
+    for k in (1, 2):
+        b_steps, a_steps = ([e["examples"] for e in log if e["stage"] == k] for log in logs)
+        assert len(a_steps) > len(b_steps) and a_steps[: len(b_steps)] == b_steps
 
 
 def test_a_directory_holding_another_spec_is_refused(tmp_path):
@@ -308,7 +313,7 @@ def test_truncated_examples_are_counted_per_stage(done_job):
 
     from trajhpc.data.conditions import tokenize_examples
     from trajhpc.data.splits import load_study_data
-    from trajhpc.job.batching import stage_batches
+    from trajhpc.job.batching import spec_stage_batches
     from trajhpc.job.models import resolve_model
 
     spec = spec_of()
@@ -317,8 +322,8 @@ def test_truncated_examples_are_counted_per_stage(done_job):
     stages = read(done_job, "tokens.json")["stages"]
     for k, block in enumerate(ORDER, start=1):
         examples = tokenize_examples(tokenizer, data.train[block], "B", max_seq_len=384)
-        plan = stage_batches([len(e.input_ids) for e in examples], batch_size=4, grad_accum=1, seed=1, stage=k,
-                          max_steps=2)
+        plan = spec_stage_batches(spec.train, [e.record.uid for e in examples], [len(e.input_ids) for e in examples],
+                                  seed=1, stage=k)
         assert stages[k]["truncated_examples"] == sum(examples[i].is_truncated for i in plan.consumed())
     assert any(t["truncated_examples"] > 0 for t in stages)
 

@@ -187,7 +187,8 @@ def test_token_batches_killed_mid_stage_resume_equal(tmp_path, monkeypatch):
     assert metrics["resources"]["gradient_checkpointing"] is False  # the tiny model fits on CPU
     tokens = json.loads(reference["tokens"])["stages"]
     assert all(t["passes"] == 2 for t in tokens[1:])
-    assert all(t["padded_tokens"] < 1.03 * t["total_tokens"] for t in tokens[1:])
+    # Micro-batches are length-grouped inside each step of 16 examples only.
+    assert all(t["padded_tokens"] < 1.25 * t["total_tokens"] for t in tokens[1:])
 
     job_dir = tmp_path / "job"
     monkeypatch.setenv(FAULT_ENV, "stage:2:step:2")

@@ -123,3 +123,16 @@ def test_every_reader_refuses_a_log_above_the_one_size_cap(tmp_path, monkeypatch
     frame, why = read_train_log(tmp_path, 1)
     assert frame is None and why.startswith("train_log.jsonl: corrupt: larger than 1,000 bytes")
     assert len(trainlog.tail(tmp_path, window=500)) > 0  # the live view reads only the end
+
+
+def test_examples_hash_is_written_and_checked_strictly_and_optional_for_recipe_1_logs(tmp_path):
+    step = trainlog.entry(stage=1, step=1, loss=0.5, lr=1e-3, tokens=10, tokens_per_s=1.0, examples="0123456789ab")
+    assert list(step) == [*trainlog.FIELDS, "examples"]
+    assert "examples" not in _entry(1, 1)  # a recipe-1 plan has none
+    path = tmp_path / trainlog.TRAIN_LOG
+    path.write_text(json.dumps(step) + "\n" + json.dumps(_entry(1, 2)) + "\n")
+    assert trainlog.read_train_log(tmp_path, strict=True, n_stages=1) == [step, _entry(1, 2)]
+    for bad in ("0123456789AB", "0123", 12, None):
+        path.write_text(json.dumps(step | {"examples": bad}) + "\n")
+        with pytest.raises(FileProblem, match="line 1: examples .* is not a hash of 12 hex digits"):
+            trainlog.read_train_log(tmp_path, strict=True, n_stages=1)

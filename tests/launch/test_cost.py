@@ -88,12 +88,16 @@ def test_planned_work_equals_what_the_job_trains_and_evaluates(tmp_path):
     assert work.eval_prompts == sum(b["n"] for s in metrics["stages"] for b in s["per_block"].values())
 
 
-def test_budget_arm_is_planned_at_the_matched_conditions_tokens():
+def test_budget_arm_is_planned_as_the_job_plans_it(tmp_path):
+    """A@B: the job's own plan (stops at the first step reaching B's count), not a proportion."""
     planner = WorkPlanner()
     a, b = planner.work(SPEC.model_copy(update={"condition": "A"})), planner.work(SPEC)
-    matched = planner.work(SPEC.model_copy(update={"condition": "A", "token_budget": TokenBudget(match="B")}))
-    assert a.train_tokens < b.train_tokens
-    assert matched.train_tokens == b.train_tokens
+    spec = SPEC.model_copy(update={"condition": "A", "token_budget": TokenBudget(match="B")})
+    matched = planner.work(spec)
+    assert a.train_tokens < b.train_tokens <= matched.train_tokens < b.train_tokens + a.train_tokens
+    run_job(spec, tmp_path / "job", study="cost-test")
+    tokens = json.loads((tmp_path / "job" / "tokens.json").read_text())
+    assert matched.train_tokens == sum(s["total_tokens"] for s in tokens["stages"])
 
 
 def test_dry_run_with_rates_prints_the_estimated_gpu_hours(tmp_path):

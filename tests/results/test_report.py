@@ -15,7 +15,7 @@ from trajhpc.results.studyresult import StudyResult
 def result(tmp_path_factory) -> StudyResult:
     """The fixed synthetic study: 18 complete jobs, one stopped early, one with damaged metrics."""
     root = tmp_path_factory.mktemp("runs")
-    sj.write_study(root, "golden")
+    sj.write_study(root, "golden", also_under=("B",))  # A and A@B scored under B too: the train x eval section
     sj.write_job(root / "golden", sj.spec_for("B", seed=7), [[0.1] * 3] * 2, study="golden")  # stage 1 of 3
     broken = sj.write_job(root / "golden", sj.spec_for("A", seed=7), [[0.1] * 3] * 4, study="golden")
     (broken / "metrics.json").write_text(json.dumps({"schema": "trajhpc.metrics/1"})[:-1])

@@ -1,16 +1,30 @@
-"""Stage plans and batches: which examples, in which micro-batches, over how many passes, grouped
-into which optimizer steps (pure), and how a micro-batch becomes tensors (:func:`collate`).
+"""Stage plans and batches: which examples form each optimizer step, over how many passes, split
+into which micro-batches (pure), and how a micro-batch becomes tensors (:func:`collate`).
 
-Batches are length-grouped (sorted by length inside a seeded shuffle of mega-batches) and
-right-padded with an attention mask: no packing, so no attention across examples, and
-little padding. With ``tokens_per_batch`` a batch holds as many examples as fit in that
-many padded tokens, so short examples form large batches. A stage is planned before it
-runs, so the scheduler knows its length and a token-matched arm knows in advance at
-which batch it reaches its budget.
+A job's plan (:func:`spec_stage_batches`, recipe 2) decides the **steps** from the examples'
+identities (``Record.uid``), the seed, the stage and the pass only — never from token
+lengths — so every arm of a unit (same seed, same order, the same records under another
+condition) takes the same number of optimizer steps with the same examples in each
+(:func:`plan_steps`). Each pass is a seeded shuffle of the block's ids in sorted order,
+cut into steps of ``examples_per_step``; epochs and ``max_steps`` count these steps, and a
+token budget stops on a prefix of the same step sequence. Each step records a short hash
+of its example ids (:func:`examples_hash`), written to ``train_log.jsonl``.
+
+**Micro-batches only inside a step**, grouped by the arm's own lengths: the step's
+examples sorted by length, cut into ``batch_size`` rows, or with ``tokens_per_batch`` cut
+into the fewest runs whose rows x longest row stays within that cap, with the least
+padding among those (an example longer than the cap forms its own micro-batch). They run as gradient accumulation whose loss is normalised
+over the whole step, so splitting a step leaves its gradient unchanged up to rounding.
+Batches are right-padded with an attention mask: no packing, no attention across examples.
+
+:func:`stage_batches` is the older plan (recipe 1: batches grouped by each arm's own
+lengths, steps of ``grad_accum`` batches); only the tiny model's pre-training still uses it,
+so the tiny-v3 weights stay what they were.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
@@ -143,6 +157,7 @@ class StagePlan:
     batches: tuple[tuple[int, ...], ...]  # micro-batches of example indices, in training order
     steps: tuple[int, ...]  # micro-batches per optimizer step; sums to len(batches)
     passes: int  # passes over the block started (each with a fresh seeded shuffle)
+    examples: tuple[str, ...] = ()  # per step, :func:`examples_hash` of its example ids (empty: recipe-1 plan)
 
     def consumed(self) -> list[int]:
         """Example indices in the order they are trained on, repeats included."""
@@ -222,8 +237,140 @@ def stage_batches(
     return StagePlan(tuple(batches), tuple(steps), planned[-1][0] + 1 if planned else 0)
 
 
+def examples_hash(ids: Sequence[str]) -> str:
+    """12 hex digits of sha256 over the ids sorted, one per line: the same examples, the same hash
+    (in whichever order a step holds them)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()[:12]
+
+
+def pass_steps(ids: Sequence[str], examples_per_step: int, *, seed: int, stage: int, p: int) -> list[tuple[int, ...]]:
+    """Pass ``p`` of a stage as steps of example indices: a ``(seed, stage, p)``-seeded shuffle of
+    the ids in sorted order, cut into steps of ``examples_per_step`` (the last may be shorter).
+
+    Only the ids decide it: the same ids in another list order give the same steps of ids.
+    """
+    canonical = sorted(range(len(ids)), key=lambda i: ids[i])
+    order = [canonical[int(j)] for j in np.random.default_rng([seed, stage, p]).permutation(len(ids))]
+    return [tuple(order[s : s + examples_per_step]) for s in range(0, len(order), examples_per_step)]
+
+
+def micro_batches(
+    step: Sequence[int], lengths: Sequence[int], *, batch_size: int, tokens_per_batch: int | None
+) -> list[tuple[int, ...]]:
+    """One step's examples as micro-batches grouped by their (this arm's) lengths, longest first.
+
+    Sorted by length (ties keep the step's order), cut into ``batch_size`` rows from the
+    short end, or with ``tokens_per_batch`` by :func:`_cut_fewest`.
+    """
+    ranked = sorted(step, key=lambda i: lengths[i])
+    if tokens_per_batch is None:
+        batches = [ranked[j : j + batch_size] for j in range(0, len(ranked), batch_size)]
+    else:
+        batches = _cut_fewest(ranked, lengths, tokens_per_batch)
+    # The longest first: an out-of-memory shows at a step's first forward.
+    return [tuple(b) for b in reversed(batches)]
+
+
+def _cut_fewest(ranked: Sequence[int], lengths: Sequence[int], limit: int) -> list[list[int]]:
+    """Examples in ascending length, cut into the fewest runs whose rows x longest stays within
+    ``limit`` (an example longer than that alone), and among those the least padding.
+
+    Exact over a step (dynamic programming over cut points, quadratic in its size); where
+    greedy filling leaves the last run of long examples with the short ones' padding, this
+    moves the cut.
+    """
+    n = len(ranked)
+    best: list[tuple[int, int, int]] = [(0, 0, 0)] + [(n + 1, 0, 0)] * n  # (runs, padded, start of last run)
+    for j in range(1, n + 1):
+        top = lengths[ranked[j - 1]]
+        for i in range(j - 1, -1, -1):
+            if j - i > 1 and (j - i) * top > limit:
+                break
+            runs, pad, _ = best[i]
+            cand = (runs + 1, pad + (j - i) * top, i)
+            if cand[:2] < best[j][:2]:
+                best[j] = cand
+    runs: list[list[int]] = []
+    j = n
+    while j > 0:
+        i = best[j][2]
+        runs.append(list(ranked[i:j]))
+        j = i
+    return runs[::-1]
+
+
+def plan_steps(
+    ids: Sequence[str],
+    lengths: Sequence[int],
+    *,
+    examples_per_step: int,
+    batch_size: int,
+    seed: int,
+    stage: int,
+    epochs: float = 1.0,
+    max_steps: int | None = None,
+    budget: int | None = None,
+    counts: Sequence[int] | None = None,
+    tokens_per_batch: int | None = None,
+) -> StagePlan:
+    """Plan one stage over a block of examples identified by ``ids`` (recipe 2).
+
+    Steps come from consecutive passes (:func:`pass_steps`). Without a budget the stage
+    runs ``max_steps`` steps if set, else ``epochs`` x the steps of a pass (rounded up, at
+    least one). With a ``budget`` it stops at the first step whose cumulative ``counts``
+    (tokens per example, the arm's own) reach it: a prefix of the same step sequence, into
+    further passes when the budget is larger than a pass; a budget <= 0 plans nothing.
+    Each step is split by :func:`micro_batches`; only that depends on ``lengths``.
+    """
+    if not ids:
+        raise TrajhpcError(f"stage {stage}: the block has no training examples")
+    if len(lengths) != len(ids):
+        raise ValueError("one length per example id")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        twice = next(i for i in ids if i in seen or seen.add(i))
+        raise TrajhpcError(f"stage {stage}: example id {twice!r} occurs twice in the block; ids must be unique")
+
+    def stream():
+        p = 0
+        while True:
+            for step in pass_steps(ids, examples_per_step, seed=seed, stage=stage, p=p):
+                yield p, step
+            p += 1
+
+    it = stream()
+    planned: list[tuple[int, tuple[int, ...]]] = []  # (pass, step)
+    if budget is not None:
+        if counts is None or len(counts) != len(ids):
+            raise ValueError("a budget needs one token count per example")
+        if sum(counts) <= 0 and budget > 0:
+            raise TrajhpcError(f"stage {stage}: no example has a token to count toward the budget")
+        total = 0
+        while total < budget:
+            planned.append(next(it))
+            total += sum(counts[i] for i in planned[-1][1])
+    else:
+        per_pass = math.ceil(len(ids) / examples_per_step)
+        n = max_steps if max_steps is not None else max(1, math.ceil(round(epochs * per_pass, 6)))
+        planned = [next(it) for _ in range(n)]
+    batches: list[tuple[int, ...]] = []
+    steps: list[int] = []
+    for _, step in planned:
+        micro = micro_batches(step, lengths, batch_size=batch_size, tokens_per_batch=tokens_per_batch)
+        batches += micro
+        steps.append(len(micro))
+    hashes = tuple(examples_hash([ids[i] for i in step]) for _, step in planned)
+    return StagePlan(tuple(batches), tuple(steps), planned[-1][0] + 1 if planned else 0, hashes)
+
+
+def examples_per_step(cfg: TrainSpec) -> int:
+    """Examples in one optimizer step: ``examples_per_step``, by default ``batch_size`` x ``grad_accum``."""
+    return cfg.examples_per_step if cfg.examples_per_step is not None else cfg.batch_size * cfg.grad_accum
+
+
 def spec_stage_batches(
     cfg: TrainSpec,
+    ids: Sequence[str],
     lengths: Sequence[int],
     *,
     seed: int,
@@ -231,11 +378,20 @@ def spec_stage_batches(
     budget: int | None = None,
     counts: Sequence[int] | None = None,
 ) -> StagePlan:
-    """:func:`stage_batches` with a job's training settings: the one plan the job, the budget
+    """:func:`plan_steps` with a job's training settings: the one plan the job, the budget
     matching and the cost estimate all use."""
+    return plan_steps(
+        ids, lengths, examples_per_step=examples_per_step(cfg), batch_size=cfg.batch_size, seed=seed, stage=stage,
+        epochs=cfg.epochs, max_steps=cfg.max_steps, budget=budget, counts=counts,
+        tokens_per_batch=cfg.tokens_per_batch,
+    )
+
+
+def legacy_stage_batches(cfg: TrainSpec, lengths: Sequence[int], *, seed: int, stage: int) -> StagePlan:
+    """:func:`stage_batches` (recipe 1) with these training settings: the tiny model's pre-training plan."""
     return stage_batches(
         lengths, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=seed, stage=stage, epochs=cfg.epochs,
-        max_steps=cfg.max_steps, budget=budget, counts=counts, tokens_per_batch=cfg.tokens_per_batch,
+        max_steps=cfg.max_steps, tokens_per_batch=cfg.tokens_per_batch,
     )
 
 

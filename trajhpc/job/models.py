@@ -229,9 +229,12 @@ def build_tiny(out: Path, seed: int = 0) -> None:
             examples = tinycorpus.lm_examples(
                 tokenizer, phase_records, max_seq_len=TINY_MAX_POSITIONS, user_header=START_HEADER + "user"
             )
-            plan = batching.spec_stage_batches(cfg, [len(e.input_ids) for e in examples], seed=seed, stage=stage)
+            # Recipe-1 batching and warm-up: what tiny-v3 was pre-trained with, so its weights stay the same.
+            plan = batching.legacy_stage_batches(cfg, [len(e.input_ids) for e in examples], seed=seed, stage=stage)
             optimizer = train.build_optimizer(model, cfg)
-            result = train.train_batches(model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id)
+            result = train.train_batches(
+                model, optimizer, examples, plan, cfg, pad_id=tokenizer.pad_token_id, warmup_from_zero=True
+            )
             # mean_loss: token-weighted over the phase
             done[name] = {**recipe, "records": len(phase_records), "steps": result.steps, "tokens": result.tokens,
                           "mean_loss": result.loss}

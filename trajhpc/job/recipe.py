@@ -9,7 +9,7 @@ nothing but the stage's prediction rows it returns.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
@@ -43,6 +43,8 @@ class Prepared:
     budgets: Sequence[int] | None  # cumulative token budget through each stage (token_budget arms)
     gradient_checkpointing: bool
     heldout_in_pretraining: int | None = None  # held-out dialogues the model was pre-trained on (tiny only)
+    # eval.also_under: condition -> the same held-out items, in the same order, rendered under it.
+    heldout_under: Mapping[str, Sequence[Any]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- prepare
@@ -70,7 +72,7 @@ def prepare(spec: JobSpec, console: Console) -> Prepared:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train_examples = {b: _tokenize(spec, tokenizer, data.train[b], spec.condition, spec.condition_k) for b in spec.order}
-    heldout = _heldout(spec, tokenizer, data)
+    heldout = _heldout(spec, tokenizer, data, spec.condition, spec.condition_k)
     return Prepared(
         spec=spec,
         model_path=model_path,
@@ -85,6 +87,7 @@ def prepare(spec: JobSpec, console: Console) -> Prepared:
         budgets=_budgets(spec, tokenizer, data, train_examples, console) if spec.token_budget else None,
         gradient_checkpointing=_gradient_checkpointing(spec, model_path, train_examples, dtype, device),
         heldout_in_pretraining=in_pretraining,
+        heldout_under={c: _heldout(spec, tokenizer, data, c, None) for c in spec.eval.also_under},
     )
 
 
@@ -115,7 +118,8 @@ def _tokenize(spec: JobSpec, tokenizer, records, condition: str, k: int | None):
     return tokenize_examples(tokenizer, records, condition, k=k, max_seq_len=spec.train.max_seq_len)
 
 
-def _heldout(spec: JobSpec, tokenizer, data) -> list:
+def _heldout(spec: JobSpec, tokenizer, data, condition: str, k: int | None) -> list:
+    """Every block's held-out items with prompts rendered under ``condition``, in one order for every condition."""
     from trajhpc.job.baselines import diagnostics
     from trajhpc.job.evaluate import HeldOut, gold_token_count
 
@@ -123,7 +127,7 @@ def _heldout(spec: JobSpec, tokenizer, data) -> list:
     items = []
     for block in data.blocks:
         records = data.heldout[block]
-        for r, ex in zip(records, _tokenize(spec, tokenizer, records, spec.condition, spec.condition_k)):
+        for r, ex in zip(records, _tokenize(spec, tokenizer, records, condition, k)):
             gold = gold_token_count(ex.input_ids[len(ex.prompt_ids) :], special)
             seen = diagnostics(r.target, tokenizer.decode(ex.prompt_ids))  # the prompt as the model sees it
             items.append(HeldOut(r.uid, block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold, seen))
@@ -174,7 +178,7 @@ def _gradient_checkpointing(spec: JobSpec, model_path, train_examples, dtype, de
     return train.resolve_gradient_checkpointing(
         t.gradient_checkpointing,
         config=AutoConfig.from_pretrained(str(model_path)),
-        batch_tokens=train.largest_batch_tokens(lengths, t.batch_size, t.tokens_per_batch),
+        batch_tokens=train.largest_batch_tokens(lengths, t.batch_size, t.tokens_per_batch, t.examples_per_step),
         compute_dtype=dtype,
         quantization=spec.quantization,
         free_bytes=train.free_memory_bytes(device),
@@ -182,8 +186,9 @@ def _gradient_checkpointing(spec: JobSpec, model_path, train_examples, dtype, de
 
 
 def block_batches(spec: JobSpec, examples, stage: int, budget: int | None):
-    """The batches of stage ``stage`` over one block's ``examples`` under the job's training settings
-    (trajhpc.job.batching.spec_stage_batches), stopped at ``budget`` when given."""
+    """The steps of stage ``stage`` over one block's ``examples`` under the job's training settings
+    (trajhpc.job.batching.spec_stage_batches: steps from the records' uids, the same in every arm),
+    stopped at ``budget`` when given."""
     from trajhpc.job.batching import spec_stage_batches
 
     counts = None
@@ -191,7 +196,8 @@ def block_batches(spec: JobSpec, examples, stage: int, budget: int | None):
         key = f"{spec.token_budget.count}_tokens"
         counts = [count([e])[key] for e in examples]
     lengths = [len(e.input_ids) for e in examples]
-    return spec_stage_batches(spec.train, lengths, seed=spec.seed, stage=stage, budget=budget, counts=counts)
+    ids = [e.record.uid for e in examples]
+    return spec_stage_batches(spec.train, ids, lengths, seed=spec.seed, stage=stage, budget=budget, counts=counts)
 
 
 def _budgets(spec: JobSpec, tokenizer, data, own_examples, console: Console) -> list[int]:
@@ -285,11 +291,20 @@ class Evaluator:
 
             # Built once per attempt; later stages only re-merge the adapter into it.
             self.merged = self.merged.sync(model) if self.merged else MergedEvalModel.from_peft(model)
-        ev = evaluate(
-            model, prep.tokenizer, prep.heldout, prep.blocks,
-            batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, autocast_dtype=prep.autocast,
-            tokens_per_batch=cfg.tokens_per_batch, backend=cfg.backend, merged=self.merged,
-        )
+        def run(items):
+            return evaluate(
+                model, prep.tokenizer, items, prep.blocks,
+                batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, autocast_dtype=prep.autocast,
+                tokens_per_batch=cfg.tokens_per_batch, backend=cfg.backend, merged=self.merged,
+            )
+
+        ev = run(prep.heldout)
+        rows, also_under = list(ev.rows), {}
+        for condition, items in prep.heldout_under.items():
+            other = run(items)
+            # Own rows carry no eval_condition (files without it stay valid); these say theirs.
+            rows += [{**row, "eval_condition": condition} for row in other.rows]
+            also_under[condition] = {"eval_seconds": other.seconds, "per_block": other.per_block}
         stage = state.stage
         entry = {
             "stage": stage,
@@ -301,7 +316,9 @@ class Evaluator:
             "per_block": ev.per_block,
             "eval_truncated_gold": dict(prep.truncated_gold),
         }
-        return entry, ev.rows
+        if also_under:
+            entry["also_under"] = also_under
+        return entry, rows
 
 
 def next_stage_batches(prep: Prepared, after: CheckpointState):

@@ -270,13 +270,18 @@ def parse_fault(value: str | None) -> tuple[str, int, int | None] | None:
 # ---------------------------------------------------------------- pure assembly of outputs
 
 
-def final_summary(per_block: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """Unweighted mean over blocks of each score (blocks where it is None are skipped)."""
+def final_summary(
+    per_block: Mapping[str, Mapping[str, Any]], also_under: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Unweighted mean over blocks of each score (blocks where it is None are skipped); with the last
+    stage's ``also_under``, the same summary under each of those conditions."""
     out: dict[str, Any] = {}
     for key in SCORE_KEYS:
         values = [b[key] for b in per_block.values() if b.get(key) is not None]
         out[key] = sum(values) / len(values) if values else None
     out["per_block"] = dict(per_block)
+    if also_under:
+        out["also_under"] = {c: final_summary(v["per_block"]) for c, v in also_under.items()}
     return out
 
 
@@ -386,7 +391,8 @@ class _Run:
         while True:
             if k > outputs.done:  # evaluate the checkpoint's stage
                 self._activity(outputs.done, {"phase": "evaluating", "stage": k})
-                log(self.console, f"stage {k}/{n}: evaluating {len(prep.heldout)} held-out examples")
+                under = "".join(f", again under {c}" for c in prep.heldout_under)
+                log(self.console, f"stage {k}/{n}: evaluating {len(prep.heldout)} held-out examples{under}")
                 entry, rows = evaluate(model, ckpt.state)
                 atomic_write_jsonl(JobDir(job_dir).predictions(k), [checked(PredictionRow, r) for r in rows])
                 outputs.stages.append(entry)
@@ -441,7 +447,7 @@ class _Run:
             progress.update(r.step, r.n_steps, r.loss, r.tokens)
             self.train_log.append(trainlog.entry(
                 stage=stage, step=r.step, loss=r.loss, lr=r.lr, tokens=r.supervised_tokens,
-                tokens_per_s=r.tokens / r.seconds if r.seconds > 0 else 0.0,
+                tokens_per_s=r.tokens / r.seconds if r.seconds > 0 else 0.0, examples=r.examples,
             ))
             if self.fault == ("step", stage, r.step):
                 raise InjectedFault(f"stage {stage} step {r.step}")
@@ -479,7 +485,7 @@ class _Run:
                 "device": self.prep.device.type,
                 "complete": complete,
                 "stages": stages,
-                "final": final_summary(stages[-1]["per_block"]) if complete else None,
+                "final": final_summary(stages[-1]["per_block"], stages[-1].get("also_under")) if complete else None,
                 "resources": resources(
                     stages, token_stages, provenance.peak_memory_bytes(self.prep.device.type), self.params,
                     self.prep.gradient_checkpointing,

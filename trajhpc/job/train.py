@@ -13,19 +13,21 @@ Design choices (they decide what a checkpoint must hold):
   on the same optimizer. A stage therefore starts from (adapter, optimizer state,
   RNG state); the previous block's finished scheduler is kept in the checkpoint
   only as a record.
-- **Stages are planned before they run** (:func:`stage_batches`, pure): which
-  micro-batches, over how many passes, grouped into which optimizer steps. So the
-  scheduler knows its length, and a token-matched arm knows in advance at which
-  batch it reaches its budget.
+- **Stages are planned before they run** (:mod:`trajhpc.job.batching`, pure): which
+  examples form each optimizer step (from their ids, never their lengths: every arm
+  of a unit takes the same steps), split into which micro-batches. So the scheduler
+  knows its length, and a token-matched arm knows in advance at which step it
+  reaches its budget.
+- **The first step of a stage learns**: warm-up starts at lr / warm-up steps (not at
+  0) and reaches lr at the last warm-up step; a one-step stage runs at lr.
 - **Loss on target tokens only, normalized per optimizer step.** Each micro-batch's
   summed token loss is divided by the number of target tokens in the whole step
   (the model's own loss with ``num_items_in_batch``), so gradient accumulation
   gives the same gradient as one large batch.
-- **Batches are length-grouped** (sorted by length inside a seeded shuffle of
-  mega-batches) and right-padded with an attention mask: no packing, so no
-  attention across examples, and little padding. With ``tokens_per_batch`` a
-  batch holds as many examples as fit in that many padded tokens, so short
-  examples form large batches.
+- **Micro-batches are length-grouped inside a step** and right-padded with an
+  attention mask: no packing, so no attention across examples. With
+  ``tokens_per_batch`` a micro-batch holds as many of the step's examples as fit in
+  that many padded tokens, so short examples form large micro-batches.
 - **Logits only where the loss is** (:func:`supervised_loss`): the LM head runs on
   the few positions that carry a label, not on every position of the batch.
 """
@@ -33,6 +35,7 @@ Design choices (they decide what a checkpoint must hold):
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -155,10 +158,16 @@ def free_memory_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def largest_batch_tokens(lengths: Sequence[int], batch_size: int, tokens_per_batch: int | None) -> int:
-    """Padded tokens of the largest batch any plan over examples of these lengths can form."""
+def largest_batch_tokens(
+    lengths: Sequence[int], batch_size: int, tokens_per_batch: int | None, examples_per_step: int | None = None
+) -> int:
+    """Padded tokens of the largest micro-batch any plan over examples of these lengths can form
+    (a step of ``examples_per_step`` examples holds at most that many rows)."""
     longest = max(lengths, default=0)
-    return max(tokens_per_batch, longest) if tokens_per_batch is not None else batch_size * longest
+    if tokens_per_batch is not None:
+        return max(tokens_per_batch, longest)
+    rows = batch_size if examples_per_step is None else min(batch_size, examples_per_step)
+    return rows * longest
 
 
 def resolve_gradient_checkpointing(
@@ -217,13 +226,35 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainSpec) -> torch.optim.Optim
     return torch.optim.AdamW(trainable_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSpec, num_steps: int):
-    """This block's LR schedule: warmup then decay over ``num_steps`` optimizer steps."""
-    from transformers import get_scheduler
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSpec, num_steps: int, *, warmup_from_zero: bool = False):
+    """This block's LR schedule: warm-up then decay over ``num_steps`` optimizer steps.
 
-    name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+    Warm-up step ``s`` (0-based) of ``w`` runs at lr x (s + 1) / w, so the first step
+    already learns and a one-step stage runs at lr; then the ``schedule``'s decay, as
+    transformers defines it. ``warmup_from_zero`` is the recipe-1 warm-up (lr x s / w: the
+    first step at 0), kept for the tiny model's pre-training only (its weights stay tiny-v3's).
+    """
     warmup = math.ceil(cfg.warmup_ratio * num_steps)
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(num_steps, 1))
+    total = max(num_steps, 1)
+    if warmup_from_zero:
+        from transformers import get_scheduler
+
+        name = "constant_with_warmup" if cfg.schedule == "constant" else cfg.schedule
+        return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    factor = functools.partial(_lr_factor, schedule=cfg.schedule, warmup=warmup, total=total)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _lr_factor(s: int, *, schedule: str, warmup: int, total: int) -> float:
+    """The share of lr that step ``s`` (0-based) runs at; after warm-up, transformers' decays."""
+    if s < warmup:
+        return (s + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (s - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 # ---------------------------------------------------------------- the loop
@@ -276,6 +307,7 @@ class StepReport:
     tokens: int  # real (unpadded) tokens the step trained on
     supervised_tokens: int  # target tokens (the loss is over these)
     seconds: float  # the step's wall time
+    examples: str = ""  # batching.examples_hash of the step's example ids ("" for a recipe-1 plan)
 
 
 StepHook = Callable[[StepReport], None]
@@ -291,6 +323,7 @@ def train_batches(
     pad_id: int,
     autocast_dtype: torch.dtype | None = None,
     on_step: StepHook | None = None,
+    warmup_from_zero: bool = False,
 ) -> StageResult:
     """Train the adapter on one stage's batches, following ``plan``; the LR schedule restarts here.
 
@@ -302,7 +335,7 @@ def train_batches(
         return StageResult(None, 0.0, 0, 0, None)
     device = next(p for p in model.parameters()).device
     params = trainable_parameters(model)
-    scheduler = build_scheduler(optimizer, cfg, n_steps)
+    scheduler = build_scheduler(optimizer, cfg, n_steps, warmup_from_zero=warmup_from_zero)
     amp = autocast(device.type, autocast_dtype)
     # fp16 needs loss scaling (bf16 and fp32 don't); a fresh scaler per stage keeps
     # stage boundaries free of extra state.
@@ -335,7 +368,8 @@ def train_batches(
         token_sum += step_tokens
         if on_step is not None:
             seconds = time.perf_counter() - step_started
-            on_step(StepReport(step + 1, n_steps, step_loss, float(lr), step_tokens, n_target, seconds))
+            digest = plan.examples[step] if plan.examples else ""
+            on_step(StepReport(step + 1, n_steps, step_loss, float(lr), step_tokens, n_target, seconds, digest))
     loss = loss_sum / target_sum if target_sum else None
     return StageResult(loss, time.perf_counter() - started, n_steps, token_sum, scheduler.state_dict())
 

@@ -30,7 +30,7 @@ from trajhpc.jobdir.paths import (
     read_bytes,
     read_json_object,
 )
-from trajhpc.spec import SPEC_SCHEMA, JobSpec, as_written, spec_from_dict
+from trajhpc.spec import SPEC_SCHEMA, ConditionName, JobSpec, as_written, spec_from_dict
 
 METRICS_SCHEMA = "trajhpc.metrics/1"
 TOKENS_SCHEMA = "trajhpc.tokens/1"
@@ -72,6 +72,14 @@ class PredictionRow(_Doc):
     gold_values_in_prompt: bool | None = None
     prediction: str | None = None
     gold: str | None = None
+    # The condition the prompt was rendered under when it is not the job's own (eval.also_under);
+    # absent (None) for the job's own condition, as in every file written before the option.
+    eval_condition: ConditionName | None = None
+
+
+class EvalUnder(_Doc):
+    eval_seconds: float | None = None
+    per_block: dict[str, BlockScores]
 
 
 class MetricsStage(_Doc):
@@ -80,6 +88,8 @@ class MetricsStage(_Doc):
     train_loss: float | None = None
     train_seconds: float | None = None
     per_block: dict[str, BlockScores]
+    # eval.also_under: condition -> the same items scored with prompts rendered under it.
+    also_under: dict[str, EvalUnder] = {}
 
 
 class MeasuredResources(_Doc):
@@ -236,7 +246,7 @@ def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
     if metrics.study is not None and metrics.study != job_dir.parent.name:
         folder = job_dir.parent.name
         raise JobProblem(MISMATCH, METRICS, f"study {metrics.study!r} does not match its folder {folder!r}")
-    _check_stages(metrics.stages, order)
+    _check_stages(metrics.stages, order, spec.eval.also_under)
     if not metrics.complete or len(metrics.stages) < n_stages + 1:
         done = f"stage {len(metrics.stages) - 1} of {n_stages}" if metrics.stages else "no stage evaluated yet"
         complete = str(metrics.complete).lower()
@@ -257,8 +267,9 @@ def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
     return spec, metrics, tokens
 
 
-def _check_stages(stages: list[MetricsStage], order: list[str]) -> None:
-    """Stage t must follow training block order[t-1] and evaluate the same blocks as stage 0."""
+def _check_stages(stages: list[MetricsStage], order: list[str], also_under: tuple[str, ...] = ()) -> None:
+    """Stage t must follow training block order[t-1] and evaluate the same blocks as stage 0, under its own
+    condition and under each of the spec's ``eval.also_under`` (no more, no fewer)."""
     if len(stages) > len(order) + 1:
         raise JobProblem(CORRUPT, METRICS, f"stages: {len(stages)} stages for an order of {len(order)} blocks")
     blocks = set(stages[0].per_block) if stages else set()
@@ -271,6 +282,13 @@ def _check_stages(stages: list[MetricsStage], order: list[str]) -> None:
         if set(stage.per_block) != blocks:
             evaluated = f"evaluates {sorted(stage.per_block)}, stage 0 evaluates {sorted(blocks)}"
             raise JobProblem(CORRUPT, METRICS, f"stages.{t}.per_block: {evaluated}")
+        if set(stage.also_under) != set(also_under):
+            got = f"scores under {sorted(stage.also_under)}, spec.json's eval.also_under is {list(also_under)}"
+            raise JobProblem(CORRUPT, METRICS, f"stages.{t}.also_under: {got}")
+        for condition, under in stage.also_under.items():
+            if set(under.per_block) != blocks:
+                evaluated = f"evaluates {sorted(under.per_block)}, stage 0 evaluates {sorted(blocks)}"
+                raise JobProblem(CORRUPT, METRICS, f"stages.{t}.also_under.{condition}.per_block: {evaluated}")
     missing = [b for b in order if stages and b not in blocks]
     if missing:
         raise JobProblem(CORRUPT, METRICS, f"stages.0.per_block: trained blocks {missing} are never evaluated")

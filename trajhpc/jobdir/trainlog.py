@@ -1,10 +1,13 @@
 """``<job dir>/train_log.jsonl``: one JSON object per optimizer step, appended while a job trains.
 
 Each line is ``{"stage": int, "step": int, "loss": float, "lr": float, "tokens": int,
-"tokens_per_s": float}``: the training stage (1..n), the optimizer step within it
-(1-based), the step's loss (mean over its supervised tokens), the learning rate the step
-used, the supervised (target) tokens in the step, and the step's throughput in real
-(unpadded, prompt and target) tokens per second of its wall time.
+"tokens_per_s": float, "examples": str}``: the training stage (1..n), the optimizer step
+within it (1-based), the step's loss (mean over its supervised tokens), the learning rate
+the step used, the supervised (target) tokens in the step, the step's throughput in real
+(unpadded, prompt and target) tokens per second of its wall time, and which examples the
+step trained on: 12 hex digits of sha256 over the step's example ids (``Record.uid``)
+sorted and joined by newlines (trajhpc.job.batching.examples_hash), equal in every arm
+of a unit step by step. Logs of recipe-1 jobs have no ``examples``.
 
 Lines are appended and flushed step by step, so a live view (and ``tail -f``) sees them
 at once. A job killed mid-stage leaves that stage's first steps in the file; when it is
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +34,22 @@ from trajhpc.core.atomic import atomic_write_text
 from trajhpc.core.errors import TrajhpcError
 from trajhpc.jobdir.paths import TRAIN_LOG, FileProblem, JobDir, open_regular, read_bytes
 
-FIELDS = ("stage", "step", "loss", "lr", "tokens", "tokens_per_s")
+FIELDS = ("stage", "step", "loss", "lr", "tokens", "tokens_per_s")  # in every line
+OPTIONAL = ("examples",)  # absent from recipe-1 logs
 _INTEGERS = ("stage", "step", "tokens")  # the other fields are numbers
+_HASH = re.compile(r"[0-9a-f]{12}")
 MAX_BYTES = 256 * 2**20  # ~2 million steps; the one cap of every reader of the log
 
 
-def entry(*, stage: int, step: int, loss: float, lr: float, tokens: int, tokens_per_s: float) -> dict[str, Any]:
-    """One line's object, in the documented key order."""
-    return {"stage": int(stage), "step": int(step), "loss": float(loss), "lr": float(lr), "tokens": int(tokens),
-            "tokens_per_s": round(float(tokens_per_s), 1)}
+def entry(
+    *, stage: int, step: int, loss: float, lr: float, tokens: int, tokens_per_s: float, examples: str = ""
+) -> dict[str, Any]:
+    """One line's object, in the documented key order (``examples`` left out when empty: a recipe-1 plan)."""
+    obj: dict[str, Any] = {"stage": int(stage), "step": int(step), "loss": float(loss), "lr": float(lr),
+                           "tokens": int(tokens), "tokens_per_s": round(float(tokens_per_s), 1)}
+    if examples:
+        obj["examples"] = str(examples)
+    return obj
 
 
 def entry_problem(obj: Any, *, strict: bool = False, n_stages: int | None = None) -> str | None:
@@ -60,6 +71,8 @@ def entry_problem(obj: Any, *, strict: bool = False, n_stages: int | None = None
                 return f"{key} {value!r} is not an integer"
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or (strict and not math.isfinite(value)):
             return f"{key} {value!r} is not a number (finite)"
+    if "examples" in obj and not (isinstance(obj["examples"], str) and (not strict or _HASH.fullmatch(obj["examples"]))):
+        return f"examples {obj['examples']!r} is not a hash of 12 hex digits"
     if strict and n_stages is not None and not 1 <= obj["stage"] <= n_stages:
         return f"stage {obj['stage']} is not a training stage (1 to {n_stages})"
     if strict and obj["step"] < 1:

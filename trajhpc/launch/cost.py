@@ -87,15 +87,21 @@ class WorkPlanner:
     def work(self, spec: JobSpec) -> JobWork:
         """Tokens this job trains on and prompts it evaluates."""
         data = self._study_data(spec)
-        own = self._stage_counts(spec, spec.condition, spec.condition_k)
-        total = sum(t for t, _ in own)
-        if spec.token_budget is not None:
-            # The job stops once its budget count reaches what the matched condition consumes.
+        if spec.token_budget is None:
+            total = sum(t for t, _ in self._stage_counts(spec, spec.condition, spec.condition_k))
+        else:
+            # As the job does: each stage stops at the first step whose cumulative budget count
+            # reaches what the matched condition consumes through that stage.
             k = spec.condition_k if spec.token_budget.match == "last-k" else None
+            key = 1 if spec.token_budget.count == "supervised" else 0
+            cumulative, consumed, total = 0, 0, 0
             matched = self._stage_counts(spec, spec.token_budget.match, k)
-            budget = sum(t if spec.token_budget.count == "total" else s for t, s in matched)
-            own_count = sum(t if spec.token_budget.count == "total" else s for t, s in own)
-            total = round(total * budget / own_count) if own_count else 0
+            for stage, block in enumerate(spec.order, start=1):
+                cumulative += matched[stage - 1][key]
+                t, s = self._stage_counts_of(spec, block, stage, spec.condition, spec.condition_k,
+                                             budget=cumulative - consumed, key=key)
+                consumed += (t, s)[key]
+                total += t
         heldout = sum(len(data.heldout[b]) for b in data.blocks)
         return JobWork(train_tokens=total, eval_prompts=heldout * (len(spec.order) + 1))
 
@@ -129,13 +135,23 @@ class WorkPlanner:
 
     def _stage_counts(self, spec: JobSpec, condition: str, k: int | None) -> list[tuple[int, int]]:
         """(total, supervised) tokens of each stage's unbudgeted plan."""
+        return [self._stage_counts_of(spec, block, stage, condition, k) for stage, block in enumerate(spec.order, start=1)]
+
+    def _stage_counts_of(
+        self, spec: JobSpec, block: str, stage: int, condition: str, k: int | None,
+        budget: int | None = None, key: int = 0,
+    ) -> tuple[int, int]:
+        """(total, supervised) tokens of one stage's plan (the job's: batching.spec_stage_batches),
+        stopped at ``budget`` counted in total (``key`` 0) or supervised (1) tokens when given."""
         from trajhpc.data.tokens import count_tokens
         from trajhpc.job.batching import spec_stage_batches
 
-        out = []
-        for stage, block in enumerate(spec.order, start=1):
-            examples = self._block_examples(spec, block, condition, k)
-            plan = spec_stage_batches(spec.train, [len(e.input_ids) for e in examples], seed=spec.seed, stage=stage)
-            counts = count_tokens(examples[i] for i in plan.consumed())
-            out.append((counts.total_tokens, counts.supervised_tokens))
-        return out
+        examples = self._block_examples(spec, block, condition, k)
+        counts = None
+        if budget is not None:
+            counts = [(c.total_tokens, c.supervised_tokens)[key] for c in (count_tokens([e]) for e in examples)]
+        ids = [e.record.uid for e in examples]
+        plan = spec_stage_batches(spec.train, ids, [len(e.input_ids) for e in examples], seed=spec.seed, stage=stage,
+                                  budget=budget, counts=counts)
+        consumed = count_tokens(examples[i] for i in plan.consumed())
+        return consumed.total_tokens, consumed.supervised_tokens

@@ -67,6 +67,9 @@ def write_outputs(result: StudyResult, *, plots: bool = True) -> Path:
         atomic_write_text(out / f"{name}.csv", _csv(getattr(result, name)))
     atomic_write_text(out / "loss_curves.csv", _csv(result.loss))
     atomic_write_text(out / "paired.csv", _csv(paired_table(result)))
+    if result.train_eval.height:  # only a study evaluated under other conditions (eval.also_under) has them
+        atomic_write_text(out / "train_eval.csv", _csv(result.train_eval))
+        atomic_write_text(out / "train_eval_paired.csv", _csv(result.train_eval_paired))
     figures = plots_module.write_plots(result, out) if plots and result.units.height else []
     atomic_write_text(out / "report.md", report.render_markdown(result, figures))
     return out

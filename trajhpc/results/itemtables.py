@@ -77,6 +77,8 @@ def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[p
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "row"
             return empty, f"{where}:{number}: corrupt: {field}: {first['msg']}"
+        if row.eval_condition is not None:  # scored under another condition (eval.also_under): not this arm's items
+            continue
         values = (job_id, row.item, row.dialogue_key, row.block, row.exact, row.name, row.target_kind,
                   row.gold_name_in_prompt, row.gold_values_in_prompt, row.prediction, row.gold)
         for key, value in zip(cols, values):

@@ -275,9 +275,12 @@ def read_logs(records: Sequence[JobRecord]) -> TrainLogs:
 # ---------------------------------------------------------------- arms
 
 
-# The arm's own fields (data.tool_docs names arms too: "B+docs-dialogue") are not a variant.
+# The arm's own fields (data.tool_docs names arms too: "B+docs-dialogue") are not a variant, nor
+# eval.also_under: it adds scores under other conditions and leaves the own ones as they are (and a
+# manifest's also_under: [B] is dropped from the B arm's jobs, which must still pair with A's).
 _NOT_VARIANT: dict[str, Any] = {
     "condition": True, "condition_k": True, "seed": True, "order": True, "token_budget": True, "data": {"tool_docs"},
+    "eval": {"also_under"},
 }
 
 

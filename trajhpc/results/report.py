@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import polars as pl
 
 from trajhpc.job.scoring import SCORE_KEYS
-from trajhpc.results import families
+from trajhpc.results import families, traineval
 from trajhpc.results.ceilings import ceiling_cells, ceiling_note
 from trajhpc.results.continual import CONTINUAL_METRICS
 from trajhpc.results.studyresult import StudyResult
@@ -412,6 +412,7 @@ def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
     out += _continual_section(result)
     out += _compute_section(result)
     out += _paired_section(result)
+    out += traineval.markdown_section(result.train_eval, result.train_eval_paired)
     out += _evidence_section(result)
     if figures:
         out += ["## Plots", ""]

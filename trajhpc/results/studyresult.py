@@ -31,6 +31,9 @@ class StudyResult:
     compute: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage: tokens and accuracy, like with like
     rmatrix_blocks: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stage x block (name)
     loss: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x global step: mean training loss
+    # Training crossed with evaluation (trajhpc.results.traineval): empty without eval.also_under.
+    train_eval: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x eval condition x metric
+    train_eval_paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # paired differences across it
     # Example-level tables (trajhpc.results.itemtables): empty when the jobs' predictions are not read.
     item_paired: pl.DataFrame = field(default_factory=pl.DataFrame)  # comparison x metric x item-level test
     strata: pl.DataFrame = field(default_factory=pl.DataFrame)  # arm x stratum x metric

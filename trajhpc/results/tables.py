@@ -16,7 +16,7 @@ import polars as pl
 
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir.documents import OK, BlockScores
-from trajhpc.results import families, itemtables, stats
+from trajhpc.results import families, itemtables, stats, traineval
 from trajhpc.results.continual import (
     CONTINUAL_METRICS,
     continual_metrics,
@@ -59,6 +59,7 @@ STAGE_METRICS = (
 )
 
 _JOB_COLUMNS = ("study", "job_id", "variant", "model", "quantization", "condition", "arm", "seed", "order", "n_stages")
+_STAGE_COLUMNS = ("eval_condition", "stage", "trained_block", "train_loss")
 _TOKEN_COLUMNS = ("examples", "supervised_tokens", "total_tokens", "padded_tokens")
 
 
@@ -66,7 +67,9 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     """The tidy long table of the ``ok`` jobs: one row per job x stage x evaluated block.
 
     Columns: study, job_id, variant, model, condition, arm, seed, order ('a>b>c'),
-    n_stages, stage, trained_block, block, block_pos (1-based position in the order,
+    n_stages, eval_condition (the condition the prompts were rendered under: the job's own
+    condition, then one set of rows per ``eval.also_under`` condition; every other table reads
+    the own rows only, :func:`own_rows`), stage, trained_block, block, block_pos (1-based position in the order,
     null if never trained), per-stage and cumulative examples/supervised/total/padded
     tokens, train_loss, the scores (n, exact, name, name_excl_toolsearcher,
     parse_fail, arg_f1) and one ``errors_<type>`` count column per error type.
@@ -74,7 +77,7 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     # Job- and stage-level values are extended in runs; per-block scores are gathered
     # as objects and turned into columns at the end, one pass per column.
     job_cols: dict[str, list[Any]] = {k: [] for k in _JOB_COLUMNS}
-    stage_cols: dict[str, list[Any]] = {k: [] for k in ("stage", "trained_block", "train_loss")}
+    stage_cols: dict[str, list[Any]] = {k: [] for k in _STAGE_COLUMNS}
     block_names: list[str] = []
     block_pos: list[int | None] = []
     scores: list[BlockScores] = []
@@ -88,19 +91,22 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
         blocks = sorted(metrics.stages[0].per_block)
         order_pos = {b: i for i, b in enumerate(spec.order, start=1)}
         positions = [order_pos.get(b) for b in blocks]
-        rows = len(blocks) * len(metrics.stages)
+        under = list(spec.eval.also_under)  # read_job_docs checked every stage scores exactly these
+        rows = len(blocks) * len(metrics.stages) * (1 + len(under))
         job_values = (
             r.study, job_id, r.variant, spec.model, spec.quantization, spec.condition, labels[job_id], spec.seed,
             ">".join(spec.order), len(spec.order),
         )
         for key, value in zip(job_cols, job_values):
             job_cols[key].extend([value] * rows)
-        for stage in metrics.stages:
-            for key, value in zip(stage_cols, (stage.stage, stage.trained_block, stage.train_loss)):
-                stage_cols[key].extend([value] * len(blocks))
-            block_names.extend(blocks)
-            block_pos.extend(positions)
-            scores.extend(stage.per_block[b] for b in blocks)
+        for condition in (spec.condition, *under):
+            for stage in metrics.stages:
+                per_block = stage.per_block if condition == spec.condition else stage.also_under[condition].per_block
+                for key, value in zip(stage_cols, (condition, stage.stage, stage.trained_block, stage.train_loss)):
+                    stage_cols[key].extend([value] * len(blocks))
+                block_names.extend(blocks)
+                block_pos.extend(positions)
+                scores.extend(per_block[b] for b in blocks)
         for t in tokens.stages:
             values = (job_id, t.stage, t.examples, t.supervised_tokens, t.total_tokens, t.padded_tokens)
             for key, value in zip(tok, values):
@@ -112,7 +118,7 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     error_cols = {f"errors_{e}": [d.get(e) for d in errors] for e in sorted(set().union(*errors))}
     front_schema = {
         **dict(zip(_JOB_COLUMNS, (pl.String,) * 7 + (pl.Int64, pl.String, pl.Int64))),
-        "stage": pl.Int64, "trained_block": pl.String, "train_loss": pl.Float64,
+        "eval_condition": pl.String, "stage": pl.Int64, "trained_block": pl.String, "train_loss": pl.Float64,
         "block": pl.String, "block_pos": pl.Int64,
     }
     score_schema = {"n": pl.Int64, **dict.fromkeys(SCORE_KEYS, pl.Float64), **dict.fromkeys(error_cols, pl.Int64)}
@@ -125,8 +131,14 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     return (
         long.join(tokens_frame, on=["job_id", "stage"], how="left")
         .select(*front_schema, *_TOKEN_COLUMNS, *cumulative, *score_schema)
-        .sort("job_id", "stage", "block")
+        .sort("job_id", pl.col("eval_condition") != pl.col("condition"), "eval_condition", "stage", "block")
     )
+
+
+def own_rows(long: pl.DataFrame) -> pl.DataFrame:
+    """The long table's rows scored under each job's own condition: what every table but the
+    train x eval one reads, so ``eval.also_under`` changes the meaning of none of them."""
+    return long.filter(pl.col("eval_condition") == pl.col("condition"))
 
 
 def _label_variants(long: pl.DataFrame) -> pl.DataFrame:
@@ -396,8 +408,9 @@ def analyze_study(
     (:func:`trajhpc.results.jobrecords.recorded_analyses`), checked against the one applied.
     ``train_logs`` (:func:`trajhpc.results.jobrecords.read_logs`) give the loss curves per arm.
     """
-    long = _label_variants(build_long_table(records))
-    result = StudyResult(study, folder, jobs_frame(records), long, resamples=resamples, seed=seed)
+    every = _label_variants(build_long_table(records))
+    result = StudyResult(study, folder, jobs_frame(records), every, resamples=resamples, seed=seed)
+    long = own_rows(every)
     if manifest is not None:
         result.listed_arms, result.manifest = tuple(manifest.arms()), manifest.source
         result.primary, result.secondary = manifest.analysis.primary, manifest.analysis.secondary
@@ -421,6 +434,10 @@ def analyze_study(
     result.summary, result.stages = _summary_frames(arms, stage_cols, estimates[: len(arms)])
     result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed,
                                   metrics=compared_metrics(units, result.analysis))
+    te = {"resamples": resamples, "seed": seed}
+    result.train_eval = traineval.train_eval_frame(every, units, arms, **te)
+    result.train_eval_paired = traineval.train_eval_paired_frame(
+        every, units, arms, **te, declared=result.analysis.directions())
     result.rmatrix = in_arm_order(mean_rmatrix(long), arms, "stage", "block_pos")
     result.rmatrix_blocks = in_arm_order(mean_rmatrix_by_block(long), arms, "stage", "block")
     if train_logs is not None:

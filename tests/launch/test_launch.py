@@ -48,7 +48,8 @@ APPTAINER = ctr.python_command("apptainer", "/images/trajhpc.sif", ["/runs", "/d
 
 def test_sbatch_array_golden(golden):
     manifest = load_manifest(REPO / "manifests" / "grid.yaml")
-    golden("sbatch_grid_array.sh", render_sbatch(manifest, folder=FOLDER, python=APPTAINER, n_jobs=60))
+    n_jobs = len(expand(manifest, Path("jobs")))  # the array holds the whole grid
+    golden("sbatch_grid_array.sh", render_sbatch(manifest, folder=FOLDER, python=APPTAINER, n_jobs=n_jobs))
 
 
 def test_sbatch_single_job_golden(golden):

@@ -334,6 +334,7 @@ class _Run:
         self, spec: JobSpec, job_dir: Path, study: str | None, context: Mapping[str, Any] | None, console: Console
     ):
         self.spec, self.job_dir, self.study, self.console = spec, job_dir, study, console
+        self.tracking = (context or {}).get("tracking")  # a study setting, in no spec (trajhpc.job.tracking)
         self.provenance = provenance.collect(context)
         self.fault = parse_fault(os.environ.get(FAULT_ENV))
 
@@ -349,7 +350,7 @@ class _Run:
 
             self.provenance["gpu"] = torch.cuda.get_device_name(prep.device)
 
-        from trajhpc.job import checkpoint, train
+        from trajhpc.job import checkpoint, tracking, train
         from trajhpc.job.progress import log
 
         found = checkpoint.find_checkpoint(job_dir)
@@ -357,6 +358,8 @@ class _Run:
         if outputs.stages:
             log(self.console, f"job {spec.job_id}: resuming after stage {outputs.done}")
         self.provenance["resumed_after_stage"] = outputs.done if outputs.done >= 0 else None
+        self.tracker = tracking.JobTracker.open(self.tracking, spec, job_dir, self.study,
+                                                found.state.stage if found else 0, lambda line: log(self.console, line))
         # The stage after the checkpoint's is trained from its first step: its logged steps go.
         trainlog.keep_through(job_dir, found.state.stage if found else 0)
 
@@ -368,8 +371,11 @@ class _Run:
             start = recipe.start_state(prep)
             ckpt = checkpoint.Checkpoint(checkpoint.save_checkpoint(job_dir, model, optimizer, start), start)
         evaluate = recipe.Evaluator(prep)
-        with trainlog.TrainLog(job_dir) as self.train_log:
-            self._stages(model, optimizer, evaluate, ckpt, outputs)
+        try:
+            with trainlog.TrainLog(job_dir) as self.train_log:
+                self._stages(model, optimizer, evaluate, ckpt, outputs)
+        finally:
+            self.tracker.close()
         return read_json(JobDir(job_dir).metrics)
 
     def _stages(
@@ -392,6 +398,7 @@ class _Run:
                 outputs.stages.append(entry)
                 outputs.token_stages.append(dict(ckpt.state.tokens))
                 self._write_outputs(outputs, ckpt.state.consumed, prep.budgets, complete=k == n)
+                self.tracker.stage(entry)
                 if self.fault == ("after-stage", k, None):
                     raise InjectedFault(f"after stage {k}")
             if k == n:
@@ -403,7 +410,7 @@ class _Run:
             self._activity(outputs.done, {"phase": "training", "stage": k, "steps": len(plan.steps)})
             with StageProgress(f"stage {k}/{n} {spec.stage_blocks[k - 1]}", len(plan.steps), self.console) as progress:
                 state, scheduler_state = recipe.train_stage(
-                    prep, model, optimizer, plan, ckpt.state, self._step_hook(k, progress)
+                    prep, model, optimizer, plan, ckpt.state, self.tracker.hook(k, self._step_hook(k, progress))
                 )
             self.train_log.sync()  # the checkpoint's steps are on disk before it is
             ckpt = checkpoint.Checkpoint(

@@ -55,16 +55,16 @@ from trajhpc.launch.submission import (
     write_record,
     write_spec,
 )
-from trajhpc.launch.submitit_adapter import convert_mem, sbatch_string, task_command
+from trajhpc.launch.submitit_adapter import render_sbatch, slurm_parameters, task_command
 from trajhpc.study import containerfields as fields
 from trajhpc.study.grid import GridJob, expand
 from trajhpc.study.manifest import Manifest, load_manifest, run_root_problem
 from trajhpc.study.preflight import check_study
+from trajhpc.study.tracking import tracking_context
 
 SUBMITIT_DIR = ".submitit"
 EXECUTORS = ("slurm", "local", "auto")
 # Slurm batch steps see the whole node's cores; keep torch's thread pool to the allocation.
-SLURM_SETUP = ("export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",)
 # Exit status of a `submit` that waited for its jobs when some did not finish (trajhpc.cli documents
 # every exit status; EXIT_INTERRUPTED lives in trajhpc.core.errors).
 EXIT_JOBS_FAILED = 3
@@ -99,36 +99,6 @@ def check_slurm_here() -> None:
             f"executor slurm: this machine has no Slurm ({' and '.join(missing)} not found on PATH); "
             "submit from a Slurm login node, or run here with --executor local"
         )
-
-
-def slurm_parameters(manifest: Manifest) -> dict[str, Any]:
-    """``SlurmExecutor.update_parameters`` keywords for the manifest's resources (submitit's names)."""
-    res = manifest.resources
-    params: dict[str, Any] = {
-        "job_name": f"trajhpc-{manifest.study}",
-        "time": res.timeout_min,
-        "mem": convert_mem(res.mem_gb),
-        "cpus_per_task": res.cpus_per_task,
-        "array_parallelism": res.array_parallelism,
-        "signal_delay_s": res.signal_delay_s,
-        "setup": list(SLURM_SETUP),
-    }
-    if res.gpus_per_node:
-        params["gpus_per_node"] = res.gpus_per_node
-    for name in ("partition", "account", "qos", "constraint"):
-        if getattr(res, name) is not None:
-            params[name] = getattr(res, name)
-    if res.extra_sbatch:
-        params["additional_parameters"] = dict(res.extra_sbatch)
-    return params
-
-
-def render_sbatch(manifest: Manifest, *, folder: Path, python: str, n_jobs: int) -> str:
-    """The sbatch script submitit writes for ``n_jobs`` jobs (an array when n > 1), rendered by submitit itself."""
-    map_count = n_jobs if n_jobs > 1 else None  # submitit submits a single job as a plain job
-    return sbatch_string(
-        command=task_command(python, folder), folder=folder, map_count=map_count, **slurm_parameters(manifest)
-    )
 
 
 def _expand_bind(bind: str, manifest: Manifest, index: int) -> str:
@@ -198,6 +168,9 @@ class Launch:
             "manifest": str(manifest_path.resolve()),
             "submitit_folder": str(self.folder),
         }
+        tracking = tracking_context(manifest.tracking, cwd)
+        if tracking is not None:  # absent when off: what a job records of its context stays as it was
+            self.context["tracking"] = tracking
 
     def path_problems(self) -> list[tuple[str, str]]:
         """(manifest field, message) for the image file and each manifest bind source that does not exist here."""

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from submitit.core.utils import JobPaths
 from submitit.local.local import LocalJobEnvironment
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJobEnvironment, _convert_mem, _make_sbatch_string
+
+if TYPE_CHECKING:
+    from trajhpc.study.manifest import Manifest
 
 # The module submitit's local controller runs as (`python -m submitit.local._local <folder>`).
 LOCAL_CONTROLLER_MODULE = "submitit.local._local"
@@ -50,3 +53,37 @@ def job_environment_names() -> tuple[str, ...]:
 def parse_slurm_table(text: str) -> dict[str, dict[str, str]]:
     """``JobID|State|...`` lines -> {job id or array task id: {column: value}}, ranges expanded."""
     return SlurmInfoWatcher().read_info(text)
+
+
+# One thread per allocated CPU: torch's default counts the node's cores.
+SLURM_SETUP = ("export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",)
+
+
+def slurm_parameters(manifest: Manifest) -> dict[str, Any]:
+    """``SlurmExecutor.update_parameters`` keywords for the manifest's resources (submitit's names)."""
+    res = manifest.resources
+    params: dict[str, Any] = {
+        "job_name": f"trajhpc-{manifest.study}",
+        "time": res.timeout_min,
+        "mem": convert_mem(res.mem_gb),
+        "cpus_per_task": res.cpus_per_task,
+        "array_parallelism": res.array_parallelism,
+        "signal_delay_s": res.signal_delay_s,
+        "setup": list(SLURM_SETUP),
+    }
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    for name in ("partition", "account", "qos", "constraint"):
+        if getattr(res, name) is not None:
+            params[name] = getattr(res, name)
+    if res.extra_sbatch:
+        params["additional_parameters"] = dict(res.extra_sbatch)
+    return params
+
+
+def render_sbatch(manifest: Manifest, *, folder: Path, python: str, n_jobs: int) -> str:
+    """The sbatch script submitit writes for ``n_jobs`` jobs (an array when n > 1), rendered by submitit itself."""
+    map_count = n_jobs if n_jobs > 1 else None  # submitit submits a single job as a plain job
+    return sbatch_string(
+        command=task_command(python, folder), folder=folder, map_count=map_count, **slurm_parameters(manifest)
+    )

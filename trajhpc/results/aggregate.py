@@ -25,9 +25,8 @@ from trajhpc.core.gcpause import gc_paused
 from trajhpc.jobdir.documents import OK
 from trajhpc.results import plots as plots_module
 from trajhpc.results import report, stats
-from trajhpc.results.htmlreport import render_html
-from trajhpc.results.paper import render_latex
 from trajhpc.results.ceilings import ceiling_frame
+from trajhpc.results.htmlreport import render_html
 from trajhpc.results.jobrecords import (
     JobRecord,
     collect_jobs,
@@ -42,6 +41,7 @@ from trajhpc.results.jobrecords import (
     split_foreign,
     study_manifest,
 )
+from trajhpc.results.paper import render_latex
 from trajhpc.results.retrieval import add_exact_retrieval
 from trajhpc.results.studyresult import OUTPUT_DIR, StudyResult
 from trajhpc.results.tables import analyze_study, paired_table

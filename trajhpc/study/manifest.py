@@ -56,6 +56,7 @@ from trajhpc.study.containerfields import (
 )
 from trajhpc.study.fielderrors import UNION_TAG, line_map, line_of, to_input_error
 from trajhpc.study.overrides import Override, apply_overrides, blamed, jsonable, parse_overrides, set_paths
+from trajhpc.study.tracking import Tracking
 from trajhpc.study.yamlread import MAX_BYTES, decode, read_yaml
 
 # Same choices as the JobSpec, so the two can never drift apart.
@@ -307,6 +308,8 @@ class Manifest(StrictModel):
     max_jobs: Int = Field(DEFAULT_MAX_JOBS, ge=1)
     # How `trajhpc aggregate` reads the study (its primary and secondary comparisons): in no job's spec either.
     analysis: Analysis = Analysis()
+    # Which metric logger the jobs report to (trajhpc.study.tracking): in no job's spec either.
+    tracking: Tracking = Tracking()
 
     # Where the manifest came from, so later checks (grid expansion) can name file and line.
     _source: str | None = PrivateAttr(None)

@@ -368,7 +368,7 @@ def test_heldout_prompts_that_do_not_fit_lose_their_oldest_turns_and_are_warned_
     spec = spec_of().model_copy(update={"train": spec_of().train.model_copy(update={"max_seq_len": 300}),
                                         "eval": spec_of().eval.model_copy(update={"max_new_tokens": 40})})
     data = load_study_data(spec.data)
-    items = recipe._heldout(spec, tokenizer, data)
+    items = recipe._heldout(spec, tokenizer, data, spec.condition, spec.condition_k)
     assert all(len(it.prompt_ids) <= 260 for it in items)
     shortened = [it for it in items if it.truncated or it.cut_tokens]
     assert 0 < len(shortened) < len(items)

@@ -216,8 +216,8 @@ def test_factorial_and_paper_manifests_add_a_slots_to_their_arms():
     factorial = load_manifest(REPO / "manifests" / "factorial.yaml")
     assert factorial.arms() == ["A", "A-slots", "calls-only", "responses-only", "B", "A+docs-dialogue",
                                 "A-slots+docs-dialogue", "calls-only+docs-dialogue", "responses-only+docs-dialogue",
-                                "B+docs-dialogue"]
-    assert len(expand(factorial)) == 20
+                                "B+docs-dialogue", "B@A"]
+    assert len(expand(factorial)) == 22
     paper = load_manifest(REPO / "manifests" / "paper.yaml")
     assert paper.arms() == ["A", "B", "A-slots"] and len(expand(paper)) == 3
     # The pilot's comparison stays the primary; A-slots enters only the declared secondary family.
@@ -234,7 +234,7 @@ ERRORS = [
     (HEAD + "data:\n  blocks:\n    rulez: []\n", "m.yaml:5: data.blocks.rulez: unknown key 'rulez' (did you mean 'rules'?)"),
     (HEAD + "resources:\n  gpus: 1\n", "m.yaml:4: resources.gpus: unknown key 'gpus' (did you mean 'gpus_per_node'?)"),
     (HEAD + "zzz: 1\n", "m.yaml:3: zzz: unknown key 'zzz'; valid keys: analysis, compute_dtype, conditions, container, data, "
-     "eval, executor, lora, max_jobs, model, orders, quantization, resources, run_root, seeds, study, train"),
+     "eval, executor, lora, max_jobs, model, orders, quantization, resources, run_root, seeds, study, tracking, train"),
     # analysis.primary: arms of this manifest, a paired metric, two different arms
     (HEAD + "analysis: {primary: {arm: C}}\n", "m.yaml:3: analysis.primary.arm: arm 'C' is not an arm of this "
      "manifest; use one of A"),

@@ -164,8 +164,8 @@ VALUES = [
     (HEAD + "executor: slurm\nresources:\n  mem_gb: .inf\n", "m.yaml:5: resources.mem_gb: Input should be a finite number"),
     (HEAD + "resources: {mem_gb: 0.0001}\n", "m.yaml:3: resources.mem_gb: Input should be greater than or equal to 0.001"),
     (HEAD + 'train: {"a\\nb": 1}\n', "m.yaml:3: train.'a\\nb': unknown key 'a\\nb'; valid keys: batch_size, epochs, "
-     "grad_accum, gradient_checkpointing, lr, max_grad_norm, max_seq_len, max_steps, schedule, tokens_per_batch, "
-     "warmup_ratio, weight_decay"),
+     "examples_per_step, grad_accum, gradient_checkpointing, lr, max_grad_norm, max_seq_len, max_steps, schedule, "
+     "tokens_per_batch, warmup_ratio, weight_decay"),
     (HEAD + "data:\n  blocks:\n    rules:\n      - {block: a, regex: '('}\n",
      "m.yaml:6: data.blocks.rules.0.regex: invalid regex '(' (missing ), unterminated subpattern at position 0)"),
     (HEAD + "data:\n  root: /nowhere/at/all\n", "m.yaml:4: data.root: folder /nowhere/at/all not found"),

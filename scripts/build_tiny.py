@@ -1,4 +1,4 @@
-"""Rebuild the shipped tiny model (seed 0) into trajhpc/resources/tiny-v<N>/ (about 3 minutes on one core).
+"""Rebuild the shipped tiny model (seed 0) into trajhpc/resources/tiny-v<N>/ (about 4 minutes on one core).
 
     python scripts/build_tiny.py            # rebuild, compare with the shipped model, replace it
     python scripts/build_tiny.py --check    # rebuild into a temporary folder and compare only

@@ -1,6 +1,7 @@
 """The shipped tiny model is what its builder makes: a rebuild (scripts/build_tiny.py's code path,
-about 3 minutes on one core) gives the same greedy answers on the fixed probe set. Bytes may
-differ across CPUs (float sums), what the model does may not."""
+about 4 CPU-minutes on one core; 8 min wall on a shared 2-core machine) gives the same greedy
+answers on the fixed probe set. Bytes may differ across CPUs (float sums), what the model does
+may not."""
 
 from __future__ import annotations
 

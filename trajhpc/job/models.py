@@ -70,7 +70,7 @@ TINY_ARCHITECTURE = dict(
     num_key_value_heads=2,
 )
 # Full-weight pre-training through the study's own loop (trajhpc.job.train.train_batches), one
-# torch thread, so every caller computes the same bytes; about 3 minutes on one core.
+# torch thread, so every caller computes the same bytes; about 4 CPU-minutes on one core.
 # Two phases (trajhpc.job.tinycorpus): "drills" (short lv3-shaped drills with made-up tool names)
 # until copying a name out of a ToolSearcher response emerges, which took some 5000 small steps in
 # v3 (2500 did not; real records alone, with 3x the parameters or 8x the epochs, never did);
@@ -237,7 +237,7 @@ def build_tiny(out: Path, seed: int = 0) -> None:
     records = tinycorpus.tiny_corpus()
     print(
         f"building the tiny model (tiny-v{TINY_VERSION}-seed{seed}, once per machine): pre-training on "
-        f"{len(records)} API-Bank level-1/2 records, about 3 minutes on one core",
+        f"{len(records)} API-Bank level-1/2 records, about 4 minutes on one core",
         file=sys.stderr, flush=True,
     )
     tokenizer = _train_tokenizer(tinycorpus.record_texts(records), TINY_VOCAB)

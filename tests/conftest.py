@@ -16,8 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# One model cache for the whole session (and the job processes it spawns), so the
-# tiny model is built once; kept out of the user's ~/.cache.
+# One model cache for the whole session (and the job processes it spawns), so a model built
+# at first use (tiny-seed<N>, SmolLM2) is built once; kept out of the user's ~/.cache.
 if "TRAJHPC_CACHE" not in os.environ:
     os.environ["TRAJHPC_CACHE"] = str(Path(tempfile.gettempdir()) / f"trajhpc-test-cache-{os.getuid()}")
 
@@ -120,9 +120,8 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture(scope="session")
 def tiny():
-    """(folder, tokenizer) of the tiny model as users get it: pre-trained offline (about
-    3 minutes on one core) the first time, then read from the session cache ($TRAJHPC_CACHE,
-    kept across sessions on one machine)."""
+    """(folder, tokenizer) of the tiny model as users get it: shipped built in the package
+    (trajhpc/resources/tiny-v4); other seeds are built into the session cache ($TRAJHPC_CACHE)."""
     from transformers import AutoTokenizer
 
     from trajhpc.job.models import resolve_model

@@ -7,8 +7,10 @@ that submitting again skips every finished job.
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 
 import polars as pl
 import pytest
@@ -82,22 +84,22 @@ def test_example_level_tables_of_the_real_smoke_output(smoke_root):
     item = paired.filter(pl.col("items").is_not_null())
     # Per metric the item test, then the McNemar test conditional on the units.
     assert item["test"].to_list() == ["item-sign-flip-by-dialogue"] * 2 + ["mcnemar-conditional-on-units"] * 2
-    # B vs A over the 4 shared (seed, order) units, 24 held-out items each (4 blocks x 6).
+    # B vs A over the 4 shared (seed, order) units, 48 held-out items each (4 blocks x 12).
     assert set(item["metric"].to_list()) == {"exact", "name"} and set(item["pairs"].to_list()) == {4}
-    assert set(item["items"].to_list()) == {24} and set(item["p_kind"].to_list()) == {"exact"}
+    assert set(item["items"].to_list()) == {48} and set(item["p_kind"].to_list()) == {"exact"}
     assert paired.filter(pl.col("primary"))[["arm", "baseline", "metric", "test"]].rows() == [
         ("B", "A", "exact", "sign-flip")
     ]
     assert all(h >= p for p, h in paired.select("p_value", "p_holm").drop_nulls().iter_rows())
     strata = pl.read_csv(out / "strata.csv")
     assert {"target_kind=tool", "target_kind=toolsearcher"} <= set(strata["stratum"].to_list())
-    # Per arm and stratum pair, the counts add up to the arm's items (4 units x 24).
+    # Per arm and stratum pair, the counts add up to the arm's items (4 units x 48).
     kind = strata.filter(pl.col("stratum").str.starts_with("target_kind") & (pl.col("metric") == "exact"))
-    assert dict(kind.group_by("arm").agg(pl.col("n").sum()).iter_rows()) == {"A": 96, "B": 96}
+    assert dict(kind.group_by("arm").agg(pl.col("n").sum()).iter_rows()) == {"A": 192, "B": 192}
     baselines = pl.read_csv(out / "baselines.csv")
     always = baselines.filter((pl.col("baseline") == "always-toolsearcher") & (pl.col("block") == "all")
                               & (pl.col("metric") == "name"))
-    assert always["n"].to_list() == [24] and 0.2 < always["value"][0] < 0.8
+    assert always["n"].to_list() == [48] and 0.2 < always["value"][0] < 0.8
     assert pl.read_csv(out / "factorial.csv").height == 0  # only A and B: no factorial
 
 
@@ -139,3 +141,93 @@ def test_plots_of_the_real_smoke_output(smoke_root):
         assert [line.get_label() for line in loss.get_lines() if not line.get_label().startswith("_")] == ["A", "B"]
     else:
         assert "Note: no loss curves: none of the 8 jobs has train_log.jsonl" in report
+
+
+# ---------------------------------------------------------------- the README's numbers
+
+# Every number of the README's "What you will see" table must be within this of a fresh run's
+# (the README states it too). The table is the one place the expected numbers live: after a
+# change that moves them, re-measure (command 1) and edit that table, nothing here.
+README_TOLERANCE = 0.03
+_NUMBER = re.compile(r"-?\d+\.\d+")
+
+
+def _readme_table() -> dict[str, tuple[list[float], list[float]]]:
+    """Row label -> (numbers in the A cell, numbers in the B cell) of the README's table of the smoke run."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### What you will see", 1)[1].split("\n## ", 1)[0]
+    table = section.split("| | A | B |\n|---|---|---|\n", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in table.strip().splitlines():
+        label, a, b = (cell.strip() for cell in line.strip().strip("|").split("|"))
+        rows[label] = ([float(x) for x in _NUMBER.findall(a)], [float(x) for x in _NUMBER.findall(b)])
+    return rows
+
+
+def _gain_on_the_block_just_trained(long: pl.DataFrame, arm: str) -> float:
+    """Mean over units and blocks of R[k][b_k] - R[k-1][b_k], API-name accuracy (b_k: the k-th block trained)."""
+    r = long.filter(pl.col("arm") == arm).select("job_id", "stage", "block_pos", "name")
+    learned = r.filter(pl.col("stage") == pl.col("block_pos")).select("job_id", "block_pos", after="name")
+    before = r.filter(pl.col("stage") == pl.col("block_pos") - 1).select("job_id", "block_pos", before="name")
+    joined = learned.join(before, on=["job_id", "block_pos"])
+    assert joined.height == 16  # 4 units x 4 blocks
+    return float((joined["after"] - joined["before"]).mean())
+
+
+def _measured(out) -> dict[str, Callable[[str], list[float]]]:
+    """Row label of the README table -> how to compute that row's numbers for an arm from the aggregate."""
+    summary = pl.read_csv(out / "summary.csv")
+    stages = pl.read_csv(out / "stages.csv")
+    long = pl.read_parquet(out / "long.parquet")
+
+    def estimate(metric: str, *, ci: bool):
+        def numbers(arm: str) -> list[float]:
+            row = summary.filter((pl.col("arm") == arm) & (pl.col("metric") == metric)).row(0, named=True)
+            return [row["mean"], row["ci_lo"], row["ci_hi"]] if ci else [row["mean"]]
+        return numbers
+
+    def at_stage(metric: str, stage: int):
+        def numbers(arm: str) -> list[float]:
+            rows = stages.filter((pl.col("arm") == arm) & (pl.col("metric") == metric) & (pl.col("stage") == stage))
+            return [rows["mean"][0]]
+        return numbers
+
+    return {
+        "API-name accuracy before fine-tuning (stage 0), pooled": at_stage("acc_name", 0),
+        "final API-name accuracy, pooled [95% CI over units]": estimate("name_pooled", ci=True),
+        "final exact accuracy, pooled": estimate("exact_pooled", ci=False),
+        "gain on the block just trained, API name (mean of R[k][k] − R[k−1][k])":
+            lambda arm: [_gain_on_the_block_just_trained(long, arm)],
+        "BWT, API name [95% CI over units]": estimate("bwt_name", ci=True),
+    }
+
+
+def test_the_readme_table_is_what_a_fresh_smoke_run_shows(smoke_root):
+    """Every number of the README's smoke table, within README_TOLERANCE of this run's."""
+    readme = _readme_table()
+    measures = _measured(smoke_root / "smoke" / "aggregate")
+    assert set(readme) == set(measures), "every row of the README table is checked here, and only those"
+    text = (REPO / "README.md").read_text()
+    assert f"±{README_TOLERANCE}" in text
+    off = []
+    for label, cells in readme.items():
+        for arm, expected in zip(("A", "B"), cells):
+            got = measures[label](arm)
+            if len(expected) != len(got) or any(abs(e - g) > README_TOLERANCE for e, g in zip(expected, got)):
+                off.append(f"{label} ({arm}): README {expected}, this run {[round(g, 3) for g in got]}")
+    assert not off, "\n".join(off)
+
+
+def test_fine_tuning_moves_the_r_matrix_and_units_differ(smoke_root):
+    """What the smoke study is for: fine-tuning moves the R matrix (the first block lifts API-name
+    accuracy on every block; the block just trained gains), and its CIs have width. Issue 21 asks
+    for a gain of 0.10 on the block just trained; this model gives about 0.09-0.10 (README)."""
+    out = smoke_root / "smoke" / "aggregate"
+    long = pl.read_parquet(out / "long.parquet")
+    for arm in ("A", "B"):
+        assert _gain_on_the_block_just_trained(long, arm) >= 0.05, arm
+        by_stage = long.filter(pl.col("arm") == arm).group_by("stage").agg(pl.col("name").mean())
+        name = dict(by_stage.iter_rows())
+        assert name[1] - name[0] >= 0.2, (arm, name)
+    summary = pl.read_csv(out / "summary.csv").filter(pl.col("metric") == "name_pooled")
+    assert all(hi - lo > 0 for lo, hi in summary.select("ci_lo", "ci_hi").iter_rows())

@@ -43,9 +43,9 @@ data:
 """
 # The fixture dataset's fingerprint and the ids it gives (tests/fixtures/hub_api_bank.py).
 HUB_FINGERPRINT = "sha256:3b862b8df0a04a1897728ee0bf3a032d0acdc97e0e86e6873ed68c67e5de0648"
-HUB_IDS = [  # model tiny is tiny-v3 in the spec (the pre-trained tiny model), recipe 2
-    "417803d3f0cf", "4615d7a02a17", "59f5da92c677", "91a1bdd9484b",
-    "b67135bb8623", "d45d9e32ce60", "f1318047f655", "fd9e9ad28ad3",
+HUB_IDS = [  # model tiny is tiny-v4 in the spec (the pre-trained tiny model), recipe 2
+    "429631458faa", "53ee55ae0b71", "5611b66ea2c5", "63e48dbf6f77",
+    "9998fc5df52e", "c8649dbae944", "deabb57d2e57", "def2da7f8f54",
 ]
 # The same jobs as recipe-1 specs: the ids every run directory made before recipe 2 has.
 HUB_IDS_RECIPE_1 = [
@@ -71,6 +71,7 @@ def test_a_recipe_1_spec_keeps_its_id(hub_cache):
     for job in expand(parse_manifest(HUB_MANIFEST), Path("jobs")):
         old = job.spec.to_dict()
         del old["recipe"]
+        old["model"] = "tiny-v3"  # what specs recorded then
         spec = spec_from_dict(old)
         assert spec.recipe == 1 and "recipe" not in spec.to_dict()
         assert spec.job_id in HUB_IDS_RECIPE_1

@@ -46,7 +46,9 @@ SEED_MAX = 2**32 - 1
 # ``tiny-v<TINY_VERSION>``, so a new recipe gives new job ids. v1: random init.
 # v2: pre-trained on the lv3 training dialogues (tiny_corpus), tokenizer trained on them too.
 # v3: copy drills and renamed tools first (trajhpc.job.tinycorpus): it copies unseen tool names.
-TINY_VERSION = 3
+# v4: pre-trained on the level-1/2 files only (no lv3 record), every condition in equal shares;
+# seed 0 ships built in the package (trajhpc/resources/tiny-v4).
+TINY_VERSION = 4
 
 # What a job computes from an unchanged spec (batching, schedule, scoring inside the job).
 # Specs record it, so old and new results never share a job id; a spec.json without the

@@ -27,13 +27,17 @@ OLD_STATE = {
 }
 
 
+EMPTY_SAFETENSORS = (2).to_bytes(8, "little") + b"{}"  # a complete safetensors file of no tensors
+
+
 def _checkpoint(job_dir: Path) -> CheckpointDir:
     """A complete checkpoint folder, as far as its files' presence goes (the tensor files hold no tensors)."""
     files = CheckpointDir(JobDir(job_dir).checkpoint)
     files.adapter.mkdir(parents=True)
     files.adapter_config.write_text(json.dumps({"target_modules": ["q_proj"]}))
-    for path in (files.adapter_weights, files.optimizer, files.scheduler, files.rng):
+    for path in (files.optimizer, files.scheduler, files.rng):
         path.write_bytes(b"not read here")
+    files.adapter_weights.write_bytes(EMPTY_SAFETENSORS)  # its header is checked, so it has one
     atomic_write_json(files.state, OLD_STATE)
     return files
 
@@ -214,3 +218,22 @@ def test_all_linear_is_compared_as_the_modules_it_stands_for(tiny, tmp_path):
     (folder / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(TrajhpcError, match=r"target_modules is \['q_proj'\], but this job's spec has lora.target_modules \["):
         train.attach_lora(base(), LoraSpec(r=4), folder)
+
+
+@pytest.mark.parametrize("damage", ["cut", "header"])
+def test_a_truncated_or_damaged_adapter_is_refused_naming_it_and_the_remedy(tmp_path, damage):
+    """peft's own error (SafetensorError: invalid header length) names no file and no remedy."""
+    from safetensors.torch import save_file
+
+    torch = pytest.importorskip("torch")
+    files = _checkpoint(tmp_path)
+    save_file({"w": torch.zeros(64)}, str(files.adapter_weights))
+    assert find_checkpoint(tmp_path) is not None  # complete: accepted
+    data = files.adapter_weights.read_bytes()
+    files.adapter_weights.write_bytes(data[:-10] if damage == "cut" else b"\xff" * 8 + data[8:])
+    what = "truncated" if damage == "cut" else "truncated or damaged"
+    advice = f"delete {tmp_path} to start the job over"
+    with pytest.raises(TrajhpcError, match=re.escape(f"{files.adapter_weights}: {what}") + ".*" + re.escape(advice)):
+        find_checkpoint(tmp_path)
+    with pytest.raises(TrajhpcError, match=re.escape(f"{files.adapter_weights}: {what}") + ".*" + re.escape(advice)):
+        restore_checkpoint(files.path, model=None, optimizer=None)

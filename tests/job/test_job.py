@@ -411,15 +411,15 @@ def test_lv3_gold_calls_fit_the_default_max_new_tokens():
 
 
 def test_heldout_dialogues_in_the_pretraining_text_are_warned_about(tmp_path, done_job):
-    """tiny pre-trains on the default split (heldout_fraction 0.2): a study that holds out
-    another fraction of the same dialogues evaluates on some the model has read."""
+    """tiny pre-trains on the level-1/2 files: a study that holds out dialogues of them
+    evaluates on some the model has read."""
     from trajhpc.data.splits import load_study_data
     from trajhpc.job.models import resolve_model
     from trajhpc.job.recipe import _check_pretraining
 
     assert read(done_job, "metrics.json")["provenance"]["heldout_dialogues_in_pretraining"] == 0
     assert "pre-training text" not in LOGS["done_job"]
-    spec = spec_of(data={"heldout_fraction": 0.3})
+    spec = spec_of(data={"files": ["test-data/level-1-api.json"], "blocks": {"kind": "scenario"}})
     console = Console(record=True, width=300)
     overlap = _check_pretraining(spec, resolve_model("tiny"), load_study_data(spec.data), console)
     assert overlap > 0

@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny_dir(tiny) -> Path:
-    """The tiny model as users get it (the session's cache: pre-trained once per machine)."""
+    """The tiny model as users get it: shipped built in the package."""
     return tiny[0]
 
 
@@ -128,10 +128,10 @@ _FILES = ("model.safetensors", "tokenizer.json", "config.json", "generation_conf
 
 def test_tiny_is_deterministic_across_cache_dirs_and_thread_counts(short_pretraining, tmp_path):
     threads = torch.get_num_threads()
-    first = resolve_model("tiny", tmp_path / "a")
+    first = resolve_model("tiny-seed1", tmp_path / "a")
     torch.set_num_threads(2)  # the build runs on one thread whatever the caller set
     try:
-        second = resolve_model("tiny", tmp_path / "b")
+        second = resolve_model("tiny-seed1", tmp_path / "b")
     finally:
         torch.set_num_threads(threads)
     assert torch.get_num_threads() == threads
@@ -140,8 +140,8 @@ def test_tiny_is_deterministic_across_cache_dirs_and_thread_counts(short_pretrai
 
 
 def test_tiny_seed_changes_weights_not_tokenizer(short_pretraining, tmp_path):
-    plain, seeded = resolve_model("tiny", tmp_path), resolve_model("tiny-seed1", tmp_path)
-    assert seeded.name == "tiny-v3-seed1" and plain.name == "tiny-v3-seed0"
+    plain, seeded = resolve_model("tiny-seed2", tmp_path), resolve_model("tiny-seed1", tmp_path)
+    assert seeded.name == "tiny-v4-seed1" and plain.name == "tiny-v4-seed2"
     assert _digest(seeded / "model.safetensors") != _digest(plain / "model.safetensors")
     assert _digest(seeded / "tokenizer.json") == _digest(plain / "tokenizer.json")
 
@@ -150,29 +150,35 @@ def test_tiny_build_keeps_the_callers_rng(short_pretraining, tmp_path):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    resolve_model("tiny", tmp_path)
+    resolve_model("tiny-seed1", tmp_path)
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_tiny_is_pretrained_on_training_dialogues_only(tiny_dir, repo_root):
-    """No dialogue any bundled manifest holds out (evaluated or not) is in the pre-training text."""
+def test_tiny_is_pretrained_on_no_lv3_dialogue(tiny_dir, repo_root):
+    """pretraining.json lists the level-1/2 files and their dialogues; none is a dialogue any
+    bundled manifest trains or evaluates on (by dialogue key or first user utterance)."""
     from trajhpc.data.splits import load_study_data
     from trajhpc.study.manifest import load_manifest
 
     record = json.loads((tiny_dir / models.PRETRAINING_FILE).read_text())
     seen = models.pretraining_dialogues(tiny_dir)
-    assert record["recipe"] == "tiny-v3" and record["records"] > 600 and len(seen) > 200
-    assert seen == {r.dialogue_key for r in tinycorpus.tiny_corpus()}
+    assert record["recipe"] == "tiny-v4" and record["files"] == list(tinycorpus.TINY_CORPUS)
+    assert record["records"] == len(tinycorpus.tiny_corpus()) > 500
+    assert record["conditions"] == ["A", "A-slots", "B", "calls-only", "responses-only", "last-k-1"]
+    assert seen == tinycorpus.dialogue_texts(tinycorpus.tiny_corpus())
     for path in sorted((repo_root / "manifests").glob("*.yaml")):
-        data = load_manifest(path).data
-        split = load_study_data(data.model_copy(update={"max_train_per_block": None, "max_heldout_per_block": None}))
-        heldout = {r.dialogue_key for records in split.heldout.values() for r in records}
-        assert heldout and not heldout & seen, path.name
-        assert {r.dialogue_key for records in split.train.values() for r in records} >= seen, path.name
+        manifest = load_manifest(path)
+        if manifest.model != "tiny":  # paper.yaml's mix holds level-1/2 files (and its model is Llama)
+            continue
+        data = manifest.data.model_copy(update={"max_train_per_block": None, "max_heldout_per_block": None})
+        split = load_study_data(data)
+        records = [r for part in (split.train, split.heldout) for block in part.values() for r in block]
+        assert records and not tinycorpus.dialogue_texts(records) & seen, path.name
 
 
 def test_pretrained_tiny_writes_calls_on_heldout_prompts(tiny):
-    """Before any fine-tuning, the tiny model answers a held-out lv3 prompt with an API call."""
+    """Before any fine-tuning, the tiny model answers most held-out lv3 prompts with an API call
+    (it pre-trained on level-1/2 prompts only: 14 of 16 under B when measured)."""
     from trajhpc.data.calls import parse_call
     from trajhpc.data.conditions import tokenize_examples
     from trajhpc.data.splits import load_study_data
@@ -191,14 +197,14 @@ def test_pretrained_tiny_writes_calls_on_heldout_prompts(tiny):
         )
         texts = [tok.decode(ids, skip_special_tokens=True) for ids in outputs]
         parsed = [parse_call(t) for t in texts]
-        assert sum(c is not None for c in parsed) >= 0.9 * len(records), (condition, texts)
+        assert sum(c is not None for c in parsed) >= 0.8 * len(records), (condition, texts)
 
 
-def test_pretrained_tiny_copies_the_searched_tool_name_under_b_only(tiny):
-    """What the smoke study rests on: before any fine-tuning, on held-out calls of a tool
-    that a ToolSearcher response named, B (which shows that response) often writes the
-    tool's name (0.29 of 103 when measured), A (which does not) never; most of these tools
-    are absent from the pre-training text, so B copies rather than remembers."""
+def test_pretrained_tiny_knows_no_lv3_tool(tiny):
+    """What the smoke study rests on: the lv3 blocks are new domains to the tiny model. Before any
+    fine-tuning it never writes the name of a held-out lv3 tool, under A or B (it never read one,
+    and it does not copy one out of a ToolSearcher response: 0 of 103 when measured), though it
+    writes a call (a made-up tool, some 70% of the time, or a search)."""
     from trajhpc.data.calls import TOOL_SEARCHER, call_names, parse_call
     from trajhpc.data.conditions import tokenize_examples
     from trajhpc.data.splits import load_study_data
@@ -210,50 +216,49 @@ def test_pretrained_tiny_copies_the_searched_tool_name_under_b_only(tiny):
     heldout = load_study_data(DataSpec()).heldout
     records = [r for block in heldout.values() for r in block if TOOL_SEARCHER not in r.target]
     seen = {name for r in tinycorpus.tiny_corpus() for name in tinycorpus.tool_names(r)}
-    unseen = [r for r in records if not set(tinycorpus.tool_names(r)) & seen]
-    assert len(records) > 80 and len(unseen) > 0.6 * len(records)
-    accuracy = {}
+    assert len(records) > 80 and not {n for r in records for n in tinycorpus.tool_names(r)} & seen
     for condition in ("A", "B"):
-        examples = tokenize_examples(tok, unseen, condition, max_seq_len=1024)
+        examples = tokenize_examples(tok, records, condition, max_seq_len=1024)
         outputs = generate_greedy(
             model, [e.prompt_ids for e in examples], pad_id=tok.pad_token_id, eos_ids=[tok.eos_token_id],
             batch_size=16, max_new_tokens=24,
         )
         # The name is what is scored here; a call cut off after 24 tokens still shows it.
         names = [call_names(tok.decode(ids, skip_special_tokens=True)) for ids in outputs]
-        gold = [parse_call(r.target).name for r in unseen]
-        accuracy[condition] = sum(n[:1] == [g] for n, g in zip(names, gold)) / len(unseen)
-    assert accuracy["A"] == 0.0 and accuracy["B"] >= 0.15, accuracy
+        gold = [parse_call(r.target).name for r in records]
+        assert sum(n[:1] == [g] for n, g in zip(names, gold)) == 0, condition
+        assert sum(bool(n) for n in names) >= 0.7 * len(records), condition  # 0.77 under B when measured
 
 
 # ---------------------------------------------------------------- the recipe version in job specs
 
 
 def test_tiny_specs_carry_the_recipe_version(tmp_path):
-    assert versioned_model("tiny") == "tiny-v3"
-    assert versioned_model("tiny-seed3") == "tiny-v3-seed3"
-    assert versioned_model("tiny-v3-seed3") == "tiny-v3-seed3"
+    assert versioned_model("tiny") == "tiny-v4"
+    assert versioned_model("tiny-seed3") == "tiny-v4-seed3"
+    assert versioned_model("tiny-v4-seed3") == "tiny-v4-seed3"
     folder = str(tmp_path)
     for other in ("smollm2-135m-instruct", "meta-llama/Llama-3.1-8B-Instruct", folder, "./tiny"):
         assert versioned_model(other) == other
 
 
-def test_versioned_tiny_resolves_to_the_same_folder(tiny_dir):
-    cache = tiny_dir.parent
-    assert resolve_model("tiny-v3", cache) == resolve_model("tiny", cache) == tiny_dir
-    assert resolve_model("tiny-v3-seed0", cache) == tiny_dir
+def test_versioned_tiny_resolves_to_the_same_folder(tiny_dir, tmp_path):
+    assert resolve_model("tiny-v4", tmp_path) == resolve_model("tiny", tmp_path) == tiny_dir == models.SHIPPED_TINY
+    assert resolve_model("tiny-v4-seed0", tmp_path) == tiny_dir
+    assert list(tmp_path.iterdir()) == []  # seed 0 is shipped: no cache, no build
 
 
 def test_an_older_tiny_recipe_is_refused(tmp_path):
-    for older in ("tiny-v1", "tiny-v2"):
-        with pytest.raises(TrajhpcError, match="builds the tiny recipe v3 only"):
+    for older in ("tiny-v1", "tiny-v2", "tiny-v3"):
+        with pytest.raises(TrajhpcError, match="builds the tiny recipe v4 only"):
             resolve_model(older, tmp_path)
     with pytest.raises(TrajhpcError, match="tiny-v2-seed2"):
         versioned_model("tiny-v2-seed2")
 
 
-def test_second_call_uses_the_cache(tiny_dir, monkeypatch):
-    cache = tiny_dir.parent
+def test_second_call_uses_the_cache(short_pretraining, tmp_path, monkeypatch):
+    cache = tmp_path
+    tiny_dir = resolve_model("tiny-seed1", cache)
     mtime = (tiny_dir / "model.safetensors").stat().st_mtime_ns
 
     def must_not_build(*args, **kwargs):
@@ -261,7 +266,7 @@ def test_second_call_uses_the_cache(tiny_dir, monkeypatch):
 
     monkeypatch.setattr(models, "build_tiny", must_not_build)
     start = time.perf_counter()
-    again = resolve_model("tiny", cache)
+    again = resolve_model("tiny-seed1", cache)
     assert time.perf_counter() - start < 0.05
     assert again == tiny_dir
     assert (tiny_dir / "model.safetensors").stat().st_mtime_ns == mtime
@@ -281,7 +286,8 @@ def test_concurrent_resolves_build_once(monkeypatch, tmp_path):
     def slow_build(out: Path, seed: int = 0) -> None:
         calls.append(seed)
         time.sleep(0.2)
-        (out / "config.json").write_text("{}")
+        for name in models.TINY_FILES:  # what a complete folder holds; the weights: no tensors
+            (out / name).write_bytes((2).to_bytes(8, "little") + b"{}")
 
     monkeypatch.setattr(models, "build_tiny", slow_build)
     results: list[Path] = []
@@ -303,7 +309,7 @@ def test_failed_build_leaves_nothing_behind(monkeypatch, tmp_path):
 
     monkeypatch.setattr(models, "build_tiny", broken_build)
     with pytest.raises(RuntimeError, match="boom"):
-        resolve_model("tiny", tmp_path)
+        resolve_model("tiny-seed1", tmp_path)
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == []
 
 

@@ -87,7 +87,7 @@ def test_job_ids_and_run_dirs(tmp_path):
         assert job.job_id == job.spec.job_id and len(job.job_id) == 12
         assert job.run_dir == tmp_path / "runs" / "st" / job.job_id
         assert job.study == "st"
-        assert job.spec.train.lr == 0.001 and job.spec.model == "tiny-v3"  # the recipe version
+        assert job.spec.train.lr == 0.001 and job.spec.model == "tiny-v4"  # the recipe version
         # the spec round-trips through its JSON form with the same id
         assert JobSpec.model_validate(job.spec.to_dict()).job_id == job.job_id
     assert len({j.job_id for j in jobs}) == len(jobs)
@@ -95,9 +95,9 @@ def test_job_ids_and_run_dirs(tmp_path):
 
 def test_tiny_jobs_record_the_recipe_version_other_models_do_not(tmp_path):
     seeded = expand(_manifest("model: tiny-seed4\n"), tmp_path)
-    assert {j.spec.model for j in seeded} == {"tiny-v3-seed4"}
+    assert {j.spec.model for j in seeded} == {"tiny-v4-seed4"}
     # Writing the version gives the same jobs as leaving it to the current recipe.
-    assert [j.job_id for j in expand(_manifest("model: tiny-v3\n"), tmp_path)] == [
+    assert [j.job_id for j in expand(_manifest("model: tiny-v4\n"), tmp_path)] == [
         j.job_id for j in expand(_manifest("model: tiny\n"), tmp_path)
     ]
     for model in ("smollm2-135m-instruct", "org/name", str(tmp_path)):
@@ -107,7 +107,7 @@ def test_tiny_jobs_record_the_recipe_version_other_models_do_not(tmp_path):
 def test_an_older_tiny_recipe_is_refused_at_its_line(tmp_path):
     with pytest.raises(InputError) as err:
         _manifest("model: tiny-v1\n")
-    assert "model" in str(err.value) and "tiny recipe v3" in str(err.value)
+    assert "model" in str(err.value) and "tiny recipe v4" in str(err.value)
 
 
 def test_expand_is_deterministic():

@@ -24,6 +24,7 @@ import torch
 
 from trajhpc.core.atomic import atomic_write_bytes, atomic_write_json
 from trajhpc.core.errors import TrajhpcError
+from trajhpc.job.modelfiles import check_safetensors
 from trajhpc.jobdir.paths import ADAPTER_CONFIG, CheckpointDir, FileProblem, JobDir, open_regular, read_json_object
 
 # trainer_state.json and adapter_config.json are a few hundred bytes.
@@ -283,6 +284,7 @@ def find_checkpoint(job_dir: Path) -> Checkpoint | None:
     _read_object(files.adapter_config, advice)
     for path in (files.adapter_weights, files.optimizer, files.rng):
         _open_checked(path, TENSOR_MAX_BYTES, advice).close()
+    check_safetensors(files.adapter_weights, advice)  # peft's own error names no file
     return Checkpoint(final, state)
 
 
@@ -298,10 +300,13 @@ def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.opti
     files = CheckpointDir(ckpt)
     path = files.adapter_weights
     _open_checked(path, TENSOR_MAX_BYTES, _start_over(ckpt)).close()  # load_file maps it by its name
+    check_safetensors(path, _start_over(ckpt))
     try:
         weights = load_file(str(path))
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
-        raise TrajhpcError(f"{path}: damaged, not a readable safetensors file ({type(err).__name__})") from None
+        raise TrajhpcError(
+            f"{path}: damaged, not a readable safetensors file ({type(err).__name__}); {_start_over(ckpt)}"
+        ) from None
     result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"checkpoint {ckpt}: unexpected adapter keys {result.unexpected_keys[:3]}")

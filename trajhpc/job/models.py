@@ -1,16 +1,19 @@
 """Turn a model spec (``tiny``, ``smollm2-135m-instruct``, a folder, a hub id) into a
 local folder that ``AutoTokenizer``/``AutoModelForCausalLM.from_pretrained`` load.
 
-``tiny`` is built here, offline and deterministically: a small Llama with a BPE tokenizer,
-both pre-trained on the bundled API-Bank lv3 training dialogues that no default split holds
-out (:func:`trajhpc.job.tinycorpus.tiny_corpus`), so it knows the dialogue and call format before a study starts.
-Its recipe has a version (:data:`trajhpc.spec.TINY_VERSION`); a manifest's ``tiny`` is recorded in job
-specs as ``tiny-v<version>`` (:func:`trajhpc.spec.versioned_model`), so a new recipe gives new job ids.
+``tiny`` is a small Llama with a BPE tokenizer, both pre-trained offline on the bundled API-Bank
+level-1/2 files (never on lv3, which studies fine-tune on; :mod:`trajhpc.job.tinycorpus`), so it
+knows the call format, and how to copy a tool's name out of a ToolSearcher response, before a study
+starts. Seed 0 ships built in the package (``resources/tiny-v<N>``, written by
+``scripts/build_tiny.py``): every machine starts from the same bytes, nothing is built. Other seeds
+(``tiny-seed<N>``) are built here at first use, deterministically. Its recipe has a version
+(:data:`trajhpc.spec.TINY_VERSION`); a manifest's ``tiny`` is recorded in job specs as
+``tiny-v<version>`` (:func:`trajhpc.spec.versioned_model`), so a new recipe gives new job ids.
 
 Nothing is ever downloaded. Built models are cached under ``$TRAJHPC_CACHE`` (default
 ``~/.cache/trajhpc``): each is built in a temporary folder and renamed into place
 under a file lock, so concurrent jobs on one node build it once and never see half
-a model.
+a model. A folder missing a file or holding a truncated one is refused naming the file and the remedy.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from trajhpc.core.errors import TrajhpcError
+from trajhpc.job.modelfiles import check_model_folder
 from trajhpc.spec import TINY_VERSION, tiny_seed
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -66,19 +70,27 @@ TINY_ARCHITECTURE = dict(
     num_key_value_heads=2,
 )
 # Full-weight pre-training through the study's own loop (trajhpc.job.train.train_batches), one
-# torch thread, so every caller computes the same bytes; about 2.5 minutes on one core.
-# Two phases (trajhpc.job.tinycorpus): "drills" (short records with made-up tool names) until
-# copying a name out of a ToolSearcher response emerges, which takes some 5000 small steps
-# (2500 did not; the lv3 records alone, with 3x the parameters or 8x the epochs, never did);
-# then "dialogues" (the records and one renamed copy of each) for the whole prompt's format.
+# torch thread, so every caller computes the same bytes; about 4 CPU-minutes on one core.
+# Two phases (trajhpc.job.tinycorpus): "drills" (short lv3-shaped drills with made-up tool names)
+# until copying a name out of a ToolSearcher response emerges, which took some 5000 small steps in
+# v3 (2500 did not; real records alone, with 3x the parameters or 8x the epochs, never did);
+# then "dialogues" (the level-1/2 records and one renamed copy of each) for the prompt's format.
 TINY_PRETRAIN = {  # the TrainSpec of each phase, in the order they run
     "drills": dict(epochs=3.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
     "dialogues": dict(epochs=2.0, lr=3e-3, schedule="cosine", warmup_ratio=0.05, batch_size=4),
 }
-TINY_DRILL_PASSES = 20  # renamed passes over the records that the drills are cut from
+TINY_DRILL_PASSES = 16  # renamed passes over the records that the short drills are cut from
 TINY_RENAMED_PASSES = 1  # renamed copies of each record beside it in the dialogues phase
+TINY_FULL_DRILL_PASSES = 2  # passes of full (lv3-shaped, whole response) drills in the dialogues phase
 # What the build writes beside the weights: the recipe and the dialogues it trained on.
 PRETRAINING_FILE = "pretraining.json"
+# The files of a tiny model folder (what the build writes; a load needs each).
+TINY_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+    "chat_template.jinja", PRETRAINING_FILE,
+)
+# Seed 0 ships built (scripts/build_tiny.py writes it): every machine starts from the same bytes.
+SHIPPED_TINY = Path(__file__).resolve().parent.parent / "resources" / f"tiny-v{TINY_VERSION}"
 
 
 def default_cache_dir() -> Path:
@@ -88,18 +100,20 @@ def default_cache_dir() -> Path:
 
 
 def resolve_model(spec: str, cache_dir: Path | None = None) -> Path:
-    """Local folder for a model spec; builds and caches ``tiny``/``smollm2-135m-instruct``.
+    """Local folder for a model spec: the shipped ``tiny``; builds and caches ``tiny-seed<N>``/``smollm2-135m-instruct``.
 
-    Specs: ``tiny`` (seed 0) or ``tiny-seed<N>``, also written with the recipe version
-    (``tiny-v3``, ``tiny-v3-seed<N>``; see :func:`versioned_model`); ``smollm2-135m-instruct``;
+    Specs: ``tiny`` (seed 0, shipped) or ``tiny-seed<N>``, also written with the recipe version
+    (``tiny-v4``, ``tiny-v4-seed<N>``; see :func:`versioned_model`); ``smollm2-135m-instruct``;
     a folder with config.json; a hub id ``org/name`` already in the local Hugging Face cache.
     """
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     seed = tiny_seed(spec)
+    if seed == 0:
+        return shipped_tiny()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if seed is not None:
-        return _cached(cache, f"tiny-v{TINY_VERSION}-seed{seed}", lambda out: build_tiny(out, seed=seed))
+        return _checked(_cached(cache, f"tiny-v{TINY_VERSION}-seed{seed}", lambda out: build_tiny(out, seed=seed)))
     if spec == SMOLLM2:
-        return _cached(cache, f"{SMOLLM2}-v{SMOLLM2_VERSION}", build_smollm2)
+        return _checked(_cached(cache, f"{SMOLLM2}-v{SMOLLM2_VERSION}", build_smollm2))
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -115,6 +129,23 @@ def resolve_model(spec: str, cache_dir: Path | None = None) -> Path:
     )
 
 
+def shipped_tiny() -> Path:
+    """The tiny model (seed 0) shipped in the package, every file checked: no build, no cache."""
+    check_model_folder(
+        SHIPPED_TINY, TINY_FILES,
+        f"the tiny model shipped with trajhpc is incomplete: restore it (git checkout -- {SHIPPED_TINY.name}, "
+        "or reinstall trajhpc), or rebuild it with scripts/build_tiny.py",
+    )
+    return SHIPPED_TINY
+
+
+def _checked(folder: Path) -> Path:
+    """A built model in the cache, every file it needs there and complete (a damaged cache names its remedy)."""
+    required = TINY_FILES if folder.name.startswith("tiny-") else ("config.json", "tokenizer.json")
+    check_model_folder(folder, required, f"delete {folder} and it is built again at the next use")
+    return folder
+
+
 # ---------------------------------------------------------------- cache
 
 
@@ -123,8 +154,16 @@ def _cached(cache: Path, name: str, build: Callable[[Path], None]) -> Path:
     final = cache / name
     if final.is_dir():  # fast path: the rename below makes existence mean "complete"
         return final
-    cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache / f".{name}.lock")):
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(cache / f".{name}.lock"))
+        lock.acquire()
+    except OSError as err:
+        raise TrajhpcError(
+            f"model cache {cache} cannot be written ({err.strerror or err}) to build {name!r} into: "
+            f"set TRAJHPC_CACHE to a writable folder (the default is ~/.cache/trajhpc, under HOME={Path.home()})"
+        ) from None
+    try:
         if final.is_dir():  # another process built it while we waited
             return final
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=f".{name}.tmp-"))
@@ -134,6 +173,8 @@ def _cached(cache: Path, name: str, build: Callable[[Path], None]) -> Path:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    finally:
+        lock.release()
     return final
 
 
@@ -196,7 +237,7 @@ def build_tiny(out: Path, seed: int = 0) -> None:
     records = tinycorpus.tiny_corpus()
     print(
         f"building the tiny model (tiny-v{TINY_VERSION}-seed{seed}, once per machine): pre-training on "
-        f"{len(records)} API-Bank lv3 training records, about 2.5-3 minutes on one core",
+        f"{len(records)} API-Bank level-1/2 records, about 4 minutes on one core",
         file=sys.stderr, flush=True,
     )
     tokenizer = _train_tokenizer(tinycorpus.record_texts(records), TINY_VOCAB)
@@ -216,6 +257,7 @@ def build_tiny(out: Path, seed: int = 0) -> None:
         records,
         drill_passes=TINY_DRILL_PASSES,
         renamed_passes=TINY_RENAMED_PASSES,
+        full_drill_passes=TINY_FULL_DRILL_PASSES,
         seed=seed,
     )
     done = {}
@@ -242,17 +284,18 @@ def build_tiny(out: Path, seed: int = 0) -> None:
     with _quiet():
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    dialogue_keys = sorted({r.dialogue_key for r in records})
+    dialogue_keys = sorted(tinycorpus.dialogue_texts(records))
     (out / PRETRAINING_FILE).write_text(
         json.dumps(
             {
                 "recipe": f"tiny-v{TINY_VERSION}",
                 "seed": seed,
                 "files": list(tinycorpus.TINY_CORPUS),
-                "split": "records the default split trains on (heldout_fraction 0.2, any blocks and caps)",
+                "conditions": [c if k is None else f"{c}-{k}" for c, k in tinycorpus.TINY_CONDITIONS],
                 "records": len(records),
                 "drill_passes": TINY_DRILL_PASSES,
                 "renamed_passes": TINY_RENAMED_PASSES,
+                "full_drill_passes": TINY_FULL_DRILL_PASSES,
                 "phases": done,
                 "seconds": round(time.perf_counter() - started, 1),
                 "dialogues": dialogue_keys,

@@ -97,9 +97,9 @@ def prepare(spec: JobSpec, console: Console) -> Prepared:
 
 def _check_pretraining(spec: JobSpec, model_path: Path, data, console: Console) -> int | None:
     """How many held-out dialogues were in the model's pre-training text (None: the model does not say),
-    with a warning when any were: tiny pre-trains on the default split, and a study with another
-    ``heldout_fraction`` over the same files holds out some of what it trained on."""
-    from trajhpc.job.models import pretraining_dialogues
+    with a warning when any were: tiny pre-trains on the level-1/2 files, so a study over them holds
+    out some of what it read."""
+    from trajhpc.job.models import PRETRAINING_FILE, pretraining_dialogues
 
     seen = pretraining_dialogues(model_path)
     if not seen:
@@ -110,7 +110,7 @@ def _check_pretraining(spec: JobSpec, model_path: Path, data, console: Console) 
         log(
             console,
             f"warning: {overlap} of the {len(heldout)} held-out dialogues were in the pre-training text of "
-            f"{spec.model} (it pre-trains on the default split, heldout_fraction 0.2): "
+            f"{spec.model} (its {PRETRAINING_FILE} lists them): "
             "their scores do not measure held-out accuracy",
         )
     return overlap

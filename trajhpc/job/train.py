@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from trajhpc.job.batching import IGNORE_INDEX, StagePlan, TrainExample, collate, target_tokens
+from trajhpc.job.modelfiles import check_safetensors
 from trajhpc.spec import LoraSpec, TrainSpec
 
 # ---------------------------------------------------------------- model
@@ -96,6 +97,8 @@ def load_base_model(
 
     # No per-tensor "Loading weights" bar: it floods Slurm log files.
     hf_logging.disable_progress_bar()
+    for weights in sorted(Path(path).glob("*.safetensors")):  # transformers' error names no file
+        check_safetensors(weights, "copy the model folder again (or delete a cached one so that it is rebuilt)")
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     ckpt_kwargs = {"use_reentrant": False}
     if quantization == "nf4":

@@ -32,7 +32,7 @@ def test_methods_paragraph_is_built_from_the_data(result):
     assert "20 job directories were found; 18 complete jobs" in text
     assert "2 were excluded (1 corrupt, 1 incomplete)" in text
     assert "3 seeds (0, 1, 2), 2 block orders" in text
-    assert "B vs A: 6" in text and "10,000 resamples" in text and "default_rng(0)" in text
+    assert "3 pairs of arms, each over 6 matched units" in text and "10,000 resamples" in text and "default_rng(0)" in text
     assert "not API-Bank's execution-based metric" in text
 
 

@@ -6,6 +6,16 @@ from typing import Any, Sequence
 
 import polars as pl
 
+# How each compared metric is named in every report.
+METRIC_LABELS = {
+    "exact": "exact",
+    "name": "API name",
+    "name_excl_toolsearcher": "API name excl. ToolSearcher",
+    "exact_at_budget_supervised": "exact @ supervised-token budget",
+    "exact_at_budget_total": "exact @ total-token budget",
+    "exact_retrieval": "exact, ToolSearcher by retrieval",
+}
+
 
 def _num(x: float | None, digits: int = 3) -> str:
     if x is None:

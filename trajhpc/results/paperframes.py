@@ -14,7 +14,7 @@ import polars as pl
 
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.results.ceilings import ceiling_cells, ceiling_note
-from trajhpc.results.report import METRIC_LABELS, _ci, _diff, _lookup, _num, _p
+from trajhpc.results.mdformat import METRIC_LABELS, _ci, _diff, _lookup, _num, _p
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.results.tables import paired_table
 from trajhpc.study.comparison import SIGN_FLIP

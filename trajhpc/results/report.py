@@ -16,19 +16,14 @@ from trajhpc.results import families, traineval
 from trajhpc.results.ceilings import ceiling_cells, ceiling_note
 from trajhpc.results.computereport import compute_section
 from trajhpc.results.continual import CONTINUAL_METRICS
-from trajhpc.results.mdformat import _cell, _ci, _count, _diff, _int, _lookup, _num, _p, _sci, _table  # noqa: F401
+from trajhpc.results.mdformat import (  # noqa: F401
+    METRIC_LABELS, _cell, _ci, _count, _diff, _int, _lookup, _num, _p, _sci, _table,
+)
+from trajhpc.results.paperframes import headline_sentence, headline_table
 from trajhpc.results.studyresult import StudyResult
 from trajhpc.results.tables import paired_table
 from trajhpc.study.comparison import SIGN_FLIP
 
-METRIC_LABELS = {
-    "exact": "exact",
-    "name": "API name",
-    "name_excl_toolsearcher": "API name excl. ToolSearcher",
-    "exact_at_budget_supervised": "exact @ supervised-token budget",
-    "exact_at_budget_total": "exact @ total-token budget",
-    "exact_retrieval": "exact, ToolSearcher by retrieval",
-}
 STATIC_CAVEAT = (
     "Scores are static string matches of the generated call against the gold call, not API-Bank's "
     "execution-based metric: exact needs the same API name, the same argument keys and equal values, "
@@ -65,8 +60,10 @@ def methods_paragraph(result: StudyResult) -> str:
     excluded = jobs.filter(pl.col("status") != "ok")
     counts = excluded.group_by("status").len().sort("status").rows()
     excl = ", ".join(f"{n} {s}" for s, n in counts) or "none"
-    pairs = result.paired.filter(pl.col("metric") == "exact").select("arm", "baseline", "pairs").rows()
-    pair_text = "; ".join(f"{a} vs {b}: {n}" for a, b, n in pairs) or "none"
+    pairs = result.paired.filter(pl.col("metric") == "exact")["pairs"].to_list()
+    pair_text = (f"{_count(len(pairs), 'pair')} of arms, each over {min(pairs)}"
+                 + (f" to {max(pairs)}" if max(pairs) != min(pairs) else "") + " matched units; paired.csv lists them"
+                 if pairs else "no pair of arms")
     arms = ", ".join(f"{a} ({u.filter(pl.col('arm') == a).height})" for a in result.arms)
     return " ".join(
         [
@@ -79,7 +76,7 @@ def methods_paragraph(result: StudyResult) -> str:
             "A unit's final score is the mean over evaluated blocks after its last stage; arms are summarised by "
             "the mean, the standard deviation and a 95% percentile bootstrap CI over units "
             f"({result.resamples:,} resamples, numpy default_rng({result.seed})).",
-            f"Paired differences match units on (seed, order) (pairs: {pair_text}); p-values are two-sided "
+            f"Paired differences match units on (seed, order) ({pair_text}); p-values are two-sided "
             "sign-flip permutation tests, exact when 2^pairs ≤ 100,000, otherwise Monte Carlo (MC) with "
             f"{result.resamples:,} draws (seed {result.seed}).",
             "Continual-learning metrics use each unit's accuracy matrix R[stage][block] (b_i = the i-th trained "
@@ -291,6 +288,10 @@ def render_markdown(result: StudyResult, figures: Sequence[str] = ()) -> str:
     if result.units.height == 0:
         out += ["No complete job: nothing to compare yet.", "", *_excluded_section(result.jobs)]
         return "\n".join(out).rstrip() + "\n"
+    # The answer first: the primary comparison in one sentence, then the arms at a glance.
+    headline = headline_table(result)
+    out += [headline_sentence(result), "", _table(headline.frame.columns, headline.frame.rows()), "",
+            f"*{headline.note}*", ""]
     out += ["## Methods", "", methods_paragraph(result), ""]
     out += _excluded_section(result.jobs)
     out += _accuracy_section(result)

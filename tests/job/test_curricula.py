@@ -123,7 +123,10 @@ def test_b_at_a_stops_at_as_budget_on_fewer_examples_without_repeating(study):
     assert [t["budget_cumulative"] for t in b_at_a["stages"]][1:] == [
         sum(t["total_tokens"] for t in a["stages"][: k + 1]) for k in (1, 2)]
     assert all(t["passes"] <= 1 for t in b_at_a["stages"])  # no example twice
-    assert sum(t["examples"] for t in b_at_a["stages"]) < sum(t["examples"] for t in b["stages"])
+    # A budget stops at the step that reaches it: with 2 steps a stage, B (about 1.4x A's tokens a
+    # step) reaches A's budget only at its last step, so B@A takes B's steps here; fewer steps on a
+    # longer stage: tests/job/test_steps.py.
+    assert sum(t["examples"] for t in b_at_a["stages"]) <= sum(t["examples"] for t in b["stages"])
     assert all(x["steps"] <= y["steps"] for x, y in zip(b_at_a["stages"], b["stages"]))
 
 
@@ -143,12 +146,13 @@ def test_aggregate_reads_the_curricula_and_names_each_controls_confound(study):
     compute = {(r["arm"], r["stage"]): r for r in result.compute.to_dicts()}
     assert sorted(t for a, t in compute if a == "B+joint") == [0, 1]
     assert compute[("B+joint", 1)]["steps"] == 2 and compute[("B", 2)]["steps"] == 4
-    assert compute[("B@A", 2)]["examples"] < compute[("B", 2)]["examples"]
+    assert compute[("B@A", 2)]["examples"] <= compute[("B", 2)]["examples"]  # equal at 2 steps a stage (above)
     assert compute[("B", 2)]["flops"] > compute[("B", 1)]["flops"] > 0
     assert result.paired.filter((pl.col("metric") == "exact") & pl.col("arm").is_in(["B+joint", "B+replay"])).height
     out = agg.write_outputs(result, plots=False)
     report = (out / "report.md").read_text()
-    assert "- B@A (B trained to A's token budget at each stage): confound: fewer examples seen" in report
+    # Read from the counts: at 2 steps a stage B@A saw B's examples (see above), and the report says so.
+    assert "- B@A (B trained to A's token budget at each stage): confound: none in the counts" in report
     assert "- B − A (plain): the same examples in the same optimizer steps; confound: B's longer prompts" in report
     joint_row = next(line for line in report.splitlines() if line.startswith("| B+joint | n/a"))
     assert joint_row.count("n/a") == 8 and "n/a: B+joint trained every block in one stage" in report

@@ -71,8 +71,9 @@ def test_the_b_rows_scored_the_b_rendered_prompts(a_job, tiny):
     half = len(rows) // 2
     rendered = {}
     for condition in ("A", "B"):
+        # Held-out prompts are cut like training ones, leaving room for the answer (recipe 2).
         examples = tokenize_examples(tokenizer, [records[r["item"]] for r in rows[:half]], condition,
-                                     max_seq_len=spec.train.max_seq_len)
+                                     max_seq_len=spec.train.max_seq_len, reserve=spec.eval.max_new_tokens)
         rendered[condition] = [prompt_hash(e.prompt_ids) for e in examples]
     assert [r["prompt_hash"] for r in rows[:half]] == rendered["A"]
     assert [r["prompt_hash"] for r in rows[half:]] == rendered["B"]

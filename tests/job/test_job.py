@@ -205,13 +205,14 @@ def test_token_matched_arm_reaches_its_budget_within_one_step(tmp_path, done_job
         cum_a += tokens["stages"][k]["total_tokens"]
         cum_b += matched[k]["total_tokens"]
         assert cum_b <= cum_a < cum_b + 4 * longest  # reached, overshooting by less than one step of 4
-        assert tokens["stages"][k]["examples"] > matched[k]["examples"]
+    # Over the job (a stage's overshoot is what the next stage's budget lacks): more examples than B.
+    assert sum(t["examples"] for t in tokens["stages"]) > sum(t["examples"] for t in matched)
     assert read(tmp_path / "a", "metrics.json")["arm"] == "A@B"
     # The same step sequence as B's, continued: B's steps are the first of A@B's in every stage.
     logs = [[json.loads(line) for line in (d / "train_log.jsonl").read_text().splitlines()] for d in (done_job, tmp_path / "a")]
     for k in (1, 2):
         b_steps, a_steps = ([e["examples"] for e in log if e["stage"] == k] for log in logs)
-        assert len(a_steps) > len(b_steps) and a_steps[: len(b_steps)] == b_steps
+        assert len(a_steps) >= len(b_steps) and a_steps[: len(b_steps)] == b_steps
 
 
 def test_a_directory_holding_another_spec_is_refused(tmp_path):

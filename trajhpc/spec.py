@@ -112,7 +112,9 @@ class StrictModel(BaseModel):
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
+        return self._drop_defaults(handler(self))
+
+    def _drop_defaults(self, data: dict[str, Any]) -> dict[str, Any]:
         for name in self._omit_when_default:
             if getattr(self, name) == type(self).model_fields[name].default:
                 data.pop(name, None)
@@ -280,6 +282,14 @@ class TokenBudget(StrictModel):
     count: Literal["supervised", "total"] = "total"
 
 
+def with_default_replay(data: Any) -> Any:
+    """A replay curriculum's share written out, so a replay arm with the default share has one id
+    (and one arm) whether or not the share was given."""
+    if isinstance(data, dict) and data.get("curriculum") == "replay" and data.get("replay") is None:
+        data = {**data, "replay": DEFAULT_REPLAY}
+    return data
+
+
 class JobSpec(StrictModel):
     """Everything that determines what one job computes.
 
@@ -312,10 +322,7 @@ class JobSpec(StrictModel):
 
     @model_serializer(mode="wrap")
     def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        for name in self._omit_when_default:
-            if getattr(self, name) == type(self).model_fields[name].default:
-                data.pop(name, None)
+        data = StrictModel._drop_defaults(self, handler(self))
         if self.recipe == 1:  # recipe 1 specs were written without the field: their ids stay
             data.pop("recipe", None)
         return data
@@ -323,10 +330,7 @@ class JobSpec(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _default_replay(cls, data: Any) -> Any:
-        # Written out, so a replay arm with the default share has one id whether or not the share was given.
-        if isinstance(data, dict) and data.get("curriculum") == "replay" and data.get("replay") is None:
-            data = {**data, "replay": DEFAULT_REPLAY}
-        return data
+        return with_default_replay(data)
 
     @model_validator(mode="after")
     def _check(self) -> "JobSpec":

@@ -30,7 +30,6 @@ from pydantic import (
 from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.spec import (
     CONDITIONS,
-    DEFAULT_REPLAY,
     SEED_MAX,
     ConditionName,
     CurriculumName,
@@ -45,6 +44,7 @@ from trajhpc.spec import (
     TokenBudget,
     TrainSpec,
     versioned_model,
+    with_default_replay,
 )
 from trajhpc.study.comparison import Analysis, analysis_problem
 from trajhpc.study.containerfields import (
@@ -155,10 +155,7 @@ class ConditionEntry(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _default_replay(cls, data: Any) -> Any:
-        # As JobSpec does: a replay entry with and without the default share are one arm.
-        if isinstance(data, dict) and data.get("curriculum") == "replay" and data.get("replay") is None:
-            data = {**data, "replay": DEFAULT_REPLAY}
-        return data
+        return with_default_replay(data)  # as JobSpec does
 
     @model_validator(mode="after")
     def _check(self) -> "ConditionEntry":

@@ -1,6 +1,7 @@
 """The CLI frame: lists its commands; user mistakes are one line on stderr and exit code 2."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -237,7 +238,9 @@ def test_diff_exits_like_diff_1(tmp_path):
     differ = _trajhpc("diff", a, b, cwd=tmp_path)
     assert differ.returncode == 1 and "lora.r" in differ.stdout and "1 spec field differs" in differ.stdout
     assert "Traceback" not in differ.stderr
-    (tmp_path / "m.yaml").write_text(SMOKE.read_text().replace("lr: 1.0e-3", "lr: 1.0e-4"))
+    other = re.sub(r"(?m)^(\s+lr:) \S+", r"\1 1.0e-5", SMOKE.read_text())
+    assert other != SMOKE.read_text()
+    (tmp_path / "m.yaml").write_text(other)
     grids = _trajhpc("diff", str(SMOKE), "m.yaml", cwd=tmp_path)
     assert grids.returncode == 1 and "jobs: 0 in both, 8 only in A, 8 only in B" in grids.stdout
     assert _trajhpc("diff", str(SMOKE), str(SMOKE), cwd=tmp_path).returncode == 0

@@ -63,7 +63,7 @@ def test_aggregate_of_the_real_smoke_output(smoke_root):
     totals = dict(final.iter_rows())
     assert totals["B"] > totals["A"]
     report = (out / "report.md").read_text()
-    assert "8 complete jobs" in report and "B vs A: 4" in report
+    assert "8 complete jobs" in report and "1 pair of arms, each over 4 matched units" in report
     summary = pl.read_csv(out / "summary.csv")
     assert summary.height > 0
 

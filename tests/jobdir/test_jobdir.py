@@ -429,7 +429,7 @@ def _usable(lines: list[bytes], items: set[str]) -> bool:
     return None not in seen and sorted(seen) == sorted(items)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(damages=st.lists(_damage(), min_size=1, max_size=3))
 def test_damaged_predictions_are_used_whole_or_named_and_never_break_aggregate(tmp_path_factory, damages):
     root = tmp_path_factory.mktemp("pred")

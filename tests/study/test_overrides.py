@@ -120,7 +120,7 @@ def test_a_path_through_a_single_value_or_past_a_list_is_refused(override, messa
 
 def test_ids_follow_the_effective_values_exactly_when_a_value_changes():
     plain = _ids(load_manifest(SMOKE))
-    assert _ids(load_manifest(SMOKE, ["train.lr=1.0e-3"])) == plain  # the value the file already has
+    assert _ids(load_manifest(SMOKE, ["train.lr=2.0e-3"])) == plain  # the value the file already has
     assert _ids(load_manifest(SMOKE, ["executor=slurm"])) == plain  # in no job's spec
     changed = _ids(load_manifest(SMOKE, ["train.lr=1e-4"]))
     assert len(changed) == len(plain) and not set(changed) & set(plain)

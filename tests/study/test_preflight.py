@@ -249,9 +249,13 @@ def test_a_hub_model_missing_here_is_a_dry_run_warning_and_a_submit_refusal(tmp_
     assert not list(tmp_path.glob("jobs/s/*/submission.json"))
 
 
-def test_the_preflight_cache_name_is_where_resolve_model_builds(tiny):
-    from trajhpc.job.models import default_cache_dir
-    from trajhpc.study.preflight import _cache_name
+def test_the_preflight_finds_the_shipped_tiny_and_names_the_cache_resolve_model_builds_into(tiny):
+    """Seed 0 ships in the package (always checked); other seeds only once built into the cache."""
+    from trajhpc.job.models import SHIPPED_TINY
+    from trajhpc.spec import TINY_VERSION
+    from trajhpc.study.manifest import parse_manifest
+    from trajhpc.study.preflight import ModelFolder, _cache_name
 
-    assert tiny[0] == default_cache_dir() / _cache_name("tiny")
+    assert tiny[0] == SHIPPED_TINY == ModelFolder(parse_manifest(HEAD), []).folder()
     assert json.loads((tiny[0] / "config.json").read_text())["model_type"] == "llama"
+    assert _cache_name("tiny-seed3") == f"tiny-v{TINY_VERSION}-seed3"  # job.models' naming (resolve_model)

@@ -197,6 +197,8 @@ class ModelFolder:
         from trajhpc.job.models import default_cache_dir, resolve_model
 
         spec = self.manifest.model
+        if tiny_seed(spec) == 0:
+            return resolve_model(spec)  # shipped in the package: always here
         if _built_in(spec):
             return resolve_model(spec) if (default_cache_dir() / _cache_name(spec)).is_dir() else None
         try:

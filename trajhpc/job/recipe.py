@@ -154,10 +154,10 @@ def _heldout(spec: JobSpec, tokenizer, data, condition: str, k: int | None) -> l
     from trajhpc.job.evaluate import HeldOut, gold_token_count
 
     special = set(tokenizer.all_special_ids)
+    reserve = spec.eval.max_new_tokens  # the prompt leaves room for the answer (conditions.tokenize_example)
     items = []
     for block in data.blocks:
         records = data.heldout[block]
-        reserve = spec.eval.max_new_tokens  # the prompt leaves room for the answer (conditions.tokenize_example)
         for r, ex in zip(records, _tokenize(spec, tokenizer, records, condition, k, reserve)):
             gold = gold_token_count(ex.input_ids[len(ex.prompt_ids) :], special)
             seen = diagnostics(r.target, tokenizer.decode(ex.prompt_ids))  # the prompt as the model sees it

@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -20,9 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
-    model_serializer,
     model_validator,
 )
 
@@ -105,20 +103,17 @@ class StrictModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    # Fields added after a spec schema was in use: left out of the JSON (and so of the
-    # job id) while they hold their default, which reproduces the earlier behaviour.
-    # Existing job directories keep their ids; a non-default value makes a new job.
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset()
 
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return self._drop_defaults(handler(self))
+_DEFAULT: Any = object()
 
-    def _drop_defaults(self, data: dict[str, Any]) -> dict[str, Any]:
-        for name in self._omit_when_default:
-            if getattr(self, name) == type(self).model_fields[name].default:
-                data.pop(name, None)
-        return data
+
+def omitted_when(default: Any, omit: Any = _DEFAULT, **constraints: Any) -> Any:
+    """A field added after a spec schema was in use: left out of the JSON (and so of the job id)
+    while it holds ``omit`` (its default unless given), which reproduces the earlier behaviour.
+    Existing job directories keep their ids; any other value makes a new job. Pydantic drops it
+    in its own serializer (``exclude_if``), so the job id costs no Python call per model."""
+    omit = default if omit is _DEFAULT else omit
+    return Field(default, exclude_if=lambda value: value == omit, **constraints)
 
 
 class BlockRule(StrictModel):
@@ -185,15 +180,13 @@ class DataSpec(StrictModel):
     max_heldout_per_block: Int | None = Field(None, ge=1)
     # Tool documentation added to the system message (trajhpc.data.tooldocs): "dialogue" =
     # every API the dialogue calls, "block" = every API called in the dialogue's block.
-    tool_docs: Literal["none", "dialogue", "block"] = "none"
+    tool_docs: Literal["none", "dialogue", "block"] = omitted_when("none")
     # The full API-Bank from the local Hugging Face cache instead of a folder (``root``).
-    source: HubSource | None = None
+    source: HubSource | None = omitted_when(None)
     # sha256 of the data files' contents (trajhpc.data.source.fingerprint): set by the grid
     # for a ``source`` (so two different caches never share a job id) and checked by the
     # job; a manifest may pin it. None for the bundled copy and ``root``, as before.
-    fingerprint: Annotated[str | None, AfterValidator(_fingerprint)] = None
-
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tool_docs", "source", "fingerprint"})
+    fingerprint: Annotated[str | None, AfterValidator(_fingerprint)] = omitted_when(None)
 
     @model_validator(mode="after")
     def _check_source(self) -> "DataSpec":
@@ -221,7 +214,7 @@ class TrainSpec(StrictModel):
     # Examples per optimizer step (None: batch_size x grad_accum). Which examples form a step
     # depends on their ids, the seed, the stage and the pass only: every arm of a unit takes
     # the same steps (trajhpc.job.batching); micro-batches split a step, never merge two.
-    examples_per_step: Int | None = Field(None, ge=1)
+    examples_per_step: Int | None = omitted_when(None, ge=1)
     max_seq_len: Int = Field(1024, ge=16)
     # "auto": off when the largest planned batch fits in the device's memory, on otherwise
     # (the choice is recorded in metrics.json, resources.gradient_checkpointing).
@@ -230,9 +223,7 @@ class TrainSpec(StrictModel):
     # The padded-token cap of one micro-batch: a step's examples, grouped by length, as many
     # per micro-batch as fit in this many padded tokens (batch_size is then unused), so
     # short examples form large micro-batches. It never changes which examples form a step.
-    tokens_per_batch: Int | None = Field(None, ge=16)
-
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "examples_per_step"})
+    tokens_per_batch: Int | None = omitted_when(None, ge=16)
 
 
 def _eval_conditions(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -253,17 +244,15 @@ class EvalSpec(StrictModel):
     # examples as ``eval_truncated_gold``).
     max_new_tokens: Int = Field(160, ge=1)
     # Rows x (longest prompt + max_new_tokens) per generation batch; batch_size is then unused.
-    tokens_per_batch: Int | None = Field(None, ge=16)
+    tokens_per_batch: Int | None = omitted_when(None, ge=16)
     # "peft": generate through the training model (4-bit base + LoRA side matmuls).
     # "merged": through a copy whose weights are the dequantized base plus the merged
     # adapter in the compute dtype: the same function up to rounding, much faster.
-    backend: Literal["peft", "merged"] = "peft"
+    backend: Literal["peft", "merged"] = omitted_when("peft")
     # Conditions the held-out items are scored under again after every stage (same items,
     # order and generation settings, prompts rendered under each), so the condition an arm
     # trains under and the one it is evaluated under come apart (issue 20 item 2).
-    also_under: Annotated[tuple[ConditionName, ...], AfterValidator(_eval_conditions)] = ()
-
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"tokens_per_batch", "backend", "also_under"})
+    also_under: Annotated[tuple[ConditionName, ...], AfterValidator(_eval_conditions)] = omitted_when(())
 
 
 class TokenBudget(StrictModel):
@@ -311,21 +300,13 @@ class JobSpec(StrictModel):
     eval: EvalSpec = EvalSpec()
     token_budget: TokenBudget | None = None
     # The recipe version (RECIPE_VERSION above); new specs take the current one.
-    recipe: Int = Field(RECIPE_VERSION, ge=1)
-    curriculum: CurriculumName = "sequential"
+    # Recipe 1 specs were written without the field: their ids stay.
+    recipe: Int = omitted_when(RECIPE_VERSION, omit=1, ge=1)
+    curriculum: CurriculumName = omitted_when("sequential")
     # replay only: the share of each stage's examples drawn from earlier blocks (DEFAULT_REPLAY when not given).
-    replay: Float | None = Field(None, gt=0.0, lt=1.0)
-
-    _omit_when_default: ClassVar[frozenset[str]] = frozenset({"curriculum", "replay"})
+    replay: Float | None = omitted_when(None, gt=0.0, lt=1.0)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = StrictModel._drop_defaults(self, handler(self))
-        if self.recipe == 1:  # recipe 1 specs were written without the field: their ids stay
-            data.pop("recipe", None)
-        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -375,7 +375,7 @@ def test_random_content_never_breaks_status_or_aggregate(tmp_path_factory, monke
 
 # ---------------------------------------------------------------- property: damaged predictions are used whole or named
 
-from trajhpc.jobdir.documents import PredictionRow, read_job_docs  # noqa: E402
+from trajhpc.jobdir.documents import PredictionRow, adapter, read_job_docs  # noqa: E402
 
 _ROW_KEYS = ("item", "block", "dialogue_key", "step", "exact", "name", "target_kind", "gold_name_in_prompt")
 
@@ -423,7 +423,7 @@ def _usable(lines: list[bytes], items: set[str]) -> bool:
         if not line.strip():
             continue
         try:
-            seen.append(PredictionRow.model_validate(json.loads(line)).item)
+            seen.append(adapter(PredictionRow).validate_json(line).item)
         except (ValueError, RecursionError):
             return False
     return None not in seen and sorted(seen) == sorted(items)

@@ -4,7 +4,7 @@ the mean R-matrix (by position in the order and by block) and the steps, example
 accuracy after the same blocks (compute.csv).
 
 ``R`` is given as a long frame, one row per unit x stage x evaluated block
-(:func:`trajhpc.results.tables.build_long_table`).
+(:func:`trajhpc.results.longtable.build_long_table`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import polars as pl
 from pydantic import ValidationError
 
 from trajhpc.core.errors import TrajhpcError
-from trajhpc.jobdir.documents import PredictionRow
+from trajhpc.jobdir.documents import PredictionRow, adapter
 from trajhpc.jobdir.paths import FileProblem, JobDir, read_bytes
 from trajhpc.results import itemstats
 from trajhpc.results.factorial import factorial_rows
@@ -66,14 +66,14 @@ def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[p
         # Checked like metrics.json and tokens.json: a row that is not what the job writes
         # ("exact": "false", a missing field) makes the file unusable, never a guessed value.
         try:
-            value = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            value = None
-        if not isinstance(value, dict):
-            return empty, f"{where}:{number}: corrupt: not a JSON object"
-        try:
-            row = PredictionRow.model_validate(value)
+            row = adapter(PredictionRow).validate_json(line)
         except ValidationError as err:
+            try:
+                value = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                value = None
+            if not isinstance(value, dict):
+                return empty, f"{where}:{number}: corrupt: not a JSON object"
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "row"
             return empty, f"{where}:{number}: corrupt: {field}: {first['msg']}"

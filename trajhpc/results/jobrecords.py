@@ -291,10 +291,18 @@ _NOT_VARIANT: dict[str, Any] = {
 }
 
 
+def _without(doc: dict[str, Any], drop: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value if key not in drop else _without(value, dict.fromkeys(drop[key], True))
+        for key, value in doc.items() if drop.get(key) is not True
+    }
+
+
 def variant_of(spec: JobSpec) -> str:
     """Hash of the settings other than the arm's (condition, budget, tool docs, curriculum), seed and order:
-    equal variants compare."""
-    return hashlib.sha256(spec.model_dump_json(exclude=_NOT_VARIANT).encode()).hexdigest()[:6]
+    equal variants compare. Taken over the spec's canonical form, as the job id is."""
+    kept = _without(spec.to_dict(), _NOT_VARIANT)
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:6]
 
 
 def jobs_frame(records: Sequence[JobRecord]) -> pl.DataFrame:

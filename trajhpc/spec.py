@@ -374,12 +374,22 @@ class JobSpec(StrictModel):
         return self.model_dump(mode="json", by_alias=True)
 
     def canonical_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return canonical_text(self.to_dict())
 
     @property
     def job_id(self) -> str:
         """Short hash of the canonical spec: equal specs, equal ids."""
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:12]
+        return id_of(self.to_dict())
+
+
+def canonical_text(doc: dict[str, Any]) -> str:
+    """A spec's (or part of one's) JSON form as it is hashed: sorted keys, no whitespace."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+
+def id_of(doc: dict[str, Any]) -> str:
+    """The job id of a spec's :meth:`JobSpec.to_dict` form (for a reader that needs the dict anyway)."""
+    return hashlib.sha256(canonical_text(doc).encode()).hexdigest()[:12]
 
 
 def spec_from_dict(obj: Any, source: str | Path | None = None) -> JobSpec:

@@ -18,10 +18,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import polars as pl
 
 from trajhpc.core.errors import TrajhpcError
-from trajhpc.jobdir.documents import OK, JobProblem, MetricsDoc, TokensDoc, read_job_docs
+from trajhpc.jobdir.documents import OK, JobProblem, MetricsDoc, TokensDoc, read_job_docs_and_form
 from trajhpc.jobdir.paths import RECORD, FileProblem, JobDir, find_job_dirs, read_json_object
 from trajhpc.results.losscurves import TrainLogs, read_train_logs
-from trajhpc.spec import JobSpec
+from trajhpc.spec import JobSpec, canonical_text
 from trajhpc.study.comparison import canonical_json, normalised
 from trajhpc.study.manifest import Manifest, load_manifest
 
@@ -216,10 +216,10 @@ def collect_jobs(roots: Iterable[Path]) -> list[JobRecord]:
 def read_job(job_dir: Path) -> JobRecord:
     """Validate one job directory against the contract; problems become a status, not an exception."""
     try:
-        spec, metrics, tokens = read_job_docs(job_dir)
+        spec, metrics, tokens, form = read_job_docs_and_form(job_dir)
     except JobProblem as problem:
         return JobRecord(job_dir, problem.status, problem.reason, job_dir / problem.file)
-    return JobRecord(job_dir, OK, spec=spec, metrics=metrics, tokens=tokens, variant=variant_of(spec))
+    return JobRecord(job_dir, OK, spec=spec, metrics=metrics, tokens=tokens, variant=variant_of(spec, form))
 
 
 def group_by_study(records: Sequence[JobRecord]) -> dict[Path, list[JobRecord]]:
@@ -298,11 +298,12 @@ def _without(doc: dict[str, Any], drop: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def variant_of(spec: JobSpec) -> str:
+def variant_of(spec: JobSpec, form: dict[str, Any] | None = None) -> str:
     """Hash of the settings other than the arm's (condition, budget, tool docs, curriculum), seed and order:
-    equal variants compare. Taken over the spec's canonical form, as the job id is."""
-    kept = _without(spec.to_dict(), _NOT_VARIANT)
-    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:6]
+    equal variants compare. Taken over the spec's canonical form (``form``, :meth:`JobSpec.to_dict`),
+    as the job id is."""
+    kept = _without(spec.to_dict() if form is None else form, _NOT_VARIANT)
+    return hashlib.sha256(canonical_text(kept).encode()).hexdigest()[:6]
 
 
 def jobs_frame(records: Sequence[JobRecord]) -> pl.DataFrame:

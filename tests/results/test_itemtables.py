@@ -205,3 +205,15 @@ def test_an_unusable_prediction_file_is_named_never_read_as_something_else(tmp_p
     assert result.units.height == 2  # its unit still counts
     with pytest.raises(TrajhpcError, match=f"{jobs['A']}/predictions/" + detail.split(":")[0]):
         agg.aggregate([tmp_path], strict=True, resamples=200)
+
+
+def test_baselines_say_when_the_jobs_data_settings_differ():
+    """The baselines are computed on the first job's data; the note counts the distinct data settings."""
+    from trajhpc.results.itemtables import study_baselines
+
+    same = [sj.spec_for("A", seed=s) for s in range(3)]
+    frame, note = study_baselines(same)
+    assert note is None and frame.height > 0
+    other = sj.spec_for("B", data=DataSpec(max_heldout_per_block=5))
+    _, note = study_baselines([*same, other, other])
+    assert note == "baselines use the first job's data settings (2 differ)"

@@ -206,7 +206,10 @@ def study_baselines(specs: Sequence[Any]) -> tuple[pl.DataFrame, str | None]:
     schema = {"baseline": pl.String, "block": pl.String, "metric": pl.String, "value": pl.Float64, "n": pl.Int64}
     if not specs:
         return pl.DataFrame(schema=schema), None
-    datas = {s.data.model_dump_json() for s in specs}
+    datas: list[Any] = []  # the distinct data settings (a list: a settings object need not hash)
+    for spec in specs:
+        if spec.data not in datas:
+            datas.append(spec.data)
     try:
         data = load_study_data(specs[0].data)
     except TrajhpcError as err:

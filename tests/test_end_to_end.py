@@ -128,13 +128,14 @@ def test_plots_of_the_real_smoke_output(smoke_root):
             assert arms == ["A", "B"]
             assert ax.get_legend().get_texts()[-1].get_text().startswith("shaded: 95% bootstrap CI over units")
     blocks = ["care-appointments", "cost-insurance-other", "medication-treatment", "mental-wellness-fitness"]
+    # Exact accuracy (top row, 0 here) and API-name accuracy (bottom row), which moves.
     heatmaps = [ax for ax in figures["rmatrix_by_block.png"].axes if ax.images]
-    assert len(heatmaps) == 2
-    for ax, arm in zip(heatmaps, ["A", "B"]):
+    assert len(heatmaps) == 4
+    for ax, (metric, word), arm in zip(heatmaps, [("exact", "exact")] * 2 + [("name", "API-name")] * 2, ["A", "B"] * 2):
         assert [t.get_text() for t in ax.get_xticklabels()] == blocks
-        assert ax.get_title() == f"{arm}: exact R[stage][block]\nn = 4 (2 seeds × 2 orders)"
-        by_hand = (result.long.filter(pl.col("arm") == arm).group_by("stage", "block").agg(pl.col("exact").mean())
-                   .sort("stage", "block")["exact"].to_numpy().reshape(5, 4))
+        assert ax.get_title() == f"{arm}: {word} R[stage][block]\nn = 4 (2 seeds × 2 orders)"
+        by_hand = (result.long.filter(pl.col("arm") == arm).group_by("stage", "block").agg(pl.col(metric).mean())
+                   .sort("stage", "block")[metric].to_numpy().reshape(5, 4))
         assert (abs(ax.images[0].get_array() - by_hand) < 1e-12).all()
     if has_logs:
         loss = figures["loss_curves.png"].axes[0]

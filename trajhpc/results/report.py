@@ -34,9 +34,11 @@ PLOT_CAPTIONS = {
     "accuracy_by_stage.png": "Accuracy after each stage: mean over units, shaded 95% bootstrap CI (the legend "
                              "says when a band has zero width); points dodged sideways so arms that coincide show.",
     "accuracy_vs_tokens.png": "Exact accuracy against cumulative tokens; the dashed line is the common budget.",
-    "rmatrix.png": "R[stage][block] by position: column k is the block each unit trained k-th.",
-    "rmatrix_by_block.png": "R[stage][block] by domain: each block's accuracy after each stage, mean over "
-                            "seeds and orders.",
+    "rmatrix.png": "R[stage][block] by position: column k is the block each unit trained k-th; exact accuracy "
+                   "(top row) and API-name accuracy (bottom row), the stage that trained each block outlined.",
+    "rmatrix_by_block.png": "R[stage][block] by domain: each block's exact accuracy (top row) and API-name "
+                            "accuracy (bottom row) after each stage, mean over seeds and orders, the stages "
+                            "that trained it outlined.",
     "paired_forest.png": "Paired differences with 95% CIs; the primary comparison is marked.",
     "loss_curves.png": "Training loss per optimizer step, mean over units, stages marked.",
 }

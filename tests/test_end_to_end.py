@@ -221,12 +221,12 @@ def test_the_readme_table_is_what_a_fresh_smoke_run_shows(smoke_root):
 
 def test_fine_tuning_moves_the_r_matrix_and_units_differ(smoke_root):
     """What the smoke study is for: fine-tuning moves the R matrix (the first block lifts API-name
-    accuracy on every block; the block just trained gains), and its CIs have width. Issue 21 asks
-    for a gain of 0.10 on the block just trained; this model gives about 0.09-0.10 (README)."""
+    accuracy on every block; the block just trained gains at least 0.10 in API-name accuracy, mean
+    over units and blocks, in both arms: issue 21), and its CIs have width."""
     out = smoke_root / "smoke" / "aggregate"
     long = pl.read_parquet(out / "long.parquet")
     for arm in ("A", "B"):
-        assert _gain_on_the_block_just_trained(long, arm) >= 0.05, arm
+        assert _gain_on_the_block_just_trained(long, arm) >= 0.10, arm
         by_stage = long.filter(pl.col("arm") == arm).group_by("stage").agg(pl.col("name").mean())
         name = dict(by_stage.iter_rows())
         assert name[1] - name[0] >= 0.2, (arm, name)

@@ -17,7 +17,17 @@ from trajhpc.results.ceilings import ceiling_cells, ceiling_note
 from trajhpc.results.computereport import compute_section
 from trajhpc.results.continual import CONTINUAL_METRICS
 from trajhpc.results.mdformat import (  # noqa: F401
-    METRIC_LABELS, _cell, _ci, _count, _diff, _int, _lookup, _num, _p, _sci, _table,
+    METRIC_LABELS,
+    _cell,
+    _ci,
+    _count,
+    _diff,
+    _int,
+    _lookup,
+    _num,
+    _p,
+    _sci,
+    _table,
 )
 from trajhpc.results.paperframes import headline_sentence, headline_table
 from trajhpc.results.studyresult import StudyResult

@@ -128,13 +128,14 @@ def test_plots_of_the_real_smoke_output(smoke_root):
             assert arms == ["A", "B"]
             assert ax.get_legend().get_texts()[-1].get_text().startswith("shaded: 95% bootstrap CI over units")
     blocks = ["care-appointments", "cost-insurance-other", "medication-treatment", "mental-wellness-fitness"]
+    # Exact accuracy (top row, 0 here) and API-name accuracy (bottom row), which moves.
     heatmaps = [ax for ax in figures["rmatrix_by_block.png"].axes if ax.images]
-    assert len(heatmaps) == 2
-    for ax, arm in zip(heatmaps, ["A", "B"]):
+    assert len(heatmaps) == 4
+    for ax, (metric, word), arm in zip(heatmaps, [("exact", "exact")] * 2 + [("name", "API-name")] * 2, ["A", "B"] * 2):
         assert [t.get_text() for t in ax.get_xticklabels()] == blocks
-        assert ax.get_title() == f"{arm}: exact R[stage][block]\nn = 4 (2 seeds × 2 orders)"
-        by_hand = (result.long.filter(pl.col("arm") == arm).group_by("stage", "block").agg(pl.col("exact").mean())
-                   .sort("stage", "block")["exact"].to_numpy().reshape(5, 4))
+        assert ax.get_title() == f"{arm}: {word} R[stage][block]\nn = 4 (2 seeds × 2 orders)"
+        by_hand = (result.long.filter(pl.col("arm") == arm).group_by("stage", "block").agg(pl.col(metric).mean())
+                   .sort("stage", "block")[metric].to_numpy().reshape(5, 4))
         assert (abs(ax.images[0].get_array() - by_hand) < 1e-12).all()
     if has_logs:
         loss = figures["loss_curves.png"].axes[0]
@@ -220,12 +221,12 @@ def test_the_readme_table_is_what_a_fresh_smoke_run_shows(smoke_root):
 
 def test_fine_tuning_moves_the_r_matrix_and_units_differ(smoke_root):
     """What the smoke study is for: fine-tuning moves the R matrix (the first block lifts API-name
-    accuracy on every block; the block just trained gains), and its CIs have width. Issue 21 asks
-    for a gain of 0.10 on the block just trained; this model gives about 0.09-0.10 (README)."""
+    accuracy on every block; the block just trained gains at least 0.10 in API-name accuracy, mean
+    over units and blocks, in both arms: issue 21), and its CIs have width."""
     out = smoke_root / "smoke" / "aggregate"
     long = pl.read_parquet(out / "long.parquet")
     for arm in ("A", "B"):
-        assert _gain_on_the_block_just_trained(long, arm) >= 0.05, arm
+        assert _gain_on_the_block_just_trained(long, arm) >= 0.10, arm
         by_stage = long.filter(pl.col("arm") == arm).group_by("stage").agg(pl.col("name").mean())
         name = dict(by_stage.iter_rows())
         assert name[1] - name[0] >= 0.2, (arm, name)

@@ -128,13 +128,50 @@ def test_a_single_unit_has_no_band_and_says_so(tmp_path):
 
 def test_rmatrix_by_block_is_the_mean_over_orders_per_domain(synthetic, figures):
     axes = [ax for ax in figures["rmatrix_by_block.png"].axes if ax.images]
-    assert len(axes) == 3  # one heatmap per arm (the colour bar is not one)
+    assert len(axes) == 6  # one heatmap per arm and metric (the colour bar is not one)
     for ax, arm in zip(axes, synthetic.arms):
         assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
         assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2", "3"]
         by_hand = np.mean([sj.synthetic_matrix(arm, s, o, ["a", "b", "c"]) for s in SEEDS for o in ORDERS], axis=0)
         assert np.allclose(np.asarray(ax.images[0].get_array()), by_hand)
         assert ax.images[0].get_clim() == (0, 1)
+
+
+def test_rmatrix_by_block_draws_api_name_accuracy_below_exact(synthetic, figures):
+    """Exact accuracy can stay 0 where API-name accuracy moves (the smoke study): the second row of
+    panels is each arm's API-name R matrix, labelled as such."""
+    axes = [ax for ax in figures["rmatrix_by_block.png"].axes if ax.images]
+    exact, name = axes[:3], axes[3:]
+    assert [ax.get_title().split("\n")[0] for ax in exact] == [f"{a}: exact R[stage][block]" for a in synthetic.arms]
+    assert [ax.get_title() for ax in name] == [f"{a}: API-name R[stage][block]\nn = 6 (3 seeds × 2 orders)"
+                                               for a in synthetic.arms]
+    for ax, arm in zip(name, synthetic.arms):
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+        # The fixture's API-name score is its exact score + 0.1 (at most 1), per unit.
+        by_hand = np.mean([np.minimum(1.0, np.asarray(sj.synthetic_matrix(arm, s, o, ["a", "b", "c"])) + 0.1)
+                           for s in SEEDS for o in ORDERS], axis=0)
+        assert np.allclose(np.asarray(ax.images[0].get_array()), by_hand)
+        assert ax.images[0].get_clim() == (0, 1)
+    by_position = [ax for ax in figures["rmatrix.png"].axes if ax.images]
+    assert by_position[3].get_title().startswith("B: API-name R[stage][position]")
+    assert "each block's accuracy after each stage" in figures["rmatrix_by_block.png"].get_suptitle()
+
+
+def _outlined(ax) -> set[tuple[int, int]]:
+    """(row, column) of the heatmap cells outlined as trained."""
+    return {(round(r.get_y() + 0.5), round(r.get_x() + 0.5)) for r in ax.patches if r.get_label() == "_trained"}
+
+
+def test_the_block_each_stage_trained_is_outlined_in_both_rows(synthetic, figures):
+    # Orders a>b>c and c>b>a: stage 1 trains a or c, stage 2 b, stage 3 c or a (columns a, b, c).
+    by_block = [ax for ax in figures["rmatrix_by_block.png"].axes if ax.images]
+    for ax in by_block:
+        assert _outlined(ax) == {(1, 0), (1, 2), (2, 1), (3, 0), (3, 2)}
+    # By position the diagonal: stage k trains the block each unit trains k-th.
+    for ax in [ax for ax in figures["rmatrix.png"].axes if ax.images]:
+        assert _outlined(ax) == {(1, 0), (2, 1), (3, 2)}
+    assert figures["rmatrix.png"].get_suptitle().endswith(
+        f"outlined in {plots.TRAINED_EDGE}: the stage that trained the block (in some unit)")
 
 
 def test_rmatrix_by_position_stays_beside_it(synthetic, figures):

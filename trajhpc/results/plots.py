@@ -177,7 +177,14 @@ def tokens_figure(result: StudyResult):
     return fig
 
 
-def _heatmap(ax, grid: pl.DataFrame, labels: Callable[[str], str]) -> Any:
+TRAINED_EDGE = "red"  # the outline of a cell whose block its stage trained
+
+
+def _heatmap(ax, grid: pl.DataFrame, labels: Callable[[str], str], trained: set[tuple[int, str]] = frozenset()) -> Any:
+    """``grid`` (a ``stage`` column, then one column per block) as a heatmap with its values written in;
+    the cells in ``trained`` ((stage, column name)) outlined."""
+    from matplotlib.patches import Rectangle
+
     cols = [c for c in grid.columns if c != "stage"]
     data = grid.select(cols).to_numpy().astype(float)
     image = ax.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -187,11 +194,27 @@ def _heatmap(ax, grid: pl.DataFrame, labels: Callable[[str], str]) -> Any:
     for (i, j), v in np.ndenumerate(data):
         if not np.isnan(v):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.5 else "black", fontsize=size)
+    stages = grid["stage"].to_list()
+    for stage, col in sorted(trained):
+        if stage in stages and col in cols:
+            ax.add_patch(Rectangle((cols.index(col) - 0.5, stages.index(stage) - 0.5), 1, 1, fill=False,
+                                   edgecolor=TRAINED_EDGE, linewidth=1.8, label="_trained"))
     return image
 
 
+def trained_cells(result: StudyResult, arm: str, column: str) -> set[tuple[int, str]]:
+    """(stage, block or position as text) of the R-matrix cells whose block that stage trained, in any
+    unit of ``arm`` (``block_pos`` is the stage that trains the block)."""
+    long = result.long
+    if long.height == 0 or column not in long.columns:
+        return set()
+    rows = long.filter((pl.col("arm") == arm) & (pl.col("block_pos") == pl.col("stage"))).select("stage", column)
+    return {(int(stage), str(value)) for stage, value in rows.unique().iter_rows()}
+
+
 def rmatrix_figure(result: StudyResult):
-    """Per arm: mean exact R[stage][block position] (position in each unit's order; 0 = never trained)."""
+    """Per arm: mean R[stage][block position], exact (top row) and API name (bottom row); position in each
+    unit's order, 0 = never trained."""
     return _rmatrix_figure(
         result, result.rmatrix, "block_pos", lambda c: "untrained" if c == "0" else f"block {c}",
         xlabel="block (position in order)", what="R[stage][position]",
@@ -200,27 +223,35 @@ def rmatrix_figure(result: StudyResult):
 
 
 def rmatrix_block_figure(result: StudyResult):
-    """Per arm: mean exact R[stage][block] by block name, the mean over orders taken per domain."""
+    """Per arm: mean R[stage][block] by block name, exact (top row) and API name (bottom row), the mean
+    over orders taken per domain."""
     return _rmatrix_figure(
         result, result.rmatrix_blocks, "block", str, xlabel="block (domain)", what="R[stage][block]",
-        suptitle="by domain: mean over seeds and orders of each block's exact accuracy after each stage",
+        suptitle="by domain: mean over seeds and orders of each block's accuracy after each stage",
     )
+
+
+RMATRIX_METRICS = (("exact", "exact"), ("name", "API-name"))  # (column of the R-matrix table, title word)
 
 
 def _rmatrix_figure(result: StudyResult, frame: pl.DataFrame, column: str, label, *, xlabel: str, what: str,
                     suptitle: str):
-    """One heatmap per arm of ``frame``'s mean exact accuracy, rows = after stage, columns = ``column``."""
+    """One heatmap per arm and metric of ``frame``'s mean accuracy: a row of panels per metric (exact, then
+    API name: a model that never gets the arguments right still shows its R matrix), a column per arm;
+    in each panel rows = after stage, columns = ``column``, the cells of the block each stage trained
+    outlined, so a block's rise when it is trained shows."""
     arms = result.arms
-    fig, axes = _figure(len(arms), width=4.0, height=3.8)
+    fig, axes = _figure(len(arms), width=4.0, height=3.8, nrows=len(RMATRIX_METRICS))
     image = None
-    for ax, arm in zip(axes, arms):
-        r = frame.filter(pl.col("arm") == arm)
-        grid = r.pivot(on=column, index="stage", values="exact", sort_columns=True).sort("stage")
-        image = _heatmap(ax, grid, label)
-        ax.set(xlabel=xlabel, ylabel="after stage", title=f"{arm}: exact {what}\n{units_text(result, arm)}")
+    for row, (metric, word) in enumerate(RMATRIX_METRICS):
+        for ax, arm in zip(axes[row * len(arms):(row + 1) * len(arms)], arms):
+            r = frame.filter(pl.col("arm") == arm)
+            grid = r.pivot(on=column, index="stage", values=metric, sort_columns=True).sort("stage")
+            image = _heatmap(ax, grid, label, trained_cells(result, arm, column))
+            ax.set(xlabel=xlabel, ylabel="after stage", title=f"{arm}: {word} {what}\n{units_text(result, arm)}")
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8)
-    fig.suptitle(suptitle)
+        fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (mean over units)")
+    fig.suptitle(f"{suptitle}\noutlined in {TRAINED_EDGE}: the stage that trained the block (in some unit)")
     return fig
 
 

@@ -17,7 +17,17 @@ from trajhpc.results.ceilings import ceiling_cells, ceiling_note
 from trajhpc.results.computereport import compute_section
 from trajhpc.results.continual import CONTINUAL_METRICS
 from trajhpc.results.mdformat import (  # noqa: F401
-    METRIC_LABELS, _cell, _ci, _count, _diff, _int, _lookup, _num, _p, _sci, _table,
+    METRIC_LABELS,
+    _cell,
+    _ci,
+    _count,
+    _diff,
+    _int,
+    _lookup,
+    _num,
+    _p,
+    _sci,
+    _table,
 )
 from trajhpc.results.paperframes import headline_sentence, headline_table
 from trajhpc.results.studyresult import StudyResult
@@ -34,9 +44,11 @@ PLOT_CAPTIONS = {
     "accuracy_by_stage.png": "Accuracy after each stage: mean over units, shaded 95% bootstrap CI (the legend "
                              "says when a band has zero width); points dodged sideways so arms that coincide show.",
     "accuracy_vs_tokens.png": "Exact accuracy against cumulative tokens; the dashed line is the common budget.",
-    "rmatrix.png": "R[stage][block] by position: column k is the block each unit trained k-th.",
-    "rmatrix_by_block.png": "R[stage][block] by domain: each block's accuracy after each stage, mean over "
-                            "seeds and orders.",
+    "rmatrix.png": "R[stage][block] by position: column k is the block each unit trained k-th; exact accuracy "
+                   "(top row) and API-name accuracy (bottom row), the stage that trained each block outlined.",
+    "rmatrix_by_block.png": "R[stage][block] by domain: each block's exact accuracy (top row) and API-name "
+                            "accuracy (bottom row) after each stage, mean over seeds and orders, the stages "
+                            "that trained it outlined.",
     "paired_forest.png": "Paired differences with 95% CIs; the primary comparison is marked.",
     "loss_curves.png": "Training loss per optimizer step, mean over units, stages marked.",
 }

@@ -165,14 +165,21 @@ def _readme_table() -> dict[str, tuple[list[float], list[float]]]:
     return rows
 
 
-def _gain_on_the_block_just_trained(long: pl.DataFrame, arm: str) -> float:
-    """Mean over units and blocks of R[k][b_k] - R[k-1][b_k], API-name accuracy (b_k: the k-th block trained)."""
+def _gains_by_position(long: pl.DataFrame, arm: str) -> dict[int, float]:
+    """k -> mean over units of R[k][b_k] - R[k-1][b_k], API-name accuracy (b_k: the k-th block trained)."""
     r = long.filter(pl.col("arm") == arm).select("job_id", "stage", "block_pos", "name")
     learned = r.filter(pl.col("stage") == pl.col("block_pos")).select("job_id", "block_pos", after="name")
     before = r.filter(pl.col("stage") == pl.col("block_pos") - 1).select("job_id", "block_pos", before="name")
     joined = learned.join(before, on=["job_id", "block_pos"])
     assert joined.height == 16  # 4 units x 4 blocks
-    return float((joined["after"] - joined["before"]).mean())
+    gains = joined.group_by("block_pos").agg((pl.col("after") - pl.col("before")).mean().alias("gain"))
+    return dict(gains.iter_rows())
+
+
+def _gain_on_the_block_just_trained(long: pl.DataFrame, arm: str) -> float:
+    """Mean over units and blocks of R[k][b_k] - R[k-1][b_k], API-name accuracy."""
+    gains = _gains_by_position(long, arm)
+    return sum(gains.values()) / len(gains)
 
 
 def _measured(out) -> dict[str, Callable[[str], list[float]]]:
@@ -187,6 +194,14 @@ def _measured(out) -> dict[str, Callable[[str], list[float]]]:
             return [row["mean"], row["ci_lo"], row["ci_hi"]] if ci else [row["mean"]]
         return numbers
 
+    def paired_name() -> list[float]:
+        paired = pl.read_csv(out / "paired.csv")
+        row = paired.filter(
+            (pl.col("arm") == "B") & (pl.col("baseline") == "A") & (pl.col("metric") == "name")
+            & (pl.col("test") == "sign-flip")
+        ).row(0, named=True)
+        return [row["mean_diff"], row["ci_lo"], row["ci_hi"], row["p_value"]]
+
     def at_stage(metric: str, stage: int):
         def numbers(arm: str) -> list[float]:
             rows = stages.filter((pl.col("arm") == arm) & (pl.col("metric") == metric) & (pl.col("stage") == stage))
@@ -199,7 +214,12 @@ def _measured(out) -> dict[str, Callable[[str], list[float]]]:
         "final exact accuracy, pooled": estimate("exact_pooled", ci=False),
         "gain on the block just trained, API name (mean of R[k][k] − R[k−1][k])":
             lambda arm: [_gain_on_the_block_just_trained(long, arm)],
+        "gain on the first block trained, API name (R[1][1] − R[0][1])":
+            lambda arm: [_gains_by_position(long, arm)[1]],
+        "FWT, API name [95% CI over units]": estimate("fwt_name", ci=True),
         "BWT, API name [95% CI over units]": estimate("bwt_name", ci=True),
+        "forgetting since learned, API name [95% CI over units]": estimate("forgetting_since_learned_name", ci=True),
+        "B − A, final API name [95% CI over pairs], sign-flip p": lambda arm: [] if arm == "A" else paired_name(),
     }
 
 
@@ -222,11 +242,15 @@ def test_the_readme_table_is_what_a_fresh_smoke_run_shows(smoke_root):
 def test_fine_tuning_moves_the_r_matrix_and_units_differ(smoke_root):
     """What the smoke study is for: fine-tuning moves the R matrix (the first block lifts API-name
     accuracy on every block; the block just trained gains at least 0.10 in API-name accuracy, mean
-    over units and blocks, in both arms: issue 21), and its CIs have width."""
+    over units and blocks, in both arms: issue 21, and gains at every position, as the README says of
+    rmatrix.png), and its CIs have width."""
     out = smoke_root / "smoke" / "aggregate"
     long = pl.read_parquet(out / "long.parquet")
     for arm in ("A", "B"):
         assert _gain_on_the_block_just_trained(long, arm) >= 0.10, arm
+        # rmatrix.png's diagonal: every block, whichever position it is trained at, rises when it is
+        gains = _gains_by_position(long, arm)
+        assert all(gain > 0 for gain in gains.values()), (arm, gains)
         by_stage = long.filter(pl.col("arm") == arm).group_by("stage").agg(pl.col("name").mean())
         name = dict(by_stage.iter_rows())
         assert name[1] - name[0] >= 0.2, (arm, name)

@@ -394,7 +394,8 @@ smoke_slurm() {
 # Slurm sends USR2 signal_delay_s (plus up to its ~30 s timer slack) before the
 # 2-minute limit, i.e. 60-90 s in. The job needs far longer (the test-only
 # TRAJHPC_FAULT_INJECT=slow:MS, passed into the container, sleeps after every
-# optimizer step: 120 s a stage) and has written stage 0 (~20 s in) by then. When the
+# optimizer step: 8 steps of 40 s, 320 s a stage at smoke.yaml's 4 epochs of 8 examples in
+# batches of 4) and has written stage 0 (~20 s in) by then. When the
 # signal is lost (submitit once swallowed a USR2 that arrived with SIGCONT), Slurm's
 # kill at the limit plus its slack must still come first: at 60 s a stage a job whose
 # signal was lost finished in 2m09s, before the kill, and the step failed. submitit's own

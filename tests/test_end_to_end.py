@@ -167,25 +167,24 @@ def _readme_table() -> dict[str, tuple[list[float], list[float]]]:
     return rows
 
 
-def _gains_by_position(long: pl.DataFrame, arm: str) -> dict[int, float]:
-    """k -> mean over units of R[k][b_k] - R[k-1][b_k], API-name accuracy (b_k: the k-th block trained)."""
-    r = long.filter(pl.col("arm") == arm).select("job_id", "stage", "block_pos", "name")
-    learned = r.filter(pl.col("stage") == pl.col("block_pos")).select("job_id", "block_pos", after="name")
-    before = r.filter(pl.col("stage") == pl.col("block_pos") - 1).select("job_id", "block_pos", before="name")
-    joined = learned.join(before, on=["job_id", "block_pos"])
+def _gains(long: pl.DataFrame, arm: str) -> pl.DataFrame:
+    """Per unit and trained block: block, block_pos (k) and gain = R[k][b] - R[k-1][b], API-name accuracy."""
+    r = long.filter(pl.col("arm") == arm).select("job_id", "stage", "block", "block_pos", "name")
+    learned = r.filter(pl.col("stage") == pl.col("block_pos")).select("job_id", "block", "block_pos", after="name")
+    before = r.filter(pl.col("stage") == pl.col("block_pos") - 1).select("job_id", "block", before="name")
+    joined = learned.join(before, on=["job_id", "block"])
     assert joined.height == 16  # 4 units x 4 blocks
-    gains = joined.group_by("block_pos").agg((pl.col("after") - pl.col("before")).mean().alias("gain"))
-    return dict(gains.iter_rows())
+    return joined.select("block", "block_pos", gain=pl.col("after") - pl.col("before"))
+
+
+def _gains_by_position(long: pl.DataFrame, arm: str) -> dict[int, float]:
+    """k -> mean over units of R[k][b_k] - R[k-1][b_k] (b_k: the k-th block trained)."""
+    return dict(_gains(long, arm).group_by("block_pos").agg(pl.col("gain").mean()).iter_rows())
 
 
 def _gains_by_domain(long: pl.DataFrame, arm: str) -> list[float]:
-    """Per block of the partition (its order), the mean over units of R[k][b] - R[k-1][b] where k trains b."""
-    r = long.filter(pl.col("arm") == arm).select("job_id", "stage", "block", "block_pos", "name")
-    learned = r.filter(pl.col("stage") == pl.col("block_pos")).select("job_id", "block", after="name")
-    before = r.filter(pl.col("stage") == pl.col("block_pos") - 1).select("job_id", "block", before="name")
-    gains = learned.join(before, on=["job_id", "block"]).group_by("block").agg(
-        (pl.col("after") - pl.col("before")).mean().alias("gain"))
-    by_block = dict(gains.iter_rows())
+    """Per block of the partition (in its order), the mean over units of its gain at the stage that trains it."""
+    by_block = dict(_gains(long, arm).group_by("block").agg(pl.col("gain").mean()).iter_rows())
     return [by_block[b] for b in PARTITION]
 
 

@@ -21,7 +21,7 @@ from trajhpc.core.errors import TrajhpcError
 from trajhpc.jobdir.documents import OK, JobProblem, MetricsDoc, TokensDoc, read_job_docs_and_form
 from trajhpc.jobdir.paths import RECORD, FileProblem, JobDir, find_job_dirs, read_json_object
 from trajhpc.results.losscurves import TrainLogs, read_train_logs
-from trajhpc.spec import JobSpec, canonical_text
+from trajhpc.spec import JobSpec
 from trajhpc.study.comparison import canonical_json, normalised
 from trajhpc.study.manifest import Manifest, load_manifest
 
@@ -303,7 +303,7 @@ def variant_of(spec: JobSpec, form: dict[str, Any] | None = None) -> str:
     equal variants compare. Taken over the spec's canonical form (``form``, :meth:`JobSpec.to_dict`),
     as the job id is."""
     kept = _without(spec.to_dict() if form is None else form, _NOT_VARIANT)
-    return hashlib.sha256(canonical_text(kept).encode()).hexdigest()[:6]
+    return hashlib.sha256(canonical_json(kept).encode()).hexdigest()[:6]
 
 
 def jobs_frame(records: Sequence[JobRecord]) -> pl.DataFrame:

@@ -18,7 +18,9 @@
 # 6. The smoke study (smoke.yaml cut to 2 jobs) through `trajhpc submit` with
 #    `container: {runtime: docker}`, on the local executor and on the local Slurm
 #    cluster; `trajhpc aggregate` on the host reads the job files.
-# 7. A job that runs out of time inside the container on Slurm: the next
+# 7. A job cancelled on Slurm while it trains stops with its task: no container
+#    outlives it, and it is left "interrupted".
+# 8. A job that runs out of time inside the container on Slurm: the next
 #    `trajhpc submit` resubmits it and it resumes from its last completed stage.
 # Every step is timed; the summary (and the image size) is printed at the end,
 # also when a step fails. Any failure exits non-zero.
@@ -390,7 +392,49 @@ smoke_slurm() {
     smoke slurm
 }
 
-# --- 7. out of time inside the container, resubmitted, resumed --------------------
+# A container outlives its Slurm task unless the job stops on the SIGTERM the client
+# forwards (trajhpc.job.stopping): Slurm's SIGKILL reaches `docker run` only.
+containers_of() {  # containers_of STUDY: the running containers of that study's jobs
+    podman ps --no-trunc --format '{{.ID}} {{.Command}}' | grep -F "$WORK/jobs/$1/" || true
+}
+no_container_left() {  # no_container_left STUDY: none within 20 s, or fail (stopping them)
+    local left end=$((SECONDS + 20))
+    while left=$(containers_of "$1"); [[ -n "$left" ]] && ((SECONDS < end)); do sleep 0.5; done
+    if [[ -n "$left" ]]; then
+        podman rm -f $(awk '{ print $1 }' <<<"$left") >/dev/null 2>&1 || true
+        die "a container of study $1 still ran after its Slurm task ended: $left"
+    fi
+    log "no container of study $1 outlived its Slurm task"
+}
+
+# --- 7. cancelled on Slurm: the container stops with its task ---------------------
+# `scancel` while the job trains: Slurm sends SIGTERM, then SIGKILL after KillWait (5 s
+# on the CI cluster). The job must stop within that time, leave itself "interrupted" and
+# its container must be gone; the next submit resumes it.
+cancel_stops() {
+    local dir slurm_id
+    write_manifest "$WORK/cancel.yaml" slurm cancel '{"conditions": ["A"], "resources": {"timeout_min": 10}}'
+    TRAJHPC_FAULT_INJECT=slow:40000 "$TRAJHPC" submit "$WORK/cancel.yaml"
+    dir=$(dirname "$(ls "$WORK"/jobs/cancel/*/submission.json)")
+    slurm_id=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["slurm_job_id"])' "$dir/submission.json")
+    local end=$((SECONDS + 120))
+    until [[ -s "$dir/predictions/stage-0.jsonl" ]]; do
+        ((SECONDS < end)) || die "the job to cancel never evaluated stage 0"
+        sleep 0.5
+    done
+    scancel "$slurm_id"
+    no_container_left cancel
+    "$PY" - "$dir" <<'PY'
+import json, sys
+from pathlib import Path
+state = json.loads((Path(sys.argv[1]) / "state.json").read_text())
+assert state["state"] == "interrupted", state
+assert not (Path(sys.argv[1]) / ".lock").exists(), "the cancelled job left its lock"
+print(f"container-ci: cancelled after stage {state['stage']}: the job left itself interrupted, its lock released")
+PY
+}
+
+# --- 8. out of time inside the container, resubmitted, resumed --------------------
 # Slurm sends USR2 signal_delay_s (plus up to its ~30 s timer slack) before the
 # 2-minute limit, i.e. 60-90 s in. The job needs far longer (the test-only
 # TRAJHPC_FAULT_INJECT=slow:MS, passed into the container, sleeps after every
@@ -398,8 +442,11 @@ smoke_slurm() {
 # batches of 4) and has written stage 0 (~20 s in) by then. When the
 # signal is lost (submitit once swallowed a USR2 that arrived with SIGCONT), Slurm's
 # kill at the limit plus its slack must still come first: at 60 s a stage a job whose
-# signal was lost finished in 2m09s, before the kill, and the step failed. submitit's own
-# requeue (`scontrol requeue`) cannot work inside Docker: the attempt ends there,
+# signal was lost finished in 2m09s, before the kill, and the step failed. A lost signal
+# once left the container training on after the kill, holding the job's lock, and the
+# resubmitted attempt was refused: the job now stops on the SIGTERM of the kill, and
+# no container may be left. submitit's own requeue (`scontrol requeue`) cannot work inside
+# Docker (no Slurm client there): the attempt stops at the signal, left "interrupted",
 # and `submit --wait` says the job did not finish (exit 3). The next submit, with a
 # longer limit (resources are not part of the job id) and no slow-down, resubmits
 # it, and it resumes from its last completed stage.
@@ -413,6 +460,7 @@ timeout_resume() {
     echo
     [[ $rc == 3 ]] || die "the first attempt should have run out of time (submit --wait exit 3), got exit $rc"
     dir=$(dirname "$(ls "$WORK"/jobs/timeout/*/spec.json)")
+    no_container_left timeout
     "$PY" - "$dir" <<'PY'
 import json, sys
 from pathlib import Path
@@ -452,6 +500,7 @@ step "checks in the image (--help, pins, size)" check_image
 step "docker-archive (podman save)" save_archive
 step "smoke, local executor" smoke_local
 step "smoke, Slurm" smoke_slurm
+step "cancelled on Slurm, container stopped" cancel_stops
 step "timed out on Slurm, resubmitted, resumed" timeout_resume
 podman image prune -f >/dev/null 2>&1 || true
 log "all container checks passed"

@@ -479,7 +479,8 @@ def _holder(lock: Path) -> subprocess.Popen:
     return proc
 
 
-def test_a_job_directory_in_use_is_refused_at_once_and_a_dead_holder_is_taken_over(tmp_path, done_job):
+def test_a_job_directory_in_use_is_refused_at_once_and_a_dead_holder_is_taken_over(tmp_path, done_job, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)  # a Slurm task would wait first
     job_dir = tmp_path / "job"
     shutil.copytree(done_job, job_dir)
     (job_dir / "state.json").unlink()
@@ -546,6 +547,90 @@ def test_second_run_job_exits_2_and_ctrl_c_exits_130_leaving_the_job_interrupted
     assert state["state"] == "interrupted" and state["error"] is None and state["ended"]
     assert not (job_dir / ".lock").exists()
     assert display_state(state, False, None)[0] == "interrupted"
+
+
+
+# submitit's task process ignores SIGTERM (it waits for its own USR2): run the task as it does.
+_AS_SUBMITIT = """
+import json, signal, sys
+from trajhpc.job.run import JobTask
+signal.signal(signal.SIGTERM, lambda signum, frame: print("bypassed", flush=True))
+JobTask()(json.loads(open(sys.argv[1]).read()), sys.argv[2])
+"""
+
+
+def test_a_submitit_task_stops_on_sigterm_leaving_the_job_interrupted_and_unlocked(tmp_path):
+    """Slurm stops a task with SIGTERM, then SIGKILL: under Docker the SIGKILL reaches only the
+    client, and a job that ignored the SIGTERM trained on in its container, holding the lock."""
+    import signal
+    import time
+
+    spec_file, job_dir = tmp_path / "spec.json", tmp_path / "job"
+    spec_file.write_text(json.dumps(BASE | {"train": BASE["train"] | {"max_steps": 50}}))
+    slow = {**os.environ, "TRAJHPC_FAULT_INJECT": "slow:200"}
+    task = subprocess.Popen([sys.executable, "-c", _AS_SUBMITIT, str(spec_file), str(job_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=slow)
+    try:
+        _wait_for(lambda: (job_dir / "predictions" / "stage-0.jsonl").exists() or task.poll() is not None)
+        sent = time.monotonic()
+        task.send_signal(signal.SIGTERM)
+        stdout, stderr = task.communicate(timeout=120)
+        stopped_s = time.monotonic() - sent
+    finally:
+        task.kill()
+    assert task.returncode == 143, stderr
+    assert stopped_s < 5, stopped_s  # within Slurm's KillWait (5 s on the CI cluster, 30 s by default)
+    assert "bypassed" not in stdout and "Traceback" not in stderr
+    assert f"stopped (SIGTERM): {job_dir} is left interrupted" in stdout
+    state = read(job_dir, "state.json")
+    assert state["state"] == "interrupted" and state["error"] is None and state["stage"] == 0
+    assert not (job_dir / ".lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # this process's handler untouched
+
+
+def test_out_of_time_in_a_task_that_cannot_requeue_stops_it_instead_of_failing(monkeypatch):
+    """submitit requeues with scontrol from inside the task: the Docker image has none. The
+    checkpoint then stops the job cleanly (interrupted), where the requeue raised FileNotFoundError."""
+    from trajhpc.job import stopping
+
+    args = (spec_of().to_dict(), "/runs/s1/abc", "s1", CONTEXT)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(stopping.Stopped, match=r"out of time, not requeued: no Slurm client \(scontrol\)"):
+        JobTask().checkpoint(*args)
+    assert stopping.requeue_blocked({"SUBMITIT_EXECUTOR": "local", "PATH": "/nonexistent"}) is None
+    assert stopping.requeue_blocked({"PATH": "/nonexistent"}) is None  # not under submitit: nothing to requeue
+    assert issubclass(stopping.Stopped, KeyboardInterrupt)  # unwinds as Ctrl-C: "interrupted", resumable
+
+
+def test_a_slurm_task_waits_for_the_attempt_before_it_to_release_the_job(tmp_path, done_job, monkeypatch):
+    """A resubmitted task may start while the attempt Slurm just stopped is still ending."""
+    import threading
+
+    from trajhpc.job import run as run_module
+
+    job_dir = tmp_path / "job"
+    shutil.copytree(done_job, job_dir)
+    (job_dir / "state.json").unlink()
+    holder = _holder(job_dir / ".lock")
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    monkeypatch.setattr(run_module, "LOCK_WAIT_S", 30.0)
+    release = threading.Timer(1.0, holder.kill)
+    release.start()
+    try:
+        assert run_job(spec_of(), job_dir) == read(done_job, "metrics.json")
+    finally:
+        release.cancel()
+        holder.kill()
+        holder.wait()
+    monkeypatch.setattr(run_module, "LOCK_WAIT_S", 0.5)
+    holder = _holder(job_dir / ".lock")
+    try:
+        with pytest.raises(TrajhpcError, match="in use by another trajhpc job process"):
+            run_job(spec_of(), job_dir)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_job_threads_follow_the_launcher_then_the_allocation_then_the_affinity():

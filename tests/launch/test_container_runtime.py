@@ -113,3 +113,66 @@ def test_the_launch_binds_the_submit_folder(tmp_path, monkeypatch):
     text = "study: s\nconditions: [A]\ncontainer: {runtime: docker, image: t:1}\n"
     launch = Launch(parse_manifest(text), tmp_path / "m.yaml", Path("/elsewhere/runs"), "local")
     assert f"{tmp_path}:{tmp_path}" in _volumes(launch.python)
+
+
+# A stand-in for `docker`: `run` starts the "container" (this Python, recording the signals it
+# gets) as its own process, as the daemon would, and waits for it; `kill` signals it by name.
+FAKE_DOCKER = """#!/usr/bin/env python3
+import os, signal, subprocess, sys, time
+state = os.environ["FAKE_DOCKER_STATE"]
+if sys.argv[1] == "kill":
+    sig, name = sys.argv[3], sys.argv[4]
+    os.kill(int(open(os.path.join(state, name)).read()), getattr(signal, "SIG" + sig))
+    sys.exit(0)
+args = sys.argv[2:]
+name = args[args.index("--name") + 1]
+assert "--sig-proxy=false" in args
+container = subprocess.Popen([sys.executable, "-c", CONTAINER, state], start_new_session=True)
+open(os.path.join(state, name), "w").write(str(container.pid))
+open(os.path.join(state, "argv"), "w").write(repr(args))
+sys.exit(container.wait())
+"""
+CONTAINER = """
+import os, signal, sys, time
+def stop(signum, frame):
+    open(os.path.join(sys.argv[1], "got"), "w").write(signal.Signals(signum).name)
+    sys.exit(143)
+for name in ("SIGTERM", "SIGINT", "SIGUSR2"):  # USR2: submitit's time-limit warning
+    signal.signal(getattr(signal, name), stop)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("signals", [("SIGCONT", "SIGTERM"), ("SIGINT",), ("SIGUSR2",)])
+def test_the_docker_task_stops_its_container_when_the_whole_step_is_signalled(tmp_path, monkeypatch, signals):
+    """Slurm signals every process of a step at once; the container must still get the signal
+    (podman's own proxy lost it, and the container trained on after its task: issue 22, CI)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    fake = bin_dir / "docker"
+    fake.write_text(FAKE_DOCKER.replace("CONTAINER, state", f"{CONTAINER!r}, state"))
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DOCKER_STATE": str(state)}
+    argv = [*shlex.split(ctr.python_command("docker", "t:1", [], gpus=False)), "-u", "-m", "submitit.core._submit", "x"]
+    task = subprocess.Popen(argv, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (state / "ready").exists():
+            assert time.monotonic() < deadline and task.poll() is None, "the container never started"
+            time.sleep(0.05)
+        for name in signals:  # to every process of the task, as slurmstepd does
+            os.killpg(task.pid, getattr(signal, name))
+        assert task.wait(timeout=10) == 143  # the container's exit status
+    finally:
+        if task.poll() is None:
+            os.killpg(task.pid, signal.SIGKILL)
+    assert (state / "got").read_text() == signals[-1]
+    passed = eval((state / "argv").read_text())  # noqa: S307 - written by the stand-in above
+    assert passed[-5:] == ["t:1", "-u", "-m", "submitit.core._submit", "x"] and passed[0] == "--name"

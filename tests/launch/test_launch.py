@@ -183,7 +183,9 @@ def test_docker_command_exact_arguments():
     )
     passed = [a for name in dict.fromkeys(ctr._PASSED_ENV) for a in ("--env", name)]
     assert shlex.split(cmd) == [
-        "docker", "run", "--rm", "--init", "--gpus", "all", "--user", "1000:100", "--workdir", "/work/study",
+        # `docker run "$@"`, the container stopped with its task (test_container_runtime.py)
+        "sh", "-c", ctr.DOCKER_RUN, "trajhpc-docker",
+        "--rm", "--init", "--gpus", "all", "--user", "1000:100", "--workdir", "/work/study",
         # a lone path would make Docker create an anonymous volume there: always src:dst
         "--volume", "/runs:/runs", "--volume", "/data:/d:ro",
         "--volume", "/work/study:/work/study",  # the workdir, bound like Apptainer's current folder

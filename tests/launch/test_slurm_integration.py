@@ -119,10 +119,18 @@ def test_cancelled_task_is_reported_and_only_it_reruns(study_dir):
     jobs = expand(load_manifest(manifest))
     victim = _record(jobs[0])["slurm_job_id"]
     _wait_running(victim)
+    stage0 = jobs[0].run_dir / "predictions" / "stage-0.jsonl"
+    end = time.monotonic() + 120
+    while not stage0.exists():  # cancel it while it trains, its handlers in place
+        assert time.monotonic() < end, "the job never evaluated stage 0"
+        time.sleep(0.2)
     subprocess.run(["scancel", victim], check=True)
 
     rows = _wait(manifest, lambda rs: [r.label for r in rs] == ["cancelled", "done", "done"], 180)
     assert rows[0].slurm == "CANCELLED"
+    # It stopped on Slurm's SIGTERM (trajhpc.job.stopping), not by the SIGKILL after it.
+    state = json.loads((jobs[0].run_dir / "state.json").read_text())
+    assert state["state"] == "interrupted" and not (jobs[0].run_dir / ".lock").exists(), state
     before = [_record(j) for j in jobs]
 
     text = _submit(manifest)

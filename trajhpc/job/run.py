@@ -28,16 +28,13 @@ the machine, for time-limit tests).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import submitit
 from rich.console import Console
@@ -46,7 +43,7 @@ from trajhpc.core import locks, provenance
 from trajhpc.core.atomic import atomic_write_json, atomic_write_jsonl
 from trajhpc.core.errors import InputError, TrajhpcError
 from trajhpc.core.termout import make_console
-from trajhpc.job import logfilters
+from trajhpc.job import logfilters, stopping
 from trajhpc.job.scoring import SCORE_KEYS
 from trajhpc.jobdir import trainlog
 from trajhpc.jobdir.documents import (
@@ -111,6 +108,11 @@ def use_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
+# A resubmitted task can start seconds after Slurm stopped the previous one, whose container
+# may take that long to end (trajhpc.job.stopping).
+LOCK_WAIT_S = 60.0
+
+
 def run_job(
     spec: JobSpec,
     job_dir: Path,
@@ -122,12 +124,14 @@ def run_job(
     """Run or resume the job in ``job_dir``; returns its metrics (at once if already complete).
 
     Holds ``<job_dir>/.lock`` throughout: a second process on the same directory (a
-    second run-job, a duplicate array task) is refused before it writes anything.
+    second run-job, a duplicate array task) is refused before it writes anything. A Slurm
+    task waits ``LOCK_WAIT_S`` first: the attempt before it may still be stopping.
     """
     job_dir = Path(job_dir)
     check_recipe(spec, JobDir(job_dir).spec)
     logfilters.install()  # before torch, transformers and bitsandbytes are imported
-    with locks.exclusive(JobDir(job_dir).lock) as held:
+    wait_s = LOCK_WAIT_S if os.environ.get("SLURM_JOB_ID") else 0.0
+    with locks.exclusive(JobDir(job_dir).lock, timeout_s=wait_s) as held:
         if not held:
             who = locks.holder(JobDir(job_dir).lock)
             raise TrajhpcError(
@@ -151,11 +155,10 @@ def _run_locked(
     write_state(job_dir, "running", max(done, 0), n, started=started)
     sigint: list[int] = []
     try:
-        with _noting_sigint(sigint):
+        with stopping.noting_sigint(sigint):
             return _Run(spec, job_dir, study, context, console or make_console()).run(metrics)
     except (Exception, KeyboardInterrupt) as err:
-        # Ctrl-C (SIGINT) is no failure: "interrupted" resumes like a killed job when started again.
-        # A library may turn the KeyboardInterrupt into another error (one landing mid-import does).
+        # Ctrl-C or SIGTERM is no failure: "interrupted" resumes like a killed job when started again.
         interrupted = isinstance(err, KeyboardInterrupt) or bool(sigint)
         stage = len((read_json(JobDir(job_dir).metrics) or {"stages": [None]})["stages"]) - 1
         error = None if interrupted else exception_line(err)
@@ -163,28 +166,6 @@ def _run_locked(
         if interrupted and not isinstance(err, KeyboardInterrupt):
             raise KeyboardInterrupt from err
         raise
-
-
-@contextlib.contextmanager
-def _noting_sigint(seen: list[int]) -> Iterator[None]:
-    """Note in ``seen`` that SIGINT arrived, then handle it as before (KeyboardInterrupt)."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum, frame):
-        seen.append(signum)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def _mark_done(job_dir: Path, metrics: Mapping[str, Any], n_stages: int) -> None:
@@ -207,11 +188,20 @@ class JobTask(submitit.helpers.Checkpointable):
         self, spec_dict: dict[str, Any], job_dir: str | Path, study: str | None = None, context: dict | None = None
     ) -> dict[str, Any]:
         spec = spec_from_dict(spec_dict, source=JobDir(Path(job_dir)).spec)
-        return run_job(spec, Path(job_dir), study=study, context=context)
+        try:
+            with stopping.sigterm_stops():  # submitit ignores SIGTERM; see trajhpc.job.stopping
+                return run_job(spec, Path(job_dir), study=study, context=context)
+        except stopping.Stopped as stop:
+            print(f"stopped ({stop}): {job_dir} is left interrupted; `trajhpc submit` again resumes it", flush=True)
+            raise SystemExit(stopping.Stopped.exit_code) from None
 
     def checkpoint(
         self, spec_dict: dict[str, Any], job_dir: str | Path, study: str | None = None, context: dict | None = None
     ) -> submitit.helpers.DelayedSubmission:
+        # Called from submitit's handler of the time-out signal, in the middle of the run.
+        blocked = stopping.requeue_blocked()
+        if blocked:  # stop now, cleanly, rather than fail on the requeue or run on until killed
+            raise stopping.Stopped(f"out of time, not requeued: {blocked}")
         # The job directory is the checkpoint: requeue the same call, it resumes from disk.
         return submitit.helpers.DelayedSubmission(self, spec_dict, job_dir, study, context)
 

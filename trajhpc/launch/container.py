@@ -129,7 +129,7 @@ def python_command(
         for pair in pairs:
             args += ["--env", pair]
         return shlex.join([*args, image, "python3"])
-    args = ["docker", "run", "--rm", "--init", *(["--gpus", "all"] if gpus else [])]
+    args = ["--rm", "--init", *(["--gpus", "all"] if gpus else [])]
     if uid_gid is not None:
         args += ["--user", f"{uid_gid[0]}:{uid_gid[1]}"]
     if workdir is not None:
@@ -150,7 +150,26 @@ def python_command(
         args += ["--env", pair]
     # The image's entrypoint is `trajhpc`; submitit needs the interpreter instead.
     args += ["--entrypoint", "python3"]
-    return shlex.join([*args, image])
+    return shlex.join(["sh", "-c", DOCKER_RUN, "trajhpc-docker", *args, image])
+
+
+# `docker run "$@"` (options, image, then submitit's arguments), with the container stopped when
+# its task is. Slurm ends a step by signalling every process of it at once (SIGCONT, SIGTERM,
+# then SIGKILL after KillWait). The client's own signal proxy loses that SIGTERM (its `runc kill`
+# helper is hit by the same storm), and the SIGKILL reaches only the client: the container,
+# started outside the step's processes, trained on with the job's lock held, and the next
+# attempt was refused. So the container gets a name, the client ignores the storm, and this
+# shell sends the container the signal itself, from a `docker kill` started after the storm;
+# the job stops on it (trajhpc.job.stopping) and the client relays its last words.
+# Forwarded: Slurm's stop (TERM), Ctrl-C (INT) and the time-limit warning submitit asks for (USR2;
+# USR1 and HUP for clusters that use those).
+_FORWARDED = ("TERM", "INT", "USR1", "USR2", "HUP")
+DOCKER_RUN = (
+    'name=trajhpc-$(od -An -N6 -tx1 /dev/urandom | tr -d " \\n"); '
+    + "".join(f'trap \'docker kill --signal {sig} "$name" >/dev/null 2>&1\' {sig}; ' for sig in _FORWARDED)
+    + f'(trap "" {" ".join(_FORWARDED)}; exec docker run --name "$name" --sig-proxy=false "$@") & child=$!; '
+    'while :; do wait "$child"; rc=$?; kill -0 "$child" 2>/dev/null || exit "$rc"; done'
+)
 
 
 # ---------------------------------------------------------------- the task command of a submission

@@ -296,6 +296,14 @@ print(f"container-ci: pip freeze in the image: all {len(want)} pins equal pyproj
       f"(torch {frozen['torch']}, {len(frozen)} distributions)")
 PY
     IMAGE_PYTHON=$(in_image python3 -c 'import platform; print(platform.python_version())')
+    # A task started in this checkout (bound, its current folder) runs the image's trajhpc, not
+    # the checkout's that `python3 -m` would put first on sys.path: the code its provenance names.
+    local task where
+    task=$("$PY" -c 'import sys; from trajhpc.launch import container as c
+print(c.python_command("docker", sys.argv[1], [], gpus=False, workdir=sys.argv[2]))' "$IMAGE" "$REPO")
+    where=$(eval "$task -c 'import trajhpc; print(trajhpc.__file__)'" 2>/dev/null | tail -n 1)
+    [[ "$where" == /opt/venv/* ]] || die "a task started in $REPO imported trajhpc from ${where:-nowhere}, not the image"
+    log "a task started in the checkout imports the image's trajhpc ($where)"
     # Small: no compiler or build tool, no pip or apt cache.
     in_image sh -c '
         set -e

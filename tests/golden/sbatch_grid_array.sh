@@ -19,4 +19,4 @@ export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 
 # command
 export SUBMITIT_EXECUTOR=slurm
-srun --unbuffered --output /runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef/%A_%a_%t_log.out --error /runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef/%A_%a_%t_log.err apptainer exec --nv --bind /runs --bind /data:/data:ro /images/trajhpc.sif python3 -u -m submitit.core._submit /runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef
+srun --unbuffered --output /runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef/%A_%a_%t_log.out --error /runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef/%A_%a_%t_log.err apptainer exec --nv --bind /runs --bind /data:/data:ro --env PYTHONSAFEPATH=1 /images/trajhpc.sif python3 -u -m submitit.core._submit /runs/llama31-8b-lv3/.submitit/20260101T000000-abcdef

@@ -91,7 +91,7 @@ def test_docker_never_binds_a_system_folder_as_workdir(workdir):
 def test_apptainer_binds_no_workdir():
     # Apptainer binds the current folder itself
     cmd = ctr.python_command("apptainer", "t.sif", ["/runs"], gpus=False)
-    assert shlex.split(cmd) == ["apptainer", "exec", "--bind", "/runs", "t.sif", "python3"]
+    assert shlex.split(cmd) == ["apptainer", "exec", "--bind", "/runs", "--env", "PYTHONSAFEPATH=1", "t.sif", "python3"]
 
 
 def test_fault_injection_reaches_the_docker_job():

@@ -104,11 +104,11 @@ def test_resolve_executor_rejects_unknown():
 
 
 def test_apptainer_command():
-    assert APPTAINER == "apptainer exec --nv --bind /runs --bind /data:/data:ro /images/trajhpc.sif python3"
-    assert ctr.python_command("apptainer", "x.sif", [], gpus=False) == "apptainer exec x.sif python3"
+    assert APPTAINER == "apptainer exec --nv --bind /runs --bind /data:/data:ro --env PYTHONSAFEPATH=1 /images/trajhpc.sif python3"
+    assert ctr.python_command("apptainer", "x.sif", [], gpus=False) == "apptainer exec --env PYTHONSAFEPATH=1 x.sif python3"
     assert ctr.python_command("none", None, ["/x"], gpus=True) is None
     cmd = ctr.python_command("apptainer", "x.sif", ["/a"], gpus=False, env={"SLURM_CONF": "/etc/slurm/slurm.conf"})
-    assert cmd == "apptainer exec --bind /a --env SLURM_CONF=/etc/slurm/slurm.conf x.sif python3"
+    assert cmd == "apptainer exec --bind /a --env PYTHONSAFEPATH=1 --env SLURM_CONF=/etc/slurm/slurm.conf x.sif python3"
 
 
 DEBIAN = "/usr/lib/x86_64-linux-gnu/slurm-wlm/libslurmfull.so"
@@ -190,6 +190,8 @@ def test_docker_command_exact_arguments():
         "--volume", "/runs:/runs", "--volume", "/data:/d:ro",
         "--volume", "/work/study:/work/study",  # the workdir, bound like Apptainer's current folder
         *passed,
+        # the submit folder (bound, the current folder) must not shadow the image's packages
+        "--env", "PYTHONSAFEPATH=1",
         "--env", "HOME=/home/u", "--env", "TRAJHPC_CACHE=/home/u/.cache/trajhpc", "--env", "HF_HOME=/scratch/hf",
         # the image's entrypoint is `trajhpc`, so the interpreter must replace it
         "--entrypoint", "python3", "ghcr.io/o/trajhpc:1.0",
@@ -218,7 +220,9 @@ def test_docker_launch_binds_run_root_and_sets_home_caches_and_workdir(tmp_path,
 
 def test_paths_with_spaces_and_quotes_are_quoted():
     cmd = ctr.python_command("apptainer", "/img/t.sif", ["/data/my files", "/x/it's"], gpus=False)
-    assert shlex.split(cmd) == ["apptainer", "exec", "--bind", "/data/my files", "--bind", "/x/it's", "/img/t.sif", "python3"]
+    assert shlex.split(cmd) == [
+        "apptainer", "exec", "--bind", "/data/my files", "--bind", "/x/it's", "--env", "PYTHONSAFEPATH=1", "/img/t.sif", "python3"
+    ]
 
 
 @pytest.mark.parametrize(

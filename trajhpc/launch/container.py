@@ -48,6 +48,11 @@ _PASSED_ENV = (
     "TRAJHPC_FAULT_INJECT",
 )
 
+# Set in every container. The task's folder (bound, and the current folder) must not shadow the
+# image's packages: `python3 -m` puts it first on sys.path, so a task submitted from a trajhpc
+# checkout ran the checkout's code while its provenance named the image (Python >= 3.11).
+IMAGE_ENV = {"PYTHONSAFEPATH": "1"}
+
 
 # ---------------------------------------------------------------- command lines (pure)
 
@@ -121,7 +126,7 @@ def python_command(
     if image is None:  # the manifest refuses this already (container.image)
         raise TrajhpcError(f"container runtime {runtime} needs an image")
     check_image(image)
-    pairs = [_env_pair(k, v) for k, v in (env or {}).items()]
+    pairs = [_env_pair(k, v) for k, v in {**IMAGE_ENV, **(env or {})}.items()]
     if runtime == "apptainer":
         args = ["apptainer", "exec", *(["--nv"] if gpus else [])]
         for bind in binds:

@@ -127,8 +127,11 @@ if sys.argv[1] == "kill":
 args = sys.argv[2:]
 name = args[args.index("--name") + 1]
 assert "--sig-proxy=false" in args
+time.sleep(float(os.environ.get("FAKE_DOCKER_DELAY", "0")))  # pulling, creating: no container yet
 container = subprocess.Popen([sys.executable, "-c", CONTAINER, state], start_new_session=True)
-open(os.path.join(state, name), "w").write(str(container.pid))
+while not os.path.exists(os.path.join(state, "ready")):
+    time.sleep(0.01)
+open(os.path.join(state, name), "w").write(str(container.pid))  # from now on `kill` finds it
 open(os.path.join(state, "argv"), "w").write(repr(args))
 sys.exit(container.wait())
 """
@@ -176,3 +179,31 @@ def test_the_docker_task_stops_its_container_when_the_whole_step_is_signalled(tm
     assert (state / "got").read_text() == signals[-1]
     passed = eval((state / "argv").read_text())  # noqa: S307 - written by the stand-in above
     assert passed[-5:] == ["t:1", "-u", "-m", "submitit.core._submit", "x"] and passed[0] == "--name"
+
+
+def test_a_signal_that_lands_before_the_container_exists_still_reaches_it(tmp_path):
+    """Slurm may stop a task while `docker run` is still creating its container: the shell retries."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    fake = bin_dir / "docker"
+    fake.write_text(FAKE_DOCKER.replace("CONTAINER, state", f"{CONTAINER!r}, state"))
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DOCKER_STATE": str(state),
+           "FAKE_DOCKER_DELAY": "2"}
+    argv = [*shlex.split(ctr.python_command("docker", "t:1", [], gpus=False)), "-u", "-m", "submitit.core._submit", "x"]
+    task = subprocess.Popen(argv, env=env, start_new_session=True)
+    try:
+        time.sleep(0.5)  # the shell has set its traps; the container does not exist yet
+        assert not (state / "ready").exists()
+        os.killpg(task.pid, signal.SIGTERM)
+        assert task.wait(timeout=20) == 143
+    finally:
+        if task.poll() is None:
+            os.killpg(task.pid, signal.SIGKILL)
+    assert (state / "got").read_text() == "SIGTERM"

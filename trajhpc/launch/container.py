@@ -169,9 +169,13 @@ def python_command(
 # Forwarded: Slurm's stop (TERM), Ctrl-C (INT) and the time-limit warning submitit asks for (USR2;
 # USR1 and HUP for clusters that use those).
 _FORWARDED = ("TERM", "INT", "USR1", "USR2", "HUP")
+# A signal that lands while the container is still being created finds nothing to kill yet:
+# `fwd` retries for up to 10 s while the client runs.
 DOCKER_RUN = (
-    'name=trajhpc-$(od -An -N6 -tx1 /dev/urandom | tr -d " \\n"); '
-    + "".join(f'trap \'docker kill --signal {sig} "$name" >/dev/null 2>&1\' {sig}; ' for sig in _FORWARDED)
+    'name=trajhpc-$(od -An -N6 -tx1 /dev/urandom | tr -d " \\n"); child=; '
+    'fwd() { i=0; until docker kill --signal "$1" "$name" >/dev/null 2>&1; do i=$((i + 1)); '
+    '[ "$i" -le 10 ] && [ -n "$child" ] && kill -0 "$child" 2>/dev/null || break; sleep 1; done; }; '
+    + "".join(f"trap 'fwd {sig}' {sig}; " for sig in _FORWARDED)
     + f'(trap "" {" ".join(_FORWARDED)}; exec docker run --name "$name" --sig-proxy=false "$@") & child=$!; '
     'while :; do wait "$child"; rc=$?; kill -0 "$child" 2>/dev/null || exit "$rc"; done'
 )

@@ -147,24 +147,34 @@ time.sleep(60)
 """
 
 
+
+def _docker_task(tmp_path: Path, state: Path, delay_s: float = 0):
+    """The task command of a Docker job, started as srun starts it (its own process group), with the
+    stand-in `docker` first on PATH; ``state`` receives what the stand-in records."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    state.mkdir()
+    fake = bin_dir / "docker"
+    fake.write_text(FAKE_DOCKER.replace("CONTAINER, state", f"{CONTAINER!r}, state"))
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DOCKER_STATE": str(state),
+           "FAKE_DOCKER_DELAY": str(delay_s)}
+    argv = [*shlex.split(ctr.python_command("docker", "t:1", [], gpus=False)), "-u", "-m", "submitit.core._submit", "x"]
+    return subprocess.Popen(argv, env=env, start_new_session=True)
+
 @pytest.mark.parametrize("signals", [("SIGCONT", "SIGTERM"), ("SIGINT",), ("SIGUSR2",)])
 def test_the_docker_task_stops_its_container_when_the_whole_step_is_signalled(tmp_path, monkeypatch, signals):
     """Slurm signals every process of a step at once; the container must still get the signal
     (podman's own proxy lost it, and the container trained on after its task: issue 22, CI)."""
     import os
     import signal
-    import subprocess
     import time
 
-    bin_dir, state = tmp_path / "bin", tmp_path / "state"
-    bin_dir.mkdir()
-    state.mkdir()
-    fake = bin_dir / "docker"
-    fake.write_text(FAKE_DOCKER.replace("CONTAINER, state", f"{CONTAINER!r}, state"))
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DOCKER_STATE": str(state)}
-    argv = [*shlex.split(ctr.python_command("docker", "t:1", [], gpus=False)), "-u", "-m", "submitit.core._submit", "x"]
-    task = subprocess.Popen(argv, env=env, start_new_session=True)
+    state = tmp_path / "state"
+    task = _docker_task(tmp_path, state)
     try:
         deadline = time.monotonic() + 30
         while not (state / "ready").exists():
@@ -185,19 +195,10 @@ def test_a_signal_that_lands_before_the_container_exists_still_reaches_it(tmp_pa
     """Slurm may stop a task while `docker run` is still creating its container: the shell retries."""
     import os
     import signal
-    import subprocess
     import time
 
-    bin_dir, state = tmp_path / "bin", tmp_path / "state"
-    bin_dir.mkdir()
-    state.mkdir()
-    fake = bin_dir / "docker"
-    fake.write_text(FAKE_DOCKER.replace("CONTAINER, state", f"{CONTAINER!r}, state"))
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_DOCKER_STATE": str(state),
-           "FAKE_DOCKER_DELAY": "2"}
-    argv = [*shlex.split(ctr.python_command("docker", "t:1", [], gpus=False)), "-u", "-m", "submitit.core._submit", "x"]
-    task = subprocess.Popen(argv, env=env, start_new_session=True)
+    state = tmp_path / "state"
+    task = _docker_task(tmp_path, state, delay_s=2)
     try:
         time.sleep(0.5)  # the shell has set its traps; the container does not exist yet
         assert not (state / "ready").exists()

@@ -400,8 +400,8 @@ smoke_slurm() {
     smoke slurm
 }
 
-# A container outlives its Slurm task unless the job stops on the SIGTERM the client
-# forwards (trajhpc.job.stopping): Slurm's SIGKILL reaches `docker run` only.
+# A container outlives its Slurm task unless the job stops on the signal the task command
+# sends it (container.DOCKER_RUN, trajhpc.job.stopping): Slurm's SIGKILL reaches `docker run` only.
 containers_of() {  # containers_of STUDY: the running containers of that study's jobs
     podman ps --no-trunc --format '{{.ID}} {{.Command}}' | grep -F "$WORK/jobs/$1/" || true
 }

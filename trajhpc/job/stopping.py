@@ -7,8 +7,9 @@ Why SIGTERM matters. submitit ignores SIGTERM in the task (it waits for its own 
 Slurm then SIGKILLs the step after ``KillWait``. A bare process dies with it; a Docker or
 podman container does not: the SIGKILL reaches only the client (``docker run``), and the
 container, started by the container daemon outside the job's process tree, trains on with
-the job's lock held, so the resubmitted attempt is refused. The client forwards SIGTERM to
-the container, where this handler ends the job within the grace time.
+the job's lock held, so the resubmitted attempt is refused. trajhpc's Docker task command
+(:data:`trajhpc.launch.container.DOCKER_RUN`) sends the signal to the container, where this
+handler ends the job within the grace time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import shutil
 import signal
 import threading
-from typing import Iterator
+from typing import Iterator, Mapping
 
 
 class Stopped(KeyboardInterrupt):
@@ -72,7 +73,7 @@ def sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def requeue_blocked(env: dict[str, str] | os._Environ = os.environ) -> str | None:
+def requeue_blocked(env: Mapping[str, str] = os.environ) -> str | None:
     """Why submitit cannot requeue this task when its time runs out, or None if it can.
 
     submitit requeues a Slurm task with ``scontrol``, run from inside the task: a container

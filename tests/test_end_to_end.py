@@ -128,9 +128,9 @@ def test_plots_of_the_real_smoke_output(smoke_root):
             assert arms == ["A", "B"]
             assert ax.get_legend().get_texts()[-1].get_text().startswith("shaded: 95% bootstrap CI over units")
     blocks = ["care-appointments", "cost-insurance-other", "medication-treatment", "mental-wellness-fitness"]
-    # Exact accuracy (top row, 0 here) and API-name accuracy (bottom row), which moves.
-    heatmaps = [ax for ax in figures["rmatrix_by_block.png"].axes if ax.images]
-    assert len(heatmaps) == 4
+    # Exact accuracy (top row, 0 here) and API-name accuracy (second row), which moves; the third row
+    # (gold-token accuracy): test_rmatrix_by_block_shows_every_domain_rising_when_it_is_trained.
+    heatmaps = [ax for ax in figures["rmatrix_by_block.png"].axes if ax.images][:4]
     for ax, (metric, word), arm in zip(heatmaps, [("exact", "exact")] * 2 + [("name", "API-name")] * 2, ["A", "B"] * 2):
         assert [t.get_text() for t in ax.get_xticklabels()] == blocks
         assert ax.get_title() == f"{arm}: {word} R[stage][block]\nn = 4 (2 seeds × 2 orders)"
@@ -167,11 +167,12 @@ def _readme_table() -> dict[str, tuple[list[float], list[float]]]:
     return rows
 
 
-def _gains(long: pl.DataFrame, arm: str) -> pl.DataFrame:
-    """Per unit and trained block: block, block_pos (k) and gain = R[k][b] - R[k-1][b], API-name accuracy."""
-    r = long.filter(pl.col("arm") == arm).select("job_id", "stage", "block", "block_pos", "name")
-    learned = r.filter(pl.col("stage") == pl.col("block_pos")).select("job_id", "block", "block_pos", after="name")
-    before = r.filter(pl.col("stage") == pl.col("block_pos") - 1).select("job_id", "block", before="name")
+def _gains(long: pl.DataFrame, arm: str, metric: str = "name") -> pl.DataFrame:
+    """Per unit and trained block: block, block_pos (k) and gain = R[k][b] - R[k-1][b] (API-name accuracy
+    unless ``metric`` says otherwise)."""
+    r = long.filter(pl.col("arm") == arm).select("job_id", "stage", "block", "block_pos", metric)
+    learned = r.filter(pl.col("stage") == pl.col("block_pos")).select("job_id", "block", "block_pos", after=metric)
+    before = r.filter(pl.col("stage") == pl.col("block_pos") - 1).select("job_id", "block", before=metric)
     joined = learned.join(before, on=["job_id", "block"])
     assert joined.height == 16  # 4 units x 4 blocks
     return joined.select("block", "block_pos", gain=pl.col("after") - pl.col("before"))
@@ -182,9 +183,9 @@ def _gains_by_position(long: pl.DataFrame, arm: str) -> dict[int, float]:
     return dict(_gains(long, arm).group_by("block_pos").agg(pl.col("gain").mean()).iter_rows())
 
 
-def _gains_by_domain(long: pl.DataFrame, arm: str) -> list[float]:
+def _gains_by_domain(long: pl.DataFrame, arm: str, metric: str = "name") -> list[float]:
     """Per block of the partition (in its order), the mean over units of its gain at the stage that trains it."""
-    by_block = dict(_gains(long, arm).group_by("block").agg(pl.col("gain").mean()).iter_rows())
+    by_block = dict(_gains(long, arm, metric).group_by("block").agg(pl.col("gain").mean()).iter_rows())
     return [by_block[b] for b in PARTITION]
 
 
@@ -192,6 +193,13 @@ def _gain_on_the_block_just_trained(long: pl.DataFrame, arm: str) -> float:
     """Mean over units and blocks of R[k][b_k] - R[k-1][b_k], API-name accuracy."""
     gains = _gains_by_position(long, arm)
     return sum(gains.values()) / len(gains)
+
+
+def _bwt(long: pl.DataFrame, arm: str, metric: str) -> float:
+    """The mean over the arm's units of their BWT on ``metric`` (trajhpc's own continual_metrics)."""
+    from trajhpc.results.continual import continual_metrics
+
+    return continual_metrics(long.filter(pl.col("arm") == arm), metric)["bwt"].mean()
 
 
 def _measured(out) -> dict[str, Callable[[str], list[float]]]:
@@ -230,6 +238,9 @@ def _measured(out) -> dict[str, Callable[[str], list[float]]]:
             lambda arm: [_gains_by_position(long, arm)[1]],
         "gain when trained, by domain (care, medication, fitness, cost), API name":
             lambda arm: _gains_by_domain(long, arm),
+        "gain when trained, by domain (care, medication, fitness, cost), gold-token accuracy":
+            lambda arm: _gains_by_domain(long, arm, "gold_token_acc"),
+        "BWT, gold-token accuracy (mean over units)": lambda arm: [_bwt(long, arm, "gold_token_acc")],
         "FWT, API name [95% CI over units]": estimate("fwt_name", ci=True),
         "BWT, API name [95% CI over units]": estimate("bwt_name", ci=True),
         "forgetting since learned, API name [95% CI over units]": estimate("forgetting_since_learned_name", ci=True),
@@ -270,3 +281,27 @@ def test_fine_tuning_moves_the_r_matrix_and_units_differ(smoke_root):
         assert name[1] - name[0] >= 0.2, (arm, name)
     summary = pl.read_csv(out / "summary.csv").filter(pl.col("metric") == "name_pooled")
     assert all(hi - lo > 0 for lo, hi in summary.select("ci_lo", "ci_hi").iter_rows())
+
+
+def test_rmatrix_by_block_shows_every_domain_rising_when_it_is_trained(smoke_root):
+    """Issue 21's last criterion, read off the plot itself: in rmatrix_by_block.png's gold-token row
+    (teacher-forced, eval.gold_likelihood), every outlined cell (a stage that trained the domain in
+    some unit) is above the cell over it, in both arms; and in every unit each block gains when trained."""
+    from trajhpc.results import aggregate as agg
+    from trajhpc.results import plots
+
+    (result,) = agg.aggregate([smoke_root], resamples=200)
+    fig = plots.rmatrix_block_figure(result)
+    heatmaps = [ax for ax in fig.axes if ax.images]
+    assert len(heatmaps) == 6
+    for ax, arm in zip(heatmaps[4:], ("A", "B")):
+        assert ax.get_title().startswith(f"{arm}: gold-token R[stage][block]")
+        grid = ax.images[0].get_array()
+        cells = {(round(r.get_y() + 0.5), round(r.get_x() + 0.5)) for r in ax.patches if r.get_label() == "_trained"}
+        assert len(cells) == 8  # 4 domains x 2 orders
+        rises = {cell: float(grid[cell] - grid[cell[0] - 1, cell[1]]) for cell in cells}
+        assert all(rise > 0 for rise in rises.values()), (arm, rises)
+    long = pl.read_parquet(smoke_root / "smoke" / "aggregate" / "long.parquet")
+    for arm in ("A", "B"):
+        gains = _gains(long, arm, "gold_token_acc")["gain"]
+        assert (gains > 0).all(), (arm, gains.to_list())

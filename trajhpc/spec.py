@@ -20,6 +20,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     model_validator,
 )
@@ -253,6 +254,10 @@ class EvalSpec(StrictModel):
     # order and generation settings, prompts rendered under each), so the condition an arm
     # trains under and the one it is evaluated under come apart (issue 20 item 2).
     also_under: Annotated[tuple[ConditionName, ...], AfterValidator(_eval_conditions)] = omitted_when(())
+    # Also score every held-out item by teacher forcing: the gold call's token accuracy and mean
+    # negative log-likelihood given the prompt (evaluate.teacher_forced). A continuous score that
+    # moves with what a block teaches even where a small model generates no call right.
+    gold_likelihood: StrictBool = omitted_when(False)
 
 
 class TokenBudget(StrictModel):

@@ -183,12 +183,19 @@ def _two_units(root: Path) -> dict[str, Path]:
     [
         (lambda lines: lines[:1] + [lines[1].replace('"exact": false', '"exact": "false"')] + lines[2:],
          "stage-3.jsonl:2: corrupt: exact: Input should be a valid boolean"),
+        (lambda lines: lines[:1] + [lines[1].replace('"exact": false', '"exact": false, "gold_token_acc": "0.5"')]
+         + lines[2:], "stage-3.jsonl:2: corrupt: gold_token_acc: Input should be a valid number"),
+        (lambda lines: lines[:1] + [lines[1].replace('"exact": false', '"exact": false, "gold_token_acc": 1.5')]
+         + lines[2:], "stage-3.jsonl:2: corrupt: gold_token_acc: Input should be less than or equal to 1"),
+        (lambda lines: lines[:1] + [lines[1].replace('"exact": false', '"exact": false, "gold_nll": -0.1')]
+         + lines[2:], "stage-3.jsonl:2: corrupt: gold_nll: Input should be greater than or equal to 0"),
         (lambda lines: lines[:2] + ["[1, 2]"] + lines[3:], "stage-3.jsonl:3: corrupt: not a JSON object"),
         (lambda lines: lines[:3] + ["{not json"], "stage-3.jsonl:4: corrupt: not a JSON object"),
         (lambda lines: [], "stage-3.jsonl: corrupt: no prediction rows"),
         (None, "stage-3.jsonl: missing"),
     ],
-    ids=["string-bool", "not-an-object", "not-json", "empty", "missing"],
+    ids=["string-bool", "string-gold-acc", "gold-acc-above-1", "negative-gold-nll", "not-an-object", "not-json",
+         "empty", "missing"],
 )
 def test_an_unusable_prediction_file_is_named_never_read_as_something_else(tmp_path, damage, detail):
     jobs = _two_units(tmp_path)

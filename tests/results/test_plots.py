@@ -211,3 +211,35 @@ def test_loss_curves_are_linked_from_the_report_and_left_out_without_logs(synthe
     r = _result(tmp_path)
     assert "loss_curves.png" not in plots.figures(r)
     assert "loss_curves.png" not in (agg.write_outputs(r, plots=True) / "report.md").read_text()
+
+
+def test_gold_token_accuracy_is_a_third_row_on_its_own_scale(synthetic):
+    """Where jobs scored the gold by teacher forcing (eval.gold_likelihood), the R matrices get a third row
+    of panels, coloured over the data's range: it moves by hundredths, which a 0-1 scale would hide."""
+    import dataclasses
+
+    def with_gold(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.with_columns((0.3 + 0.1 * pl.col("name")).alias("gold_token_acc"))
+
+    result = dataclasses.replace(synthetic, rmatrix=with_gold(synthetic.rmatrix),
+                                 rmatrix_blocks=with_gold(synthetic.rmatrix_blocks))
+    assert plots.rmatrix_rows(synthetic.rmatrix_blocks.with_columns(pl.lit(None, pl.Float64).alias("gold_token_acc"))) \
+        == list(plots.RMATRIX_METRICS)
+    for build, frame, column in ((plots.rmatrix_block_figure, result.rmatrix_blocks, "block"),
+                                 (plots.rmatrix_figure, result.rmatrix, "block_pos")):
+        fig = build(result)
+        axes = [ax for ax in fig.axes if ax.images]
+        assert len(axes) == 9
+        gold = axes[6:]
+        values = frame["gold_token_acc"]
+        low = np.floor(values.min() * 20) / 20
+        scale = (low, max(np.ceil(values.max() * 20) / 20, low + 0.1))
+        for ax, arm in zip(gold, synthetic.arms):
+            assert ax.get_title().startswith(f"{arm}: gold-token R[stage]")
+            by_hand = (frame.filter(pl.col("arm") == arm).pivot(on=column, index="stage", values="gold_token_acc",
+                                                                sort_columns=True).sort("stage").drop("stage"))
+            assert np.allclose(np.asarray(ax.images[0].get_array()), by_hand.to_numpy())
+            assert ax.images[0].get_clim() == pytest.approx(scale)
+        assert all(ax.images[0].get_clim() == (0, 1) for ax in axes[:6])
+        bars = [ax.get_ylabel() for ax in fig.axes if not ax.images and ax.get_ylabel()]
+        assert bars == ["accuracy (mean over units)"] * 2 + ["gold-token accuracy, teacher-forced (mean over units)"]

@@ -40,8 +40,10 @@ def test_report_links_only_the_plots_it_is_given(result):
     assert "## Plots" not in report.render_markdown(result)
     assert "![rmatrix](rmatrix.png)" in report.render_markdown(result, ["rmatrix.png"])
     text = report.render_markdown(result, ["rmatrix.png", "rmatrix_by_block.png", "loss_curves.png"])
-    assert "*R[stage][block] by domain: each block's exact accuracy (top row) and API-name accuracy (bottom row) " \
-        "after each stage, mean over seeds and orders, the stages that trained it outlined.*\n\n" \
+    assert "*R[stage][block] by domain: each block's exact accuracy (top row) and API-name accuracy (second row) " \
+        "after each stage, mean over seeds and orders, the stages that trained it outlined; where the jobs " \
+        "scored it (eval.gold_likelihood), a third row of teacher-forced gold-token accuracy on its own " \
+        "colour scale.*\n\n" \
         "![rmatrix by block](rmatrix_by_block.png)" in text
     assert text.index("rmatrix.png") < text.index("rmatrix_by_block.png") < text.index("loss_curves.png")
 

@@ -5,7 +5,8 @@ each batch wastes little padding, and decoded from the new tokens only. Batches
 hold ``batch_size`` rows, or as many as fit in ``tokens_per_batch`` tokens
 (:func:`eval_batches`). ``backend="merged"`` generates through a dense copy with
 the adapter merged (:mod:`trajhpc.job.merged`) instead of the training model.
-Generation stops at the end-of-turn token. Scores come from
+Generation stops at the end-of-turn token. With ``gold_likelihood`` every item is also read
+with its gold call appended (:func:`teacher_forced`). Scores come from
 :func:`trajhpc.job.scoring.score` and are summarized per block by
 :func:`trajhpc.job.scoring.summarize`.
 """
@@ -21,7 +22,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from trajhpc.data.calls import gold_name
-from trajhpc.job.scoring import score, summarize
+from trajhpc.job.scoring import GOLD_KEYS, mean_gold_scores, score, summarize
 from trajhpc.job.train import autocast
 
 
@@ -41,6 +42,8 @@ class HeldOut:
     # How the prompt was shortened to fit (trajhpc.data.conditions.Example.truncated / cut_tokens).
     truncated: int = 0
     cut_tokens: int = 0
+    # The gold call's tokens (the first ``gold_tokens`` of the target), for teacher-forced scoring.
+    gold_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,62 @@ def generate_greedy(
     return outputs
 
 
+def gold_logit_slice(keep: int, gold_len: int) -> slice:
+    """Of the last ``keep`` logit positions of a left-padded prompt + gold row, those that predict
+    the ``gold_len`` gold tokens: position p predicts token p + 1, so the last position predicts
+    nothing and the gold's first token is predicted by the prompt's last."""
+    return slice(keep - gold_len - 1, keep - 1)
+
+
+def teacher_forced(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    golds: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    autocast_dtype: torch.dtype | None = None,
+    tokens_per_batch: int | None = None,
+) -> list[tuple[float | None, float | None]]:
+    """Per item, (token accuracy, mean negative log-likelihood in nats) of its gold call given its
+    prompt: the fraction of gold tokens that are the model's argmax after the true prefix, and their
+    mean -log p. (None, None) for an empty gold. Batched like generation (:func:`eval_batches`), with
+    only the logits of the gold positions computed (``logits_to_keep``)."""
+    device = next(model.parameters()).device
+    seqs = [list(p) + list(g) for p, g in zip(prompts, golds)]
+    batches = eval_batches([len(x) for x in seqs], batch_size=batch_size, max_new_tokens=0,
+                           tokens_per_batch=tokens_per_batch)
+    out: list[tuple[float | None, float | None]] = [(None, None)] * len(seqs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast(device.type, autocast_dtype):
+            for idx in batches:
+                idx = [i for i in idx if golds[i]]
+                if not idx:
+                    continue
+                ids = [torch.tensor(seqs[i], dtype=torch.long) for i in idx]
+                masks = [torch.ones(len(x), dtype=torch.long) for x in ids]
+                input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id, padding_side="left")
+                attention_mask = pad_sequence(masks, batch_first=True, padding_value=0, padding_side="left")
+                # Positions count from each row's first real token, as generation counts them.
+                position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+                keep = max(len(golds[i]) for i in idx) + 1
+                logits = model(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    position_ids=position_ids.to(device), logits_to_keep=keep, use_cache=False,
+                ).logits
+                for row, i in enumerate(idx):
+                    gold = torch.tensor(list(golds[i]), dtype=torch.long, device=logits.device)
+                    scores = logits[row, gold_logit_slice(keep, len(gold))].float()
+                    nll = torch.nn.functional.cross_entropy(scores, gold)
+                    acc = (scores.argmax(-1) == gold).float().mean()
+                    out[i] = (acc.item(), nll.item())
+    finally:
+        model.train(was_training)
+    return out
+
+
 def evaluate(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -175,6 +234,7 @@ def evaluate(
     tokens_per_batch: int | None = None,
     backend: str = "peft",
     merged: Any | None = None,
+    gold_likelihood: bool = False,
 ) -> EvalResult:
     """Generate for every held-out item (all blocks batched together) and score per block.
 
@@ -202,8 +262,14 @@ def evaluate(
         tokens_per_batch=tokens_per_batch,
     )
     predictions = [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in new_ids]
+    forced = (
+        teacher_forced(
+            generator, [it.prompt_ids for it in items], [it.gold_ids for it in items], pad_id=tokenizer.pad_token_id,
+            batch_size=batch_size, autocast_dtype=autocast_dtype, tokens_per_batch=tokens_per_batch,
+        ) if gold_likelihood else None
+    )
     rows, scores_by_block = [], {b: [] for b in blocks}
-    for it, pred in zip(items, predictions):
+    for k, (it, pred) in enumerate(zip(items, predictions)):
         s = score(pred, it.gold)
         scores_by_block[it.block].append((s, gold_name(it.gold)))
         rows.append(
@@ -217,9 +283,13 @@ def evaluate(
                 "gold": it.gold,
                 **it.diagnostics,
                 **s.to_dict(),
+                **(dict(zip(GOLD_KEYS, forced[k])) if forced else {}),
             }
         )
     per_block = {
         b: summarize([s for s, _ in pairs], [g for _, g in pairs]) for b, pairs in scores_by_block.items()
     }
+    if forced:
+        for b, summary in per_block.items():
+            summary.update(mean_gold_scores([f for it, f in zip(items, forced) if it.block == b]))
     return EvalResult(per_block, rows, time.perf_counter() - started)

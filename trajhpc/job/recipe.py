@@ -161,8 +161,10 @@ def _heldout(spec: JobSpec, tokenizer, data, condition: str, k: int | None) -> l
         for r, ex in zip(records, _tokenize(spec, tokenizer, records, condition, k, reserve)):
             gold = gold_token_count(ex.input_ids[len(ex.prompt_ids) :], special)
             seen = diagnostics(r.target, tokenizer.decode(ex.prompt_ids))  # the prompt as the model sees it
+            start = len(ex.prompt_ids)
             items.append(HeldOut(r.uid, block, r.dialogue_key, r.step, ex.prompt_ids, r.target, gold, seen,
-                                 truncated=ex.truncated, cut_tokens=ex.cut_tokens))
+                                 truncated=ex.truncated, cut_tokens=ex.cut_tokens,
+                                 gold_ids=tuple(ex.input_ids[start : start + gold])))
     return items
 
 
@@ -328,6 +330,7 @@ class Evaluator:
                 model, prep.tokenizer, items, prep.blocks,
                 batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens, autocast_dtype=prep.autocast,
                 tokens_per_batch=cfg.tokens_per_batch, backend=cfg.backend, merged=self.merged,
+                gold_likelihood=cfg.gold_likelihood,
             )
 
         ev = run(prep.heldout)

@@ -16,6 +16,9 @@ ERROR_TYPES = ("no_call", "name_mismatch", "missing_arg", "extra_arg", "wrong_va
 # The fractions :func:`summarize` gives per evaluation set (beside ``n`` and ``errors``), in the order
 # a job's final scores, the aggregate's tables and the report show them.
 SCORE_KEYS = ("exact", "name", "name_excl_toolsearcher", "parse_fail", "arg_f1")
+# The teacher-forced scores of the gold call (eval.gold_likelihood; evaluate.teacher_forced), per
+# item and as means per block: token accuracy (higher is better) and mean -log p in nats (lower).
+GOLD_KEYS = ("gold_token_acc", "gold_nll")
 
 
 @dataclass(frozen=True)
@@ -106,3 +109,9 @@ def summarize(scores: Sequence[Score], gold_names: Sequence[str | None]) -> dict
         "arg_f1": _mean([s.arg_f1 for s in scores]),
         "errors": errors,
     }
+
+
+def mean_gold_scores(pairs: Sequence[tuple[float | None, float | None]]) -> dict[str, float | None]:
+    """Means over items of the teacher-forced (token accuracy, NLL) pairs, items without a gold left out."""
+    scored = [p for p in pairs if p[0] is not None]
+    return {key: _mean([p[j] for p in scored]) for j, key in enumerate(GOLD_KEYS)}

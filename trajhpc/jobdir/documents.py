@@ -63,6 +63,9 @@ class BlockScores:
     parse_fail: Fraction | None = None
     arg_f1: Fraction | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    # eval.gold_likelihood: teacher-forced means over the block's items (absent when not scored).
+    gold_token_acc: Fraction | None = None
+    gold_nll: Annotated[float, Field(ge=0.0)] | None = None
 
 
 @_doc
@@ -84,6 +87,9 @@ class PredictionRow:
     # The condition the prompt was rendered under when it is not the job's own (eval.also_under);
     # absent (None) for the job's own condition, as in every file written before the option.
     eval_condition: ConditionName | None = None
+    # eval.gold_likelihood: the gold call's teacher-forced token accuracy and mean NLL (absent when not scored).
+    gold_token_acc: Fraction | None = None
+    gold_nll: Annotated[float, Field(ge=0.0)] | None = None
 
 
 @_doc

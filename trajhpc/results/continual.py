@@ -135,20 +135,23 @@ def stage_compute(stages: pl.DataFrame, units: pl.DataFrame | None = None) -> pl
 
 
 def mean_rmatrix(long: pl.DataFrame) -> pl.DataFrame:
-    """arm x stage x block position: mean exact and name accuracy over units (position 0 = never trained)."""
+    """arm x stage x block position: mean exact, name and teacher-forced gold-token accuracy over units
+    (position 0 = never trained; gold_token_acc null where no job scored it)."""
     return (
         long.with_columns(pl.col("block_pos").fill_null(0))
         .group_by("arm", "stage", "block_pos")
-        .agg(pl.col("exact").mean(), pl.col("name").mean(), pl.col("job_id").n_unique().alias("units"))
+        .agg(pl.col("exact").mean(), pl.col("name").mean(), pl.col("gold_token_acc").mean(),
+             pl.col("job_id").n_unique().alias("units"))
         .sort("arm", "stage", "block_pos")
     )
 
 
 def mean_rmatrix_by_block(long: pl.DataFrame) -> pl.DataFrame:
-    """arm x stage x block (by name): mean exact and name accuracy over units, i.e. over seeds and
+    """arm x stage x block (by name): mean exact, name and gold-token accuracy over units, i.e. over seeds and
     orders, so each column is one domain whatever its position in each order."""
     return (
         long.group_by("arm", "stage", "block")
-        .agg(pl.col("exact").mean(), pl.col("name").mean(), pl.col("job_id").n_unique().alias("units"))
+        .agg(pl.col("exact").mean(), pl.col("name").mean(), pl.col("gold_token_acc").mean(),
+             pl.col("job_id").n_unique().alias("units"))
         .sort("arm", "stage", "block")
     )

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import polars as pl
 
-from trajhpc.job.scoring import SCORE_KEYS
+from trajhpc.job.scoring import GOLD_KEYS, SCORE_KEYS
 from trajhpc.jobdir.documents import OK, BlockScores
 from trajhpc.results.jobrecords import JobRecord, arm_labels
 
@@ -28,7 +28,8 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
     other tables read the own rows, :func:`own_rows`), stage, trained_block, block, block_pos (the
     stage that trains the block, 1 for all under curriculum joint; null if never trained), per-stage
     and cumulative examples/supervised/total/padded tokens, train_loss, the scores (n, exact, name,
-    name_excl_toolsearcher, parse_fail, arg_f1) and one ``errors_<type>`` column per error type.
+    name_excl_toolsearcher, parse_fail, arg_f1), one ``errors_<type>`` column per error type, and the
+    teacher-forced gold_token_acc and gold_nll (null where the job did not score them: eval.gold_likelihood).
     """
     # Job- and stage-level values go in one row per job and per job x stage, and every block row
     # holds the index of its job's and stage's row (gathered in polars at the end: 200,000
@@ -72,7 +73,7 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
             values = (job_id, t.stage, t.steps, t.examples, t.supervised_tokens, t.total_tokens, t.padded_tokens)
             for key, value in zip(tok, values):
                 tok[key].append(value)
-    fields = ("n", *SCORE_KEYS)
+    fields = ("n", *SCORE_KEYS, *GOLD_KEYS)
     columns = zip(*map(attrgetter(*fields), scores)) if scores else [()] * len(fields)
     block_cols = {"block": block_names, "block_pos": block_pos, **{k: list(v) for k, v in zip(fields, columns)}}
     errors = [s.errors for s in scores]
@@ -82,7 +83,10 @@ def build_long_table(records: Sequence[JobRecord]) -> pl.DataFrame:
         "eval_condition": pl.String, "stage": pl.Int64, "trained_block": pl.String, "train_loss": pl.Float64,
         "block": pl.String, "block_pos": pl.Int64,
     }
-    score_schema = {"n": pl.Int64, **dict.fromkeys(SCORE_KEYS, pl.Float64), **dict.fromkeys(error_cols, pl.Int64)}
+    score_schema = {
+        "n": pl.Int64, **dict.fromkeys(SCORE_KEYS, pl.Float64), **dict.fromkeys(error_cols, pl.Int64),
+        **dict.fromkeys(GOLD_KEYS, pl.Float64),
+    }
     jobs = pl.DataFrame(job_cols, schema={k: front_schema[k] for k in _JOB_COLUMNS})
     stages = pl.DataFrame(stage_cols, schema={k: front_schema[k] for k in _STAGE_COLUMNS})
     blocks_frame = pl.DataFrame({**block_cols, **error_cols}, schema={

@@ -180,20 +180,23 @@ def tokens_figure(result: StudyResult):
 TRAINED_EDGE = "red"  # the outline of a cell whose block its stage trained
 
 
-def _heatmap(ax, grid: pl.DataFrame, labels: Callable[[str], str], trained: set[tuple[int, str]] = frozenset()) -> Any:
+def _heatmap(ax, grid: pl.DataFrame, labels: Callable[[str], str], trained: set[tuple[int, str]] = frozenset(),
+             scale: tuple[float, float] = (0.0, 1.0)) -> Any:
     """``grid`` (a ``stage`` column, then one column per block) as a heatmap with its values written in;
-    the cells in ``trained`` ((stage, column name)) outlined."""
+    the cells in ``trained`` ((stage, column name)) outlined; colours span ``scale``."""
     from matplotlib.patches import Rectangle
 
     cols = [c for c in grid.columns if c != "stage"]
     data = grid.select(cols).to_numpy().astype(float)
-    image = ax.imshow(data, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    image = ax.imshow(data, vmin=scale[0], vmax=scale[1], cmap="viridis", aspect="auto")
+    middle = (scale[0] + scale[1]) / 2
     ax.set_xticks(range(len(cols)), [labels(c) for c in cols], rotation=30, ha="right")
     ax.set_yticks(range(grid.height), [str(t) for t in grid["stage"]])
     size = 8 if data.size <= 36 else 6
     for (i, j), v in np.ndenumerate(data):
         if not np.isnan(v):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.5 else "black", fontsize=size)
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < middle else "black",
+                    fontsize=size)
     stages = grid["stage"].to_list()
     for stage, col in sorted(trained):
         if stage in stages and col in cols:
@@ -213,7 +216,7 @@ def trained_cells(result: StudyResult, arm: str, column: str) -> set[tuple[int, 
 
 
 def rmatrix_figure(result: StudyResult):
-    """Per arm: mean R[stage][block position], exact (top row) and API name (bottom row); position in each
+    """Per arm: mean R[stage][block position], a row per metric (:func:`rmatrix_rows`); position in each
     unit's order, 0 = never trained."""
     return _rmatrix_figure(
         result, result.rmatrix, "block_pos", lambda c: "untrained" if c == "0" else f"block {c}",
@@ -223,7 +226,7 @@ def rmatrix_figure(result: StudyResult):
 
 
 def rmatrix_block_figure(result: StudyResult):
-    """Per arm: mean R[stage][block] by block name, exact (top row) and API name (bottom row), the mean
+    """Per arm: mean R[stage][block] by block name, a row per metric (:func:`rmatrix_rows`), the mean
     over orders taken per domain."""
     return _rmatrix_figure(
         result, result.rmatrix_blocks, "block", str, xlabel="block (domain)", what="R[stage][block]",
@@ -232,25 +235,50 @@ def rmatrix_block_figure(result: StudyResult):
 
 
 RMATRIX_METRICS = (("exact", "exact"), ("name", "API-name"))  # (column of the R-matrix table, title word)
+# Drawn as a third row where the jobs scored it (eval.gold_likelihood), on its own colour scale:
+# it moves by hundredths, which a 0-1 scale would hide.
+GOLD_METRIC = ("gold_token_acc", "gold-token")
+
+
+def rmatrix_rows(frame: pl.DataFrame) -> list[tuple[str, str]]:
+    """The metrics an R-matrix figure draws, one row each: exact, API name, and the teacher-forced
+    gold-token accuracy when some job scored it."""
+    gold = GOLD_METRIC[0] in frame.columns and frame[GOLD_METRIC[0]].drop_nulls().len() > 0
+    return [*RMATRIX_METRICS, *([GOLD_METRIC] if gold else [])]
+
+
+def _row_scale(frame: pl.DataFrame, metric: str) -> tuple[float, float]:
+    """0-1 for the accuracies a model may reach anywhere in; the data's own range (widened to 0.1 at
+    least, rounded out to 0.05) for gold-token accuracy."""
+    if metric != GOLD_METRIC[0]:
+        return 0.0, 1.0
+    values = frame[metric].drop_nulls()
+    lo, hi = float(values.min()), float(values.max())
+    lo, hi = math.floor(lo * 20) / 20, math.ceil(hi * 20) / 20
+    return (lo, max(hi, lo + 0.1))
 
 
 def _rmatrix_figure(result: StudyResult, frame: pl.DataFrame, column: str, label, *, xlabel: str, what: str,
                     suptitle: str):
     """One heatmap per arm and metric of ``frame``'s mean accuracy: a row of panels per metric (exact, then
-    API name: a model that never gets the arguments right still shows its R matrix), a column per arm;
+    API name: a model that never gets the arguments right still shows its R matrix; then gold-token
+    accuracy where scored: one that never names the tool right still does), a column per arm;
     in each panel rows = after stage, columns = ``column``, the cells of the block each stage trained
     outlined, so a block's rise when it is trained shows."""
     arms = result.arms
-    fig, axes = _figure(len(arms), width=4.0, height=3.8, nrows=len(RMATRIX_METRICS))
-    image = None
-    for row, (metric, word) in enumerate(RMATRIX_METRICS):
-        for ax, arm in zip(axes[row * len(arms):(row + 1) * len(arms)], arms):
+    rows = rmatrix_rows(frame)
+    fig, axes = _figure(len(arms), width=4.0, height=3.8, nrows=len(rows))
+    for row, (metric, word) in enumerate(rows):
+        image, scale = None, _row_scale(frame, metric)
+        row_axes = axes[row * len(arms):(row + 1) * len(arms)]
+        for ax, arm in zip(row_axes, arms):
             r = frame.filter(pl.col("arm") == arm)
             grid = r.pivot(on=column, index="stage", values=metric, sort_columns=True).sort("stage")
-            image = _heatmap(ax, grid, label, trained_cells(result, arm, column))
+            image = _heatmap(ax, grid, label, trained_cells(result, arm, column), scale)
             ax.set(xlabel=xlabel, ylabel="after stage", title=f"{arm}: {word} {what}\n{units_text(result, arm)}")
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy (mean over units)")
+        if image is not None:
+            what_bar = "gold-token accuracy, teacher-forced" if metric == GOLD_METRIC[0] else "accuracy"
+            fig.colorbar(image, ax=row_axes, shrink=0.8, label=f"{what_bar} (mean over units)")
     fig.suptitle(f"{suptitle}\noutlined in {TRAINED_EDGE}: the stage that trained the block (in some unit)")
     return fig
 

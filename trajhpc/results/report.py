@@ -45,10 +45,13 @@ PLOT_CAPTIONS = {
                              "says when a band has zero width); points dodged sideways so arms that coincide show.",
     "accuracy_vs_tokens.png": "Exact accuracy against cumulative tokens; the dashed line is the common budget.",
     "rmatrix.png": "R[stage][block] by position: column k is the block each unit trained k-th; exact accuracy "
-                   "(top row) and API-name accuracy (bottom row), the stage that trained each block outlined.",
+                   "(top row) and API-name accuracy (second row), the stage that trained each block outlined; "
+                   "where the jobs scored it (eval.gold_likelihood), a third row of teacher-forced gold-token "
+                   "accuracy on its own colour scale.",
     "rmatrix_by_block.png": "R[stage][block] by domain: each block's exact accuracy (top row) and API-name "
-                            "accuracy (bottom row) after each stage, mean over seeds and orders, the stages "
-                            "that trained it outlined.",
+                            "accuracy (second row) after each stage, mean over seeds and orders, the stages "
+                            "that trained it outlined; where the jobs scored it (eval.gold_likelihood), a third "
+                            "row of teacher-forced gold-token accuracy on its own colour scale.",
     "paired_forest.png": "Paired differences with 95% CIs; the primary comparison is marked.",
     "loss_curves.png": "Training loss per optimizer step, mean over units, stages marked.",
 }

@@ -9,7 +9,8 @@ on CPU), and checks the two give the same predictions.
 ``--merged``: today's path (generation through the peft model, ``--batch-size``
 rows) against the merged backend (:mod:`trajhpc.job.merged`, at ``--batch-size`` rows
 and at ``--tokens-per-batch``), on an adapter whose B weights are non-zero. Prints
-new tokens/s, the speedup and the agreement with every disagreeing example. On
+new tokens/s, the speedup and the agreement with every disagreeing example, and the time of
+``eval.gold_likelihood``'s teacher-forced pass over the same items. On
 CUDA it runs as the job does (bf16 compute + autocast); ``--model llama31-8b-random``
 builds the Llama-3.1-8B architecture with random weights (no hub there; see
 bench_gpu_qlora.py), which then generates random tokens and rarely stops early.
@@ -61,7 +62,11 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     data = load_study_data(DataSpec())
     records = [r for b in data.blocks for r in data.heldout[b]][: args.n]
-    prompts = [e.prompt_ids for e in tokenize_examples(tokenizer, records, args.condition, max_seq_len=1024)]
+    examples = tokenize_examples(tokenizer, records, args.condition, max_seq_len=1024)
+    prompts = [e.prompt_ids for e in examples]
+    special = set(tokenizer.all_special_ids)
+    golds = [e.input_ids[len(e.prompt_ids):] for e in examples]
+    golds = [g[: gold_token_count(g, special)] for g in golds]
     torch.manual_seed(0)
     base = train.load_base_model(
         path, quantization=args.quantization, compute_dtype=torch.float32,
@@ -98,7 +103,7 @@ def bench_merged(args) -> None:
     from trajhpc.data.conditions import tokenize_examples
     from trajhpc.data.splits import load_study_data
     from trajhpc.job import train
-    from trajhpc.job.evaluate import end_of_turn_ids, generate_greedy
+    from trajhpc.job.evaluate import end_of_turn_ids, generate_greedy, gold_token_count, teacher_forced
     from trajhpc.job.merged import MergedEvalModel
     from trajhpc.job.models import resolve_model
     from trajhpc.spec import DataSpec, LoraSpec
@@ -110,7 +115,11 @@ def bench_merged(args) -> None:
     path = random_8b() if args.model == "llama31-8b-random" else resolve_model(args.model)
     data = load_study_data(DataSpec())
     records = [r for b in data.blocks for r in data.heldout[b]][: args.n]
-    prompts = [e.prompt_ids for e in tokenize_examples(tokenizer, records, args.condition, max_seq_len=1024)]
+    examples = tokenize_examples(tokenizer, records, args.condition, max_seq_len=1024)
+    prompts = [e.prompt_ids for e in examples]
+    special = set(tokenizer.all_special_ids)
+    golds = [e.input_ids[len(e.prompt_ids):] for e in examples]
+    golds = [g[: gold_token_count(g, special)] for g in golds]
     torch.manual_seed(0)
     base = train.load_base_model(
         path, quantization=args.quantization, compute_dtype=dtype, device=device, gradient_checkpointing=False
@@ -148,6 +157,15 @@ def bench_merged(args) -> None:
             seconds = time.perf_counter() - start
             if label not in results or seconds < results[label][1]:
                 results[label] = (out, seconds)
+    # eval.gold_likelihood's extra pass (teacher forcing of the gold calls), on the merged copy as a job runs it.
+    forced_s = None
+    for _ in range(args.repeats):
+        sync_device(device)
+        start = time.perf_counter()
+        teacher_forced(merged.model, prompts, golds, pad_id=tokenizer.pad_token_id, batch_size=args.batch_size,
+                       tokens_per_batch=args.tokens_per_batch, autocast_dtype=autocast)
+        sync_device(device)
+        forced_s = min(forced_s or float("inf"), time.perf_counter() - start)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"model {args.model} ({args.quantization}, {dtype}), {name}, {len(prompts)} prompts "
           f"(mean {sum(map(len, prompts)) / len(prompts):.0f} tokens), max_new_tokens {args.max_new_tokens}")
@@ -155,6 +173,10 @@ def bench_merged(args) -> None:
     for label, (out, seconds) in results.items():
         new = sum(len(o) for o in out)
         print(f"{label:<28} {new / seconds:9.1f} new tokens/s  {seconds:7.2f} s  ({new} new tokens)")
+    merged_s = results[f"merged batch {args.batch_size}"][1]
+    print(f"teacher-forced gold scoring (eval.gold_likelihood), merged: {forced_s:.2f} s, "
+          f"{100 * forced_s / merged_s:.0f}% of merged generation's time, "
+          f"{sum(map(len, golds)) / forced_s:.1f} gold tokens/s")
     slow_label, fast_label = next(iter(results)), list(results)[-1]
     (slow, t_slow), (fast, t_fast) = results[slow_label], results[fast_label]
     rate = lambda out, t: sum(map(len, out)) / t  # noqa: E731

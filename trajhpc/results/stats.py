@@ -80,16 +80,16 @@ class _Means:
         self.x, (self.n, _) = x, x.shape
         self.chunk = _chunk(self.n, resamples)
         self.out = np.empty((resamples, x.shape[1]))
-        self._scaled = np.empty((self.chunk, self.n))
         self._idx = np.empty((self.chunk, self.n), dtype=np.int64)
         self._offsets = (np.arange(self.chunk, dtype=np.int64) * self.n)[:, None]
         self._ones = np.ones(self.chunk * self.n)
 
     def take(self, u: np.ndarray, start: int) -> None:
         rows, n = u.shape
-        scaled, ib = self._scaled[:rows], self._idx[:rows]
-        np.multiply(u, n, out=scaled)  # the stream is shared: never written to
-        ib[...] = scaled  # truncation = floor for non-negative values
+        ib = self._idx[:rows]
+        # U * n in floats, cast to int on the way out (truncation = floor for non-negative values):
+        # one pass, and the stream (shared) is never written to.
+        np.multiply(u, n, out=ib, casting="unsafe")
         ib += self._offsets[:rows]
         counts = np.bincount(ib.ravel(), weights=self._ones[: rows * n], minlength=rows * n).reshape(rows, n)
         self.out[start : start + rows] = counts @ self.x / n

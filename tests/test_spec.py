@@ -190,3 +190,25 @@ def test_new_speed_fields_are_validated(patch, field):
     with pytest.raises(InputError) as err:
         spec_from_dict(obj, "spec.json")
     assert field in str(err.value)
+
+
+def test_the_cached_job_id_is_the_hash_of_the_whole_canonical_json():
+    # The aggregate's job id (trajhpc.spec.job_id_of) reuses the canonical text around order and
+    # seed per template_key: it must equal id_of of the full form, whatever else the spec holds.
+    from trajhpc.spec import DataSpec, TrainSpec, id_of, job_id_of, template_key
+
+    specs = [
+        JobSpec(condition="B", seed=3, order=ORDER, recipe=1),
+        JobSpec(condition="B", seed=4, order=ORDER[::-1]),
+        JobSpec(condition="A", seed=2**32 - 1, order=("é-block", 'q"uote\\'), token_budget=TokenBudget(match="B")),
+        JobSpec(condition="last-k", condition_k=2, order=("x",), curriculum="replay", replay=0.125),
+        JobSpec(condition="A", order=ORDER, data=DataSpec(root="/données", tool_docs="block", heldout_fraction=1e-05),
+                train=TrainSpec(lr=3.5e-7, tokens_per_batch=8192)),
+    ]
+    for spec in specs:
+        for variant in (spec, spec.model_copy(update={"seed": spec.seed + 1}), spec.model_copy(update={"order": ("z",)})):
+            assert job_id_of(variant) == id_of(variant.to_dict()) == variant.job_id
+            assert job_id_of(variant, template_key(variant)) == variant.job_id
+    # Seed and order are the only fields the template leaves out.
+    assert template_key(specs[1]) == template_key(specs[0].model_copy(update={"recipe": 2, "seed": 9}))
+    assert template_key(specs[1]) != template_key(specs[1].model_copy(update={"condition": "A"}))

@@ -397,6 +397,47 @@ def id_of(doc: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_text(doc).encode()).hexdigest()[:12]
 
 
+# The aggregate hashes thousands of specs that differ only in seed and order (and arm). Keys are
+# sorted in the canonical text, so it is fixed text around those two values: that text is built once
+# per distinct rest of the spec (its ``template_key``), and an id then costs one small join and a sha256
+# instead of a dump of the whole spec (tests/test_spec.py checks it against ``id_of``).
+_SLOTS = ("order", "seed")
+_EXCLUDE_SLOTS = frozenset(_SLOTS)
+_PIECES: dict[str, tuple[str, ...]] = {}
+
+
+def template_key(spec: JobSpec) -> str:
+    """The spec's JSON form without seed and order: specs with equal keys differ in those two only."""
+    return spec.model_dump_json(by_alias=True, exclude=_EXCLUDE_SLOTS)
+
+
+def _pieces(spec: JobSpec, key: str) -> tuple[str, ...]:
+    """The canonical text of ``spec``'s form cut before and after each of ``_SLOTS`` (in sorted order)."""
+    pieces = _PIECES.get(key)
+    if pieces is None:
+        form = spec.to_dict()
+        cut, text = [], "{"
+        for name in sorted(form):  # as json.dumps(sort_keys=True) orders them, at every level
+            text += ("," if text != "{" else "") + json.dumps(name) + ":"
+            if name in _SLOTS:
+                cut.append(text)
+                text = ""
+            else:
+                text += canonical_text(form[name])
+        pieces = (*cut, text + "}")
+        if len(_PIECES) > 4096:  # a study has a few templates; many distinct ones are not worth keeping
+            _PIECES.clear()
+        _PIECES[key] = pieces
+    return pieces
+
+
+def job_id_of(spec: JobSpec, key: str | None = None) -> str:
+    """``spec.job_id``, from the cached text around its order and seed (``key``: its :func:`template_key`)."""
+    before_order, before_seed, after = _pieces(spec, template_key(spec) if key is None else key)
+    text = "".join((before_order, canonical_text(list(spec.order)), before_seed, canonical_text(spec.seed), after))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def spec_from_dict(obj: Any, source: str | Path | None = None) -> JobSpec:
     """Validate a plain dict (a spec.json) into a JobSpec; errors name the source file and field.
 

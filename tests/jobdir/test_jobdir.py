@@ -396,8 +396,10 @@ def _damage():
 def _apply(lines: list[bytes], damage) -> list[bytes]:
     kind, at, value = damage
     lines = list(lines)
-    if kind == "file" or not lines:
+    if kind == "file":
         return [value or b""]
+    if not lines:  # an emptied file has no row to damage further
+        return lines
     at %= len(lines)
     if kind == "bytes":
         lines[at] = value

@@ -210,3 +210,39 @@ def test_describe_many_equals_separate_calls_and_handles_empty_samples():
     assert [e.n for e in many[2]] == [0, 0] and many[2][0].mean is None
     tests = stats.sign_flip_many([a[:5] - 0.5, c])
     assert tests[0] == stats.sign_flip_columns(a[:5] - 0.5) and tests[1] == ([None, None], [True, True])
+
+
+def test_describe_and_flip_equals_the_separate_calls_bit_for_bit(monkeypatch):
+    # One generator stream feeds every bootstrap size and every Monte Carlo sign-flip test
+    # (stats._draw): each must still get exactly what a generator of its own would give it,
+    # for samples of different sizes, with gaps, exact and sampled tests, and small chunks
+    # (the consumers then take turns many times over a reused buffer).
+    rng = np.random.default_rng(11)
+    a = rng.random((40, 3))
+    b = rng.random((37, 2))
+    b[rng.random(b.shape) < 0.2] = np.nan
+    d = rng.random((30, 2)) - 0.4
+    d[3, 1] = np.nan
+    small = rng.random((5, 2)) - 0.5  # 2^5 patterns: enumerated
+    for cells in (stats._CHUNK_CELLS, 37 * 7):
+        monkeypatch.setattr(stats, "_CHUNK_CELLS", cells)
+        estimates, tests = stats.describe_and_flip([a, b], [d, small], resamples=1_500, seed=4)
+        assert estimates == stats.describe_many([a, b, d, small], resamples=1_500, seed=4)
+        assert tests == stats.sign_flip_many([d, small], resamples=1_500, seed=4)
+        for j in range(3):  # and each column its own bootstrap, with its own generator (to the last bits
+            # of the matrix product, which sums one column and three alike only to 1e-12)
+            alone = stats.bootstrap_ci(a[:, j], resamples=1_500, seed=4).tolist()
+            assert [estimates[0][j].lo, estimates[0][j].hi] == pytest.approx(alone, abs=1e-12)
+        assert tests[0][0][0] == stats.sign_flip_pvalue(d[:, 0], resamples=1_500, seed=4)[0]
+    assert stats.describe_and_flip([], []) == ([], [])
+
+
+def test_the_shared_stream_gives_each_reader_its_own_generators_values():
+    stream = stats._Uniforms(seed=2, largest_read=50)
+    own = np.random.default_rng(2).random(400)
+    assert stream.read(0, 30, keep_from=0).tolist() == own[:30].tolist()
+    assert stream.read(0, 40, keep_from=0).tolist() == own[:40].tolist()  # a second reader, same start
+    assert stream.read(30, 50, keep_from=30).tolist() == own[30:80].tolist()
+    assert stream.read(40, 45, keep_from=40).tolist() == own[40:85].tolist()
+    for start in range(85, 350, 45):  # the buffer (2 reads) is reused: values before keep_from move out
+        assert stream.read(start, 45, keep_from=start).tolist() == own[start : start + 45].tolist()

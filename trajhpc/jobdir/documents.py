@@ -35,7 +35,7 @@ from trajhpc.jobdir.paths import (
     read_bytes,
     read_json_object,
 )
-from trajhpc.spec import SPEC_SCHEMA, ConditionName, JobSpec, as_written, id_of, spec_from_dict
+from trajhpc.spec import SPEC_SCHEMA, ConditionName, JobSpec, as_written, job_id_of, spec_from_dict, template_key
 
 METRICS_SCHEMA = "trajhpc.metrics/1"
 TOKENS_SCHEMA = "trajhpc.tokens/1"
@@ -261,28 +261,28 @@ def _state_note(job_dir: Path) -> str:
 
 def read_job_docs(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc]:
     """A complete job's validated spec, metrics and tokens; JobProblem says why a job is not one."""
-    spec, metrics, tokens, _ = read_job_docs_and_form(job_dir)
+    spec, metrics, tokens, _ = read_job_docs_and_template(job_dir)
     return spec, metrics, tokens
 
 
-def read_job_docs_and_form(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc, dict[str, Any]]:
-    """:func:`read_job_docs` and the spec's canonical form (:meth:`JobSpec.to_dict`, which its id hashes),
-    for a reader that hashes other parts of it (the aggregate's variants)."""
+def read_job_docs_and_template(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc, str]:
+    """:func:`read_job_docs` and the spec's :func:`trajhpc.spec.template_key` (its JSON form without seed
+    and order), for a reader that keeps results per template (the aggregate's variants)."""
     problem = dir_problem(job_dir)
     if problem is not None:
         raise _from_file_problem("", problem)
     return _read_job(job_dir)
 
 
-def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc, dict[str, Any]]:
+def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc, str]:
     spec: JobSpec | None = _load(job_dir, SPEC, JobSpec, SPEC_SCHEMA)
     if spec is not None:
         spec = as_written(spec)
     if spec is None:  # the folder has results but no spec: nothing says what they are
         present = [name for name in JOB_FILES[1:] if (job_dir / name).exists()]
         raise JobProblem(CORRUPT, SPEC, f"missing (the folder has {' and '.join(present) or 'no job files'})")
-    form = spec.to_dict()
-    job_id = id_of(form)
+    template = template_key(spec)
+    job_id = job_id_of(spec, template)
     if job_dir.name != job_id:
         raise JobProblem(MISMATCH, SPEC, f"hashes to {job_id} but the folder is named {job_dir.name}")
     order = list(spec.order)
@@ -317,7 +317,7 @@ def _read_job(job_dir: Path) -> tuple[JobSpec, MetricsDoc, TokensDoc, dict[str, 
             raise JobProblem(CORRUPT, TOKENS, f"stages.{t}: expected stage {t} on block {block!r}, got {got}")
     if len(tokens.stages) != n_stages + 1:
         raise JobProblem(INCOMPLETE, TOKENS, f"{len(tokens.stages)} stages, expected {n_stages + 1}")
-    return spec, metrics, tokens, form
+    return spec, metrics, tokens, template
 
 
 def _check_stages(

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import polars as pl
 
 from trajhpc.core.errors import TrajhpcError
-from trajhpc.jobdir.documents import OK, JobProblem, MetricsDoc, TokensDoc, read_job_docs_and_form
+from trajhpc.jobdir.documents import OK, JobProblem, MetricsDoc, TokensDoc, read_job_docs_and_template
 from trajhpc.jobdir.paths import RECORD, FileProblem, JobDir, find_job_dirs, read_json_object
 from trajhpc.results.losscurves import TrainLogs, read_train_logs
 from trajhpc.spec import JobSpec
@@ -216,10 +216,10 @@ def collect_jobs(roots: Iterable[Path]) -> list[JobRecord]:
 def read_job(job_dir: Path) -> JobRecord:
     """Validate one job directory against the contract; problems become a status, not an exception."""
     try:
-        spec, metrics, tokens, form = read_job_docs_and_form(job_dir)
+        spec, metrics, tokens, template = read_job_docs_and_template(job_dir)
     except JobProblem as problem:
         return JobRecord(job_dir, problem.status, problem.reason, job_dir / problem.file)
-    return JobRecord(job_dir, OK, spec=spec, metrics=metrics, tokens=tokens, variant=variant_of(spec, form))
+    return JobRecord(job_dir, OK, spec=spec, metrics=metrics, tokens=tokens, variant=_template_variant(spec, template))
 
 
 def group_by_study(records: Sequence[JobRecord]) -> dict[Path, list[JobRecord]]:
@@ -298,12 +298,26 @@ def _without(doc: dict[str, Any], drop: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def variant_of(spec: JobSpec, form: dict[str, Any] | None = None) -> str:
+def variant_of(spec: JobSpec) -> str:
     """Hash of the settings other than the arm's (condition, budget, tool docs, curriculum), seed and order:
-    equal variants compare. Taken over the spec's canonical form (``form``, :meth:`JobSpec.to_dict`),
-    as the job id is."""
-    kept = _without(spec.to_dict() if form is None else form, _NOT_VARIANT)
+    equal variants compare. Taken over the spec's canonical form (:meth:`JobSpec.to_dict`), as the job id is."""
+    kept = _without(spec.to_dict(), _NOT_VARIANT)
     return hashlib.sha256(canonical_json(kept).encode()).hexdigest()[:6]
+
+
+# Seed and order are no part of a variant, so specs of one template (trajhpc.spec.template_key: the
+# spec without them) share it: computed once per template, not per job (a 10,000-job study has a few).
+_VARIANTS: dict[str, str] = {}
+
+
+def _template_variant(spec: JobSpec, template: str) -> str:
+    """:func:`variant_of` ``spec``, whose :func:`trajhpc.spec.template_key` is ``template``."""
+    variant = _VARIANTS.get(template)
+    if variant is None:
+        if len(_VARIANTS) > 4096:
+            _VARIANTS.clear()
+        variant = _VARIANTS[template] = variant_of(spec)
+    return variant
 
 
 def jobs_frame(records: Sequence[JobRecord]) -> pl.DataFrame:

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import polars as pl
@@ -36,33 +36,118 @@ class Estimate:
     n: int
 
 
-def _resample_means(x: np.ndarray, resamples: int, seed: int) -> np.ndarray:
-    """Means of ``resamples`` bootstrap resamples of the rows of ``x`` (n, m) -> (resamples, m).
+class _Uniforms:
+    """The stream of ``default_rng(seed).random`` (one value per draw, so it does not depend on how it
+    is cut into calls), read by several consumers, each at its own position.
 
-    Resample b draws row indices ``floor(U * n)`` from ``default_rng(seed).random``, one
-    row of U per resample in order, so the stream does not depend on chunking and the
-    result equals the plain loop ``x[(rng.random(n) * n).astype(int)].mean(0)``.
-    Each chunk turns indices into counts (bincount) and multiplies by ``x``: one
-    matrix product serves every column.
+    Bootstrap resamples of n units and Monte Carlo sign patterns over n pairs read the stream the same
+    way, n values per resample: a study's samples of every size, and its paired tests, all start at
+    the same values. Drawing them once for all of them saves a generator pass per sample size and per
+    test; each consumer still sees exactly the values a generator of its own would give it.
+    One buffer of twice the largest read is reused throughout (fresh allocations' page faults cost
+    more than the maths).
     """
-    n, m = x.shape
-    rng = np.random.default_rng(seed)
-    out = np.empty((resamples, m))
-    chunk = max(1, min(resamples, _CHUNK_CELLS // max(n, 1)))
-    # Buffers reused across chunks: fresh allocations (page faults) cost more than the maths.
-    u = np.empty((chunk, n))
-    idx = np.empty((chunk, n), dtype=np.int64)
-    offsets = (np.arange(chunk, dtype=np.int64) * n)[:, None]
-    for start in range(0, resamples, chunk):
-        rows = min(chunk, resamples - start)
-        ub, ib = u[:rows], idx[:rows]
-        rng.random(out=ub)
-        np.multiply(ub, n, out=ub)
-        ib[...] = ub  # truncation = floor for non-negative values
-        ib += offsets[:rows]
-        counts = np.bincount(ib.ravel(), minlength=rows * n).reshape(rows, n)
-        out[start : start + rows] = counts.astype(np.float64) @ x / n
-    return out
+
+    def __init__(self, seed: int, largest_read: int):
+        self._rng = np.random.default_rng(seed)
+        self._store = np.empty(2 * largest_read)
+        self._first = 0  # stream position of _store[0]
+        self._end = 0  # stream position after the last value drawn
+
+    def read(self, start: int, count: int, keep_from: int) -> np.ndarray:
+        """Values [start, start + count) of the stream; those before ``keep_from`` (<= start) may go."""
+        stop = start + count
+        if stop > self._end:
+            if stop - self._first > len(self._store):  # move the values still needed to the front
+                live = self._end - keep_from
+                self._store[:live] = self._store[keep_from - self._first : self._end - self._first]
+                self._first = keep_from
+            self._rng.random(out=self._store[self._end - self._first : stop - self._first])
+            self._end = stop
+        return self._store[start - self._first : stop - self._first]
+
+
+class _Means:
+    """Consumer: the means of bootstrap resamples of the rows of ``x`` (n, m), into ``out`` (resamples, m).
+
+    Resample b draws row indices ``floor(U * n)`` from the stream's values [b n, (b + 1) n), so the
+    result equals the plain loop ``x[(rng.random(n) * n).astype(int)].mean(0)``. Each chunk of
+    resamples turns indices into counts (bincount, weighted by ones to count in floats directly)
+    and multiplies by ``x``: one matrix product serves every column.
+    """
+
+    def __init__(self, x: np.ndarray, resamples: int):
+        self.x, (self.n, _) = x, x.shape
+        self.chunk = _chunk(self.n, resamples)
+        self.out = np.empty((resamples, x.shape[1]))
+        self._idx = np.empty((self.chunk, self.n), dtype=np.int64)
+        self._offsets = (np.arange(self.chunk, dtype=np.int64) * self.n)[:, None]
+        self._ones = np.ones(self.chunk * self.n)
+
+    def take(self, u: np.ndarray, start: int) -> None:
+        rows, n = u.shape
+        ib = self._idx[:rows]
+        # U * n in floats, cast to int on the way out (truncation = floor for non-negative values):
+        # one pass, and the stream (shared) is never written to.
+        np.multiply(u, n, out=ib, casting="unsafe")
+        ib += self._offsets[:rows]
+        counts = np.bincount(ib.ravel(), weights=self._ones[: rows * n], minlength=rows * n).reshape(rows, n)
+        self.out[start : start + rows] = counts @ self.x / n
+
+
+class _Flips:
+    """Consumer: Monte Carlo sign patterns over the n pairs of ``d`` (n, m), counting per column the
+    patterns whose |mean| reaches the observed one (sign +1 where the stream's U >= 0.5)."""
+
+    def __init__(self, d: np.ndarray, resamples: int, observed: np.ndarray, tol: np.ndarray):
+        self.d, (self.n, m) = d, d.shape
+        self.chunk = _chunk(self.n, resamples)
+        self.bar = observed - tol
+        self.hits = np.zeros(m)
+
+    def take(self, u: np.ndarray, start: int) -> None:
+        signs = np.greater_equal(u, 0.5).astype(np.float64) * 2.0 - 1.0
+        self.hits += (np.abs(signs @ self.d / self.n) >= self.bar).sum(axis=0)
+
+
+def _chunk(n: int, resamples: int) -> int:
+    """Resamples per chunk: about _CHUNK_CELLS values (the matrix products' shapes, and so their
+    rounding, are those of every earlier version)."""
+    return max(1, min(resamples, _CHUNK_CELLS // max(n, 1)))
+
+
+def _draw(consumers: Sequence[_Means | _Flips], resamples: int, seed: int) -> None:
+    """Feed every consumer its ``resamples`` rows of n values from one stream of ``default_rng(seed)``.
+
+    The consumer furthest behind in the stream goes next, so all stay within one read of each
+    other and the buffer holds at most two reads."""
+    if not consumers:
+        return
+    stream = _Uniforms(seed, max(c.chunk * c.n for c in consumers))
+    done = [0] * len(consumers)
+    while True:
+        active = [i for i, b in enumerate(done) if b < resamples]
+        if not active:
+            return
+        i = min(active, key=lambda j: done[j] * consumers[j].n)
+        c, start = consumers[i], done[i]
+        rows = min(c.chunk, resamples - start)
+        u = stream.read(start * c.n, rows * c.n, keep_from=start * c.n).reshape(rows, c.n)
+        c.take(u, start)
+        done[i] += rows
+
+
+def _resample_means(x: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """Means of ``resamples`` bootstrap resamples of the rows of ``x`` (n, m) -> (resamples, m) (:class:`_Means`)."""
+    means = _Means(x, resamples)
+    _draw([means], resamples, seed)
+    return means.out
+
+
+def _percentiles(means: np.ndarray, level: float) -> np.ndarray:
+    """(m, 2) percentile CI of each column of the resampled means."""
+    tail = (1.0 - level) / 2.0 * 100.0
+    return np.percentile(means, [tail, 100.0 - tail], axis=0).T
 
 
 def bootstrap_ci(
@@ -77,9 +162,7 @@ def bootstrap_ci(
     x2 = x[:, None] if flat else x
     if x2.shape[0] == 0:
         raise ValueError("bootstrap of an empty sample")
-    means = _resample_means(x2, resamples, seed)
-    tail = (1.0 - level) / 2.0 * 100.0
-    ci = np.percentile(means, [tail, 100.0 - tail], axis=0).T  # (m, 2)
+    ci = _percentiles(_resample_means(x2, resamples, seed), level)
     return ci[0] if flat else ci
 
 
@@ -94,12 +177,23 @@ def describe_columns(
     compacted to its n values, and every group shares ONE set of resample indices:
     each column's CI equals what :func:`bootstrap_ci` gives on its own values.
     """
+    consumers, finish = _describe_plan(matrix, resamples, level)
+    _draw(consumers, resamples, seed)
+    return finish()
+
+
+def _describe_plan(
+    matrix: np.ndarray, resamples: int, level: float
+) -> tuple[list[_Means], Callable[[], list[Estimate]]]:
+    """:func:`describe_columns` as (its bootstrap consumers, one per sample size, and what turns their
+    means into the estimates once :func:`_draw` has fed them), so one stream can feed other work too."""
     x = np.asarray(matrix, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError("describe_columns needs a 2-D array")
     result: list[Estimate | None] = [None] * x.shape[1]
     valid = ~np.isnan(x)
     counts = valid.sum(axis=0)
+    groups = []
     for n in np.unique(counts).tolist():
         cols = np.flatnonzero(counts == n)
         if n == 0:
@@ -112,18 +206,24 @@ def describe_columns(
             sub = np.empty((n, len(cols)))
             for k, j in enumerate(cols):
                 sub[:, k] = x[valid[:, j], j]
-        means = sub.mean(axis=0)
-        sds = sub.std(axis=0, ddof=1) if n > 1 else [None] * len(cols)
-        ci = bootstrap_ci(sub, resamples=resamples, seed=seed, level=level) if n > 1 else None
-        for k, j in enumerate(cols):
-            result[j] = Estimate(
-                float(means[k]),
-                None if sds[k] is None else float(sds[k]),
-                None if ci is None else float(ci[k, 0]),
-                None if ci is None else float(ci[k, 1]),
-                n,
-            )
-    return result  # type: ignore[return-value]
+        groups.append((n, cols, sub, _Means(sub, resamples) if n > 1 else None))
+
+    def finish() -> list[Estimate]:
+        for n, cols, sub, boot in groups:
+            means = sub.mean(axis=0)
+            sds = sub.std(axis=0, ddof=1) if n > 1 else [None] * len(cols)
+            ci = None if boot is None else _percentiles(boot.out, level)
+            for k, j in enumerate(cols):
+                result[j] = Estimate(
+                    float(means[k]),
+                    None if sds[k] is None else float(sds[k]),
+                    None if ci is None else float(ci[k, 0]),
+                    None if ci is None else float(ci[k, 1]),
+                    n,
+                )
+        return result  # type: ignore[return-value]
+
+    return [g[3] for g in groups if g[3] is not None], finish
 
 
 def _stack(matrices: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
@@ -179,16 +279,24 @@ def sign_flip_pvalue(
     """
     d = np.asarray(diffs, dtype=np.float64)
     flat = d.ndim == 1
-    d2 = d[:, None] if flat else d
+    flips, finish = _flip_plan(d[:, None] if flat else d, max_exact, resamples)
+    _draw([flips] if flips is not None else [], resamples, seed)
+    p, exact = finish()
+    return (float(p[0]) if flat else p), exact
+
+
+def _flip_plan(
+    d2: np.ndarray, max_exact: int, resamples: int
+) -> tuple[_Flips | None, Callable[[], tuple[np.ndarray, bool]]]:
+    """:func:`sign_flip_pvalue` of the columns of ``d2`` as (its Monte Carlo consumer, None when the
+    patterns are enumerated, and what gives (p, exact) once :func:`_draw` has fed it)."""
     n, m = d2.shape
     if n == 0:
-        p = np.full(m, np.nan)
-        return (float(p[0]) if flat else p), True
+        return None, lambda: (np.full(m, np.nan), True)
     observed = np.abs(d2.mean(axis=0))
     # Sums that are equal in exact arithmetic may differ in the last bits.
     tol = 1e-12 * np.maximum(1.0, observed)
-    exact = n < 63 and 2**n <= max_exact
-    if exact:
+    if n < 63 and 2**n <= max_exact:
         total = 2**n
         hits = np.zeros(m)
         chunk = max(1, _CHUNK_CELLS // n)
@@ -196,21 +304,9 @@ def sign_flip_pvalue(
             codes = np.arange(start, min(total, start + chunk), dtype=np.int64)
             signs = ((codes[:, None] >> np.arange(n)) & 1) * 2.0 - 1.0
             hits += (np.abs(signs @ d2 / n) >= observed - tol).sum(axis=0)
-        p = hits / total
-    else:
-        rng = np.random.default_rng(seed)
-        hits = np.zeros(m)
-        chunk = max(1, min(resamples, _CHUNK_CELLS // n))
-        u = np.empty((chunk, n))
-        for start in range(0, resamples, chunk):
-            rows = min(chunk, resamples - start)
-            ub = u[:rows]
-            rng.random(out=ub)
-            # sign = +1 when U >= 0.5 else -1, computed in place: 2*(U >= 0.5) - 1
-            signs = np.greater_equal(ub, 0.5).astype(np.float64) * 2.0 - 1.0
-            hits += (np.abs(signs @ d2 / n) >= observed - tol).sum(axis=0)
-        p = (1.0 + hits) / (1.0 + resamples)
-    return (float(p[0]) if flat else p), exact
+        return None, lambda: (hits / total, True)
+    flips = _Flips(d2, resamples, observed, tol)
+    return flips, lambda: ((1.0 + flips.hits) / (1.0 + resamples), False)
 
 
 def sign_flip_many(matrices: Sequence[np.ndarray], **kwargs) -> list[tuple[list[float | None], list[bool]]]:
@@ -220,12 +316,23 @@ def sign_flip_many(matrices: Sequence[np.ndarray], **kwargs) -> list[tuple[list[
     return [(p[a:b], exact[a:b]) for a, b in zip(offsets, offsets[1:])]
 
 
-def sign_flip_columns(diffs: np.ndarray, **kwargs) -> tuple[list[float | None], list[bool]]:
+def sign_flip_columns(
+    diffs: np.ndarray, *, max_exact: int = MAX_EXACT, resamples: int = RESAMPLES, seed: int = SEED
+) -> tuple[list[float | None], list[bool]]:
     """:func:`sign_flip_pvalue` per column of (pairs x metrics), NaN = missing pair for that metric.
 
     Columns with the same missing pattern share one set of sign patterns. Returns
     (p-values, exact flags); p is None for a column without pairs.
     """
+    consumers, finish = _flip_columns_plan(diffs, max_exact, resamples)
+    _draw(consumers, resamples, seed)
+    return finish()
+
+
+def _flip_columns_plan(
+    diffs: np.ndarray, max_exact: int, resamples: int
+) -> tuple[list[_Flips], Callable[[], tuple[list[float | None], list[bool]]]]:
+    """:func:`sign_flip_columns` as (its Monte Carlo consumers, what gives its result once fed)."""
     d = np.asarray(diffs, dtype=np.float64)
     valid = ~np.isnan(d)
     pvals: list[float | None] = [None] * d.shape[1]
@@ -233,14 +340,39 @@ def sign_flip_columns(diffs: np.ndarray, **kwargs) -> tuple[list[float | None], 
     groups: dict[bytes, list[int]] = {}
     for j in range(d.shape[1]):
         groups.setdefault(valid[:, j].tobytes(), []).append(j)
+    plans = []
     for cols in groups.values():
         rows = valid[:, cols[0]]
-        if not rows.any():
-            continue
-        p, ex = sign_flip_pvalue(d[rows][:, cols], **kwargs)
-        for k, j in enumerate(cols):
-            pvals[j], exact[j] = float(p[k]), ex
-    return pvals, exact
+        if rows.any():
+            plans.append((cols, *_flip_plan(d[rows][:, cols], max_exact, resamples)))
+
+    def finish() -> tuple[list[float | None], list[bool]]:
+        for cols, _, result in plans:
+            p, ex = result()
+            for k, j in enumerate(cols):
+                pvals[j], exact[j] = float(p[k]), ex
+        return pvals, exact
+
+    return [flips for _, flips, _ in plans if flips is not None], finish
+
+
+def describe_and_flip(
+    samples: Sequence[np.ndarray], paired: Sequence[np.ndarray], *, resamples: int = RESAMPLES, seed: int = SEED,
+    level: float = LEVEL,
+) -> tuple[list[list[Estimate]], list[tuple[list[float | None], list[bool]]]]:
+    """(:func:`describe_many` of ``samples`` and ``paired``, :func:`sign_flip_many` of ``paired``), the
+    bootstraps and the Monte Carlo sign patterns all read from ONE pass over ``default_rng(seed)``:
+    the same numbers as the separate calls, with the generator run once instead of once per sample
+    size and per test."""
+    every = [*samples, *paired]
+    stacked, offsets = _stack(every)
+    flip_stack, flip_offsets = _stack(paired)
+    means, estimates = _describe_plan(stacked, resamples, level) if stacked.shape[1] else ([], list)
+    flips, tests = _flip_columns_plan(flip_stack, MAX_EXACT, resamples) if flip_stack.shape[1] else ([], lambda: ([], []))
+    _draw([*means, *flips], resamples, seed)
+    est, (p, exact) = estimates(), tests()
+    return ([est[a:b] for a, b in zip(offsets, offsets[1:])],
+            [(p[a:b], exact[a:b]) for a, b in zip(flip_offsets, flip_offsets[1:])])
 
 
 def value_at_budget(

@@ -231,9 +231,8 @@ def compare_arms(
     (seed, order) would pair each of them with the other arm's unit, counting it twice.
     """
     pairs, diffs = _paired_diffs(units, arm_order(units["arm"].to_list(), listed), analysis)
-    estimates = stats.describe_many(diffs, resamples=resamples, seed=seed)
-    return _paired_frame(pairs, diffs, estimates, resamples=resamples, seed=seed,
-                         metrics=compared_metrics(units, analysis))
+    estimates, tests = stats.describe_and_flip([], diffs, resamples=resamples, seed=seed)
+    return _paired_frame(pairs, estimates, tests, metrics=compared_metrics(units, analysis))
 
 
 def compared_metrics(units: pl.DataFrame, analysis: Analysis = DEFAULT_ANALYSIS) -> tuple[str, ...]:
@@ -283,15 +282,13 @@ def _paired_diffs(
 
 def _paired_frame(
     pairs: list[tuple[str, str]],
-    diffs: list[np.ndarray],
     estimates: Sequence[Sequence[stats.Estimate]],
+    tests: Sequence[tuple[list[float | None], list[bool]]],
     *,
-    resamples: int,
-    seed: int,
     metrics: Sequence[str] = PAIRED_METRICS,
 ) -> pl.DataFrame:
-    """paired.csv's unit-level rows, one per comparison and each of ``metrics``."""
-    tests = stats.sign_flip_many(diffs, resamples=resamples, seed=seed)
+    """paired.csv's unit-level rows, one per comparison and each of ``metrics``, from each pair's
+    estimates and sign-flip tests (:func:`trajhpc.results.stats.describe_and_flip`)."""
     cols: dict[str, list[Any]] = {k: [] for k in _PAIRED_SCHEMA}
     for (arm, baseline), est, (pvals, exact) in zip(pairs, estimates, tests):
         for j, metric in enumerate(PAIRED_METRICS):
@@ -350,13 +347,14 @@ def analyze_study(
     else:
         units = units.with_columns(pl.lit(None, pl.Float64).alias("exact_retrieval"))
     result.units = units = in_arm_order(units, arm_order(units["arm"].to_list(), listed_arms), "seed", "order", "job_id")
-    # One bootstrap for the arms and the paired differences: samples of one size share
-    # their resample indices (stats.describe_many), whichever table they feed.
+    # One pass of the generator for the arms' and the paired differences' bootstraps and the
+    # sign-flip tests: samples of one size share their resample indices, and every size and
+    # test reads the same stream (stats.describe_and_flip), whichever table they feed.
     arms, matrices, stage_cols = _arm_matrices(units, curves, listed_arms)
     pairs, diffs = _paired_diffs(units, arms, result.analysis)
-    estimates = stats.describe_many([*matrices, *diffs], resamples=resamples, seed=seed)
+    estimates, tests = stats.describe_and_flip(matrices, diffs, resamples=resamples, seed=seed)
     result.summary, result.stages = _summary_frames(arms, stage_cols, estimates[: len(arms)])
-    result.paired = _paired_frame(pairs, diffs, estimates[len(arms) :], resamples=resamples, seed=seed,
+    result.paired = _paired_frame(pairs, estimates[len(arms) :], tests,
                                   metrics=compared_metrics(units, result.analysis))
     te = {"resamples": resamples, "seed": seed}
     result.train_eval = traineval.train_eval_frame(every, units, arms, **te)

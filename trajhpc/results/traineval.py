@@ -126,8 +126,7 @@ def train_eval_paired_frame(
             joined = a.join(b, on="job_id", how="inner", suffix="_base").sort("seed", "order", "job_id")
             keys.append(("eval", arm, arm, upper, lower))
             diffs.append(_diff(joined, metrics))
-    estimates = stats.describe_many(diffs, resamples=resamples, seed=seed)
-    tests = stats.sign_flip_many(diffs, resamples=resamples, seed=seed)
+    estimates, tests = stats.describe_and_flip([], diffs, resamples=resamples, seed=seed)
     cols: dict[str, list[Any]] = {k: [] for k in TRAIN_EVAL_PAIRED_SCHEMA}
     for key, est, (pvals, exact) in zip(keys, estimates, tests):
         for j, metric in enumerate(metrics):

@@ -112,6 +112,14 @@ def eval_batches(
     return batches
 
 
+def left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of ``rows`` padded on the left, so every row ends at the last column."""
+    ids = [torch.tensor(list(r), dtype=torch.long) for r in rows]
+    masks = [torch.ones(len(x), dtype=torch.long) for x in ids]
+    return (pad_sequence(ids, batch_first=True, padding_value=pad_id, padding_side="left"),
+            pad_sequence(masks, batch_first=True, padding_value=0, padding_side="left"))
+
+
 def generate_greedy(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
@@ -149,10 +157,7 @@ def generate_greedy(
     try:
         with torch.inference_mode(), autocast(device.type, autocast_dtype):
             for idx in batches:
-                ids = [torch.tensor(list(prompts[i]), dtype=torch.long) for i in idx]
-                masks = [torch.ones(len(x), dtype=torch.long) for x in ids]
-                input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id, padding_side="left")
-                attention_mask = pad_sequence(masks, batch_first=True, padding_value=0, padding_side="left")
+                input_ids, attention_mask = left_padded([prompts[i] for i in idx], pad_id)
                 out = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
@@ -200,10 +205,7 @@ def teacher_forced(
                 idx = [i for i in idx if golds[i]]
                 if not idx:
                     continue
-                ids = [torch.tensor(seqs[i], dtype=torch.long) for i in idx]
-                masks = [torch.ones(len(x), dtype=torch.long) for x in ids]
-                input_ids = pad_sequence(ids, batch_first=True, padding_value=pad_id, padding_side="left")
-                attention_mask = pad_sequence(masks, batch_first=True, padding_value=0, padding_side="left")
+                input_ids, attention_mask = left_padded([seqs[i] for i in idx], pad_id)
                 # Positions count from each row's first real token, as generation counts them.
                 position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
                 keep = max(len(golds[i]) for i in idx) + 1

@@ -195,13 +195,6 @@ def _gain_on_the_block_just_trained(long: pl.DataFrame, arm: str) -> float:
     return sum(gains.values()) / len(gains)
 
 
-def _bwt(long: pl.DataFrame, arm: str, metric: str) -> float:
-    """The mean over the arm's units of their BWT on ``metric`` (trajhpc's own continual_metrics)."""
-    from trajhpc.results.continual import continual_metrics
-
-    return continual_metrics(long.filter(pl.col("arm") == arm), metric)["bwt"].mean()
-
-
 def _measured(out) -> dict[str, Callable[[str], list[float]]]:
     """Row label of the README table -> how to compute that row's numbers for an arm from the aggregate."""
     summary = pl.read_csv(out / "summary.csv")
@@ -240,7 +233,9 @@ def _measured(out) -> dict[str, Callable[[str], list[float]]]:
             lambda arm: _gains_by_domain(long, arm),
         "gain when trained, by domain (care, medication, fitness, cost), gold-token accuracy":
             lambda arm: _gains_by_domain(long, arm, "gold_token_acc"),
-        "BWT, gold-token accuracy (mean over units)": lambda arm: [_bwt(long, arm, "gold_token_acc")],
+        "BWT, gold-token accuracy [95% CI over units]": estimate("bwt_gold_token_acc", ci=True),
+        "forgetting since learned, gold-token accuracy [95% CI over units]":
+            estimate("forgetting_since_learned_gold_token_acc", ci=True),
         "FWT, API name [95% CI over units]": estimate("fwt_name", ci=True),
         "BWT, API name [95% CI over units]": estimate("bwt_name", ci=True),
         "forgetting since learned, API name [95% CI over units]": estimate("forgetting_since_learned_name", ci=True),

@@ -777,3 +777,14 @@ def test_a_pooled_score_above_the_ceiling_is_marked(tmp_path):
     (r,) = agg.aggregate([tmp_path])
     text = agg.write_outputs(r, plots=False).joinpath("report.md").read_text()
     assert "†" not in text.replace("the ceiling and † as in Final accuracy", "")  # the headline's legend
+
+
+def test_gold_token_metrics_are_unknown_not_zero_where_no_job_scored_them(synthetic):
+    """eval.gold_likelihood off (the synthetic jobs): the long table's teacher-forced columns are null and
+    summary.csv's gold-token rows say n = 0 with no value, never 0.000."""
+    assert synthetic.long["gold_token_acc"].null_count() == synthetic.long.height
+    gold = synthetic.summary.filter(pl.col("metric").str.contains("gold_token_acc"))
+    assert sorted(set(gold["metric"])) == sorted(["gold_token_acc", "bwt_gold_token_acc", "fwt_gold_token_acc",
+                                                  "forgetting_chaudhry_gold_token_acc",
+                                                  "forgetting_since_learned_gold_token_acc"])
+    assert set(gold["n"]) == {0} and gold["mean"].null_count() == gold.height

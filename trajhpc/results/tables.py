@@ -41,6 +41,9 @@ from trajhpc.study.manifest import Manifest
 SUMMARY_METRICS = (
     *SCORE_KEYS,  # averaged over blocks into a unit's final score
     *(f"{m}_{score}" for score in ("exact", "name") for m in CONTINUAL_METRICS),
+    # Teacher-forced (eval.gold_likelihood): final gold-token accuracy and its continual metrics;
+    # n = 0 (every value null) in a study that did not score it.
+    "gold_token_acc", *(f"{m}_gold_token_acc" for m in CONTINUAL_METRICS),
     "supervised_tokens", "total_tokens", "padded_tokens", "flops",
     "exact_per_m_supervised",
     # Final accuracy pooled over examples beside the mean over blocks (= exact, name).
@@ -98,14 +101,14 @@ def unit_table(
         long.filter(pl.col("stage") == pl.col("n_stages"))
         .group_by(keys)
         .agg(
-            *(pl.col(s).mean() for s in SCORE_KEYS),
+            *(pl.col(s).mean() for s in (*SCORE_KEYS, "gold_token_acc")),
             pl.col("cum_supervised_tokens").first().alias("supervised_tokens"),
             pl.col("cum_total_tokens").first().alias("total_tokens"),
             pl.col("cum_padded_tokens").first().alias("padded_tokens"),
         )
     )
     units = final
-    for score in ("exact", "name"):
+    for score in ("exact", "name", "gold_token_acc"):
         cl = continual_metrics(long, score).drop("acc")
         cl = cl.rename({m: f"{m}_{score}" for m in CONTINUAL_METRICS})
         units = units.join(cl, on="job_id", how="left")

@@ -120,3 +120,26 @@ def test_shortened_prompts_are_a_labelled_note_per_arm(tmp_path):
         "system message, its API descriptions): its scores are for the shortened prompts (counts summed over its "
         "jobs, tokens.json)"
     ]
+
+
+def test_the_continual_table_adds_gold_token_columns_only_where_jobs_scored_them(result):
+    import dataclasses
+
+    import polars as pl
+
+    def section(r) -> str:
+        return report.render_markdown(r).split("## Continual learning", 1)[1].split("\n## ", 1)[0]
+
+    assert not report.scored_gold(result.summary) and "gold-token" not in section(result)
+    gold = pl.col("metric").str.ends_with("gold_token_acc")
+    scored = result.summary.with_columns(
+        pl.when(gold).then(pl.lit(6, pl.Int64)).otherwise(pl.col("n")).alias("n"),
+        pl.when(gold).then(pl.lit(0.0123)).otherwise(pl.col("mean")).alias("mean"),
+        pl.when(gold).then(pl.lit(0.01)).otherwise(pl.col("ci_lo")).alias("ci_lo"),
+        pl.when(gold).then(pl.lit(0.02)).otherwise(pl.col("ci_hi")).alias("ci_hi"),
+    )
+    text = section(dataclasses.replace(result, summary=scored))
+    header = next(line for line in text.splitlines() if line.startswith("| arm |"))
+    assert header.endswith("| BWT gold-token | forgetting (Chaudhry) gold-token | forgetting (since learned) gold-token "
+                           "| FWT gold-token |")
+    assert "0.012 [0.010, 0.020] |" in text and "gold-token: the same metrics on teacher-forced" in text

@@ -146,16 +146,28 @@ def one_stage_arms(result: StudyResult) -> set[str]:
     return set(units.group_by("arm").agg(pl.col("n_stages").max()).filter(pl.col("n_stages") < 2)["arm"])
 
 
+def scored_gold(summary: pl.DataFrame) -> bool:
+    """Whether some unit has a teacher-forced gold-token score (eval.gold_likelihood)."""
+    gold = summary.filter(pl.col("metric") == "gold_token_acc") if "metric" in summary.columns else summary
+    return gold.height > 0 and (gold["n"] > 0).any()
+
+
 def _continual_section(result: StudyResult) -> list[str]:
     s = result.summary
-    metrics = [f"{m}_{score}" for score in ("exact", "name") for m in CONTINUAL_METRICS]
+    gold = scored_gold(s)
+    scores = {"exact": "exact", "name": "name", **({"gold_token_acc": "gold-token"} if gold else {})}
+    metrics = [f"{m}_{score}" for score in scores for m in CONTINUAL_METRICS]
     one_stage = one_stage_arms(result)
     rows = [[arm, *("n/a" if arm in one_stage else _ci(_lookup(s, arm, m)) for m in metrics)] for arm in result.arms]
     names = {"bwt": "BWT", "forgetting_chaudhry": "forgetting (Chaudhry)",
              "forgetting_since_learned": "forgetting (since learned)", "fwt": "FWT"}
-    header = ["arm", *(f"{names[m]} {score}" for score in ("exact", "name") for m in CONTINUAL_METRICS)]
+    header = ["arm", *(f"{names[m]} {word}" for word in scores.values() for m in CONTINUAL_METRICS)]
     note = ([f"n/a: {', '.join(sorted(one_stage))} trained every block in one stage (curriculum joint), so no block "
              "has a later stage to be forgotten in or an earlier one to transfer from.", ""] if one_stage else [])
+    if gold:
+        note += ["gold-token: the same metrics on teacher-forced gold-token accuracy (eval.gold_likelihood: the "
+                 "fraction of the gold call's tokens that are the model's top choice after the true prefix), "
+                 "a score that moves where generated calls do not.", ""]
     out = ["## Continual learning", "", _table(header, rows), "", *note]
     stages = result.stages
     numbers = sorted(stages["stage"].unique().to_list())

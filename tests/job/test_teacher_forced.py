@@ -95,9 +95,11 @@ def test_a_job_scores_the_gold_only_when_asked(tmp_path):
         "lora": {"r": 4, "alpha": 8},
         "eval": {"max_new_tokens": 4, "backend": "merged", "also_under": ["B"]},
     }
-    for asked in (False, True):
-        job = tmp_path / str(asked)
-        metrics = run_job(JobSpec.model_validate({**spec, "eval": {**spec["eval"], "gold_likelihood": asked}}), job)
+    finals = {}
+    for asked, backend in ((False, "merged"), (True, "merged"), (True, "peft")):
+        job = tmp_path / f"{asked}-{backend}"
+        settings = {**spec["eval"], "gold_likelihood": asked, "backend": backend}
+        metrics = run_job(JobSpec.model_validate({**spec, "eval": settings}), job)
         rows = [json.loads(r) for r in (job / "predictions" / "stage-1.jsonl").read_text().splitlines()]
         assert len(rows) == 16  # 4 blocks x 2 items, under A and again under B
         per_block = [b for s in metrics["stages"] for b in s["per_block"].values()]
@@ -114,6 +116,12 @@ def test_a_job_scores_the_gold_only_when_asked(tmp_path):
         for block, scores in final.items():
             accs = [r["gold_token_acc"] for r in own if r["block"] == block]
             assert scores["gold_token_acc"] == pytest.approx(sum(accs) / len(accs))
+        finals[backend] = final
+    # The merged copy is the 4-bit model + adapter up to rounding: the scores agree as closely.
+    for block, merged in finals["merged"].items():
+        peft = finals["peft"][block]
+        assert peft["gold_nll"] == pytest.approx(merged["gold_nll"], rel=1e-3)
+        assert abs(peft["gold_token_acc"] - merged["gold_token_acc"]) <= 0.05
 
 
 def test_end_of_turn_is_not_part_of_the_gold(model_and_items):

@@ -270,10 +270,12 @@ def evaluate(
             batch_size=batch_size, autocast_dtype=autocast_dtype, tokens_per_batch=tokens_per_batch,
         ) if gold_likelihood else None
     )
-    rows, scores_by_block = [], {b: [] for b in blocks}
+    rows, scores_by_block, forced_by_block = [], {b: [] for b in blocks}, {b: [] for b in blocks}
     for k, (it, pred) in enumerate(zip(items, predictions)):
         s = score(pred, it.gold)
         scores_by_block[it.block].append((s, gold_name(it.gold)))
+        if forced:
+            forced_by_block[it.block].append(forced[k])
         rows.append(
             {
                 "item": it.item,
@@ -293,5 +295,5 @@ def evaluate(
     }
     if forced:
         for b, summary in per_block.items():
-            summary.update(mean_gold_scores([f for it, f in zip(items, forced) if it.block == b]))
+            summary.update(mean_gold_scores(forced_by_block[b]))
     return EvalResult(per_block, rows, time.perf_counter() - started)

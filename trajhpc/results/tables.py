@@ -109,6 +109,9 @@ def unit_table(
     )
     units = final
     for score in ("exact", "name", "gold_token_acc"):
+        if long[score].null_count() == long.height:  # never scored (gold_token_acc without eval.gold_likelihood)
+            units = units.with_columns(pl.lit(None, pl.Float64).alias(f"{m}_{score}") for m in CONTINUAL_METRICS)
+            continue
         cl = continual_metrics(long, score).drop("acc")
         cl = cl.rename({m: f"{m}_{score}" for m in CONTINUAL_METRICS})
         units = units.join(cl, on="job_id", how="left")

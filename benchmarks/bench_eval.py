@@ -64,9 +64,6 @@ def main() -> None:
     records = [r for b in data.blocks for r in data.heldout[b]][: args.n]
     examples = tokenize_examples(tokenizer, records, args.condition, max_seq_len=1024)
     prompts = [e.prompt_ids for e in examples]
-    special = set(tokenizer.all_special_ids)
-    golds = [e.input_ids[len(e.prompt_ids):] for e in examples]
-    golds = [g[: gold_token_count(g, special)] for g in golds]
     torch.manual_seed(0)
     base = train.load_base_model(
         path, quantization=args.quantization, compute_dtype=torch.float32,

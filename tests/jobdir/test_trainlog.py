@@ -136,3 +136,95 @@ def test_examples_hash_is_written_and_checked_strictly_and_optional_for_recipe_1
         path.write_text(json.dumps(step | {"examples": bad}) + "\n")
         with pytest.raises(FileProblem, match="line 1: examples .* is not a hash of 12 hex digits"):
             trainlog.read_train_log(tmp_path, strict=True, n_stages=1)
+
+
+# ------------------------------------------------ strict reading's fast path agrees with entry_problem
+
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALUES = st.one_of(
+    st.integers(-3, 5), st.integers(min_value=2**63), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+    st.none(), st.sampled_from(["1", "abcdef012345", "ABCDEF012345", "abcdef01234", "abcdef012345\n", ""]),
+    st.lists(st.integers(0, 2), max_size=2),
+)
+
+
+def _oracle(data: bytes, n_stages: int | None) -> list[dict] | str:
+    """What strict reading must return, line by line with json.loads and entry_problem alone."""
+    out = []
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line.decode("utf-8"))
+        except ValueError:
+            return f"line {number} is not valid JSON"
+        problem = trainlog.entry_problem(obj, strict=True, n_stages=n_stages)
+        if problem is not None:
+            return f"line {number}: {problem}"
+        out.append({k: obj[k] for k in (*trainlog.FIELDS, *trainlog.OPTIONAL) if k in obj})
+    return out
+
+
+_DROP = object()
+
+
+def _damaged(entry: dict, change: tuple[str, object] | None) -> dict:
+    if change is None:
+        return entry
+    key, value = change
+    return {k: v for k, v in entry.items() if k != key} if value is _DROP else {**entry, key: value}
+
+
+# A sane entry (stage 0 to 4: 0 and 4 are outside the stages), at most one field changed, dropped or added.
+_ENTRY = st.builds(
+    _damaged,
+    st.fixed_dictionaries(
+        {k: st.integers(0, 4) for k in ("stage", "step", "tokens")} | {k: st.floats(0, 10) for k in ("loss", "lr", "tokens_per_s")},
+        optional={"examples": st.sampled_from(["abcdef012345", "0123456789ab"])},
+    ),
+    st.none() | st.tuples(st.sampled_from([*trainlog.FIELDS, *trainlog.OPTIONAL, "extra"]), _VALUES | st.just(_DROP)),
+)
+
+
+def _line(**change) -> bytes:
+    return json.dumps({**_entry(1, 1), "examples": "abcdef012345", **change}).encode()
+
+
+_TRICKY = [
+    _line(), _line(loss=float("nan")), _line(lr=float("inf")), _line(tokens_per_s=-float("inf")), _line(examples="abcdef012345\n"),
+    _line(examples="xabcdef012345"), _line(examples="ABCDEF012345"), _line(stage=0), _line(stage=4), _line(step=0), _line(stage=1.0),
+    _line(stage=True), _line(loss=True), _line(tokens=2**70), _line(loss="1"), _line(extra=[[{}]]), b'{"stage": 1, "stage": "x"}',
+]
+
+
+def _tricky_examples(test):
+    """Each tricky line alone, always tried: random search seldom builds them."""
+    for line in _TRICKY:
+        test = example(lines=[line], n_stages=3)(test)
+    return example(lines=[_TRICKY[0]], n_stages=None)(test)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    lines=st.lists(st.one_of(_ENTRY, _VALUES).map(lambda v: json.dumps(v).encode()) | st.binary(max_size=12), max_size=5),
+    n_stages=st.sampled_from([None, 3, 4]),
+)
+@_tricky_examples
+def test_strict_reading_accepts_and_refuses_exactly_what_entry_problem_does(lines, n_stages):
+    data = b"\n".join(lines)
+    expected = _oracle(data, n_stages)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        expected = "not UTF-8 text"
+    try:
+        got = trainlog.parse(data, strict=True, n_stages=n_stages)
+    except FileProblem as problem:
+        assert isinstance(expected, str) and expected in str(problem), (expected, str(problem))
+        return
+    assert not isinstance(expected, str), expected
+    assert [{k: e[k] for k in (*trainlog.FIELDS, *trainlog.OPTIONAL) if k in e} for e in got] == expected
+    for e, want in zip(got, expected):  # an integer field stays an int; a number compares equal
+        assert all(type(e[k]) is int for k in ("stage", "step", "tokens")) and e == want

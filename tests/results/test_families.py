@@ -13,7 +13,7 @@ from trajhpc.launch.submit import Launch
 from trajhpc.results import aggregate as agg
 from trajhpc.results import itemstats
 from trajhpc.results.itemstats import holm
-from trajhpc.results.jobrecords import collect_jobs, recorded_analyses
+from trajhpc.results.jobrecords import collect_jobs, recorded_analyses, submission_records
 from trajhpc.results.tables import paired_table
 from trajhpc.spec import spec_from_dict
 from trajhpc.study.comparison import canonical_json, document_sha256
@@ -199,7 +199,7 @@ def test_recorded_analyses_read_leniently_and_fill_new_defaults(study, tmp_path)
     for job_dir, record in zip(dirs, records):
         (job_dir / RECORD).write_text(json.dumps(record))
     (dirs[4] / RECORD).write_text("{")
-    found = recorded_analyses(collect_jobs([study]))
+    found = recorded_analyses(submission_records(collect_jobs([study])).values())
     assert found == [({"primary": {"arm": "B", "baseline": "A", "metric": "exact"}, "secondary": []}, 1),
                      ({"primary": {"metric": "nope"}}, 1)]
     # The old record matches today's default analysis once its defaults are filled.

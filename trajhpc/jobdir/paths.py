@@ -153,8 +153,14 @@ class FileProblem(Exception):
     """
 
     def __init__(self, path: str | os.PathLike[str], kind: Kind, reason: str = ""):
-        self.path, self.kind, self.reason = Path(path), kind, reason
-        super().__init__(f"{self.path.name}: {self.detail}")
+        # Kept as given: the aggregate meets tens of thousands of missing optional files, and a
+        # Path per problem was a measurable share of its reading.
+        self._path, self.kind, self.reason = path, kind, reason
+        super().__init__(f"{os.path.basename(path)}: {self.detail}")
+
+    @property
+    def path(self) -> Path:
+        return Path(self._path)
 
     @property
     def detail(self) -> str:

@@ -40,6 +40,7 @@ from trajhpc.results.jobrecords import (
     resolve_targets_and_manifests,
     split_foreign,
     study_manifest,
+    submission_records,
 )
 from trajhpc.results.paper import render_latex
 from trajhpc.results.retrieval import add_exact_retrieval
@@ -114,7 +115,8 @@ def _analyze(s: "StudyRecords", *, strict: bool, resamples: int, seed: int) -> S
                         + (" …" if len(unread) > 3 else ""))
     result = analyze_study(
         s.folder.name, s.folder, s.records, resamples=resamples, seed=seed, items=items,
-        manifest=s.manifest, train_logs=read_logs(s.records), recorded=recorded_analyses(s.records),
+        manifest=s.manifest, train_logs=read_logs(s.records),
+        recorded=recorded_analyses(s.submissions[r.path.name] for r in s.records if r.path.name in s.submissions),
     )
     result.notes += notes + truncation_notes(s.records)
     # Each arm's ceiling from the data alone: loads the data of the jobs' specs (no model).
@@ -168,6 +170,7 @@ class StudyRecords:
     foreign: pl.DataFrame = field(default_factory=lambda: jobs_frame([]))
     manifest_source: str | None = None
     outside_grid: int = 0  # jobs read although not in the named manifest's grid (none of the folder's is)
+    submissions: dict[str, dict[str, Any]] = field(default_factory=dict)  # job dir name -> its submission.json
 
 
 def read_studies(targets: Sequence[Path], *, strict: bool = False, overrides: Sequence[str] = ()) -> list[StudyRecords]:
@@ -183,17 +186,19 @@ def read_studies(targets: Sequence[Path], *, strict: bool = False, overrides: Se
     studies = []
     for folder, recs in group_by_study(records).items():
         given = manifests.get(folder)
-        study = StudyRecords(folder, recs, study_manifest(folder, recs, given))
+        submissions = submission_records(recs)
+        study = StudyRecords(folder, recs, study_manifest(folder, submissions.values(), given), submissions=submissions)
         if given is not None:
             grid, _ = manifest_grid(given, folder)
             own, foreign = split_foreign(recs, grid, str(given.source)) if grid is not None else (recs, None)
             if foreign is not None and own:
                 # A named manifest is the study: the folder's other jobs (another manifest's) are left out.
-                study = StudyRecords(folder, own, given, grid, foreign, str(given.source))
+                study = StudyRecords(folder, own, given, grid, foreign, str(given.source), submissions=submissions)
             elif foreign is not None:
                 # None of the folder's jobs is in its grid (edited since submit?): every job is read,
                 # ordered and compared as it declares, and the report says so (and lists its grid as missing).
-                study = StudyRecords(folder, recs, given, grid, outside_grid=len(recs), manifest_source=str(given.source))
+                study = StudyRecords(folder, recs, given, grid, outside_grid=len(recs), manifest_source=str(given.source),
+                                     submissions=submissions)
         studies.append(study)
     bad = [r for s in studies for r in s.records if r.status != OK]
     if strict and bad:

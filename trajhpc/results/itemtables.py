@@ -43,6 +43,7 @@ _ITEM_SCHEMA = {
     "target_kind": pl.String, "gold_name_in_prompt": pl.Boolean, "gold_values_in_prompt": pl.Boolean,
     "prediction": pl.String, "gold": pl.String,
 }
+_NO_ROWS = pl.DataFrame(schema=_ITEM_SCHEMA)  # shared: a study of jobs without predictions builds none per job
 
 
 def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[pl.DataFrame, str | None]:
@@ -52,7 +53,7 @@ def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[p
     one: block|dialogue_key|step is no substitute, it repeats (:func:`items_with_ids`)."""
     path = JobDir(job_dir).predictions(n_stages)
     where = f"predictions/{path.name}"
-    empty = pl.DataFrame(schema=_ITEM_SCHEMA)
+    empty = _NO_ROWS
     try:
         text = read_bytes(path, max_bytes=MAX_PREDICTION_BYTES).decode("utf-8")
     except FileProblem as err:

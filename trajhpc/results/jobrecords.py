@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import polars as pl
 
@@ -96,7 +96,7 @@ def _manifest_study_dir(path: Path, overrides: Sequence[str] = ()) -> tuple[Path
     return folder, manifest
 
 
-def study_manifest(folder: Path, records: Sequence[JobRecord], given: Manifest | None = None) -> Manifest | None:
+def study_manifest(folder: Path, submissions: Iterable[dict[str, Any]], given: Manifest | None = None) -> Manifest | None:
     """The manifest of the study in ``folder``: ``given`` (a manifest named as the aggregate's
     target) if any; else the manifest the jobs' ``submission.json`` records, with the ``--set``
     overrides it records, when it still exists, parses and names this study (the most often
@@ -108,7 +108,7 @@ def study_manifest(folder: Path, records: Sequence[JobRecord], given: Manifest |
     if given is not None:
         return given
     counts: dict[tuple[str, tuple[str, ...]], int] = {}
-    for record in _submission_records(records):
+    for record in submissions:
         path, overrides = record.get("manifest"), record.get("overrides") or []
         if isinstance(path, str) and path and isinstance(overrides, list) and all(isinstance(o, str) for o in overrides):
             key = (path, tuple(overrides))
@@ -180,7 +180,7 @@ def missing_jobs(
     ), None
 
 
-def recorded_analyses(records: Sequence[JobRecord]) -> list[tuple[dict[str, Any], int]]:
+def recorded_analyses(submissions: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
     """The analyses ``trajhpc submit`` recorded in the jobs' ``submission.json``, every attempt
     (``previous``) included, defaults filled: each with the number of jobs that recorded it, most first.
 
@@ -188,7 +188,7 @@ def recorded_analyses(records: Sequence[JobRecord]) -> list[tuple[dict[str, Any]
     recorded it) adds nothing.
     """
     counts: dict[str, int] = {}
-    for record in _submission_records(records):
+    for record in submissions:
         previous = record.get("previous")
         attempts = [record, *(previous if isinstance(previous, list) else [])]
         docs = [a["analysis"] for a in attempts if isinstance(a, dict) and isinstance(a.get("analysis"), dict)]
@@ -197,15 +197,18 @@ def recorded_analyses(records: Sequence[JobRecord]) -> list[tuple[dict[str, Any]
     return [(json.loads(key), n) for key, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
-def _submission_records(records: Sequence[JobRecord]) -> Iterator[dict[str, Any]]:
-    """Each job's ``submission.json`` that can be read as a JSON object (the others skipped)."""
+def submission_records(records: Sequence[JobRecord]) -> dict[str, dict[str, Any]]:
+    """Each job's ``submission.json`` that can be read as a JSON object, by job directory name (the
+    others skipped): read once per study, for :func:`study_manifest` and :func:`recorded_analyses`."""
+    out = {}
     for r in records:
         try:
-            record = read_json_object(r.path / RECORD, max_bytes=MAX_RECORD_BYTES)
+            record = read_json_object(os.path.join(r.path, RECORD), max_bytes=MAX_RECORD_BYTES)
         except FileProblem:
             continue
         if record:
-            yield record
+            out[r.path.name] = record
+    return out
 
 
 def collect_jobs(roots: Iterable[Path]) -> list[JobRecord]:
@@ -271,7 +274,9 @@ def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[
                             f"{len(items)} rows, where {others}")
             frame = frame.clear()
         frames.append(frame)
-    return (pl.concat(frames) if frames else None), problems
+    if not frames:
+        return None, problems
+    return pl.concat([f for f in frames if f.height] or frames[:1]), problems
 
 
 def read_logs(records: Sequence[JobRecord]) -> TrainLogs:

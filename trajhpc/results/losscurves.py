@@ -45,6 +45,14 @@ def read_train_log(job_dir: Path, n_stages: int) -> tuple[pl.DataFrame | None, s
     A step logged twice (a job resumed from the checkpoint before it trains the stage
     again) keeps its last entry. Why is ``missing`` or ``train_log.jsonl: corrupt: ...``.
     """
+    steps, why = _steps(job_dir, n_stages)
+    if steps is None:
+        return None, why
+    return pl.DataFrame({k: [e[k] for e in steps] for k in trainlog.FIELDS},
+                        schema={k: LOG_SCHEMA[k] for k in trainlog.FIELDS}), None
+
+
+def _steps(job_dir: Path, n_stages: int) -> tuple[list[dict], None] | tuple[None, str]:
     try:
         entries = trainlog.read_train_log(job_dir, strict=True, n_stages=n_stages)
     except FileProblem as problem:
@@ -52,25 +60,25 @@ def read_train_log(job_dir: Path, n_stages: int) -> tuple[pl.DataFrame | None, s
     if not entries:
         return None, f"{TRAIN_LOG}: corrupt: no steps logged"
     rows = {(e["stage"], e["step"]): e for e in entries}
-    ordered = [rows[k] for k in sorted(rows)]
-    return pl.DataFrame({k: [e[k] for e in ordered] for k in trainlog.FIELDS},
-                        schema={k: LOG_SCHEMA[k] for k in trainlog.FIELDS}), None
+    return [rows[k] for k in sorted(rows)], None
 
 
 def read_train_logs(jobs: Sequence[tuple[str, Path, int]]) -> TrainLogs:
     """The logs of ``(job id, job dir, stages)`` jobs; never raises for a bad or missing log."""
     logs = TrainLogs()
-    frames = []
+    # One frame built from columns: a frame per job cost a 10,000-job study two seconds.
+    cols: dict[str, list] = {k: [] for k in LOG_SCHEMA}
     for job_id, job_dir, n_stages in jobs:
-        frame, why = read_train_log(job_dir, n_stages)
-        if frame is not None:
-            frames.append(frame.select(pl.lit(job_id).alias("job_id"), pl.all()))
+        steps, why = _steps(job_dir, n_stages)
+        if steps is not None:
+            cols["job_id"].extend([job_id] * len(steps))
+            for key in trainlog.FIELDS:
+                cols[key].extend([e[key] for e in steps])
         elif why == "missing":
             logs.missing.append(job_id)
         else:
             logs.problems[job_id] = why or "unreadable"
-    if frames:
-        logs.rows = pl.concat(frames)
+    logs.rows = pl.DataFrame(cols, schema=LOG_SCHEMA)
     return logs
 
 

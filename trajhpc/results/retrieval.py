@@ -23,9 +23,8 @@ import ast
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-import bm25s
 import numpy as np
 import polars as pl
 
@@ -37,6 +36,9 @@ from trajhpc.data.tooldocs import descriptions, searched_descriptions
 from trajhpc.jobdir.documents import OK
 from trajhpc.results.jobrecords import JobRecord
 from trajhpc.spec import DataSpec
+
+if TYPE_CHECKING:
+    import bm25s  # imported where an index is built: only a study with predictions needs it
 
 _CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 
@@ -79,6 +81,8 @@ class ToolRetriever:
 
     @classmethod
     def build(cls, catalogue: Mapping[str, str]) -> "ToolRetriever":
+        import bm25s
+
         names = tuple(catalogue)
         index = bm25s.BM25()
         index.index(bm25s.tokenize([catalogue[n] for n in names], show_progress=False), show_progress=False)
@@ -88,6 +92,8 @@ class ToolRetriever:
         """The catalogue's best tool for ``keywords``; None when no word of them is in the catalogue.
         Ties go to the first name in sorted order, so the answer never depends on BM25's internals."""
         if keywords not in self._answers:
+            import bm25s
+
             tokens = bm25s.tokenize([keywords], return_ids=False, show_progress=False)[0]
             scores = self.index.get_scores(tokens) if tokens else None
             top = int(np.argmax(scores)) if scores is not None else 0

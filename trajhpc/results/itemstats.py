@@ -67,11 +67,13 @@ def stratified_mcnemar(pairs: Sequence[tuple[int, int]]) -> float:
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     """Holm step-down adjusted p-values, statsmodels' ``multipletests(method="holm")``; None stays
     None and is not counted in the family."""
-    from statsmodels.stats.multitest import multipletests  # imported here: it loads pandas
-
     present = [i for i, p in enumerate(pvalues) if p is not None]
     adjusted: list[float | None] = [None] * len(pvalues)
     if present:
+        # Imported here, and only for a family that has p-values: it loads pandas and scipy.stats
+        # (most of a second), which a study without secondary comparisons never needs.
+        from statsmodels.stats.multitest import multipletests
+
         _, corrected, _, _ = multipletests([pvalues[i] for i in present], method="holm")
         for i, q in zip(present, corrected):
             adjusted[i] = float(q)

@@ -157,3 +157,27 @@ def test_item_test_of_many_dialogues_is_monte_carlo_and_seeded():
     assert not t.exact and t.draws == 999 and t.clusters == 30
     assert item_test(diffs, groups, draws=999) == t
     assert item_test(np.vstack([diffs, diffs]), groups, draws=999) == t
+
+
+def test_two_level_bootstrap_equals_its_plain_loop(monkeypatch):
+    """The chunked products give each draw what the plain loop (units drawn, dialogues counted, summed
+    draw by draw from the same generator) gives it, at sizes that span several chunks."""
+    from trajhpc.results import itemstats
+
+    monkeypatch.setattr(itemstats, "_CHUNK_CELLS", 1_000)  # 1 to 142 draws per chunk below
+    rng = np.random.default_rng(7)
+    for n_units, n_items, n_groups, resamples in ((1, 12, 4, 300), (7, 30, 9, 500), (600, 40, 13, 400)):
+        scores = rng.random((n_units, n_items)).round(1) - 0.4
+        groups = [f"d{i % n_groups}" for i in range(n_items)]
+        labels, group_of = np.unique(np.asarray(groups), return_inverse=True)
+        sums = np.zeros((n_units, len(labels)))
+        np.add.at(sums.T, group_of, scores.T)
+        counts = np.bincount(group_of).astype(float)
+        plain, draws = np.random.default_rng(3), np.empty(resamples)
+        for r in range(resamples):
+            units = plain.integers(0, n_units, n_units)
+            picked = np.bincount(plain.integers(0, n_groups, n_groups), minlength=n_groups).astype(float)
+            draws[r] = (sums[units] @ picked).sum() / (n_units * (counts @ picked))
+        low, high = np.quantile(draws, [0.025, 0.975])
+        ci = two_level_bootstrap(scores, groups, resamples=resamples, seed=3)
+        assert (ci.low, ci.high) == pytest.approx((low, high), abs=1e-12)

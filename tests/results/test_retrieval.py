@@ -175,3 +175,40 @@ def test_without_prediction_files_paired_csv_leaves_exact_retrieval_out_unless_d
     assert "exact_retrieval" not in result.paired["metric"].to_list()
     declared = Analysis.model_validate({"secondary": [{"metric": "exact_retrieval"}]})
     assert "exact_retrieval" in tbl.compared_metrics(result.units, declared)  # its missing pairs must show
+
+
+def test_a_study_scores_each_row_as_exact_retrieval_does_alone(tmp_path):
+    """Rows are scored once per distinct (data, prediction, gold, exact): the result must be, row by
+    row and in the rows' order, what exact_retrieval gives each row alone (null for a job whose data
+    cannot be read or a row without its text)."""
+    from pathlib import Path
+
+    import polars as pl
+    import synthetic_jobs as sj
+
+    from trajhpc.jobdir.documents import OK
+    from trajhpc.results.itemtables import _ITEM_SCHEMA
+    from trajhpc.results.jobrecords import JobRecord
+    from trajhpc.results.retrieval import _scorer, add_exact_retrieval
+
+    good = sj.spec_for("B", seed=0, order=("care", "meds", "fitness", "cost"))
+    unreadable = good.model_copy(update={"data": DataSpec(root=str(tmp_path / "nowhere"))})
+    records = [JobRecord(Path(f"s/{name}"), OK, spec=spec) for name, spec in (("j1", good), ("j2", good), ("j3", unreadable))]
+    gold = SEARCH.format("find doctor by specialty and location")
+    predictions = [SEARCH.format("doctors by specialty and location"), SEARCH.format("book an appointment"), None, "x"]
+    rows = [
+        {"job_id": job, "prediction": p, "gold": g, "exact": ex}
+        for job in ("j3", "j1", "j2") for p in predictions for g in (gold, TOOL[0], None) for ex in (False, True)
+    ]
+    items = pl.DataFrame(rows * 2, schema={k: _ITEM_SCHEMA[k] for k in ("job_id", "prediction", "gold", "exact")})
+    scored, notes = add_exact_retrieval(items, records)
+    retriever = _scorer(good.data).retriever
+    expected = [
+        None if r["job_id"] == "j3" or r["prediction"] is None or r["gold"] is None
+        else exact_retrieval(r["prediction"], r["gold"], r["exact"], retriever)
+        for r in rows * 2
+    ]
+    assert scored.drop("exact_retrieval").equals(items)
+    assert scored["exact_retrieval"].to_list() == expected
+    assert True in expected and False in expected
+    assert any("exact_retrieval not computed for 3 job(s)" in n for n in notes)

@@ -38,6 +38,7 @@ SEED = 0
 LEVEL = 0.95
 DRAWS = 10_000  # Monte-Carlo sign patterns of the item test, as the unit-level sign-flip
 MAX_EXACT_CLUSTERS = 16  # all 2^n sign patterns of the dialogues enumerated up to this many
+_CHUNK_CELLS = 1_000_000  # resample-matrix cells per chunk of the two-level bootstrap (~8 MB)
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -113,10 +114,18 @@ def two_level_bootstrap(
     rng = np.random.default_rng(seed)
     n_units, n_groups = scores.shape[0], len(labels)
     draws = np.empty(resamples)
-    for r in range(resamples):
-        units = rng.integers(0, n_units, n_units)
-        picked = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups).astype(float)
-        draws[r] = (sums[units] @ picked).sum() / (n_units * (counts @ picked))
+    # A draw's total is sum over drawn units and dialogues of sums[unit, dialogue]: the units' counts
+    # times sums times the dialogues' counts. The counts come from the generator draw by draw (the
+    # same values in the same order as ever); the products run a chunk of draws at a time.
+    chunk = max(1, min(resamples, _CHUNK_CELLS // max(n_units, n_groups)))
+    unit_counts, group_counts = np.empty((chunk, n_units)), np.empty((chunk, n_groups))
+    for start in range(0, resamples, chunk):
+        rows = min(chunk, resamples - start)
+        for r in range(rows):
+            unit_counts[r] = np.bincount(rng.integers(0, n_units, n_units), minlength=n_units)
+            group_counts[r] = np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+        u, g = unit_counts[:rows], group_counts[:rows]
+        draws[start : start + rows] = ((u @ sums) * g).sum(axis=1) / (n_units * (g @ counts))
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(draws, [alpha, 1.0 - alpha])
     return BootstrapCI(float(scores.mean()), float(low), float(high), resamples)

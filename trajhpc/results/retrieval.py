@@ -210,14 +210,25 @@ def add_exact_retrieval(items: pl.DataFrame | None, records: Sequence[JobRecord]
             except TrajhpcError as err:
                 scorers[key] = last_line(str(err))
         scorer_of[r.path.name] = scorers[key]
-    values: list[bool | None] = []
-    for job_id, prediction, gold, exact in items.select("job_id", "prediction", "gold", "exact").iter_rows():
-        scorer = scorer_of.get(job_id)
-        if not isinstance(scorer, _Scorer) or prediction is None or gold is None:
-            values.append(None)
-            continue
-        values.append(exact_retrieval(prediction, gold, exact, scorer.retriever))
-    scored = items.with_columns(pl.Series("exact_retrieval", values, dtype=pl.Boolean))
+    # Scored once per distinct (data, prediction, gold, exact): every unit of a study scores the same
+    # items and often predicts the same calls, and each call is parsed to score it (a 10,000-job
+    # study holds two million rows and far fewer distinct ones).
+    retrievers = [s.retriever for s in scorers.values() if isinstance(s, _Scorer)]
+    index = {id(r): i for i, r in enumerate(retrievers)}
+    jobs = pl.DataFrame(
+        {"job_id": list(scorer_of), "_data": [index.get(id(getattr(s, "retriever", None))) for s in scorer_of.values()]},
+        schema={"job_id": pl.String, "_data": pl.Int64},
+    )
+    keys = ["_data", "prediction", "gold", "exact"]
+    tagged = items.join(jobs, on="job_id", how="left", maintain_order="left")
+    distinct = tagged.select(keys).unique()
+    values = [
+        None if data is None or prediction is None or gold is None
+        else exact_retrieval(prediction, gold, exact, retrievers[data])
+        for data, prediction, gold, exact in distinct.iter_rows()
+    ]
+    distinct = distinct.with_columns(pl.Series("exact_retrieval", values, dtype=pl.Boolean))
+    scored = tagged.join(distinct, on=keys, how="left", nulls_equal=True, maintain_order="left").drop("_data")
     notes = []
     for scorer in (s for s in scorers.values() if isinstance(s, _Scorer)):
         s = scorer.sanity

@@ -425,7 +425,7 @@ def _usable(lines: list[bytes], items: set[str]) -> bool:
         if not line.strip():
             continue
         try:
-            seen.append(adapter(PredictionRow).validate_json(line).item)
+            seen.append(adapter(PredictionRow).validate_json(line).get("item"))
         except (ValueError, RecursionError):
             return False
     return None not in seen and sorted(seen) == sorted(items)

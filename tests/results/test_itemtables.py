@@ -224,3 +224,24 @@ def test_baselines_say_when_the_jobs_data_settings_differ():
     other = sj.spec_for("B", data=DataSpec(max_heldout_per_block=5))
     _, note = study_baselines([*same, other, other])
     assert note == "baselines use the first job's data settings (2 differ)"
+
+
+def test_read_items_gives_the_same_rows_and_problems_however_it_chunks_them(tmp_path, monkeypatch):
+    """read_items turns rows into frames a chunk at a time and drops a bad job's rows at the end: a
+    chunk of one row gives what one chunk gives, rows in job order, the bad job named and left out."""
+    from trajhpc.results import jobrecords
+    from trajhpc.results.jobrecords import collect_jobs, read_items
+
+    root = _study(tmp_path)
+    spec = sj.spec_for("A", seed=1, order=ORDERS[1])
+    rows = sj.synthetic_predictions("A", 1, ORDERS[1])
+    rows[1]["item"] = rows[0]["item"]
+    sj.write_predictions(root / "s1" / spec.job_id, spec, rows)
+    records = collect_jobs([root])
+    whole, problems = read_items(records)
+    monkeypatch.setattr(jobrecords, "_ITEM_CHUNK_ROWS", 1)
+    chunked, chunked_problems = read_items(records)
+    assert chunked.equals(whole) and chunked_problems == problems
+    assert len(problems) == 1 and spec.job_id in problems[0] and spec.job_id not in set(whole["job_id"])
+    assert whole["job_id"].to_list() == sorted(whole["job_id"].to_list())  # jobs in order, each job's rows together
+    assert whole.height == 18 * (len({r.path.name for r in records}) - 1)

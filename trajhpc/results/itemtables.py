@@ -43,50 +43,66 @@ _ITEM_SCHEMA = {
     "target_kind": pl.String, "gold_name_in_prompt": pl.Boolean, "gold_values_in_prompt": pl.Boolean,
     "prediction": pl.String, "gold": pl.String,
 }
-_NO_ROWS = pl.DataFrame(schema=_ITEM_SCHEMA)  # shared: a study of jobs without predictions builds none per job
 
 
-def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[pl.DataFrame, str | None]:
-    """The final stage's prediction rows of one job, and why they could not be read (None when fine).
+def read_prediction_rows(job_dir: Path, n_stages: int) -> tuple[list[PredictionRow], str | None]:
+    """The final stage's prediction rows of one job scored under its own condition, validated, and why
+    they could not be read ([] then; None when fine).
 
     ``item`` is the row's record id (``source#index``), null in files written before rows had
     one: block|dialogue_key|step is no substitute, it repeats (:func:`items_with_ids`)."""
     path = JobDir(job_dir).predictions(n_stages)
     where = f"predictions/{path.name}"
-    empty = _NO_ROWS
     try:
         text = read_bytes(path, max_bytes=MAX_PREDICTION_BYTES).decode("utf-8")
     except FileProblem as err:
-        return empty, f"{where}: {err.detail}"
+        return [], f"{where}: {err.detail}"
     except UnicodeDecodeError:
-        return empty, f"{where}: corrupt: not UTF-8"
-    cols: dict[str, list[Any]] = {k: [] for k in _ITEM_SCHEMA}
+        return [], f"{where}: corrupt: not UTF-8"
+    rows: list[PredictionRow] = []
+    validate = adapter(PredictionRow).validate_json
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         # Checked like metrics.json and tokens.json: a row that is not what the job writes
         # ("exact": "false", a missing field) makes the file unusable, never a guessed value.
         try:
-            row = adapter(PredictionRow).validate_json(line)
+            row = validate(line)
         except ValidationError as err:
             try:
                 value = json.loads(line)
             except (json.JSONDecodeError, RecursionError):
                 value = None
             if not isinstance(value, dict):
-                return empty, f"{where}:{number}: corrupt: not a JSON object"
+                return [], f"{where}:{number}: corrupt: not a JSON object"
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "row"
-            return empty, f"{where}:{number}: corrupt: {field}: {first['msg']}"
-        if row.eval_condition is not None:  # scored under another condition (eval.also_under): not this arm's items
-            continue
-        values = (job_id, row.item, row.dialogue_key, row.block, row.exact, row.name, row.target_kind,
-                  row.gold_name_in_prompt, row.gold_values_in_prompt, row.prediction, row.gold)
-        for key, value in zip(cols, values):
-            cols[key].append(value)
-    if not cols["job_id"]:
-        return empty, f"{where}: corrupt: no prediction rows"
-    return pl.DataFrame(cols, schema=_ITEM_SCHEMA), None
+            return [], f"{where}:{number}: corrupt: {field}: {first['msg']}"
+        if row.get("eval_condition") is None:  # else scored under another condition (eval.also_under): not this arm's items
+            rows.append(row)
+    if not rows:
+        return [], f"{where}: corrupt: no prediction rows"
+    return rows, None
+
+
+# The item frame's columns after job_id, and the row field each is read from.
+_ROW_FIELDS = {"item": "item", "dialogue": "dialogue_key", "block": "block", "exact": "exact", "name": "name",
+               "target_kind": "target_kind", "gold_name_in_prompt": "gold_name_in_prompt",
+               "gold_values_in_prompt": "gold_values_in_prompt", "prediction": "prediction", "gold": "gold"}
+
+
+def item_frame(jobs: Sequence[tuple[str, Sequence[PredictionRow]]]) -> pl.DataFrame:
+    """One frame (``_ITEM_SCHEMA``) of the ``(job id, rows)`` of many jobs: built once, column by column."""
+    cols: dict[str, list[Any]] = {"job_id": [job for job, rows in jobs for _ in rows]}
+    for column, key in _ROW_FIELDS.items():
+        cols[column] = [row.get(key) for _, rows in jobs for row in rows]
+    return pl.DataFrame(cols, schema=_ITEM_SCHEMA)
+
+
+def read_final_predictions(job_dir: Path, n_stages: int, job_id: str) -> tuple[pl.DataFrame, str | None]:
+    """:func:`read_prediction_rows` of one job as a frame (empty when they could not be read) and why not."""
+    rows, problem = read_prediction_rows(job_dir, n_stages)
+    return item_frame([(job_id, rows)]), problem
 
 
 def retrieval_units(items: pl.DataFrame) -> pl.DataFrame:

@@ -236,47 +236,58 @@ def group_by_study(records: Sequence[JobRecord]) -> dict[Path, list[JobRecord]]:
 def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[str]]:
     """The final-stage prediction rows of the ``ok`` jobs, and one ``<job dir>/<file>: why`` for each
     job whose final predictions are missing, empty or unusable (its rows are left out)."""
-    from trajhpc.results.itemtables import read_final_predictions
+    from trajhpc.results.itemtables import item_frame, read_prediction_rows
 
-    read: list[tuple[JobRecord, pl.DataFrame]] = []
-    problems = []
+    # Rows become frames a few hundred thousand at a time: a frame per job cost a 10,000-job study
+    # seconds, and two million rows held as Python objects would cost gigabytes.
+    read: list[tuple[JobRecord, list[str | None]]] = []  # each ok job and its rows' item ids
+    problems, frames, pending, pending_rows = [], [], [], 0
+    interned: dict[str, str] = {}  # every job names the same few hundred items: one string each
     for r in records:
         if r.status == OK and r.spec is not None:
-            frame, problem = read_final_predictions(r.path, len(r.spec.stage_blocks), r.path.name)
+            rows, problem = read_prediction_rows(r.path, len(r.spec.stage_blocks))
             if problem is not None:
                 problems.append(f"{r.path}/{problem}")
-            read.append((r, frame))
+            read.append((r, [None if (i := row.get("item")) is None else interned.setdefault(i, i) for row in rows]))
+            pending.append((r.path.name, rows))
+            pending_rows += len(rows)
+            if pending_rows >= _ITEM_CHUNK_ROWS:
+                frames.append(item_frame(pending))
+                pending, pending_rows = [], 0
+    if not read:
+        return None, problems
+    frames.append(item_frame(pending))
     # Jobs of one variant (same data, same split) score the same held-out items, each once: a file
     # missing a line or repeating one would otherwise narrow or tilt the item tables without notice.
     # The item set most of a variant's jobs hold is the study's; with no majority, none is trusted.
     sets: dict[str | None, Counter[frozenset[str]]] = {}
-    for r, frame in read:
-        if frame.height and frame["item"].null_count() == 0:
-            sets.setdefault(r.variant, Counter())[frozenset(frame["item"].to_list())] += 1
+    for r, items in read:
+        if items and None not in items:
+            sets.setdefault(r.variant, Counter())[frozenset(items)] += 1
     expected: dict[str | None, frozenset[str] | None] = {}
     for variant, counts in sets.items():
         (top, n), *rest = counts.most_common(2) + [(None, 0)]
         expected[variant] = top if n > rest[0][1] else None
-    frames = []
-    for r, frame in read:
-        items = frame["item"].to_list()
+    dropped = []
+    for r, items in read:
         want = expected.get(r.variant)
         nulls = items.count(None)
         if 0 < nulls < len(items):  # files written before rows had ids have none: this one lost some
             where = JobDir(r.path).predictions(len(r.spec.stage_blocks)).name
             problems.append(f"{r.path}/predictions/{where}: corrupt: {nulls} of {len(items)} rows have no item id")
-            frame = frame.clear()
-        elif frame.height and not nulls and (len(set(items)) != len(items) or set(items) != want):
+            dropped.append(r.path.name)
+        elif items and not nulls and (len(set(items)) != len(items) or set(items) != want):
             where = JobDir(r.path).predictions(len(r.spec.stage_blocks)).name
             others = (f"the study's other jobs score {len(want)} items once each" if want is not None
                       else "the study's jobs disagree on which items they score, no set held by most")
             problems.append(f"{r.path}/predictions/{where}: corrupt: {len(set(items))} distinct items in "
                             f"{len(items)} rows, where {others}")
-            frame = frame.clear()
-        frames.append(frame)
-    if not frames:
-        return None, problems
-    return pl.concat([f for f in frames if f.height] or frames[:1]), problems
+            dropped.append(r.path.name)
+    frame = pl.concat(frames)
+    return (frame.filter(~pl.col("job_id").is_in(dropped)) if dropped else frame), problems
+
+
+_ITEM_CHUNK_ROWS = 200_000
 
 
 def read_logs(records: Sequence[JobRecord]) -> TrainLogs:

@@ -178,7 +178,8 @@ def item_paired_frame(units: pl.DataFrame, items: pl.DataFrame, arms: Sequence[s
     ``items`` are rows with unique ``item`` ids per job (:func:`items_with_ids`); ``pairs``
     are the (arm, baseline) comparisons (default: every pair of ``arms``, first minus later)."""
     rows: dict[str, list[tuple[Any, ...]]] = {ITEM_TEST: [], MCNEMAR_TEST: []}
-    keyed = items.filter(pl.col("item").is_not_null()).join(
+    # Only the columns the tests read travel through the joins (the texts would be copied per pair).
+    keyed = items.filter(pl.col("item").is_not_null()).select("job_id", "arm", "item", "dialogue", *ITEM_METRICS).join(
         units.select("job_id", "seed", "order"), on="job_id", how="inner")
     for arm, baseline in pairs if pairs is not None else itertools.combinations(arms, 2):
         x = keyed.filter(pl.col("arm") == arm)

@@ -68,6 +68,7 @@ RUN pip install \
         PyYAML==6.0.4 \
         typer==0.29.1 \
         pydantic==2.14.3 \
+        typing_extensions==4.16.0 \
         matplotlib==3.11.2 \
         scipy==1.17.1 \
         statsmodels==0.15.0 \

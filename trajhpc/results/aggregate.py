@@ -197,8 +197,8 @@ def read_studies(targets: Sequence[Path], *, strict: bool = False, overrides: Se
             elif foreign is not None:
                 # None of the folder's jobs is in its grid (edited since submit?): every job is read,
                 # ordered and compared as it declares, and the report says so (and lists its grid as missing).
-                study = StudyRecords(folder, recs, given, grid, outside_grid=len(recs), manifest_source=str(given.source),
-                                     submissions=submissions)
+                study = StudyRecords(folder, recs, given, grid, outside_grid=len(recs),
+                                     manifest_source=str(given.source), submissions=submissions)
         studies.append(study)
     bad = [r for s in studies for r in s.records if r.status != OK]
     if strict and bad:

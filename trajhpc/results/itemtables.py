@@ -78,7 +78,8 @@ def read_prediction_rows(job_dir: Path, n_stages: int) -> tuple[list[PredictionR
             first = err.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "row"
             return [], f"{where}:{number}: corrupt: {field}: {first['msg']}"
-        if row.get("eval_condition") is None:  # else scored under another condition (eval.also_under): not this arm's items
+        # A row scored under another condition (eval.also_under) is not one of this arm's items.
+        if row.get("eval_condition") is None:
             rows.append(row)
     if not rows:
         return [], f"{where}: corrupt: no prediction rows"
@@ -131,7 +132,8 @@ def strata_frame(items: pl.DataFrame) -> pl.DataFrame:
             *(pl.col(m).mean() for m in ITEM_METRICS), pl.len().cast(pl.Int64).alias("n"))
         label = (pl.lit(f"{stratum}=") + pl.col(stratum).cast(pl.String).str.to_lowercase()).alias("stratum")
         for metric in ITEM_METRICS:
-            parts.append(grouped.select("arm", label, pl.lit(metric).alias("metric"), pl.col(metric).alias("value"), "n"))
+            parts.append(grouped.select("arm", label, pl.lit(metric).alias("metric"), pl.col(metric).alias("value"),
+                                        "n"))
     schema = {"arm": pl.String, "stratum": pl.String, "metric": pl.String, "value": pl.Float64, "n": pl.Int64}
     if not parts:
         return pl.DataFrame(schema=schema)

@@ -96,10 +96,12 @@ def _manifest_study_dir(path: Path, overrides: Sequence[str] = ()) -> tuple[Path
     return folder, manifest
 
 
-def study_manifest(folder: Path, submissions: Iterable[dict[str, Any]], given: Manifest | None = None) -> Manifest | None:
+def study_manifest(
+    folder: Path, submissions: Iterable[dict[str, Any]], given: Manifest | None = None
+) -> Manifest | None:
     """The manifest of the study in ``folder``: ``given`` (a manifest named as the aggregate's
-    target) if any; else the manifest the jobs' ``submission.json`` records, with the ``--set``
-    overrides it records, when it still exists, parses and names this study (the most often
+    target) if any; else the manifest the jobs' ``submission.json`` records (``submissions``, as
+    :func:`submission_records` reads them), with the ``--set`` overrides it records, when it still exists, parses and names this study (the most often
     recorded first); else None.
 
     Never raises: a manifest that moved, changed or broke since the jobs were submitted is
@@ -181,11 +183,12 @@ def missing_jobs(
 
 
 def recorded_analyses(submissions: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
-    """The analyses ``trajhpc submit`` recorded in the jobs' ``submission.json``, every attempt
-    (``previous``) included, defaults filled: each with the number of jobs that recorded it, most first.
+    """The analyses ``trajhpc submit`` recorded in the jobs' ``submission.json`` (``submissions``, as
+    :func:`submission_records` reads them), every attempt (``previous``) included, defaults filled:
+    each with the number of jobs that recorded it, most first.
 
-    Never raises: a record that is unreadable or holds no analysis (submitted before trajhpc
-    recorded it) adds nothing.
+    Never raises: a record that holds no analysis (submitted before trajhpc recorded it) adds nothing
+    (an unreadable one is not among ``submissions``).
     """
     counts: dict[str, int] = {}
     for record in submissions:

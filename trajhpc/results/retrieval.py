@@ -199,7 +199,7 @@ def add_exact_retrieval(items: pl.DataFrame | None, records: Sequence[JobRecord]
     if items is None or items.height == 0:
         return items, []
     scorers: dict[str, _Scorer | str] = {}  # one per distinct data spec; a str says why there is none
-    scorer_of: dict[str, _Scorer | str] = {}  # job id -> its data's scorer
+    data_of: dict[str, str] = {}  # job id -> its data spec (a key of scorers)
     for r in records:
         if r.status != OK or r.spec is None:
             continue
@@ -209,16 +209,14 @@ def add_exact_retrieval(items: pl.DataFrame | None, records: Sequence[JobRecord]
                 scorers[key] = _scorer(r.spec.data)
             except TrajhpcError as err:
                 scorers[key] = last_line(str(err))
-        scorer_of[r.path.name] = scorers[key]
+        data_of[r.path.name] = key
     # Scored once per distinct (data, prediction, gold, exact): every unit of a study scores the same
     # items and often predicts the same calls, and each call is parsed to score it (a 10,000-job
     # study holds two million rows and far fewer distinct ones).
     retrievers = [s.retriever for s in scorers.values() if isinstance(s, _Scorer)]
-    index = {id(r): i for i, r in enumerate(retrievers)}
-    jobs = pl.DataFrame(
-        {"job_id": list(scorer_of), "_data": [index.get(id(getattr(s, "retriever", None))) for s in scorer_of.values()]},
-        schema={"job_id": pl.String, "_data": pl.Int64},
-    )
+    code = {key: i for i, key in enumerate(k for k, s in scorers.items() if isinstance(s, _Scorer))}
+    jobs = pl.DataFrame({"job_id": list(data_of), "_data": [code.get(key) for key in data_of.values()]},
+                        schema={"job_id": pl.String, "_data": pl.Int64})
     keys = ["_data", "prediction", "gold", "exact"]
     tagged = items.join(jobs, on="job_id", how="left", maintain_order="left")
     distinct = tagged.select(keys).unique()

@@ -181,6 +181,8 @@ def floors(root: Path, result: StudyResult, bootstrap_s: float) -> None:
 
 
 def _read_or_none(path: str) -> bytes | None:
+    """The file's bytes, None when it cannot be opened: the least a read can do (the floor), where the
+    command's reader (:func:`trajhpc.jobdir.paths.read_bytes`) also refuses FIFOs and oversized files."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

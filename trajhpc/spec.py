@@ -278,12 +278,12 @@ class TokenBudget(StrictModel):
     count: Literal["supervised", "total"] = "total"
 
 
-def with_default_replay(data: Any) -> Any:
-    """A replay curriculum's share written out, so a replay arm with the default share has one id
-    (and one arm) whether or not the share was given."""
-    if isinstance(data, dict) and data.get("curriculum") == "replay" and data.get("replay") is None:
-        data = {**data, "replay": DEFAULT_REPLAY}
-    return data
+def default_replay(replay: float | None, info: ValidationInfo) -> float | None:
+    """A replay curriculum's share written out (``DEFAULT_REPLAY`` when not given), so a replay arm
+    with the default share has one id (and one arm) whether or not the share was given: the
+    ``replay`` field validator of the spec and of a manifest's condition entry (``curriculum`` is
+    validated first)."""
+    return DEFAULT_REPLAY if replay is None and info.data.get("curriculum") == "replay" else replay
 
 
 class JobSpec(StrictModel):
@@ -317,12 +317,7 @@ class JobSpec(StrictModel):
 
     # A field validator, not a model "before" one: that would make pydantic turn every spec.json
     # into Python objects before validating them (a fifth of the aggregate's reading).
-    @field_validator("replay", mode="after")
-    @classmethod
-    def _default_replay(cls, value: float | None, info: ValidationInfo) -> float | None:
-        """A replay curriculum's share written out, so a replay arm with the default share has one
-        id (and one arm) whether or not the share was given."""
-        return DEFAULT_REPLAY if value is None and info.data.get("curriculum") == "replay" else value
+    _default_replay = field_validator("replay", mode="after")(default_replay)
 
     @model_validator(mode="after")
     def _check(self) -> "JobSpec":

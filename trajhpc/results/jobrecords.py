@@ -101,8 +101,8 @@ def study_manifest(
 ) -> Manifest | None:
     """The manifest of the study in ``folder``: ``given`` (a manifest named as the aggregate's
     target) if any; else the manifest the jobs' ``submission.json`` records (``submissions``, as
-    :func:`submission_records` reads them), with the ``--set`` overrides it records, when it still exists, parses and names this study (the most often
-    recorded first); else None.
+    :func:`submission_records` reads them), with the ``--set`` overrides it records, when it still
+    exists, parses and names this study (the most often recorded first); else None.
 
     Never raises: a manifest that moved, changed or broke since the jobs were submitted is
     simply not used (the aggregate then falls back to its own arm order and primary).
@@ -236,6 +236,9 @@ def group_by_study(records: Sequence[JobRecord]) -> dict[Path, list[JobRecord]]:
     return {k: sorted(v, key=lambda r: r.path.name) for k, v in sorted(groups.items())}
 
 
+_ITEM_CHUNK_ROWS = 200_000  # prediction rows per frame while reading (read_items)
+
+
 def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[str]]:
     """The final-stage prediction rows of the ``ok`` jobs, and one ``<job dir>/<file>: why`` for each
     job whose final predictions are missing, empty or unusable (its rows are left out)."""
@@ -288,9 +291,6 @@ def read_items(records: Sequence[JobRecord]) -> tuple[pl.DataFrame | None, list[
             dropped.append(r.path.name)
     frame = pl.concat(frames)
     return (frame.filter(~pl.col("job_id").is_in(dropped)) if dropped else frame), problems
-
-
-_ITEM_CHUNK_ROWS = 200_000
 
 
 def read_logs(records: Sequence[JobRecord]) -> TrainLogs:

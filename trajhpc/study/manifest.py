@@ -43,8 +43,8 @@ from trajhpc.spec import (
     StrictModel,
     TokenBudget,
     TrainSpec,
+    default_replay,
     versioned_model,
-    with_default_replay,
 )
 from trajhpc.study.comparison import Analysis, analysis_problem
 from trajhpc.study.containerfields import (
@@ -150,12 +150,9 @@ class ConditionEntry(StrictModel):
     token_budget: TokenBudget | None = None
     tool_docs: Literal["none", "dialogue", "block"] | None = None
     curriculum: CurriculumName = "sequential"
-    replay: Float | None = Field(None, gt=0.0, lt=1.0)
+    replay: Float | None = Field(None, gt=0.0, lt=1.0, validate_default=True)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_replay(cls, data: Any) -> Any:
-        return with_default_replay(data)  # as JobSpec does
+    _default_replay = field_validator("replay", mode="after")(default_replay)  # as JobSpec's
 
     @model_validator(mode="after")
     def _check(self) -> "ConditionEntry":
